@@ -1,0 +1,270 @@
+//! The command line: parses arguments, loads the profile, hands the work to
+//! the engine or a command module, and turns errors into one clear message
+//! and an exit code. Knows nothing of debootstrap.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::engine::{Engine, Layout, RunOptions, State};
+use crate::interrupt::{self, Interrupted};
+use crate::pipeline::{self, NotBuiltYet};
+use crate::profile::{self, Profile};
+use crate::testsuite;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "krgiso: build a bootable live USB/ISO image for a Kerrighed cluster",
+    long_about = "krgiso: build a bootable live USB/ISO image for a Kerrighed cluster.\n\n\
+The first machine boots the image and becomes node1: by itself it serves DHCP, \
+TFTP (PXE) and NFS on its cluster interface. Every other machine PXE-boots the \
+Kerrighed kernel with an NFS root and joins the cluster.",
+    after_help = "Typical use, as root in a Debian VM:\n  \
+cargo xtask build                  # everything\n  \
+dd if=out/krgiso.iso of=/dev/sdX bs=4M\n  \
+cargo xtask iso                    # rebuild the image only, never the kernel",
+    version
+)]
+pub struct Cli {
+    /// Profile: a name under profiles/ or a path to a TOML file
+    #[arg(
+        long,
+        global = true,
+        default_value = "kerrighed",
+        value_name = "NAME|PATH"
+    )]
+    pub profile: String,
+    /// Build directory [default: ./build; the image then goes to ./out, else to DIR/out]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub build_dir: Option<PathBuf>,
+    /// Never open a network connection: sources must be in the download cache
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// Show the output of every command, not only a spinner
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Rerun stages even if they are up to date
+    #[arg(long, global = true)]
+    pub force: bool,
+    /// Print the plan (which stages would run, and why); run nothing
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build everything: packages, kernel, node1, iso (skipping what is up to date)
+    Build,
+    /// Debootstrap the node1 and nodes roots and install their packages
+    Packages,
+    /// Build the node kernel in the nodes root and stage it for TFTP
+    Kernel,
+    /// Render node1's PXE, DHCP and NFS configuration and apply the overlays
+    Node1,
+    /// Everything except the kernel (the kernel is used as built)
+    Allbutkernel,
+    /// Rebuild the image from the existing roots and kernel (node1 too, if stale)
+    Iso,
+    /// Download and verify the kernel sources only
+    Fetch,
+    /// Show each stage: done, stale (and why) or missing
+    Status,
+    /// Remove a stage's outputs and stamp (downloads are kept)
+    Clean {
+        /// The stage to clean
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(pipeline::BUILD))]
+        stage: Option<String>,
+        /// Remove the whole build dir and the image (never the download cache)
+        #[arg(long, conflicts_with = "stage")]
+        all: bool,
+    },
+    /// Boot the image in QEMU as node1, with N machines PXE-booting from it
+    Qemu {
+        /// How many PXE nodes to boot
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        /// Leave the VMs running at the end
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Write the image to a USB stick, safely
+    Usb {
+        /// The whole device, e.g. /dev/sdb
+        device: PathBuf,
+    },
+    /// Run the whole test suite (installs the host tools it needs)
+    Test,
+}
+
+/// Entry point: runs the command, prints any error, returns the exit code.
+pub fn main() -> ExitCode {
+    interrupt::install();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("interrupted: no stamp written");
+            ExitCode::from(interrupt::EXIT_CODE)
+        }
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    // The chain, when it adds something the top line did not say.
+    let top = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !top.contains(&cause) {
+            eprintln!("  caused by: {cause}");
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let project = crate::project_root();
+    if let Command::Test = cli.command {
+        return testsuite::run(&project, cli.dry_run);
+    }
+    let profile_path = profile::resolve(&cli.profile, &project)?;
+    let profile = Arc::new(Profile::load(&profile_path)?);
+    let build_dir = cli
+        .build_dir
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()?;
+    let layout = Layout::new(&project, build_dir.as_deref());
+    let engine = pipeline::engine(&profile, layout);
+    let options = RunOptions {
+        force: cli.force,
+        verbose: cli.verbose,
+        install_host_tools: true,
+    };
+    let stages: &[&str] = match &cli.command {
+        Command::Build => pipeline::BUILD,
+        Command::Packages => &["packages"],
+        Command::Kernel => &["kernel"],
+        Command::Node1 => &["node1"],
+        Command::Allbutkernel => pipeline::ALL_BUT_KERNEL,
+        Command::Iso => pipeline::ISO,
+        Command::Status => return status(&engine, &cli.profile),
+        Command::Clean { stage, all } => {
+            return clean(&engine, stage.as_deref(), *all, cli.dry_run)
+        }
+        Command::Fetch => {
+            return not_built("`cargo xtask fetch`", 3, "sources: fetch, verify, extract")
+        }
+        Command::Qemu { .. } => return not_built("`cargo xtask qemu`", 8, "the QEMU boot test"),
+        Command::Usb { .. } => return not_built("`cargo xtask usb`", 7, "the safe USB writer"),
+        Command::Test => unreachable!("handled above"),
+    };
+    if cli.dry_run {
+        let plan = engine.plan(stages, cli.force)?;
+        println!(
+            "plan (profile {}, build dir {}):",
+            cli.profile,
+            engine.layout.build.display()
+        );
+        print!("{}", plan.render());
+        if let Some(why) = plan.blocked() {
+            bail!("{why}");
+        }
+        println!("nothing was run (--dry-run)");
+        return Ok(());
+    }
+    engine.run(stages, options)?;
+    Ok(())
+}
+
+fn not_built(what: &'static str, issue: u32, title: &'static str) -> Result<()> {
+    Err(NotBuiltYet { what, issue, title }.into())
+}
+
+fn status(engine: &Engine, profile: &str) -> Result<()> {
+    println!(
+        "profile {profile}, build dir {}",
+        engine.layout.build.display()
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for (name, state) in engine.status()? {
+        let detail = match &state {
+            State::Done => engine
+                .stamp(name)
+                .map(|s| {
+                    format!(
+                        "built {} ago in {:.1}s",
+                        human_duration(now.saturating_sub(s.finished_unix)),
+                        s.seconds
+                    )
+                })
+                .unwrap_or_default(),
+            State::Stale(why) => why.join("; "),
+            State::Missing => "never built".to_owned(),
+        };
+        println!("  {name:<9} {:<8} {detail}", state.label());
+    }
+    Ok(())
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        0..=89 => format!("{secs}s"),
+        90..=5399 => format!("{}min", secs / 60),
+        5400..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn clean(engine: &Engine, stage: Option<&str>, all: bool, dry_run: bool) -> Result<()> {
+    let targets: Vec<&str> = match (stage, all) {
+        (Some(stage), false) => vec![stage],
+        (None, true) => engine.stage_names(),
+        _ => bail!(
+            "say what to clean: a stage ({}) or --all",
+            pipeline::BUILD.join(", ")
+        ),
+    };
+    if dry_run {
+        println!(
+            "would remove the outputs and stamps of: {}",
+            targets.join(", ")
+        );
+        if all {
+            println!("would remove {}", engine.layout.build.display());
+        }
+        println!(
+            "kept: {} (the download cache)",
+            engine.layout.downloads.display()
+        );
+        return Ok(());
+    }
+    if all {
+        engine.clean_all()?;
+        eprintln!(
+            "removed {} and the image; kept the download cache {}",
+            engine.layout.build.display(),
+            engine.layout.downloads.display()
+        );
+    } else {
+        for name in &targets {
+            engine.clean(name)?;
+            eprintln!("cleaned {name}: its outputs and stamp are gone; stages that use them are now stale");
+        }
+    }
+    Ok(())
+}

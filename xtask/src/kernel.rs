@@ -1,0 +1,67 @@
+//! The kernel stage: linux-2.6.20 + kerrighed-2.4.1 built inside the nodes
+//! root with its own compiler (kind = "kerrighed"), or the nodes root's own
+//! Debian kernel with an NFS-root initramfs (kind = "stock"); staged for TFTP.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::packages::NODES_ROOT;
+use crate::pipeline::NotBuiltYet;
+use crate::profile::{KernelKind, Profile};
+
+pub const KERNEL: &str = "kernel";
+
+pub struct Kernel {
+    profile: Arc<Profile>,
+    layout: Layout,
+}
+
+impl Kernel {
+    pub fn new(profile: Arc<Profile>, layout: &Layout) -> Kernel {
+        Kernel {
+            profile,
+            layout: layout.clone(),
+        }
+    }
+}
+
+impl Stage for Kernel {
+    fn name(&self) -> &'static str {
+        "kernel"
+    }
+    fn about(&self) -> &'static str {
+        "build the node kernel in the nodes root and stage it for TFTP"
+    }
+    fn needs_root(&self) -> bool {
+        true
+    }
+    fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
+        let kernel = &self.profile.kernel;
+        inputs.value("profile [kernel]", kernel);
+        if kernel.kind == KernelKind::Kerrighed {
+            for name in ["linux", "kerrighed"] {
+                if let Some(source) = self.profile.source(name) {
+                    inputs.value(&format!("source {name}"), source);
+                }
+            }
+            if let Some(config) = &kernel.config {
+                inputs.file(&self.layout.project.join(config))?;
+            }
+        }
+        inputs.output_of("packages", NODES_ROOT);
+        Ok(())
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::dir(KERNEL, self.layout.build.join("kernel"))]
+    }
+    fn run(&self, _run: &mut StageRun) -> Result<()> {
+        Err(NotBuiltYet {
+            what: "the kernel stage",
+            issue: 5,
+            title: "the Kerrighed kernel",
+        }
+        .into())
+    }
+}

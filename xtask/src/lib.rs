@@ -1,0 +1,26 @@
+//! krgiso: a `cargo xtask` pipeline that builds a bootable live USB/ISO image
+//! for a Kerrighed single-system-image cluster. See README.md and DESIGN.md.
+
+pub mod cli;
+pub mod engine;
+pub mod files;
+pub mod host;
+pub mod interrupt;
+pub mod iso;
+pub mod kernel;
+pub mod node1;
+pub mod packages;
+pub mod pipeline;
+pub mod profile;
+pub mod shell;
+pub mod testsuite;
+
+use std::path::{Path, PathBuf};
+
+/// The krgiso checkout this binary was built from.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

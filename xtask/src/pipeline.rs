@@ -1,0 +1,38 @@
+//! The krgiso pipeline: the four stages of DESIGN.md over one profile, and
+//! which stages each command runs.
+
+use std::sync::Arc;
+
+use crate::engine::{Engine, Layout, Stage};
+use crate::profile::Profile;
+use crate::{iso::Iso, kernel::Kernel, node1::Node1, packages::Packages};
+
+/// `build`: everything, in order, skipping what is up to date.
+pub const BUILD: &[&str] = &["packages", "kernel", "node1", "iso"];
+/// `allbutkernel`: everything but the kernel, which is used as built.
+pub const ALL_BUT_KERNEL: &[&str] = &["packages", "node1", "iso"];
+/// `iso`: the image from the existing roots and kernel (node1 if it is stale).
+pub const ISO: &[&str] = &["node1", "iso"];
+
+pub fn stages(profile: &Arc<Profile>, layout: &Layout) -> Vec<Box<dyn Stage>> {
+    vec![
+        Box::new(Packages::new(profile.clone(), layout)),
+        Box::new(Kernel::new(profile.clone(), layout)),
+        Box::new(Node1::new(profile.clone(), layout)),
+        Box::new(Iso::new(profile.clone(), layout)),
+    ]
+}
+
+pub fn engine(profile: &Arc<Profile>, layout: Layout) -> Engine {
+    let stages = stages(profile, &layout);
+    Engine::new(layout, stages)
+}
+
+/// A part of krgiso that a later issue builds.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} is not built yet (issue #{issue}: {title})")]
+pub struct NotBuiltYet {
+    pub what: &'static str,
+    pub issue: u32,
+    pub title: &'static str,
+}

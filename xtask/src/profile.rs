@@ -1,0 +1,795 @@
+//! The profile: a TOML file under `profiles/` (or any path) that says what
+//! image to build. Parsed into typed structs; every error names the file,
+//! the key and the line.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed, validated profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The live system on the USB stick (node1).
+    pub node1: RootSpec,
+    /// The root the PXE nodes mount over NFS.
+    pub nodes: RootSpec,
+    pub kernel: KernelSpec,
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    pub network: Network,
+    pub cluster: Cluster,
+    pub iso: IsoSpec,
+}
+
+/// One debootstrapped root filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootSpec {
+    pub suite: String,
+    pub arch: String,
+    pub mirror: String,
+    /// debootstrap `--variant`; absent means debootstrap's default.
+    #[serde(default)]
+    pub variant: Option<Variant>,
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Keyring that verifies the suite's Release file.
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
+    /// Accept an archive whose signature cannot be checked. Never implied.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    pub packages: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".to_owned()]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Minbase,
+    Buildd,
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Minbase => "minbase",
+            Variant::Buildd => "buildd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    pub kind: KernelKind,
+    /// Config fragment merged over `make defconfig` (kind = "kerrighed").
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// The compiler inside the nodes root, e.g. `gcc-4.1` (kind = "kerrighed").
+    #[serde(default)]
+    pub cc: Option<String>,
+    /// Extra arguments to kerrighed's `./configure`.
+    #[serde(default)]
+    pub configure_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// linux-2.6.20 + kerrighed-2.4.1, built in the nodes root.
+    Kerrighed,
+    /// The nodes root's own Debian kernel with an NFS-root initramfs.
+    Stock,
+}
+
+/// A source tarball the kernel stage needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    pub file: String,
+    /// Absent: the pin lives in `sources.lock` beside the profile.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// An interface name, or `auto`: the wired interface that is not the uplink.
+    pub cluster_iface: String,
+    /// node1's address on the cluster link.
+    pub address: Ipv4Cidr,
+    pub dhcp_range: DhcpRange,
+    /// NAT the cluster link out through the uplink.
+    #[serde(default)]
+    pub gateway: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Kerrighed session id, 1..=254.
+    pub session: u8,
+    /// Nodes that must be up before the cluster starts by itself.
+    pub nbmin: u16,
+    pub user: String,
+    /// crypt(3) hash (`mkpasswd -m sha-512`); never a clear-text password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsoSpec {
+    pub volume: String,
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    pub output: String,
+}
+
+fn default_compression() -> Compression {
+    Compression::Zstd
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Xz,
+}
+
+/// An IPv4 address with its prefix length, written `10.77.0.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn netmask(self) -> Ipv4Addr {
+        let bits = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        Ipv4Addr::from(bits)
+    }
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
+    }
+    pub fn broadcast(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.netmask()))
+    }
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network())
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not ADDRESS/PREFIX, e.g. 10.77.0.1/24"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix `/{prefix}` must be a number from 8 to 30"))?;
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The addresses handed to nodes, written `10.77.0.100-10.77.0.199`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpRange {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+impl DhcpRange {
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
+    }
+}
+
+impl FromStr for DhcpRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not FIRST-LAST, e.g. 10.77.0.100-10.77.0.199"))?;
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("`{}` is not an IPv4 address", x.trim()))
+        };
+        let (start, end) = (parse(a)?, parse(b)?);
+        if u32::from(start) > u32::from(end) {
+            return Err(format!("the range starts after it ends ({start} > {end})"));
+        }
+        Ok(DhcpRange { start, end })
+    }
+}
+
+impl fmt::Display for DhcpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// Serde through `FromStr`/`Display`, so a bad value's error carries its span.
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_via_str!(Ipv4Cidr);
+serde_via_str!(DhcpRange);
+
+/// A profile that failed to load: the file, the key, the line, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ProfileError {
+    pub file: PathBuf,
+    /// Dotted key path (`cluster.session`), empty when the error is not at a key.
+    pub key: String,
+    /// 1-based; 0 when unknown.
+    pub line: usize,
+    pub message: String,
+}
+
+impl ProfileError {
+    fn render(&self) -> String {
+        let mut s = format!("profile {}", self.file.display());
+        if self.line > 0 {
+            s.push_str(&format!(", line {}", self.line));
+        }
+        if !self.key.is_empty() {
+            s.push_str(&format!(", key `{}`", self.key));
+        }
+        s.push_str(": ");
+        s.push_str(&self.message);
+        s
+    }
+}
+
+/// Where a profile name or path points: `kerrighed` → `<project>/profiles/kerrighed.toml`.
+pub fn resolve(name_or_path: &str, project: &Path) -> anyhow::Result<PathBuf> {
+    let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");
+    let path = if looks_like_path {
+        PathBuf::from(name_or_path)
+    } else {
+        project
+            .join("profiles")
+            .join(format!("{name_or_path}.toml"))
+    };
+    if path.is_file() {
+        return Ok(path);
+    }
+    let known = known_profiles(project).join(", ");
+    anyhow::bail!(
+        "profile `{name_or_path}` not found (looked for {}); profiles shipped: {known}",
+        path.display()
+    )
+}
+
+/// Names of the profiles under `<project>/profiles/`.
+pub fn known_profiles(project: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(project.join("profiles"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(str::to_owned))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+            file: path.to_owned(),
+            key: String::new(),
+            line: 0,
+            message: format!("cannot read it: {e}"),
+        })?;
+        Profile::parse(&text, path)
+    }
+
+    /// Parse and validate profile text; `file` is used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Profile, ProfileError> {
+        let spans = SpanIndex::new(text);
+        let error_at = |span: Option<Range<usize>>, message: String| {
+            let (key, line) = match span {
+                Some(span) => (spans.key_at(&span), line_of(text, span.start)),
+                None => (String::new(), 0),
+            };
+            ProfileError {
+                file: file.to_owned(),
+                key,
+                line,
+                message,
+            }
+        };
+        let profile: Profile =
+            toml::from_str(text).map_err(|e| error_at(e.span(), e.message().trim().to_owned()))?;
+        if let Some(problem) = profile.problems().into_iter().next() {
+            let span = spans.span_of(&problem.key);
+            let mut err = error_at(span, problem.message);
+            err.key = problem.key;
+            return Err(err);
+        }
+        Ok(profile)
+    }
+
+    /// Looks up a source by name.
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// Checks that serde cannot express: ranges, formats, cross-field rules.
+    fn problems(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
+        for (section, root) in [("node1", &self.node1), ("nodes", &self.nodes)] {
+            root.check(section, &mut p);
+        }
+        self.kernel.check(&mut p);
+        if self.kernel.kind == KernelKind::Kerrighed {
+            for needed in ["linux", "kerrighed"] {
+                if self.source(needed).is_none() {
+                    p.add(
+                        "sources",
+                        format!("kernel.kind = \"kerrighed\" needs a [[sources]] entry named `{needed}`"),
+                    );
+                }
+            }
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            s.check(i, &mut p);
+            if self.sources[..i]
+                .iter()
+                .any(|o| o.name == s.name || o.file == s.file)
+            {
+                p.add(
+                    format!("sources[{i}].name"),
+                    format!("source `{}` ({}) is listed twice", s.name, s.file),
+                );
+            }
+        }
+        self.network.check(self.kernel.kind, &mut p);
+        self.cluster.check(&mut p);
+        self.iso.check(&mut p);
+        p.0
+    }
+}
+
+struct Problem {
+    key: String,
+    message: String,
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+const DEBIAN_ARCHES: &[&str] = &[
+    "amd64", "i386", "arm64", "armhf", "armel", "ppc64el", "s390x", "riscv64", "mips64el",
+];
+
+fn is_package_name(s: &str) -> bool {
+    // Debian policy 5.6.1, plus an optional `=version` or `/suite` pin.
+    let name = s.split(['=', '/']).next().unwrap_or("");
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+fn is_url(s: &str) -> bool {
+    ["http://", "https://", "file://"]
+        .iter()
+        .any(|scheme| s.starts_with(scheme) && s.len() > scheme.len())
+}
+
+impl RootSpec {
+    fn check(&self, section: &str, p: &mut Problems) {
+        if self.suite.is_empty()
+            || !self
+                .suite
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            p.add(
+                format!("{section}.suite"),
+                format!(
+                    "`{}` is not a suite name (e.g. bookworm, lenny)",
+                    self.suite
+                ),
+            );
+        }
+        if !DEBIAN_ARCHES.contains(&self.arch.as_str()) {
+            p.add(
+                format!("{section}.arch"),
+                format!(
+                    "`{}` is not a Debian architecture; use one of {}",
+                    self.arch,
+                    DEBIAN_ARCHES.join(", ")
+                ),
+            );
+        }
+        if !is_url(&self.mirror) {
+            p.add(
+                format!("{section}.mirror"),
+                format!(
+                    "`{}` is not an http://, https:// or file:// URL",
+                    self.mirror
+                ),
+            );
+        }
+        if self.keyring.is_some() && self.allow_unsigned {
+            p.add(
+                format!("{section}.allow_unsigned"),
+                "set either `keyring` or `allow_unsigned = true`, not both",
+            );
+        }
+        if self.components.is_empty() {
+            p.add(
+                format!("{section}.components"),
+                "list at least one component, e.g. [\"main\"]",
+            );
+        }
+        for (i, pkg) in self.packages.iter().enumerate() {
+            if !is_package_name(pkg) {
+                p.add(
+                    format!("{section}.packages[{i}]"),
+                    format!("`{pkg}` is not a Debian package name"),
+                );
+            }
+        }
+    }
+}
+
+impl KernelSpec {
+    fn check(&self, p: &mut Problems) {
+        if self.kind == KernelKind::Kerrighed {
+            if self.config.is_none() {
+                p.add("kernel.config", "kernel.kind = \"kerrighed\" needs `config`, the kernel config fragment (e.g. \"kernel-configs/krg-2.6.20.config\")");
+            }
+            if self.cc.is_none() {
+                p.add("kernel.cc", "kernel.kind = \"kerrighed\" needs `cc`, the compiler inside the nodes root (e.g. \"gcc-4.1\")");
+            }
+        }
+        if let Some(cc) = &self.cc {
+            if cc.is_empty() || cc.contains(char::is_whitespace) || cc.contains('/') {
+                p.add(
+                    "kernel.cc",
+                    format!("`{cc}` is not a compiler name (e.g. gcc-4.1)"),
+                );
+            }
+        }
+    }
+}
+
+impl Source {
+    fn check(&self, i: usize, p: &mut Problems) {
+        if self.file.is_empty() || self.file.contains('/') || self.file.starts_with('.') {
+            p.add(
+                format!("sources[{i}].file"),
+                format!("`{}` must be a plain file name", self.file),
+            );
+        }
+        if let Some(sum) = &self.sha256 {
+            if sum.len() != 64
+                || !sum
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
+                p.add(
+                    format!("sources[{i}].sha256"),
+                    "must be 64 lowercase hex digits",
+                );
+            }
+        }
+        if self.urls.is_empty() {
+            p.add(
+                format!("sources[{i}].urls"),
+                format!("source `{}` lists no URL", self.name),
+            );
+        }
+        for (j, url) in self.urls.iter().enumerate() {
+            if !is_url(url) {
+                p.add(
+                    format!("sources[{i}].urls[{j}]"),
+                    format!("`{url}` is not an http://, https:// or file:// URL"),
+                );
+            }
+        }
+    }
+}
+
+impl Network {
+    fn check(&self, kind: KernelKind, p: &mut Problems) {
+        let iface = &self.cluster_iface;
+        if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+            p.add(
+                "network.cluster_iface",
+                format!("`{iface}` is not an interface name (or \"auto\")"),
+            );
+        }
+        let net = self.address;
+        if net.addr == net.network() || net.addr == net.broadcast() {
+            p.add(
+                "network.address",
+                format!(
+                    "{} is the network or broadcast address of its subnet",
+                    net.addr
+                ),
+            );
+        }
+        let r = self.dhcp_range;
+        for ip in [r.start, r.end] {
+            if !net.contains(ip) || ip == net.network() || ip == net.broadcast() {
+                p.add(
+                    "network.dhcp_range",
+                    format!(
+                        "{ip} is not a host address of node1's subnet {}/{}",
+                        net.network(),
+                        net.prefix
+                    ),
+                );
+                return;
+            }
+        }
+        if r.contains(net.addr) {
+            p.add(
+                "network.dhcp_range",
+                format!("the range {r} contains node1's own address {}", net.addr),
+            );
+        }
+        // KRG_AUTONODEID takes the node id from the last octet: one /24, no repeats.
+        if kind == KernelKind::Kerrighed && r.start.octets()[..3] != r.end.octets()[..3] {
+            p.add("network.dhcp_range", format!("with the kerrighed kernel, node ids come from the last octet: keep the range {r} inside one /24"));
+        }
+    }
+}
+
+impl Cluster {
+    fn check(&self, p: &mut Problems) {
+        if !(1..=254).contains(&self.session) {
+            p.add(
+                "cluster.session",
+                format!("{} is not a Kerrighed session id (1 to 254)", self.session),
+            );
+        }
+        if self.nbmin == 0 {
+            p.add(
+                "cluster.nbmin",
+                "at least one node must be up to start the cluster",
+            );
+        }
+        let u = &self.user;
+        let valid = !u.is_empty()
+            && u.len() <= 32
+            && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && u.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+        if !valid {
+            p.add(
+                "cluster.user",
+                format!("`{u}` is not a valid user name (lowercase letters, digits, - and _)"),
+            );
+        } else if u == "root" {
+            p.add("cluster.user", "choose an ordinary user name, not root");
+        }
+        if let Some(hash) = &self.password_hash {
+            if !hash.starts_with('$') || hash.split('$').count() < 4 {
+                p.add("cluster.password_hash", "must be a crypt(3) hash such as `mkpasswd -m sha-512` prints, never a clear-text password");
+            }
+        }
+        for (i, key) in self.authorized_keys.iter().enumerate() {
+            let mut words = key.split_whitespace();
+            let ok = matches!(words.next(), Some(t) if t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-"))
+                && words.next().is_some();
+            if !ok {
+                p.add(
+                    format!("cluster.authorized_keys[{i}]"),
+                    "is not an OpenSSH public key line (`ssh-ed25519 AAAA... comment`)",
+                );
+            }
+        }
+    }
+}
+
+impl IsoSpec {
+    fn check(&self, p: &mut Problems) {
+        let v = &self.volume;
+        if v.is_empty()
+            || v.len() > 32
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            p.add(
+                "iso.volume",
+                format!(
+                    "`{v}` must be 1 to 32 characters of A-Z, 0-9 and _ (an ISO 9660 volume id)"
+                ),
+            );
+        }
+        let o = &self.output;
+        if o.contains('/') || !o.ends_with(".iso") || o.starts_with('.') {
+            p.add(
+                "iso.output",
+                format!("`{o}` must be a plain file name ending in .iso"),
+            );
+        }
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Every key of a TOML document with its dotted path and where it stands.
+struct SpanIndex {
+    entries: Vec<SpanEntry>,
+}
+
+struct SpanEntry {
+    path: String,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+}
+
+impl SpanIndex {
+    fn new(text: &str) -> SpanIndex {
+        let mut entries = Vec::new();
+        if let Ok(doc) = toml_edit::Document::parse(text) {
+            walk_table(doc.as_table(), "", &mut entries);
+        }
+        SpanIndex { entries }
+    }
+
+    /// The innermost key whose key or value contains `span`.
+    fn key_at(&self, span: &Range<usize>) -> String {
+        let within = |r: &Option<Range<usize>>| {
+            r.as_ref()
+                .is_some_and(|r| r.start <= span.start && span.start < r.end.max(r.start + 1))
+        };
+        self.entries
+            .iter()
+            .filter(|e| within(&e.key) || within(&e.value))
+            .max_by_key(|e| e.path.len())
+            .map(|e| e.path.clone())
+            .unwrap_or_default()
+    }
+
+    /// Where a dotted key (or its nearest existing parent) stands.
+    fn span_of(&self, path: &str) -> Option<Range<usize>> {
+        let mut path = path;
+        loop {
+            if let Some(e) = self.entries.iter().find(|e| e.path == path) {
+                return e.key.clone().or_else(|| e.value.clone());
+            }
+            path = &path[..path.rfind(['.', '['])?];
+        }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn walk_table(table: &toml_edit::Table, prefix: &str, out: &mut Vec<SpanEntry>) {
+    for (name, _) in table.iter() {
+        let Some((key, item)) = table.get_key_value(name) else {
+            continue;
+        };
+        let path = join(prefix, name);
+        out.push(SpanEntry {
+            path: path.clone(),
+            key: key.span(),
+            value: item.span(),
+        });
+        walk_item(item, &path, out);
+    }
+}
+
+fn walk_item(item: &toml_edit::Item, path: &str, out: &mut Vec<SpanEntry>) {
+    match item {
+        toml_edit::Item::Table(t) => walk_table(t, path, out),
+        toml_edit::Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                out.push(SpanEntry {
+                    path: p.clone(),
+                    key: None,
+                    value: t.span(),
+                });
+                walk_table(t, &p, out);
+            }
+        }
+        toml_edit::Item::Value(v) => walk_value(v, path, out),
+        toml_edit::Item::None => {}
+    }
+}
+
+fn walk_value(value: &toml_edit::Value, path: &str, out: &mut Vec<SpanEntry>) {
+    match value {
+        toml_edit::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                out.push(SpanEntry {
+                    path: p.clone(),
+                    key: None,
+                    value: v.span(),
+                });
+                walk_value(v, &p, out);
+            }
+        }
+        toml_edit::Value::InlineTable(t) => {
+            for (name, _) in t.iter() {
+                if let Some((key, item)) = t.get_key_value(name) {
+                    let p = join(path, name);
+                    out.push(SpanEntry {
+                        path: p.clone(),
+                        key: key.span(),
+                        value: item.span(),
+                    });
+                    walk_item(item, &p, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,333 @@
+//! Running external commands. Every command goes through [`StageShell`]:
+//! built with xshell's `cmd!` (each value one argument, never a shell
+//! string), logged with its output to `build/logs/<stage>.log`, shown as a
+//! spinner with the current step, stopped by Ctrl-C.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use xshell::{Cmd, Shell};
+
+use crate::interrupt::{self, ChildGuard, Interrupted};
+
+/// A command that exited non-zero. The full output is in `log`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` failed ({status})")]
+pub struct CommandFailed {
+    pub command: String,
+    pub status: String,
+    pub log: PathBuf,
+}
+
+/// The shell a stage runs its commands in.
+pub struct StageShell {
+    sh: Shell,
+    log: Arc<Mutex<File>>,
+    log_path: PathBuf,
+    progress: Progress,
+    /// Copy command output to the terminal as well (`-v`).
+    tee: bool,
+}
+
+impl StageShell {
+    /// Opens (truncates) `log_path`: each run of a stage gets a fresh log.
+    pub fn new(name: &str, log_path: &Path, tee: bool) -> Result<StageShell> {
+        if let Some(dir) = log_path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = File::create(log_path)
+            .with_context(|| format!("creating the log {}", log_path.display()))?;
+        let sh = Shell::new().context("starting a shell")?;
+        Ok(StageShell {
+            sh,
+            log: Arc::new(Mutex::new(file)),
+            log_path: log_path.to_owned(),
+            progress: Progress::new(name, tee),
+            tee,
+        })
+    }
+
+    /// The xshell `Shell` to build commands with: `cmd!(s.sh(), "tool {arg}")`.
+    pub fn sh(&self) -> &Shell {
+        &self.sh
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Announces the next step: one line on the terminal and in the log.
+    pub fn step(&self, what: &str) {
+        self.write_log(&format!("==> {what}"));
+        self.progress.step(what);
+    }
+
+    /// A line for the log only.
+    pub fn note(&self, line: &str) {
+        self.write_log(line);
+    }
+
+    /// Runs a command to completion; its output goes to the log.
+    pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
+        self.exec(cmd, None).map(drop)
+    }
+
+    /// Runs a command and returns its standard output (stderr goes to the log).
+    pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
+        let mut out = Vec::new();
+        self.exec(cmd, Some(&mut out))?;
+        Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
+    }
+
+    fn exec(&self, cmd: Cmd<'_>, capture: Option<&mut Vec<u8>>) -> Result<()> {
+        interrupt::check()?;
+        let line = cmd.to_string();
+        self.write_log(&format!("$ {line}"));
+        let mut command: Command = cmd.into();
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group: Ctrl-C handling signals the whole group.
+            .process_group(0);
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{line}`"))?;
+        let _running = ChildGuard::new(child.id());
+        let stderr = child.stderr.take().map(|e| self.pump(e));
+        let mut stdout = child.stdout.take();
+        let stdout_pump = match capture {
+            Some(buf) => {
+                if let Some(s) = stdout.as_mut() {
+                    s.read_to_end(buf).context("reading command output")?;
+                }
+                None
+            }
+            None => stdout.map(|o| self.pump(o)),
+        };
+        let status = child.wait().context("waiting for a command")?;
+        for pump in [stdout_pump, stderr].into_iter().flatten() {
+            let _ = pump.join();
+        }
+        self.write_log(&format!(
+            "[{} after {:.1}s]",
+            describe(status),
+            started.elapsed().as_secs_f64()
+        ));
+        if interrupt::is_interrupted() {
+            return Err(Interrupted.into());
+        }
+        if !status.success() {
+            return Err(CommandFailed {
+                command: line,
+                status: describe(status),
+                log: self.log_path.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Copies a child's output stream into the log, line by line.
+    fn pump(&self, stream: impl Read + Send + 'static) -> std::thread::JoinHandle<()> {
+        let log = self.log.clone();
+        let bar = self.progress.bar.clone();
+        let tee = self.tee;
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&buf);
+                let text = text.trim_end_matches(['\n', '\r']);
+                if let Ok(mut f) = log.lock() {
+                    let _ = writeln!(f, "{text}");
+                }
+                if tee {
+                    eprintln!("{text}");
+                } else if let Some(bar) = &bar {
+                    bar.set_message(last_words(text, 70));
+                }
+                buf.clear();
+            }
+        })
+    }
+
+    fn write_log(&self, line: &str) {
+        if let Ok(mut f) = self.log.lock() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Stops the spinner; call when the stage is over.
+    pub fn finish(&self) {
+        self.progress.finish();
+    }
+}
+
+impl Drop for StageShell {
+    fn drop(&mut self) {
+        self.progress.finish();
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exit status 0".to_owned(),
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// The tail of a line, at most `max` characters, for the spinner.
+fn last_words(line: &str, max: usize) -> String {
+    let line = line.trim();
+    let count = line.chars().count();
+    if count <= max {
+        line.to_owned()
+    } else {
+        let tail: String = line.chars().skip(count - max + 1).collect();
+        format!("…{tail}")
+    }
+}
+
+/// The spinner of a running stage: `⠋ packages 0:42 bootstrap node1 root │ last output line`.
+/// On a terminal only; elsewhere (CI, a pipe) each step is printed as a line.
+pub struct Progress {
+    name: String,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(name: &str, plain: bool) -> Progress {
+        let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            let style = ProgressStyle::with_template(
+                "{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg:.dim}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.set_prefix(name.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            name: name.to_owned(),
+            bar,
+        }
+    }
+
+    pub fn step(&self, what: &str) {
+        let line = format!("==> {}: {what}", self.name);
+        match &self.bar {
+            Some(bar) => {
+                bar.println(line);
+                bar.set_prefix(format!("{}: {what}", self.name));
+                bar.set_message("");
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The last `n` lines of a log, for the report of a failed stage.
+pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(text) = fs::read(path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xshell::cmd;
+
+    fn shell(dir: &Path) -> StageShell {
+        StageShell::new("t", &dir.join("logs/t.log"), false).unwrap()
+    }
+
+    #[test]
+    fn command_line_output_and_status_go_to_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        s.step("say hello");
+        s.run(cmd!(s.sh(), "sh -c 'echo to-out; echo to-err >&2'"))
+            .unwrap();
+        let text = fs::read_to_string(s.log_path()).unwrap();
+        assert!(text.contains("==> say hello"), "{text}");
+        assert!(
+            text.contains("$ sh -c \"echo to-out; echo to-err >&2\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("to-out\n") && text.contains("to-err\n"),
+            "{text}"
+        );
+        assert!(text.contains("[exit status 0 after"), "{text}");
+    }
+
+    #[test]
+    fn each_value_is_one_argument_and_read_returns_stdout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        let word = "two words; rm -rf /";
+        let out = s.read(cmd!(s.sh(), "printf %s| {word} x")).unwrap();
+        assert_eq!(out, "two words; rm -rf /|x|");
+    }
+
+    #[test]
+    fn failure_names_the_command_status_and_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        let err = s
+            .run(cmd!(s.sh(), "sh -c 'echo the-reason; exit 3'"))
+            .unwrap_err();
+        let failed = err
+            .downcast_ref::<CommandFailed>()
+            .expect("a CommandFailed");
+        assert_eq!(failed.status, "exit status 3");
+        assert_eq!(failed.log, s.log_path());
+        assert!(err.to_string().contains("exit 3"), "{err}");
+        let tail = log_tail(s.log_path(), 2);
+        assert_eq!(tail[0], "the-reason");
+        assert!(tail[1].starts_with("[exit status 3"), "{tail:?}");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        let err = s.run(cmd!(s.sh(), "krgiso-no-such-tool --x")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot start `krgiso-no-such-tool --x`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn last_words_keeps_the_end() {
+        assert_eq!(last_words("  short  ", 10), "short");
+        assert_eq!(last_words("abcdefghij", 5), "…ghij");
+    }
+}

@@ -1,0 +1,179 @@
+//! Shared by the integration tests: a throw-away copy of the project, and
+//! stand-in stages that keep the real stages' inputs and outputs but fake
+//! their work.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Result};
+use xshell::cmd;
+use xtask::engine::{Engine, Inputs, Layout, Output, OutputKind, Stage, StageRun};
+use xtask::pipeline;
+use xtask::profile::Profile;
+
+/// A temporary krgiso project: profiles/, overlay/, kernel-configs/ copied
+/// from the real one, and a build dir beside them.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let real = xtask::project_root();
+        for sub in ["profiles", "overlay", "kernel-configs"] {
+            copy_tree(&real.join(sub), &dir.path().join("project").join(sub));
+        }
+        let motd = dir.path().join("project/overlay/node1/etc/motd");
+        fs::create_dir_all(motd.parent().unwrap()).unwrap();
+        fs::write(&motd, "welcome to node1\n").unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn project(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.project(), Some(&self.dir.path().join("build")))
+    }
+
+    pub fn profile_path(&self, name: &str) -> PathBuf {
+        self.project().join("profiles").join(format!("{name}.toml"))
+    }
+
+    pub fn profile(&self, name: &str) -> Arc<Profile> {
+        Arc::new(Profile::load(&self.profile_path(name)).unwrap())
+    }
+
+    /// Edits a profile file in place: replace `from` by `to` (which must occur).
+    pub fn edit_profile(&self, name: &str, from: &str, to: &str) {
+        let path = self.profile_path(name);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from} not in {}", path.display());
+        fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// The real pipeline's stages over this sandbox, with stand-in work.
+    pub fn engine(&self, profile: &str, record: &Record) -> Engine {
+        let layout = self.layout();
+        let stages = pipeline::stages(&self.profile(profile), &layout)
+            .into_iter()
+            .map(|real| {
+                Box::new(StandIn {
+                    real,
+                    record: record.clone(),
+                }) as Box<dyn Stage>
+            })
+            .collect();
+        Engine::new(layout, stages)
+    }
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// What the stand-ins did, and what they should do next.
+#[derive(Clone, Default)]
+pub struct Record {
+    inner: Arc<Mutex<RecordInner>>,
+}
+
+#[derive(Default)]
+struct RecordInner {
+    runs: Vec<String>,
+    fail: Option<String>,
+}
+
+impl Record {
+    /// Stages run so far, in order.
+    pub fn runs(&self) -> Vec<String> {
+        self.inner.lock().unwrap().runs.clone()
+    }
+    pub fn clear(&self) {
+        self.inner.lock().unwrap().runs.clear();
+    }
+    /// Make `stage` fail halfway through its next runs (None: stop failing).
+    pub fn fail(&self, stage: Option<&str>) {
+        self.inner.lock().unwrap().fail = stage.map(str::to_owned);
+    }
+}
+
+/// A real stage's declarations with fake work: each output gets a file
+/// saying which run made it. A failing run writes half its output, then
+/// runs a command that fails, the way a real stage would.
+pub struct StandIn {
+    real: Box<dyn Stage>,
+    record: Record,
+}
+
+impl Stage for StandIn {
+    fn name(&self) -> &'static str {
+        self.real.name()
+    }
+    fn about(&self) -> &'static str {
+        self.real.about()
+    }
+    fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
+        self.real.inputs(inputs)
+    }
+    fn outputs(&self) -> Vec<Output> {
+        self.real.outputs()
+    }
+    fn run(&self, run: &mut StageRun) -> Result<()> {
+        let name = self.name();
+        let (nth, fail) = {
+            let mut r = self.record.inner.lock().unwrap();
+            r.runs.push(name.to_owned());
+            (r.runs.len(), r.fail.as_deref() == Some(name))
+        };
+        run.step("stand-in work");
+        for output in self.outputs() {
+            let path = run.output(output.name)?;
+            let made_by = format!("{name} run #{nth}\n");
+            match output.kind {
+                OutputKind::Dir => fs::write(path.join("made-by"), &made_by)?,
+                OutputKind::File => fs::write(path, &made_by)?,
+            }
+            if fail {
+                let sh = run.shell.sh();
+                let script = format!("echo half of {name} done; exit 7");
+                run.shell.run(cmd!(sh, "sh -c {script}"))?;
+                bail!("unreachable: the command above fails");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every path under `dir` with its size and modification time.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return out;
+    }
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
