@@ -1,0 +1,224 @@
+//! The command line, run as a user would: the built binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::snapshot;
+
+const COMMANDS: &[&str] = &[
+    "build",
+    "packages",
+    "kernel",
+    "node1",
+    "allbutkernel",
+    "iso",
+    "fetch",
+    "status",
+    "clean",
+    "qemu",
+    "usb",
+    "test",
+];
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("running xtask")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn build_dir_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--build-dir".into(),
+        dir.join("build").display().to_string(),
+    ]
+}
+
+#[test]
+fn every_command_has_help() {
+    let (top, _) = text(&xtask(&["--help"]));
+    for cmd in COMMANDS {
+        assert!(
+            top.contains(&format!("\n  {cmd} ")),
+            "top-level help lacks {cmd}:\n{top}"
+        );
+        let out = xtask(&[cmd, "--help"]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{cmd} --help: {stderr}");
+        assert!(
+            stdout.contains(&format!("Usage: cargo xtask {cmd}")),
+            "{cmd}:\n{stdout}"
+        );
+        for global in [
+            "--profile <NAME|PATH>",
+            "--build-dir <DIR>",
+            "--offline",
+            "--dry-run",
+            "--force",
+            "--verbose",
+        ] {
+            assert!(stdout.contains(global), "{cmd} --help lacks {global}");
+        }
+    }
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = xtask::project_root();
+    let before = (
+        snapshot(tmp.path()),
+        snapshot(&project.join("profiles")),
+        snapshot(&project.join("overlay")),
+    );
+    for profile in ["kerrighed", "smoke"] {
+        let mut args = build_dir_args(tmp.path());
+        args.extend([
+            "--profile".into(),
+            profile.into(),
+            "--dry-run".into(),
+            "build".into(),
+        ]);
+        let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        for stage in ["packages", "kernel", "node1", "iso"] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.split_whitespace().collect::<Vec<_>>()[..]
+                        == [stage, "run", "never", "built"]),
+                "{stage} not planned:\n{stdout}"
+            );
+        }
+        assert!(stdout.contains("nothing was run (--dry-run)"), "{stdout}");
+    }
+    let mut args = build_dir_args(tmp.path());
+    args.extend(["--dry-run".into(), "clean".into(), "--all".into()]);
+    assert!(xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .status
+        .success());
+    let after = (
+        snapshot(tmp.path()),
+        snapshot(&project.join("profiles")),
+        snapshot(&project.join("overlay")),
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn dry_run_of_iso_without_a_build_says_what_to_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = build_dir_args(tmp.path());
+    args.extend(["--dry-run".into(), "iso".into()]);
+    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stdout.contains("blocked"), "{stdout}");
+    assert!(
+        stderr.contains("never built: run `cargo xtask build` first"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn commands_not_built_yet_say_so_in_one_line() {
+    for args in [&["fetch"][..], &["qemu"], &["usb", "/dev/null"]] {
+        let out = xtask(args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not built yet (issue #"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_build_whose_stage_cannot_run_writes_no_stamp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = build_dir_args(tmp.path());
+    args.extend(["--profile".into(), "smoke".into(), "build".into()]);
+    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    // As root the packages stage starts and says it is not built yet; as a
+    // user the root check stops it first.
+    assert!(
+        stderr.contains("the packages stage is not built yet")
+            || stderr.contains("must run as root"),
+        "{stderr}"
+    );
+    let stamps = tmp.path().join("build/stamps");
+    assert!(!stamps.exists() || std::fs::read_dir(&stamps).unwrap().next().is_none());
+    assert!(!tmp.path().join("build/roots/node1").exists());
+}
+
+#[test]
+fn a_bad_profile_is_reported_with_file_key_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(xtask::project_root().join("profiles/smoke.toml")).unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, good.replace("nbmin = 2", "nbmin = \"two\"")).unwrap();
+    let line = good.lines().position(|l| l == "nbmin = 2").unwrap() + 1;
+    let out = xtask(&["--profile", bad.to_str().unwrap(), "status"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "error: profile {}, line {line}, key `cluster.nbmin`: invalid type",
+        bad.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+
+    let out = xtask(&["--profile", "no-such-profile", "status"]);
+    assert!(text(&out).1.contains("profile `no-such-profile` not found"));
+}
+
+#[test]
+fn status_of_a_fresh_build_dir_lists_every_stage_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = build_dir_args(tmp.path());
+    args.push("status".into());
+    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    for stage in ["packages", "kernel", "node1", "iso"] {
+        assert!(
+            stdout.contains(&format!("  {stage:<9} missing  never built")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        !tmp.path().join("build").exists(),
+        "status created the build dir"
+    );
+}
+
+#[test]
+fn clean_needs_a_target_and_never_touches_the_download_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = xtask(&["clean"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("say what to clean"));
+
+    let cache = tmp.path().join("downloads/linux-2.6.20.tar.bz2");
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    std::fs::write(&cache, "cached").unwrap();
+    std::fs::create_dir_all(tmp.path().join("build/logs")).unwrap();
+    let mut args = build_dir_args(tmp.path());
+    args.extend(["clean".into(), "--all".into()]);
+    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(!tmp.path().join("build").exists());
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), "cached");
+}
