@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+pub use crate::engine::NotBuiltYet;
 use crate::engine::{Engine, Layout, Stage};
 use crate::profile::Profile;
 use crate::{iso::Iso, kernel::Kernel, node1::Node1, packages::Packages};
@@ -26,13 +27,4 @@ pub fn stages(profile: &Arc<Profile>, layout: &Layout) -> Vec<Box<dyn Stage>> {
 pub fn engine(profile: &Arc<Profile>, layout: Layout) -> Engine {
     let stages = stages(profile, &layout);
     Engine::new(layout, stages)
-}
-
-/// A part of krgiso that a later issue builds.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} is not built yet (issue #{issue}: {title})")]
-pub struct NotBuiltYet {
-    pub what: &'static str,
-    pub issue: u32,
-    pub title: &'static str,
 }
