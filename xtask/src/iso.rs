@@ -5,26 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::kernel::KERNEL;
 use crate::node1::CONFIG;
 use crate::packages::{NODE1_ROOT, NODES_ROOT};
-use crate::pipeline::NotBuiltYet;
-use crate::profile::Profile;
+use crate::pipeline::{BuildContext, NotBuiltYet};
 
-pub struct Iso {
-    profile: Arc<Profile>,
-    layout: Layout,
-}
-
-impl Iso {
-    pub fn new(profile: Arc<Profile>, layout: &Layout) -> Iso {
-        Iso {
-            profile,
-            layout: layout.clone(),
-        }
-    }
-}
+pub struct Iso(pub Arc<BuildContext>);
 
 impl Stage for Iso {
     fn name(&self) -> &'static str {
@@ -37,7 +24,7 @@ impl Stage for Iso {
         true
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
-        inputs.value("profile [iso]", &self.profile.iso);
+        inputs.value("profile [iso]", &self.0.profile.iso);
         inputs.output_of("packages", NODE1_ROOT);
         inputs.output_of("packages", NODES_ROOT);
         inputs.output_of("kernel", KERNEL);
@@ -45,11 +32,9 @@ impl Stage for Iso {
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        let image = self.layout.out.join(&self.profile.iso.output);
-        let checksum = self
-            .layout
-            .out
-            .join(format!("{}.sha256", self.profile.iso.output));
+        let BuildContext { profile, layout } = &*self.0;
+        let image = layout.out.join(&profile.iso.output);
+        let checksum = layout.out.join(format!("{}.sha256", profile.iso.output));
         vec![
             Output::file("image", image),
             Output::file("checksum", checksum),

@@ -6,26 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::packages::NODES_ROOT;
-use crate::pipeline::NotBuiltYet;
-use crate::profile::{KernelKind, Profile};
+use crate::pipeline::{BuildContext, NotBuiltYet};
+use crate::profile::KernelKind;
 
 pub const KERNEL: &str = "kernel";
 
-pub struct Kernel {
-    profile: Arc<Profile>,
-    layout: Layout,
-}
-
-impl Kernel {
-    pub fn new(profile: Arc<Profile>, layout: &Layout) -> Kernel {
-        Kernel {
-            profile,
-            layout: layout.clone(),
-        }
-    }
-}
+pub struct Kernel(pub Arc<BuildContext>);
 
 impl Stage for Kernel {
     fn name(&self) -> &'static str {
@@ -38,23 +26,23 @@ impl Stage for Kernel {
         true
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
-        let kernel = &self.profile.kernel;
+        let kernel = &self.0.profile.kernel;
         inputs.value("profile [kernel]", kernel);
         if kernel.kind == KernelKind::Kerrighed {
             for name in ["linux", "kerrighed"] {
-                if let Some(source) = self.profile.source(name) {
+                if let Some(source) = self.0.profile.source(name) {
                     inputs.value(&format!("source {name}"), source);
                 }
             }
             if let Some(config) = &kernel.config {
-                inputs.file(&self.layout.project.join(config))?;
+                inputs.file(&self.0.layout.project.join(config))?;
             }
         }
         inputs.output_of("packages", NODES_ROOT);
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::dir(KERNEL, self.layout.build.join("kernel"))]
+        vec![Output::dir(KERNEL, self.0.layout.build.join("kernel"))]
     }
     fn run(&self, _run: &mut StageRun) -> Result<()> {
         Err(NotBuiltYet {

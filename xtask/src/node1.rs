@@ -6,27 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::kernel::KERNEL;
 use crate::packages::{NODE1_ROOT, NODES_ROOT};
-use crate::pipeline::NotBuiltYet;
-use crate::profile::Profile;
+use crate::pipeline::{BuildContext, NotBuiltYet};
 
 pub const CONFIG: &str = "config";
 
-pub struct Node1 {
-    profile: Arc<Profile>,
-    layout: Layout,
-}
-
-impl Node1 {
-    pub fn new(profile: Arc<Profile>, layout: &Layout) -> Node1 {
-        Node1 {
-            profile,
-            layout: layout.clone(),
-        }
-    }
-}
+pub struct Node1(pub Arc<BuildContext>);
 
 impl Stage for Node1 {
     fn name(&self) -> &'static str {
@@ -39,17 +26,17 @@ impl Stage for Node1 {
         true
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
-        inputs.value("profile [network]", &self.profile.network);
-        inputs.value("profile [cluster]", &self.profile.cluster);
-        inputs.value("profile kernel.kind", &self.profile.kernel.kind);
-        inputs.tree(&self.layout.project.join("overlay"))?;
+        inputs.value("profile [network]", &self.0.profile.network);
+        inputs.value("profile [cluster]", &self.0.profile.cluster);
+        inputs.value("profile kernel.kind", &self.0.profile.kernel.kind);
+        inputs.tree(&self.0.layout.project.join("overlay"))?;
         inputs.output_of("packages", NODE1_ROOT);
         inputs.output_of("packages", NODES_ROOT);
         inputs.output_of("kernel", KERNEL);
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::dir(CONFIG, self.layout.build.join("node1"))]
+        vec![Output::dir(CONFIG, self.0.layout.build.join("node1"))]
     }
     fn run(&self, _run: &mut StageRun) -> Result<()> {
         Err(NotBuiltYet {

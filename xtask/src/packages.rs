@@ -5,26 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
-use crate::pipeline::NotBuiltYet;
-use crate::profile::Profile;
+use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::pipeline::{BuildContext, NotBuiltYet};
 
 pub const NODE1_ROOT: &str = "node1-root";
 pub const NODES_ROOT: &str = "nodes-root";
 
-pub struct Packages {
-    profile: Arc<Profile>,
-    layout: Layout,
-}
-
-impl Packages {
-    pub fn new(profile: Arc<Profile>, layout: &Layout) -> Packages {
-        Packages {
-            profile,
-            layout: layout.clone(),
-        }
-    }
-}
+pub struct Packages(pub Arc<BuildContext>);
 
 impl Stage for Packages {
     fn name(&self) -> &'static str {
@@ -37,12 +24,12 @@ impl Stage for Packages {
         true
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
-        inputs.value("profile [node1]", &self.profile.node1);
-        inputs.value("profile [nodes]", &self.profile.nodes);
+        inputs.value("profile [node1]", &self.0.profile.node1);
+        inputs.value("profile [nodes]", &self.0.profile.nodes);
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        let roots = self.layout.build.join("roots");
+        let roots = self.0.layout.build.join("roots");
         vec![
             Output::dir(NODE1_ROOT, roots.join("node1")),
             Output::dir(NODES_ROOT, roots.join("nodes")),

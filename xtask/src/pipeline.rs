@@ -15,12 +15,22 @@ pub const ALL_BUT_KERNEL: &[&str] = &["packages", "node1", "iso"];
 /// `iso`: the image from the existing roots and kernel (node1 if it is stale).
 pub const ISO: &[&str] = &["node1", "iso"];
 
+/// What every stage works from: the profile and where things live.
+pub struct BuildContext {
+    pub profile: Arc<Profile>,
+    pub layout: Layout,
+}
+
 pub fn stages(profile: &Arc<Profile>, layout: &Layout) -> Vec<Box<dyn Stage>> {
+    let cx = Arc::new(BuildContext {
+        profile: profile.clone(),
+        layout: layout.clone(),
+    });
     vec![
-        Box::new(Packages::new(profile.clone(), layout)),
-        Box::new(Kernel::new(profile.clone(), layout)),
-        Box::new(Node1::new(profile.clone(), layout)),
-        Box::new(Iso::new(profile.clone(), layout)),
+        Box::new(Packages(cx.clone())),
+        Box::new(Kernel(cx.clone())),
+        Box::new(Node1(cx.clone())),
+        Box::new(Iso(cx)),
     ]
 }
 

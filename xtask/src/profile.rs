@@ -743,7 +743,8 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-fn walk_table(table: &toml_edit::Table, prefix: &str, out: &mut Vec<SpanEntry>) {
+/// Standard and inline tables alike.
+fn walk_table(table: &dyn toml_edit::TableLike, prefix: &str, out: &mut Vec<SpanEntry>) {
     for (name, _) in table.iter() {
         let Some((key, item)) = table.get_key_value(name) else {
             continue;
@@ -772,14 +773,8 @@ fn walk_item(item: &toml_edit::Item, path: &str, out: &mut Vec<SpanEntry>) {
                 walk_table(t, &p, out);
             }
         }
-        toml_edit::Item::Value(v) => walk_value(v, path, out),
-        toml_edit::Item::None => {}
-    }
-}
-
-fn walk_value(value: &toml_edit::Value, path: &str, out: &mut Vec<SpanEntry>) {
-    match value {
-        toml_edit::Value::Array(a) => {
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => walk_table(t, path, out),
+        toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
             for (i, v) in a.iter().enumerate() {
                 let p = format!("{path}[{i}]");
                 out.push(SpanEntry {
@@ -787,23 +782,10 @@ fn walk_value(value: &toml_edit::Value, path: &str, out: &mut Vec<SpanEntry>) {
                     key: None,
                     value: v.span(),
                 });
-                walk_value(v, &p, out);
+                walk_item(&toml_edit::Item::Value(v.clone()), &p, out);
             }
         }
-        toml_edit::Value::InlineTable(t) => {
-            for (name, _) in t.iter() {
-                if let Some((key, item)) = t.get_key_value(name) {
-                    let p = join(path, name);
-                    out.push(SpanEntry {
-                        path: p.clone(),
-                        key: key.span(),
-                        value: item.span(),
-                    });
-                    walk_item(item, &p, out);
-                }
-            }
-        }
-        _ => {}
+        toml_edit::Item::Value(_) | toml_edit::Item::None => {}
     }
 }
 

@@ -365,3 +365,28 @@ fn planning_changes_nothing_on_disk() {
     assert_eq!(snapshot(sb.dir.path()), before);
     assert!(record.runs().len() == 4);
 }
+
+#[test]
+fn a_second_run_on_the_same_build_dir_is_refused_while_the_first_holds_it() {
+    use std::os::fd::AsRawFd;
+    let sb = Sandbox::new();
+    let record = Record::default();
+    let engine = sb.engine("smoke", &record);
+    fs::create_dir_all(&sb.layout().build).unwrap();
+    // Another run holds the lock.
+    let held = fs::File::create(sb.layout().build.join(".lock")).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let err = engine.run(BUILD, OPTS).unwrap_err().to_string();
+    assert!(
+        err.contains("another krgiso run is using the build dir"),
+        "{err}"
+    );
+    assert!(record.runs().is_empty());
+    assert!(engine.clean("iso").is_err());
+    drop(held);
+    engine.run(BUILD, OPTS).unwrap();
+    assert_eq!(record.runs(), BUILD);
+}
