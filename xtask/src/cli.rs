@@ -2,7 +2,7 @@
 //! the engine or a command module, and turns errors into one clear message
 //! and an exit code. Knows nothing of debootstrap.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use crate::engine::{Engine, Layout, RunOptions, State};
+use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
 use crate::interrupt::{self, Interrupted};
 use crate::pipeline::{self, NotBuiltYet};
 use crate::profile::{self, Profile};
@@ -74,7 +75,11 @@ pub enum Command {
     /// Rebuild the image from the existing roots and kernel (node1 too, if stale)
     Iso,
     /// Download and verify the kernel sources only
-    Fetch,
+    Fetch {
+        /// Pin sources that have no sha256 yet in sources.lock (beside the profile)
+        #[arg(long)]
+        lock_new: bool,
+    },
     /// Show each stage: done, stale (and why) or missing
     Status,
     /// Remove a stage's outputs and stamp (downloads are kept)
@@ -163,8 +168,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Clean { stage, all } => {
             return clean(&engine, stage.as_deref(), *all, cli.dry_run)
         }
-        Command::Fetch => {
-            return not_built("`cargo xtask fetch`", 3, "sources: fetch, verify, extract")
+        Command::Fetch { lock_new } => {
+            return fetch_sources(&profile, &profile_path, &engine.layout, *lock_new, &cli)
         }
         Command::Qemu { .. } => return not_built("`cargo xtask qemu`", 8, "the QEMU boot test"),
         Command::Usb { .. } => return not_built("`cargo xtask usb`", 7, "the safe USB writer"),
@@ -185,6 +190,35 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     engine.run(stages, options)?;
+    Ok(())
+}
+
+fn fetch_sources(
+    profile: &Profile,
+    profile_path: &Path,
+    layout: &Layout,
+    lock_new: bool,
+    cli: &Cli,
+) -> Result<()> {
+    let lock_path = SourcesLock::beside(profile_path);
+    let mut lock = SourcesLock::load(&lock_path)?;
+    let cache = Cache::new(&layout.downloads);
+    if cli.dry_run {
+        println!("would fetch into {}:", cache.dir.display());
+        for s in &profile.sources {
+            let pin = fetch::pin_of(s, &lock).unwrap_or("no pin yet");
+            println!("  {:<26} {pin}", s.file);
+        }
+        return Ok(());
+    }
+    let options = FetchOptions {
+        offline: cli.offline,
+        lock_new,
+        ..FetchOptions::default()
+    };
+    for v in fetch::fetch(&profile.sources, &mut lock, &cache, &options)? {
+        println!("verified {}  sha256 {}", v.path.display(), v.sha256);
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod fetch;
 pub mod files;
 pub mod host;
 pub mod interrupt;

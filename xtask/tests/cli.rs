@@ -132,7 +132,7 @@ fn dry_run_of_iso_without_a_build_says_what_to_run() {
 
 #[test]
 fn commands_not_built_yet_say_so_in_one_line() {
-    for args in [&["fetch"][..], &["qemu"], &["usb", "/dev/null"]] {
+    for args in [&["qemu"][..], &["usb", "/dev/null"]] {
         let out = xtask(args);
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
@@ -221,4 +221,96 @@ fn clean_needs_a_target_and_never_touches_the_download_cache() {
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(!tmp.path().join("build").exists());
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), "cached");
+}
+
+/// A copy of the smoke profile whose sources come from `server`.
+fn profile_with_local_sources(
+    dir: &Path,
+    server: &common::http::TestServer,
+    linux_sha: &str,
+) -> std::path::PathBuf {
+    let smoke = std::fs::read_to_string(xtask::project_root().join("profiles/smoke.toml")).unwrap();
+    let head = &smoke[..smoke.find("[[sources]]").unwrap()];
+    let tail = &smoke[smoke.find("[network]").unwrap()..];
+    let sources = format!(
+        "[[sources]]\nname = \"linux\"\nfile = \"linux-2.6.20.tar.bz2\"\nsha256 = \"{linux_sha}\"\nurls = [\"{}\"]\n\n\
+         [[sources]]\nname = \"kerrighed\"\nfile = \"kerrighed-2.4.1.tar.gz\"\nurls = [\"{}\", \"{}\"]\n\n",
+        server.url("/linux-2.6.20.tar.bz2"),
+        common::http::refused_url(),
+        server.url("/kerrighed-2.4.1.tar.gz"),
+    );
+    let path = dir.join("profiles/local.toml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, format!("{head}{sources}{tail}")).unwrap();
+    path
+}
+
+#[test]
+fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
+    use common::http::{Route, TestServer};
+    let server = TestServer::start();
+    let linux = b"pretend linux tarball".repeat(1000);
+    let krg = b"pretend kerrighed tarball".repeat(500);
+    server.route("/linux-2.6.20.tar.bz2", Route::file(&linux));
+    server.route("/kerrighed-2.4.1.tar.gz", Route::file(&krg));
+    let tmp = tempfile::tempdir().unwrap();
+    let profile =
+        profile_with_local_sources(tmp.path(), &server, &xtask::engine::sha256_hex(&linux));
+    let run = |extra: &[&str]| {
+        let mut args = build_dir_args(tmp.path());
+        args.extend([
+            "--profile".into(),
+            profile.display().to_string(),
+            "fetch".into(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let out = run(&[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&xtask::engine::sha256_hex(&krg)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cargo xtask fetch --lock-new"), "{stderr}");
+    assert!(
+        stderr.contains("refused"),
+        "the dead mirror is reported:\n{stderr}"
+    );
+    let lock = tmp.path().join("profiles/sources.lock");
+    assert!(!lock.exists());
+    assert!(
+        tmp.path().join("downloads/linux-2.6.20.tar.bz2").exists(),
+        "the pinned source is cached"
+    );
+    assert!(!tmp.path().join("downloads/kerrighed-2.4.1.tar.gz").exists());
+
+    let out = run(&["--lock-new"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("pinned kerrighed-2.4.1.tar.gz"), "{stderr}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("verified "))
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(std::fs::read_to_string(&lock)
+        .unwrap()
+        .contains(&xtask::engine::sha256_hex(&krg)));
+
+    let requests = server.seen().len();
+    let out = run(&["--offline"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = run(&[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        server.seen().len(),
+        requests,
+        "a verified cache opens no connection"
+    );
 }

@@ -1,0 +1,632 @@
+//! Getting the sources: each `[[sources]]` file from its mirrors, in order,
+//! into the download cache, verified against its sha256 pin. Only a file
+//! whose sha256 matches is ever renamed into the cache; a cached file is
+//! verified again before every use.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::engine::hash_reader;
+use crate::files;
+use crate::interrupt::{self, Interrupted};
+use crate::profile::Source;
+
+/// How to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Open no connection: every source must be in the cache already.
+    pub offline: bool,
+    /// Pin a source that has no sha256 yet, in `sources.lock`.
+    pub lock_new: bool,
+    /// Tries per mirror before moving to the next (a dropped connection resumes).
+    pub attempts: u32,
+    /// Wait before the second try; doubles after each.
+    pub backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for headers or for the next bytes.
+    pub read_timeout: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> FetchOptions {
+        FetchOptions {
+            offline: false,
+            lock_new: false,
+            attempts: 3,
+            backoff: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A source in the cache whose sha256 matched its pin just now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// `sources.lock`: the sha256 of sources whose profile entry gives none,
+/// written on the first verified fetch (`--lock-new`) and enforced after.
+#[derive(Debug, Clone)]
+pub struct SourcesLock {
+    pub path: PathBuf,
+    pins: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockFile {
+    sha256: BTreeMap<String, String>,
+}
+
+impl SourcesLock {
+    /// The lock file that goes with a profile: `sources.lock` beside it.
+    pub fn beside(profile: &Path) -> PathBuf {
+        profile
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("sources.lock")
+    }
+
+    /// Reads the lock; a missing file is an empty lock.
+    pub fn load(path: &Path) -> Result<SourcesLock> {
+        let pins = match fs::read_to_string(path) {
+            Ok(text) => {
+                let file: LockFile = toml::from_str(&text)
+                    .with_context(|| format!("{} is not a valid lock file", path.display()))?;
+                for (name, sum) in &file.sha256 {
+                    if !is_sha256(sum) {
+                        bail!(
+                            "{}: the sha256 of {name} is not 64 lowercase hex digits",
+                            path.display()
+                        );
+                    }
+                }
+                file.sha256
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(SourcesLock {
+            path: path.to_owned(),
+            pins,
+        })
+    }
+
+    pub fn get(&self, file: &str) -> Option<&str> {
+        self.pins.get(file).map(String::as_str)
+    }
+
+    fn pin(&mut self, file: &str, sha256: &str) -> Result<()> {
+        self.pins.insert(file.to_owned(), sha256.to_owned());
+        let body = toml::to_string(&LockFile {
+            sha256: self.pins.clone(),
+        })
+        .context("encoding sources.lock")?;
+        let text = format!(
+            "# krgiso sources.lock: sha256 pins for sources whose profile entry has none.\n\
+             # Written by `cargo xtask fetch --lock-new`; commit it. Every fetch enforces it.\n\n{body}"
+        );
+        files::write_atomic(&self.path, text.as_bytes())
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+/// The pin a source is held to: its profile entry's, else the lock's.
+pub fn pin_of<'a>(source: &'a Source, lock: &'a SourcesLock) -> Option<&'a str> {
+    source.sha256.as_deref().or_else(|| lock.get(&source.file))
+}
+
+/// The download cache: verified files, `.part` downloads, `rejected/`, `unpinned/`.
+pub struct Cache {
+    pub dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(dir: &Path) -> Cache {
+        Cache {
+            dir: dir.to_owned(),
+        }
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn part(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.part"))
+    }
+    fn unpinned(&self, name: &str) -> PathBuf {
+        self.dir.join("unpinned").join(name)
+    }
+
+    /// Moves a bad file out of the way, keeping it for inspection.
+    fn reject(&self, path: &Path, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("rejected");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dest = dir.join(format!("{name}.{stamp}"));
+        fs::rename(path, &dest)
+            .with_context(|| format!("moving {} to {}", path.display(), dest.display()))?;
+        Ok(dest)
+    }
+}
+
+pub fn sha256_of(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    hash_reader(&mut h, path)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Gets every source into the cache and verifies it. Opens no connection
+/// when every source is already cached and verifies.
+pub fn fetch(
+    sources: &[Source],
+    lock: &mut SourcesLock,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<Vec<Verified>> {
+    fs::create_dir_all(&cache.dir)
+        .with_context(|| format!("creating the download cache {}", cache.dir.display()))?;
+    let mut verified = Vec::new();
+    let mut offline_missing = Vec::new();
+    let mut unpinned = Vec::new();
+    let mut client = None;
+    for source in sources {
+        interrupt::check()?;
+        let dest = cache.file(&source.file);
+        let pin = pin_of(source, lock).map(str::to_owned);
+
+        if let Some(pin) = &pin {
+            if dest.exists() {
+                let got = sha256_of(&dest)?;
+                if &got == pin {
+                    verified.push(Verified {
+                        name: source.name.clone(),
+                        path: dest,
+                        sha256: got,
+                    });
+                    continue;
+                }
+                let moved = cache.reject(&dest, &source.file)?;
+                eprintln!(
+                    "warning: the cached {} is corrupt (expected sha256 {pin}, got {got}); moved it to {}",
+                    source.file,
+                    moved.display()
+                );
+            }
+        } else if opts.lock_new && cache.unpinned(&source.file).exists() {
+            // Downloaded by an earlier fetch that stopped for want of a pin:
+            // lock exactly the bytes whose sha256 was shown then.
+            let held = cache.unpinned(&source.file);
+            let sha = sha256_of(&held)?;
+            lock.pin(&source.file, &sha)?;
+            fs::rename(&held, &dest)
+                .with_context(|| format!("moving {} into the cache", held.display()))?;
+            eprintln!(
+                "pinned {} sha256 {sha} in {}",
+                source.file,
+                lock.path.display()
+            );
+            verified.push(Verified {
+                name: source.name.clone(),
+                path: dest,
+                sha256: sha,
+            });
+            continue;
+        }
+
+        if opts.offline {
+            offline_missing.push(source);
+            continue;
+        }
+        if client.is_none() {
+            client = Some(http_client(opts)?);
+        }
+        let http = client.as_ref().context("internal: no HTTP client")?;
+        let (part, sha, url) = download(http, source, pin.as_deref(), cache, opts)?;
+        match pin {
+            Some(_) => {
+                fs::rename(&part, &dest)
+                    .with_context(|| format!("moving {} into the cache", part.display()))?;
+            }
+            None if opts.lock_new => {
+                lock.pin(&source.file, &sha)?;
+                fs::rename(&part, &dest)
+                    .with_context(|| format!("moving {} into the cache", part.display()))?;
+                eprintln!(
+                    "pinned {} sha256 {sha} (from {url}) in {}",
+                    source.file,
+                    lock.path.display()
+                );
+            }
+            None => {
+                let held = cache.unpinned(&source.file);
+                fs::create_dir_all(held.parent().unwrap_or(&cache.dir))?;
+                fs::rename(&part, &held)
+                    .with_context(|| format!("moving {} aside", part.display()))?;
+                unpinned.push((source, sha, url));
+                continue;
+            }
+        }
+        verified.push(Verified {
+            name: source.name.clone(),
+            path: dest,
+            sha256: sha,
+        });
+    }
+
+    if !offline_missing.is_empty() {
+        let mut msg = String::from(
+            "--offline, but these sources are not in the download cache (or do not verify):",
+        );
+        for s in &offline_missing {
+            msg.push_str(&format!(
+                "\n  {} — get it from {}",
+                s.file,
+                s.urls.join(" or ")
+            ));
+        }
+        msg.push_str(&format!(
+            "\nrun `cargo xtask fetch` where there is internet, or put the files in {}",
+            cache.dir.display()
+        ));
+        bail!(msg);
+    }
+    if !unpinned.is_empty() {
+        let mut msg = String::from("not used: these sources have no sha256 pin yet, neither in the profile nor in the lock file:");
+        for (s, sha, url) in &unpinned {
+            msg.push_str(&format!("\n  {} sha256 {sha}\n    from {url}", s.file));
+        }
+        msg.push_str(&format!(
+            "\ncheck that sha256 against a copy you trust, then pin it with `cargo xtask fetch --lock-new` (writes {})",
+            lock.path.display()
+        ));
+        bail!(msg);
+    }
+    Ok(verified)
+}
+
+fn http_client(opts: &FetchOptions) -> Result<reqwest::blocking::Client> {
+    // reqwest is built without a bundled crypto provider: use rustls' ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .connect_timeout(opts.connect_timeout)
+        .timeout(opts.read_timeout)
+        .user_agent(concat!("krgiso/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("setting up the HTTP client")
+}
+
+/// Why one try at one mirror failed.
+enum Failure {
+    /// Worth another try at the same mirror (resuming what we have).
+    Retry(String),
+    /// This mirror will not do: go to the next.
+    NextMirror(String),
+}
+
+/// Tries each mirror in order; returns the completed `.part`, its sha256
+/// and the URL it came from. A pinned download that does not match is
+/// rejected and the next mirror tried.
+fn download(
+    http: &reqwest::blocking::Client,
+    source: &Source,
+    pin: Option<&str>,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<(PathBuf, String, String)> {
+    let part = cache.part(&source.file);
+    let mut reasons = Vec::new();
+    for url in &source.urls {
+        let mut wait = opts.backoff;
+        let mut attempt = 1;
+        loop {
+            match fetch_once(http, url, &part, &source.file)? {
+                Ok(sha) => {
+                    if pin.is_none_or(|p| p == sha) {
+                        return Ok((part, sha, url.clone()));
+                    }
+                    let moved = cache.reject(&part, &source.file)?;
+                    let why = format!(
+                        "wrong checksum: expected sha256 {}, got {sha}; kept in {}",
+                        pin.unwrap_or_default(),
+                        moved.display()
+                    );
+                    eprintln!("fetch: {url}: {why}");
+                    reasons.push(format!("{url}: {why}"));
+                    break;
+                }
+                Err(Failure::Retry(why)) if attempt < opts.attempts => {
+                    eprintln!(
+                        "fetch: {url}: {why}; try {}/{} in {:.0?}",
+                        attempt + 1,
+                        opts.attempts,
+                        wait
+                    );
+                    sleep_unless_interrupted(wait)?;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(Failure::Retry(why) | Failure::NextMirror(why)) => {
+                    eprintln!("fetch: {url}: {why}");
+                    reasons.push(format!("{url}: {why}"));
+                    break;
+                }
+            }
+        }
+    }
+    let mut msg = format!(
+        "could not get {} from any of its {} mirror(s):",
+        source.file,
+        source.urls.len()
+    );
+    for r in &reasons {
+        msg.push_str(&format!("\n  {r}"));
+    }
+    msg.push_str(&format!(
+        "\nadd a working mirror to the urls of source `{}` in the profile, or put a copy in {}",
+        source.name,
+        cache.dir.display()
+    ));
+    bail!(msg)
+}
+
+fn sleep_unless_interrupted(d: Duration) -> Result<(), Interrupted> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    }
+    Ok(())
+}
+
+/// One request: resumes `part` with a Range request when it holds bytes.
+/// The outer Result is for what must stop everything (Ctrl-C, a full disk).
+fn fetch_once(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    part: &Path,
+    file: &str,
+) -> Result<Result<String, Failure>> {
+    use reqwest::StatusCode;
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut request = http.get(url);
+    if have > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut response = match request.send() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(classify(&e))),
+    };
+    let status = response.status();
+    let resume = match status {
+        StatusCode::PARTIAL_CONTENT if have > 0 => {
+            let range = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !range.starts_with(&format!("bytes {have}-")) {
+                fs::remove_file(part).ok();
+                return Ok(Err(Failure::Retry(format!(
+                    "the server resumed at the wrong place ({range})"
+                ))));
+            }
+            true
+        }
+        StatusCode::OK => {
+            if have > 0 {
+                eprintln!(
+                    "fetch: {url}: the server ignores Range; starting {file} again from zero"
+                );
+            }
+            false
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            fs::remove_file(part).ok();
+            return Ok(Err(Failure::Retry(
+                "the partial download does not fit the file; starting again".into(),
+            )));
+        }
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            return Ok(Err(Failure::Retry(format!("HTTP {s}"))));
+        }
+        s => return Ok(Err(Failure::NextMirror(format!("HTTP {s}")))),
+    };
+
+    let mut hasher = Sha256::new();
+    let mut out = if resume {
+        hash_reader(&mut hasher, part)?;
+        OpenOptions::new().append(true).open(part)
+    } else {
+        File::create(part)
+    }
+    .with_context(|| format!("opening {}", part.display()))?;
+    let offset = if resume { have } else { 0 };
+    let expected_len = response.content_length().map(|n| n + offset);
+    let bar = DownloadBar::new(file, url, expected_len, offset);
+
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received = offset;
+    let read_error = loop {
+        if interrupt::is_interrupted() {
+            let _ = out.sync_all();
+            bar.finish(false);
+            return Err(Interrupted.into());
+        }
+        match response.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => {
+                out.write_all(&buf[..n])
+                    .with_context(|| format!("writing {} (is the disk full?)", part.display()))?;
+                hasher.update(&buf[..n]);
+                received += n as u64;
+                bar.set(received);
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    out.sync_all()
+        .with_context(|| format!("writing {}", part.display()))?;
+    let short = expected_len.is_some_and(|len| received < len);
+    if read_error.is_some() || short {
+        bar.finish(false);
+        let why = match read_error {
+            Some(e) => format!("connection lost after {} ({e})", human_bytes(received)),
+            None => format!(
+                "connection closed after {} of {}",
+                human_bytes(received),
+                human_bytes(expected_len.unwrap_or(0))
+            ),
+        };
+        return Ok(Err(Failure::Retry(why)));
+    }
+    bar.finish(true);
+    Ok(Ok(hex::encode(hasher.finalize())))
+}
+
+/// A mirror we cannot reach (DNS, refused, connect timeout) is skipped; a
+/// transfer that broke off is resumed at the same mirror.
+fn classify(e: &reqwest::Error) -> Failure {
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        why = format!("{why}: {s}");
+        source = s.source();
+    }
+    if e.is_connect() {
+        Failure::NextMirror(why)
+    } else if e.is_timeout() || e.is_request() || e.is_body() {
+        Failure::Retry(why)
+    } else {
+        Failure::NextMirror(why)
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Bytes, rate and ETA on a terminal; a start and an end line elsewhere.
+struct DownloadBar {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    offset: u64,
+    label: String,
+}
+
+impl DownloadBar {
+    fn new(file: &str, url: &str, total: Option<u64>, offset: u64) -> DownloadBar {
+        let from = if offset > 0 {
+            format!(" (resuming at {})", human_bytes(offset))
+        } else {
+            String::new()
+        };
+        let label = format!("{file} from {url}{from}");
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total {
+                Some(n) => ProgressBar::new(n),
+                None => ProgressBar::new_spinner(),
+            };
+            let template =
+                "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(file.to_owned());
+            bar.set_position(offset);
+            bar.reset_eta();
+            bar
+        });
+        if bar.is_none() {
+            eprintln!("fetch: {label}");
+        }
+        DownloadBar {
+            bar,
+            started: Instant::now(),
+            offset,
+            label,
+        }
+    }
+
+    fn set(&self, pos: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+        }
+    }
+
+    fn finish(&self, ok: bool) {
+        let total = self.bar.as_ref().map(|b| b.position());
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if ok {
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let got = total.unwrap_or(0).saturating_sub(self.offset);
+            let rate = if total.is_some() {
+                format!(", {}/s", human_bytes((got as f64 / secs) as u64))
+            } else {
+                String::new()
+            };
+            eprintln!("fetch: got {} in {secs:.1}s{rate}", self.label);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_file_round_trip_and_refuses_bad_sums() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("sources.lock");
+        let mut lock = SourcesLock::load(&path).unwrap();
+        assert_eq!(lock.get("a.tar.gz"), None);
+        let sum = "ab".repeat(32);
+        lock.pin("a.tar.gz", &sum).unwrap();
+        let again = SourcesLock::load(&path).unwrap();
+        assert_eq!(again.get("a.tar.gz"), Some(sum.as_str()));
+        assert!(fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("# krgiso sources.lock"));
+
+        fs::write(&path, "[sha256]\n\"a.tar.gz\" = \"XYZ\"\n").unwrap();
+        let err = SourcesLock::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not 64 lowercase hex digits"), "{err}");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(44 * 1024 * 1024 + 512 * 1024), "44.5 MiB");
+    }
+}
