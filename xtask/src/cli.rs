@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
@@ -13,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::engine::{Engine, Layout, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
 use crate::interrupt::{self, Interrupted};
-use crate::pipeline::{self, NotBuiltYet};
+use crate::pipeline::{self, BuildContext, NotBuiltYet};
 use crate::profile::{self, Profile};
 use crate::testsuite;
 
@@ -144,14 +143,18 @@ fn run(cli: Cli) -> Result<()> {
         return testsuite::run(&project, cli.dry_run);
     }
     let profile_path = profile::resolve(&cli.profile, &project)?;
-    let profile = Arc::new(Profile::load(&profile_path)?);
+    let profile = Profile::load(&profile_path)?;
     let build_dir = cli
         .build_dir
         .as_deref()
         .map(std::path::absolute)
         .transpose()?;
     let layout = Layout::new(&project, build_dir.as_deref());
-    let engine = pipeline::engine(&profile, layout);
+    let engine = pipeline::engine(BuildContext {
+        profile: profile.clone(),
+        profile_path: profile_path.clone(),
+        layout,
+    });
     let options = RunOptions {
         force: cli.force,
         verbose: cli.verbose,

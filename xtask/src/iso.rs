@@ -32,7 +32,9 @@ impl Stage for Iso {
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        let BuildContext { profile, layout } = &*self.0;
+        let BuildContext {
+            profile, layout, ..
+        } = &*self.0;
         let image = layout.out.join(&profile.iso.output);
         let checksum = layout.out.join(format!("{}.sha256", profile.iso.output));
         vec![

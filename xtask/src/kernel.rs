@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::fetch;
 use crate::packages::NODES_ROOT;
 use crate::pipeline::{BuildContext, NotBuiltYet};
 use crate::profile::KernelKind;
@@ -29,9 +30,13 @@ impl Stage for Kernel {
         let kernel = &self.0.profile.kernel;
         inputs.value("profile [kernel]", kernel);
         if kernel.kind == KernelKind::Kerrighed {
+            // The bytes the kernel is built from: file name and effective pin
+            // (the profile's sha256, else sources.lock's). Mirrors may change.
+            let lock = self.0.sources_lock()?;
             for name in ["linux", "kerrighed"] {
                 if let Some(source) = self.0.profile.source(name) {
-                    inputs.value(&format!("source {name}"), source);
+                    let pin = fetch::pin_of(source, &lock).unwrap_or("unpinned");
+                    inputs.value(&format!("source {name}"), &(&source.file, pin));
                 }
             }
             if let Some(config) = &kernel.config {

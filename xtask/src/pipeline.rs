@@ -1,10 +1,12 @@
 //! The krgiso pipeline: the four stages of DESIGN.md over one profile, and
 //! which stages each command runs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::engine::NotBuiltYet;
 use crate::engine::{Engine, Layout, Stage};
+use crate::fetch::SourcesLock;
 use crate::profile::Profile;
 use crate::{iso::Iso, kernel::Kernel, node1::Node1, packages::Packages};
 
@@ -15,17 +17,22 @@ pub const ALL_BUT_KERNEL: &[&str] = &["packages", "node1", "iso"];
 /// `iso`: the image from the existing roots and kernel (node1 if it is stale).
 pub const ISO: &[&str] = &["node1", "iso"];
 
-/// What every stage works from: the profile and where things live.
+/// What every stage works from: the profile, where it came from (its
+/// `sources.lock` sits beside it) and where things live.
 pub struct BuildContext {
-    pub profile: Arc<Profile>,
+    pub profile: Profile,
+    pub profile_path: PathBuf,
     pub layout: Layout,
 }
 
-pub fn stages(profile: &Arc<Profile>, layout: &Layout) -> Vec<Box<dyn Stage>> {
-    let cx = Arc::new(BuildContext {
-        profile: profile.clone(),
-        layout: layout.clone(),
-    });
+impl BuildContext {
+    pub fn sources_lock(&self) -> anyhow::Result<SourcesLock> {
+        SourcesLock::load(&SourcesLock::beside(&self.profile_path))
+    }
+}
+
+pub fn stages(cx: &Arc<BuildContext>) -> Vec<Box<dyn Stage>> {
+    let cx = cx.clone();
     vec![
         Box::new(Packages(cx.clone())),
         Box::new(Kernel(cx.clone())),
@@ -34,7 +41,7 @@ pub fn stages(profile: &Arc<Profile>, layout: &Layout) -> Vec<Box<dyn Stage>> {
     ]
 }
 
-pub fn engine(profile: &Arc<Profile>, layout: Layout) -> Engine {
-    let stages = stages(profile, &layout);
-    Engine::new(layout, stages)
+pub fn engine(cx: BuildContext) -> Engine {
+    let cx = Arc::new(cx);
+    Engine::new(cx.layout.clone(), stages(&cx))
 }

@@ -390,3 +390,40 @@ fn a_second_run_on_the_same_build_dir_is_refused_while_the_first_holds_it() {
     engine.run(BUILD, OPTS).unwrap();
     assert_eq!(record.runs(), BUILD);
 }
+
+#[test]
+fn pinning_a_source_in_sources_lock_makes_the_kernel_stale() {
+    let sb = Sandbox::new();
+    let record = Record::default();
+    let engine = sb.engine("kerrighed", &record);
+    engine.run(BUILD, OPTS).unwrap();
+    let lock = sb.project().join("profiles/sources.lock");
+    fs::write(
+        &lock,
+        format!(
+            "[sha256]\n\"kerrighed-2.4.1.tar.gz\" = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    assert!(
+        stale_because(&engine, "kernel", "source kerrighed changed"),
+        "{:?}",
+        states(&engine)
+    );
+    assert_eq!(state(&engine, "packages"), State::Done);
+    // A mirror list change is not a change of the bytes: nothing to redo.
+    fs::remove_file(&lock).unwrap();
+    sb.edit_profile(
+        "kerrighed",
+        "    # add your own mirrors here\n",
+        "    \"https://mirror.example/kerrighed-2.4.1.tar.gz\",\n",
+    );
+    let engine = sb.engine("kerrighed", &record);
+    assert_eq!(
+        state(&engine, "kernel"),
+        State::Done,
+        "{:?}",
+        states(&engine)
+    );
+}

@@ -47,8 +47,8 @@ impl Sandbox {
         self.project().join("profiles").join(format!("{name}.toml"))
     }
 
-    pub fn profile(&self, name: &str) -> Arc<Profile> {
-        Arc::new(Profile::load(&self.profile_path(name)).unwrap())
+    pub fn profile(&self, name: &str) -> Profile {
+        Profile::load(&self.profile_path(name)).unwrap()
     }
 
     /// Edits a profile file in place: replace `from` by `to` (which must occur).
@@ -62,7 +62,12 @@ impl Sandbox {
     /// The real pipeline's stages over this sandbox, with stand-in work.
     pub fn engine(&self, profile: &str, record: &Record) -> Engine {
         let layout = self.layout();
-        let stages = pipeline::stages(&self.profile(profile), &layout)
+        let cx = Arc::new(pipeline::BuildContext {
+            profile: self.profile(profile),
+            profile_path: self.profile_path(profile),
+            layout: layout.clone(),
+        });
+        let stages = pipeline::stages(&cx)
             .into_iter()
             .map(|real| {
                 Box::new(StandIn {
