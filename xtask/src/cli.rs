@@ -144,6 +144,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     let profile_path = profile::resolve(&cli.profile, &project)?;
     let profile = Profile::load(&profile_path)?;
+    for warning in profile.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let build_dir = cli
         .build_dir
         .as_deref()
@@ -154,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
         profile: profile.clone(),
         profile_path: profile_path.clone(),
         layout,
+        offline: cli.offline,
     });
     let options = RunOptions {
         force: cli.force,

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::chroot;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
@@ -113,6 +114,11 @@ pub trait Stage {
     }
     fn needs_root(&self) -> bool {
         false
+    }
+    /// Checks that need no tools and no root (a conflicting option, say),
+    /// run before anything else so a run that cannot work stops at once.
+    fn preflight(&self) -> Result<()> {
+        Ok(())
     }
     /// Host programs the stage runs (checked, and installed on Debian, before it starts).
     fn host_tools(&self) -> Vec<HostTool> {
@@ -387,6 +393,8 @@ pub struct StageRun<'a> {
     pub layout: &'a Layout,
     outputs: BTreeMap<&'static str, (PathBuf, PathBuf)>,
     kept: BTreeSet<&'static str>,
+    inputs: &'a BTreeMap<String, String>,
+    previous_inputs: Option<&'a BTreeMap<String, String>>,
 }
 
 impl StageRun<'_> {
@@ -415,6 +423,20 @@ impl StageRun<'_> {
 
     pub fn step(&self, what: &str) {
         self.shell.step(what);
+    }
+
+    /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
+    /// the stage's recipe are what they were when the previous run
+    /// succeeded: an output made only from them can be kept.
+    pub fn unchanged(&self, keys: &[&str]) -> bool {
+        let Some(prev) = self.previous_inputs else {
+            return false;
+        };
+        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
+        keys.iter()
+            .copied()
+            .chain(recipe.map(String::as_str))
+            .all(|k| self.inputs.get(k).is_some_and(|v| prev.get(k) == Some(v)))
     }
 }
 
@@ -661,7 +683,10 @@ impl Engine {
             eprintln!("everything is up to date: {}", selected.join(", "));
             return Ok(Vec::new());
         }
-        // Root and host tools first, for every stage: fail before any work.
+        // Preflight, root and host tools first, for every stage: fail before any work.
+        for stage in &to_run {
+            stage.preflight()?;
+        }
         for stage in &to_run {
             if stage.needs_root() {
                 host::ensure_root(stage.name())?;
@@ -671,6 +696,7 @@ impl Engine {
         host::ensure_tools(&tools, options.install_host_tools, &self.layout.log("host"))?;
 
         let _lock = BuildLock::acquire(&self.layout.build)?;
+        self.release_stale()?;
         let mut timings = Vec::new();
         for step in &plan.steps {
             let stage = self.stage(step.stage)?;
@@ -726,6 +752,8 @@ impl Engine {
             layout: &self.layout,
             outputs: slots,
             kept: BTreeSet::new(),
+            inputs: &current.digests,
+            previous_inputs: old.map(|s| &s.inputs),
         };
         let result = stage.run(&mut run).and_then(|()| Ok(interrupt::check()?));
         let StageRun {
@@ -817,10 +845,23 @@ impl Engine {
         Ok(seconds)
     }
 
+    /// A run killed with SIGKILL leaves processes in its chroots and mounts
+    /// under the build dir: release them before anything else happens there.
+    fn release_stale(&self) -> Result<()> {
+        if !self.layout.build.exists() {
+            return Ok(());
+        }
+        for line in chroot::release_stale(&self.layout.build, &chroot::SystemMounts)? {
+            eprintln!("==> left by an earlier run: {line}");
+        }
+        Ok(())
+    }
+
     /// Removes a stage's outputs and stamp. Stages that use its outputs become stale.
     pub fn clean(&self, name: &str) -> Result<()> {
         let stage = self.stage(name)?;
         let _lock = BuildLock::acquire(&self.layout.build)?;
+        self.release_stale()?;
         files::remove_tree(&self.layout.stamp(name))?;
         for output in stage.outputs() {
             for path in [

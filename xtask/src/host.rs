@@ -9,16 +9,20 @@ use xshell::cmd;
 
 use crate::shell::StageShell;
 
-/// A program the pipeline runs on the host, and the Debian package that has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A program the pipeline runs on the host (or, given as an absolute path, a
+/// file it reads, such as a keyring), and the Debian package that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostTool {
-    pub program: &'static str,
-    pub package: &'static str,
+    pub program: String,
+    pub package: String,
 }
 
 impl HostTool {
-    pub const fn new(program: &'static str, package: &'static str) -> HostTool {
-        HostTool { program, package }
+    pub fn new(program: impl Into<String>, package: impl Into<String>) -> HostTool {
+        HostTool {
+            program: program.into(),
+            package: package.into(),
+        }
     }
 }
 
@@ -39,6 +43,9 @@ pub fn ensure_root(stage: &str) -> Result<()> {
 /// Where a program would be found: `$PATH` plus the sbin directories, which
 /// a non-root `$PATH` often lacks.
 pub fn find_program(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        return Path::new(program).exists().then(|| PathBuf::from(program));
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
     std::env::split_paths(&path)
@@ -56,15 +63,15 @@ fn is_executable(p: &Path) -> bool {
 pub fn missing(tools: &[HostTool]) -> Vec<&HostTool> {
     let mut out: Vec<&HostTool> = Vec::new();
     for t in tools {
-        if find_program(t.program).is_none() && !out.iter().any(|o| o.program == t.program) {
+        if find_program(&t.program).is_none() && !out.iter().any(|o| o.program == t.program) {
             out.push(t);
         }
     }
     out
 }
 
-fn packages_of(tools: &[&HostTool]) -> Vec<&'static str> {
-    let mut pkgs: Vec<&'static str> = tools.iter().map(|t| t.package).collect();
+fn packages_of<'a>(tools: &[&'a HostTool]) -> Vec<&'a str> {
+    let mut pkgs: Vec<&str> = tools.iter().map(|t| t.package.as_str()).collect();
     pkgs.sort_unstable();
     pkgs.dedup();
     pkgs
@@ -82,7 +89,7 @@ pub fn ensure_tools(tools: &[HostTool], install: bool, log: &Path) -> Result<()>
         return Ok(());
     }
     let pkgs = packages_of(&missing);
-    let programs: Vec<&str> = missing.iter().map(|t| t.program).collect();
+    let programs: Vec<&str> = missing.iter().map(|t| t.program.as_str()).collect();
     if !(install && is_root() && is_debian()) {
         bail!(
             "missing host tools: {}; install them with: sudo apt-get install -y {}",
@@ -108,8 +115,8 @@ pub fn ensure_tools(tools: &[HostTool], install: bool, log: &Path) -> Result<()>
     Ok(())
 }
 
-fn missing_programs(tools: &[HostTool]) -> Vec<&'static str> {
-    missing(tools).iter().map(|t| t.program).collect()
+fn missing_programs(tools: &[HostTool]) -> Vec<&str> {
+    missing(tools).iter().map(|t| t.program.as_str()).collect()
 }
 
 /// `apt-get install`, with one `apt-get update` and a retry if the package
@@ -153,7 +160,7 @@ mod tests {
             HostTool::new("krgiso-other-missing", "krgiso-pkg-a"),
         ];
         let missing = missing(&tools);
-        let programs: Vec<_> = missing.iter().map(|t| t.program).collect();
+        let programs: Vec<_> = missing.iter().map(|t| t.program.as_str()).collect();
         assert_eq!(programs, ["krgiso-no-such-tool", "krgiso-other-missing"]);
         assert_eq!(packages_of(&missing), ["krgiso-pkg-a", "krgiso-pkg-b"]);
     }

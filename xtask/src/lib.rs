@@ -1,7 +1,9 @@
 //! krgiso: a `cargo xtask` pipeline that builds a bootable live USB/ISO image
 //! for a Kerrighed single-system-image cluster. See README.md and DESIGN.md.
 
+pub mod chroot;
 pub mod cli;
+pub mod e2e;
 pub mod engine;
 pub mod fetch;
 pub mod files;

@@ -1,17 +1,67 @@
 //! The packages stage: debootstrap the node1 root and the nodes root, each
-//! from its profile section, and install each one's package set.
+//! from its profile section, and install each one's package set. The host
+//! is never modified: everything happens inside the roots, and every mount
+//! is undone.
 
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use xshell::cmd;
 
+use crate::chroot::{Chroot, ExtraBind};
 use crate::engine::{Inputs, Output, Stage, StageRun};
-use crate::pipeline::{BuildContext, NotBuiltYet};
+use crate::files;
+use crate::host::HostTool;
+use crate::interrupt::Interrupted;
+use crate::pipeline::BuildContext;
+use crate::profile::{InstallMethod, RootSpec};
+use crate::shell::{log_tail, StageShell};
 
 pub const NODE1_ROOT: &str = "node1-root";
 pub const NODES_ROOT: &str = "nodes-root";
 
 pub struct Packages(pub Arc<BuildContext>);
+
+/// One of the two roots: which output, which profile section.
+struct RootJob<'a> {
+    output: &'static str,
+    section: &'static str,
+    spec: &'a RootSpec,
+}
+
+impl Packages {
+    fn jobs(&self) -> [RootJob<'_>; 2] {
+        let p = &self.0.profile;
+        [
+            RootJob {
+                output: NODE1_ROOT,
+                section: "node1",
+                spec: &p.node1,
+            },
+            RootJob {
+                output: NODES_ROOT,
+                section: "nodes",
+                spec: &p.nodes,
+            },
+        ]
+    }
+
+    /// Where a suite's .debs are kept between builds: shared by debootstrap
+    /// (`--cache-dir`) and apt (bind-mounted as /var/cache/apt/archives).
+    fn deb_cache(&self, spec: &RootSpec) -> PathBuf {
+        self.0
+            .layout
+            .downloads
+            .join("debs")
+            .join(format!("{}-{}", spec.suite, spec.arch))
+    }
+}
+
+fn input_key(section: &str) -> String {
+    format!("profile [{section}]")
+}
 
 impl Stage for Packages {
     fn name(&self) -> &'static str {
@@ -20,12 +70,44 @@ impl Stage for Packages {
     fn about(&self) -> &'static str {
         "debootstrap the node1 and nodes roots and install their package sets"
     }
+    fn recipe(&self) -> u32 {
+        2
+    }
     fn needs_root(&self) -> bool {
         true
     }
+    fn preflight(&self) -> Result<()> {
+        for job in self.jobs() {
+            if self.0.offline && !job.spec.mirror.starts_with("file://") {
+                bail!(
+                    "--offline, but the {} root needs its mirror {} ([{}] mirror): run without --offline, or point the mirror at a file:// copy",
+                    job.section,
+                    job.spec.mirror,
+                    job.section
+                );
+            }
+        }
+        Ok(())
+    }
+    fn host_tools(&self) -> Vec<HostTool> {
+        let mut tools = vec![
+            HostTool::new("debootstrap", "debootstrap"),
+            HostTool::new("gpgv", "gpgv"),
+            HostTool::new("setarch", "util-linux"),
+            HostTool::new("chroot", "coreutils"),
+            HostTool::new("dpkg-query", "dpkg"),
+        ];
+        for job in self.jobs() {
+            if let Some(keyring) = job.spec.keyring.as_ref().and_then(|k| k.to_str()) {
+                tools.push(HostTool::new(keyring, keyring_package(keyring)));
+            }
+        }
+        tools
+    }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
-        inputs.value("profile [node1]", &self.0.profile.node1);
-        inputs.value("profile [nodes]", &self.0.profile.nodes);
+        for job in self.jobs() {
+            inputs.value(&input_key(job.section), job.spec);
+        }
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
@@ -35,12 +117,398 @@ impl Stage for Packages {
             Output::dir(NODES_ROOT, roots.join("nodes")),
         ]
     }
-    fn run(&self, _run: &mut StageRun) -> Result<()> {
-        Err(NotBuiltYet {
-            what: "the packages stage",
-            issue: 4,
-            title: "debootstrap of the node1 and nodes roots",
+    fn run(&self, run: &mut StageRun) -> Result<()> {
+        for job in self.jobs() {
+            if run.previous(job.output).is_some() && run.unchanged(&[&input_key(job.section)]) {
+                run.step(&format!("the {} root is unchanged: kept", job.section));
+                run.keep(job.output)?;
+                continue;
+            }
+            let dir = run.output(job.output)?.to_owned();
+            let cache = self.deb_cache(job.spec);
+            fs::create_dir_all(cache.join("partial"))
+                .with_context(|| format!("creating the .deb cache {}", cache.display()))?;
+            build_root(run.shell, &job, &dir, &cache)?;
         }
-        .into())
+        Ok(())
+    }
+}
+
+/// The Debian package a keyring file comes from, for the install hint.
+fn keyring_package(path: &str) -> &'static str {
+    if path.contains("ubuntu-archive") {
+        "ubuntu-archive-keyring"
+    } else if path.contains("debian-archive") {
+        "debian-archive-keyring"
+    } else {
+        "the package that ships it"
+    }
+}
+
+fn build_root(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
+    let spec = job.spec;
+    let section = job.section;
+    let (suite, arch, mirror) = (&spec.suite, &spec.arch, &spec.mirror);
+    let sh = shell.sh();
+
+    let mut args = vec![
+        format!("--arch={arch}"),
+        format!("--components={}", spec.components.join(",")),
+        format!("--cache-dir={}", cache.display()),
+    ];
+    if let Some(variant) = spec.variant {
+        args.push(format!("--variant={}", variant.as_str()));
+    }
+    if let Some(keyring) = &spec.keyring {
+        args.push(format!("--keyring={}", keyring.display()));
+    } else if spec.allow_unsigned {
+        args.push("--no-check-gpg".to_owned());
+    }
+    let include = spec.install == InstallMethod::Include && !spec.packages.is_empty();
+    if include {
+        args.push(format!("--include={}", spec.packages.join(",")));
+    }
+    let what = if include {
+        format!(" with {} packages", spec.packages.len())
+    } else {
+        String::new()
+    };
+    shell.step(&format!(
+        "bootstrap the {section} root: {suite} {arch}{what} from {mirror}"
+    ));
+    run_explained(
+        shell,
+        cmd!(sh, "debootstrap {args...} {suite} {dir} {mirror}"),
+        job,
+    )?;
+
+    if spec.install == InstallMethod::Apt && !spec.packages.is_empty() {
+        install_with_apt(shell, job, dir, cache)?;
+    }
+
+    shell.step(&format!("check the {section} package set"));
+    check_installed(shell, dir, &spec.packages)?;
+    shell.step(&format!(
+        "clean the {section} root (apt lists, logs, machine-id, ssh host keys)"
+    ));
+    finish_root(dir)
+}
+
+/// Build-time settings, removed when the root is finished.
+const APT_BUILD_CONF: &str = "etc/apt/apt.conf.d/90krgiso-build";
+const DPKG_BUILD_CONF: &str = "etc/dpkg/dpkg.cfg.d/90krgiso-build";
+
+fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
+    let section = job.section;
+    fs::write(
+        dir.join(APT_BUILD_CONF),
+        "APT::Install-Recommends \"false\";\nAPT::Install-Suggests \"false\";\nAcquire::Languages \"none\";\nDpkg::Use-Pty \"false\";\n",
+    )
+    .context("writing the build apt settings")?;
+    // No fsync per file while building: the root is thrown away if the build dies.
+    fs::write(dir.join(DPKG_BUILD_CONF), "force-unsafe-io\n")
+        .context("writing the build dpkg settings")?;
+
+    let archives = ExtraBind {
+        host: cache.to_owned(),
+        inside: "/var/cache/apt/archives".into(),
+    };
+    let chroot = Chroot::enter(dir, &job.spec.arch, &[archives], shell)?;
+    shell.step(&format!("update the {section} package lists"));
+    run_explained(shell, chroot.cmd(&["apt-get", "update"]), job)?;
+    let count = job.spec.packages.len();
+    shell.step(&format!("install {count} packages in the {section} root"));
+    let mut args = vec![
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+    ];
+    args.extend(job.spec.packages.iter().map(String::as_str));
+    run_explained(shell, chroot.cmd(&args), job)?;
+    Ok(())
+}
+
+/// Every requested package is installed: asked of the root's own dpkg
+/// database, from the host (no chroot needed).
+fn check_installed(shell: &StageShell, dir: &Path, packages: &[String]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let sh = shell.sh();
+    let admindir = format!("--admindir={}", dir.join("var/lib/dpkg").display());
+    let names: Vec<&str> = packages
+        .iter()
+        .map(|p| p.split(['=', '/']).next().unwrap_or(p))
+        .collect();
+    let format = "--showformat=${Package}\t${Status}\n";
+    let listing = cmd!(sh, "dpkg-query {admindir} -W {format}")
+        .ignore_status()
+        .read()
+        .context("running dpkg-query")?;
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| {
+            !listing
+                .lines()
+                .any(|l| l.split_once('\t') == Some((name, "install ok installed")))
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!("not installed in {}: {}", dir.display(), missing.join(", "));
+    }
+    shell.note(&format!("all {} packages installed", names.len()));
+    Ok(())
+}
+
+/// What a finished root must not carry: the build's apt lists, .debs, logs,
+/// machine-id, ssh host keys, and the build host's resolv.conf.
+pub fn finish_root(dir: &Path) -> Result<()> {
+    for path in [APT_BUILD_CONF, DPKG_BUILD_CONF] {
+        let _ = fs::remove_file(dir.join(path));
+    }
+    for sub in ["var/lib/apt/lists", "var/cache/apt", "var/log"] {
+        remove_files_under(&dir.join(sub))?;
+    }
+    for sub in ["tmp", "var/tmp"] {
+        empty_dir(&dir.join(sub))?;
+    }
+    let machine_id = dir.join("etc/machine-id");
+    if machine_id.exists() {
+        // Empty, not absent: systemd makes a new one at first boot.
+        fs::write(&machine_id, "").context("emptying etc/machine-id")?;
+    }
+    let dbus_id = dir.join("var/lib/dbus/machine-id");
+    if fs::symlink_metadata(&dbus_id).is_ok_and(|m| m.is_file()) {
+        fs::remove_file(&dbus_id).context("removing var/lib/dbus/machine-id")?;
+    }
+    if let Ok(entries) = fs::read_dir(dir.join("etc/ssh")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    // debootstrap copied the build host's; the image's own come at boot.
+    fs::write(dir.join("etc/resolv.conf"), "").context("emptying etc/resolv.conf")?;
+    fs::write(dir.join("etc/hostname"), "krgiso\n").context("writing etc/hostname")?;
+    Ok(())
+}
+
+/// Removes every file (and symlink) under `dir`, keeping the directories:
+/// packages expect /var/log/apt, /var/lib/apt/lists/partial to exist.
+fn remove_files_under(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let meta =
+            fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            remove_files_under(&path)?;
+        } else {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn empty_dir(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        files::remove_tree(&e.path())?;
+    }
+    Ok(())
+}
+
+/// Runs a debootstrap or apt command; when it fails, reads the end of the
+/// log and puts what went wrong in the user's terms on top of the error.
+fn run_explained(shell: &StageShell, cmd: xshell::Cmd<'_>, job: &RootJob) -> Result<()> {
+    shell.run(cmd).map_err(|err| {
+        if err.is::<Interrupted>() {
+            return err;
+        }
+        let tail = log_tail(shell.log_path(), 80).join("\n");
+        match explain(&tail, job.section, job.spec) {
+            Some(why) => err.context(why),
+            None => err,
+        }
+    })
+}
+
+/// Known failures of debootstrap and apt, said in one line each.
+fn explain(log: &str, section: &str, spec: &RootSpec) -> Option<String> {
+    let (suite, arch, mirror) = (&spec.suite, &spec.arch, &spec.mirror);
+    let after = |marker: &str| -> Option<String> {
+        let line = log.lines().rev().find(|l| l.contains(marker))?;
+        let rest = &line[line.find(marker)? + marker.len()..];
+        Some(rest.trim().trim_matches(['\'', '"']).to_owned())
+    };
+    if log.contains("No space left on device") {
+        return Some(format!(
+            "the disk is full while building the {section} root: free some space where the build dir is, then rerun"
+        ));
+    }
+    if log.contains("No such script") {
+        return Some(format!(
+            "debootstrap does not know the suite `{suite}` ([{section}] suite): check its name, or install a newer debootstrap"
+        ));
+    }
+    for marker in ["Couldn't find these debs:", "Unable to locate package"] {
+        if let Some(pkgs) = after(marker) {
+            return Some(format!(
+                "package {pkgs} is not in {suite} {arch} on {mirror}: fix [{section}] packages"
+            ));
+        }
+    }
+    if let Some(rest) = after("E: Package") {
+        let name = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_matches(['\'', '"']);
+        return Some(format!(
+            "package {name} has no installation candidate in {suite} {arch} on {mirror}: fix [{section}] packages"
+        ));
+    }
+    let keyring = spec
+        .keyring
+        .as_ref()
+        .map(|k| k.display().to_string())
+        .unwrap_or_else(|| "debootstrap's default".to_owned());
+    for marker in [
+        "Release signed by unknown key",
+        "Invalid Release signature",
+        "NO_PUBKEY",
+        "EXPKEYSIG",
+        "signature could not be verified",
+    ] {
+        if log.contains(marker) {
+            return Some(format!(
+                "the {suite} Release file could not be verified with the keyring {keyring}: set [{section}] keyring to one that holds its key"
+            ));
+        }
+    }
+    let release_failed = log.contains("Failed getting release file")
+        || log.contains("Failed getting release signature file");
+    if release_failed && log.contains("404") {
+        return Some(format!(
+            "the mirror {mirror} has no suite `{suite}` ([{section}] suite and mirror)"
+        ));
+    }
+    let unreachable = [
+        "Temporary failure resolving",
+        "Could not resolve",
+        "Connection refused",
+        "Network is unreachable",
+        "Could not connect",
+        "Connection timed out",
+        "Failed to fetch",
+    ];
+    if release_failed || unreachable.iter().any(|m| log.contains(m)) {
+        return Some(format!(
+            "cannot reach the mirror {mirror} for the {section} root ([{section}] mirror): check the URL and the network"
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RootSpec {
+        let p = crate::profile::Profile::load(&crate::project_root().join("profiles/smoke.toml"))
+            .unwrap();
+        p.node1
+    }
+
+    #[test]
+    fn known_failures_are_explained_in_the_users_terms() {
+        let s = spec();
+        let cases = [
+            ("I: Retrieving InRelease\nE: Failed getting release file http://deb.debian.org/debian/dists/bookwurm/Release\n(404 Not Found)", "has no suite `bookworm`"),
+            ("W: Failure trying to run: chroot\nE: Couldn't find these debs: nfs-kernal-server", "package nfs-kernal-server is not in bookworm amd64"),
+            ("E: Unable to locate package dnsmask", "package dnsmask is not in bookworm amd64"),
+            ("E: Package 'foo' has no installation candidate", "package foo has no installation candidate"),
+            ("tar: ./usr/lib/x: Cannot write: No space left on device", "the disk is full"),
+            ("E: No such script: /usr/share/debootstrap/scripts/bookwurm", "does not know the suite"),
+            ("W: Cannot check Release signature; keyring file not available\nE: Release signed by unknown key (key id 0E4EDE2C7F3E1FC0)", "could not be verified"),
+            ("I: Retrieving InRelease\nE: Failed getting release file http://10.0.0.1/debian/dists/bookworm/Release", "cannot reach the mirror"),
+            ("Err:1 http://x bookworm InRelease\n  Temporary failure resolving 'x'", "cannot reach the mirror"),
+        ];
+        for (log, expected) in cases {
+            let got = explain(log, "node1", &s).unwrap_or_default();
+            assert!(got.contains(expected), "{log:?} -> {got:?}");
+        }
+        assert_eq!(
+            explain(
+                "dpkg: error processing package x (--configure)",
+                "node1",
+                &s
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_finished_root_has_no_build_leftovers_but_keeps_its_directories() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for (path, body) in [
+            (
+                "var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease",
+                "x",
+            ),
+            ("var/cache/apt/pkgcache.bin", "x"),
+            ("var/cache/apt/archives/dnsmasq_2.89_all.deb", "x"),
+            ("var/log/apt/history.log", "x"),
+            ("var/log/dpkg.log", "x"),
+            ("etc/machine-id", "0123456789abcdef\n"),
+            ("etc/ssh/ssh_host_ed25519_key", "secret"),
+            ("etc/ssh/ssh_host_ed25519_key.pub", "public"),
+            ("etc/ssh/sshd_config", "keep me"),
+            ("etc/resolv.conf", "nameserver 10.0.2.3\n"),
+            ("tmp/junk/file", "x"),
+            (APT_BUILD_CONF, "x"),
+            (DPKG_BUILD_CONF, "x"),
+        ] {
+            let p = r.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        fs::create_dir_all(r.join("var/lib/apt/lists/partial")).unwrap();
+        finish_root(r).unwrap();
+        assert!(r.join("var/lib/apt/lists/partial").is_dir());
+        assert!(r.join("var/log/apt").is_dir());
+        for gone in [
+            "var/lib/apt/lists/deb.debian.org_dists_bookworm_InRelease",
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/archives/dnsmasq_2.89_all.deb",
+            "var/log/apt/history.log",
+            "var/log/dpkg.log",
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/ssh/ssh_host_ed25519_key.pub",
+            "tmp/junk",
+            APT_BUILD_CONF,
+            DPKG_BUILD_CONF,
+        ] {
+            assert!(!r.join(gone).exists(), "{gone} left");
+        }
+        assert_eq!(fs::read_to_string(r.join("etc/machine-id")).unwrap(), "");
+        assert_eq!(fs::read_to_string(r.join("etc/resolv.conf")).unwrap(), "");
+        assert_eq!(
+            fs::read_to_string(r.join("etc/ssh/sshd_config")).unwrap(),
+            "keep me"
+        );
     }
 }

@@ -23,6 +23,8 @@ pub struct BuildContext {
     pub profile: Profile,
     pub profile_path: PathBuf,
     pub layout: Layout,
+    /// `--offline`: no stage may open a network connection.
+    pub offline: bool,
 }
 
 impl BuildContext {

@@ -44,7 +44,20 @@ pub struct RootSpec {
     /// Accept an archive whose signature cannot be checked. Never implied.
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// How `packages` get in: apt in the chroot after debootstrap, or
+    /// debootstrap's own `--include` (verified against the Release file
+    /// even where the suite's own apt would call its expired key invalid).
+    #[serde(default)]
+    pub install: InstallMethod,
     pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallMethod {
+    #[default]
+    Apt,
+    Include,
 }
 
 fn default_components() -> Vec<String> {
@@ -356,6 +369,20 @@ impl Profile {
             return Err(err);
         }
         Ok(profile)
+    }
+
+    /// Things to say on every run that uses this profile.
+    pub fn warnings(&self) -> Vec<String> {
+        [("node1", &self.node1), ("nodes", &self.nodes)]
+            .iter()
+            .filter(|(_, r)| r.allow_unsigned)
+            .map(|(section, r)| {
+                format!(
+                    "[{section}] allow_unsigned = true: {} {} from {} is installed WITHOUT checking its signature",
+                    r.suite, r.arch, r.mirror
+                )
+            })
+            .collect()
     }
 
     /// Looks up a source by name.

@@ -76,17 +76,31 @@ impl StageShell {
 
     /// Runs a command to completion; its output goes to the log.
     pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
-        self.exec(cmd, None).map(drop)
+        self.exec(cmd, None, None)
     }
 
     /// Runs a command and returns its standard output (stderr goes to the log).
     pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
         let mut out = Vec::new();
-        self.exec(cmd, Some(&mut out))?;
+        self.exec(cmd, Some(&mut out), None)?;
         Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
     }
 
-    fn exec(&self, cmd: Cmd<'_>, capture: Option<&mut Vec<u8>>) -> Result<()> {
+    /// Runs a command like [`run`](Self::run) (output streamed to the log and,
+    /// with tee, the terminal) and also returns all it printed.
+    pub fn run_collect(&self, cmd: Cmd<'_>) -> Result<String> {
+        let seen = Arc::new(Mutex::new(String::new()));
+        self.exec(cmd, None, Some(&seen))?;
+        let text = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok(text)
+    }
+
+    fn exec(
+        &self,
+        cmd: Cmd<'_>,
+        capture: Option<&mut Vec<u8>>,
+        collect: Option<&Arc<Mutex<String>>>,
+    ) -> Result<()> {
         interrupt::check()?;
         let line = cmd.to_string();
         self.write_log(&format!("$ {line}"));
@@ -102,7 +116,7 @@ impl StageShell {
             .spawn()
             .with_context(|| format!("cannot start `{line}`"))?;
         let _running = ChildGuard::new(child.id());
-        let stderr = child.stderr.take().map(|e| self.pump(e));
+        let stderr = child.stderr.take().map(|e| self.pump(e, collect.cloned()));
         let mut stdout = child.stdout.take();
         let stdout_pump = match capture {
             Some(buf) => {
@@ -111,7 +125,7 @@ impl StageShell {
                 }
                 None
             }
-            None => stdout.map(|o| self.pump(o)),
+            None => stdout.map(|o| self.pump(o, collect.cloned())),
         };
         let status = child.wait().context("waiting for a command")?;
         for pump in [stdout_pump, stderr].into_iter().flatten() {
@@ -137,7 +151,11 @@ impl StageShell {
     }
 
     /// Copies a child's output stream into the log, line by line.
-    fn pump(&self, stream: impl Read + Send + 'static) -> std::thread::JoinHandle<()> {
+    fn pump(
+        &self,
+        stream: impl Read + Send + 'static,
+        collect: Option<Arc<Mutex<String>>>,
+    ) -> std::thread::JoinHandle<()> {
         let log = self.log.clone();
         let bar = self.progress.bar.clone();
         let tee = self.tee;
@@ -149,6 +167,10 @@ impl StageShell {
                 let text = text.trim_end_matches(['\n', '\r']);
                 if let Ok(mut f) = log.lock() {
                     let _ = writeln!(f, "{text}");
+                }
+                if let Some(Ok(mut all)) = collect.as_ref().map(|c| c.lock()) {
+                    all.push_str(text);
+                    all.push('\n');
                 }
                 if tee {
                     eprintln!("{text}");

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
+use crate::e2e;
 use crate::host;
 use crate::shell::StageShell;
 
@@ -44,6 +45,7 @@ pub fn run(project: &Path, dry_run: bool) -> Result<()> {
         for part in PARTS {
             println!("  {:<11} cargo {}", part.name, part.args.join(" "));
         }
+        println!("  e2e         the smoke profile's packages stage for real (root, Debian mirror)");
         return Ok(());
     }
     let log = project.join("build/logs/test.log");
@@ -54,30 +56,60 @@ pub fn run(project: &Path, dry_run: bool) -> Result<()> {
     ensure_rust_components(&s, &cargo)?;
 
     let started = Instant::now();
-    let mut rows: Vec<(&str, f64, bool)> = Vec::new();
+    let mut rows: Vec<(String, f64, bool)> = Vec::new();
     let mut failed = None;
     for part in PARTS {
         s.step(part.name);
         let t = Instant::now();
         let args = part.args;
         let result = s.run(cmd!(sh, "{cargo} {args...}"));
-        let ok = result.is_ok();
-        rows.push((part.name, t.elapsed().as_secs_f64(), ok));
+        rows.push((
+            part.name.to_owned(),
+            t.elapsed().as_secs_f64(),
+            result.is_ok(),
+        ));
         if let Err(e) = result {
             failed = Some((part.name, e));
             break;
         }
     }
+    if failed.is_none() {
+        // The end-to-end part: real stages, as root, against a Debian mirror.
+        // Not root is a failure, never a silent skip.
+        s.step("end to end: the smoke profile's packages stage");
+        let t = Instant::now();
+        let result = if host::is_root() {
+            e2e::packages(project)
+        } else {
+            Err(anyhow::anyhow!(
+                "the end-to-end part needs root (debootstrap, chroot, mounts): run `sudo cargo xtask test`"
+            ))
+        };
+        match result {
+            Ok(timings) => {
+                rows.extend(
+                    timings
+                        .into_iter()
+                        .map(|(what, secs)| (format!("  {what}"), secs, true)),
+                );
+                rows.push(("e2e packages".to_owned(), t.elapsed().as_secs_f64(), true));
+            }
+            Err(e) => {
+                rows.push(("e2e packages".to_owned(), t.elapsed().as_secs_f64(), false));
+                failed = Some(("e2e packages", e));
+            }
+        }
+    }
     s.finish();
     println!();
-    println!("{:<12} {:>9}  result", "part", "seconds");
+    println!("{:<44} {:>9}  result", "part", "seconds");
     for (name, secs, ok) in &rows {
         println!(
-            "{name:<12} {secs:>9.1}  {}",
+            "{name:<44} {secs:>9.1}  {}",
             if *ok { "ok" } else { "FAILED" }
         );
     }
-    println!("{:<12} {:>9.1}", "total", started.elapsed().as_secs_f64());
+    println!("{:<44} {:>9.1}", "total", started.elapsed().as_secs_f64());
     if let Some((name, err)) = failed {
         return Err(err.context(format!("test part `{name}` failed")));
     }

@@ -427,3 +427,19 @@ fn pinning_a_source_in_sources_lock_makes_the_kernel_stale() {
         states(&engine)
     );
 }
+
+#[test]
+fn offline_stops_a_build_whose_roots_need_a_mirror_before_anything_runs() {
+    let sb = Sandbox::new();
+    let record = Record::default();
+    let engine = sb.engine_with("smoke", &record, true);
+    let err = engine.run(BUILD, OPTS).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "--offline, but the node1 root needs its mirror http://deb.debian.org/debian"
+        ),
+        "{err}"
+    );
+    assert!(record.runs().is_empty());
+    assert!(!sb.layout().build.exists());
+}

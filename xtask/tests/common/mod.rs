@@ -61,11 +61,16 @@ impl Sandbox {
 
     /// The real pipeline's stages over this sandbox, with stand-in work.
     pub fn engine(&self, profile: &str, record: &Record) -> Engine {
+        self.engine_with(profile, record, false)
+    }
+
+    pub fn engine_with(&self, profile: &str, record: &Record, offline: bool) -> Engine {
         let layout = self.layout();
         let cx = Arc::new(pipeline::BuildContext {
             profile: self.profile(profile),
             profile_path: self.profile_path(profile),
             layout: layout.clone(),
+            offline,
         });
         let stages = pipeline::stages(&cx)
             .into_iter()
@@ -84,7 +89,10 @@ pub fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap().flatten() {
         let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), &dest).unwrap();
+        } else if kind.is_dir() {
             copy_tree(&entry.path(), &dest);
         } else {
             fs::copy(entry.path(), &dest).unwrap();
@@ -132,6 +140,9 @@ impl Stage for StandIn {
     }
     fn about(&self) -> &'static str {
         self.real.about()
+    }
+    fn preflight(&self) -> Result<()> {
+        self.real.preflight()
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         self.real.inputs(inputs)

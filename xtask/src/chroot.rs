@@ -1,0 +1,599 @@
+//! Working inside a root filesystem: the mounts a chroot needs, undone on
+//! drop, on error, on panic and on Ctrl-C; commands run in it with a clean
+//! environment (under `setarch i686` for an i386 root on an x86_64 host);
+//! and, for a run that was killed, finding and releasing what it left.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Cmd};
+
+use crate::files;
+use crate::interrupt::Cleanup;
+use crate::shell::StageShell;
+
+/// One mount a chroot needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSpec {
+    /// A kernel file system (`proc`, `sysfs`) at `target`.
+    Fs {
+        fstype: &'static str,
+        target: PathBuf,
+    },
+    /// `source` bind-mounted at `target`.
+    Bind { source: PathBuf, target: PathBuf },
+}
+
+impl MountSpec {
+    pub fn target(&self) -> &Path {
+        match self {
+            MountSpec::Fs { target, .. } | MountSpec::Bind { target, .. } => target,
+        }
+    }
+}
+
+/// Mounting and unmounting: the real system calls, or a stand-in in tests.
+pub trait MountOps: Send + Sync {
+    fn mount(&self, spec: &MountSpec) -> io::Result<()>;
+    /// `lazy` detaches now and cleans up when the mount is no longer busy.
+    fn unmount(&self, target: &Path, lazy: bool) -> io::Result<()>;
+}
+
+/// mount(2) and umount2(2).
+pub struct SystemMounts;
+
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains a NUL byte"))
+}
+
+impl MountOps for SystemMounts {
+    fn mount(&self, spec: &MountSpec) -> io::Result<()> {
+        let (source, target, fstype, flags) = match spec {
+            MountSpec::Fs { fstype, target } => {
+                (CString::new(*fstype)?, target, CString::new(*fstype)?, 0)
+            }
+            MountSpec::Bind { source, target } => (
+                c_path(source)?,
+                target,
+                CString::new("none")?,
+                libc::MS_BIND,
+            ),
+        };
+        let target = c_path(target)?;
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn unmount(&self, target: &Path, lazy: bool) -> io::Result<()> {
+        let target = c_path(target)?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::umount2(target.as_ptr(), flags) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Unmounts, falling back to a lazy unmount when the mount is busy.
+/// Returns a line describing what happened, for the log.
+fn release(ops: &dyn MountOps, target: &Path) -> String {
+    match ops.unmount(target, false) {
+        Ok(()) => format!("unmounted {}", target.display()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            format!("{} was not mounted", target.display())
+        }
+        Err(e) => match ops.unmount(target, true) {
+            Ok(()) => format!("unmounted {} lazily ({e})", target.display()),
+            Err(e2) => format!(
+                "warning: could not unmount {}: {e}; lazily: {e2}",
+                target.display()
+            ),
+        },
+    }
+}
+
+/// What a guard must undo.
+#[derive(Default)]
+struct Undo {
+    mounted: Vec<PathBuf>,
+    /// Files put in place for the build, and what was there before (None: nothing).
+    replaced: Vec<(PathBuf, Option<Saved>)>,
+    log: Vec<String>,
+}
+
+enum Saved {
+    File(Vec<u8>, u32),
+    Symlink(PathBuf),
+}
+
+fn save(path: &Path) -> io::Result<Option<Saved>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Ok(Some(Saved::Symlink(fs::read_link(path)?))),
+        Ok(m) => Ok(Some(Saved::File(fs::read(path)?, m.permissions().mode()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn restore(path: &Path, saved: Option<Saved>) -> io::Result<()> {
+    let _ = fs::remove_file(path);
+    match saved {
+        None => Ok(()),
+        Some(Saved::Symlink(target)) => std::os::unix::fs::symlink(target, path),
+        Some(Saved::File(bytes, mode)) => {
+            fs::write(path, bytes)?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        }
+    }
+}
+
+impl Undo {
+    fn run(&mut self, ops: &dyn MountOps) {
+        while let Some(target) = self.mounted.pop() {
+            let line = release(ops, &target);
+            self.log.push(line);
+        }
+        while let Some((path, saved)) = self.replaced.pop() {
+            if let Err(e) = restore(&path, saved) {
+                self.log.push(format!(
+                    "warning: could not restore {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+/// The mounts and files a chroot into `root` needs, undone when dropped.
+pub struct ChrootMounts {
+    undo: Arc<Mutex<Undo>>,
+    _cleanup: Cleanup,
+}
+
+/// An extra bind mount: a host directory seen at `inside` (absolute, in the root).
+#[derive(Debug, Clone)]
+pub struct ExtraBind {
+    pub host: PathBuf,
+    pub inside: PathBuf,
+}
+
+impl ChrootMounts {
+    /// Mounts proc, sys, dev, dev/pts and `extra`, copies the host's
+    /// resolv.conf in and a policy-rc.d that keeps daemons from starting.
+    /// If any step fails, what was done is undone before the error returns.
+    pub fn set_up(
+        root: &Path,
+        extra: &[ExtraBind],
+        ops: Arc<dyn MountOps>,
+    ) -> Result<ChrootMounts> {
+        let undo = Arc::new(Mutex::new(Undo::default()));
+        let (u, o) = (undo.clone(), ops.clone());
+        let cleanup = Cleanup::register(
+            format!("unmount the chroot {}", root.display()),
+            move || {
+                let mut undo = u.lock().unwrap_or_else(|e| e.into_inner());
+                undo.run(o.as_ref());
+            },
+        );
+        let guard = ChrootMounts {
+            undo,
+            _cleanup: cleanup,
+        };
+        let mut specs = vec![
+            MountSpec::Fs {
+                fstype: "proc",
+                target: root.join("proc"),
+            },
+            MountSpec::Fs {
+                fstype: "sysfs",
+                target: root.join("sys"),
+            },
+            MountSpec::Bind {
+                source: "/dev".into(),
+                target: root.join("dev"),
+            },
+            MountSpec::Bind {
+                source: "/dev/pts".into(),
+                target: root.join("dev/pts"),
+            },
+        ];
+        for bind in extra {
+            let inside = bind.inside.strip_prefix("/").unwrap_or(&bind.inside);
+            specs.push(MountSpec::Bind {
+                source: bind.host.clone(),
+                target: root.join(inside),
+            });
+        }
+        for spec in &specs {
+            let target = spec.target();
+            mount_point(root, target)?;
+            ops.mount(spec)
+                .with_context(|| format!("mounting {spec:?}"))?;
+            guard.lock().mounted.push(target.to_owned());
+        }
+        guard.put_file(
+            &root.join("etc/resolv.conf"),
+            &fs::read("/etc/resolv.conf").unwrap_or_default(),
+            0o644,
+        )?;
+        guard.put_file(
+            &root.join("usr/sbin/policy-rc.d"),
+            b"#!/bin/sh\n# krgiso: no daemons start while the root is built\nexit 101\n",
+            0o755,
+        )?;
+        Ok(guard)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Undo> {
+        self.undo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a file in place for the build; what was there comes back on drop.
+    fn put_file(&self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+        let saved = save(path).with_context(|| format!("reading {}", path.display()))?;
+        self.lock().replaced.push((path.to_owned(), saved));
+        let _ = fs::remove_file(path);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))
+    }
+
+    /// Lines saying what was unmounted and restored (after drop they are gone:
+    /// call before, or read them from the log the stage keeps).
+    pub fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().log)
+    }
+}
+
+/// A mount point must be a real directory inside the root: never a symlink
+/// that would put the mount somewhere on the host.
+fn mount_point(root: &Path, target: &Path) -> Result<()> {
+    let rel = target
+        .strip_prefix(root)
+        .with_context(|| format!("{} is outside {}", target.display(), root.display()))?;
+    let mut at = root.to_owned();
+    for part in rel.components() {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                bail!("refusing to mount on {}: it is a symlink", at.display())
+            }
+            Ok(m) if !m.is_dir() => bail!("refusing to mount on {}: not a directory", at.display()),
+            Ok(_) => {}
+            Err(_) => fs::create_dir(&at).with_context(|| format!("creating {}", at.display()))?,
+        }
+    }
+    Ok(())
+}
+
+/// A root to run commands in, with its mounts held for as long as it lives.
+pub struct Chroot<'a> {
+    pub root: PathBuf,
+    shell: &'a StageShell,
+    /// An i386 root on an x86_64 host: commands run under `setarch i686`.
+    linux32: bool,
+    _mounts: ChrootMounts,
+}
+
+impl<'a> Chroot<'a> {
+    pub fn enter(
+        root: &Path,
+        arch: &str,
+        extra: &[ExtraBind],
+        shell: &'a StageShell,
+    ) -> Result<Chroot<'a>> {
+        let linux32 = needs_linux32(arch)?;
+        let mounts = ChrootMounts::set_up(root, extra, Arc::new(SystemMounts))?;
+        shell.note(&format!(
+            "chroot {} set up (proc, sys, dev, dev/pts{})",
+            root.display(),
+            if extra.is_empty() { "" } else { ", caches" }
+        ));
+        Ok(Chroot {
+            root: root.to_owned(),
+            shell,
+            linux32,
+            _mounts: mounts,
+        })
+    }
+
+    /// `args` run inside the root, with a clean environment and no prompts.
+    pub fn cmd(&self, args: &[&str]) -> Cmd<'a> {
+        let sh = self.shell.sh();
+        let root = &self.root;
+        let base = if self.linux32 {
+            cmd!(sh, "setarch i686 chroot {root} {args...}")
+        } else {
+            cmd!(sh, "chroot {root} {args...}")
+        };
+        base.env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", "/root")
+            .env("LC_ALL", "C")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<()> {
+        self.shell.run(self.cmd(args))
+    }
+
+    pub fn read(&self, args: &[&str]) -> Result<String> {
+        self.shell.read(self.cmd(args))
+    }
+}
+
+/// Whether an `arch` root needs `setarch i686` here, or cannot run at all.
+pub fn needs_linux32(arch: &str) -> Result<bool> {
+    let host = std::env::consts::ARCH;
+    let native = match host {
+        "x86_64" => "amd64",
+        "x86" => "i386",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    if arch == native {
+        return Ok(false);
+    }
+    if host == "x86_64" && arch == "i386" {
+        return Ok(true);
+    }
+    bail!("a {arch} root cannot run on this {native} machine: build it on a {arch} host (or an amd64 one for i386)")
+}
+
+/// Processes whose root directory is inside `dir`: what a killed run left
+/// running in its chroots.
+pub fn processes_rooted_in(dir: &Path) -> Vec<i32> {
+    let Ok(dir) = files::absolute(dir) else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/root"))
+                .is_ok_and(|r| r.starts_with(&dir) && r != Path::new("/"))
+        })
+        .collect()
+}
+
+/// Releases what a killed run left under `dir`: kills processes still
+/// running in its chroots, then unmounts everything mounted under it,
+/// deepest first (lazily when busy). Returns what it did, one line each.
+pub fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let pids = processes_rooted_in(dir);
+    for &pid in &pids {
+        // SAFETY: signalling a process we found rooted in our build dir.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        done.push(format!(
+            "killed process {pid}, left running in a chroot under {}",
+            dir.display()
+        ));
+    }
+    if !pids.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for target in files::mounts_under(dir)? {
+        done.push(release(ops, &target));
+    }
+    let left = files::mounts_under(dir)?;
+    if !left.is_empty() {
+        let list: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "could not release the mounts a killed run left: {} (try `umount -R` on them)",
+            list.join(", ")
+        );
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what would have been mounted; fails where told to.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        fail_mount: Option<&'static str>,
+        busy: bool,
+    }
+
+    impl MountOps for Recorder {
+        fn mount(&self, spec: &MountSpec) -> io::Result<()> {
+            let name = spec
+                .target()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if self.fail_mount == Some(name.as_str()) {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            self.calls.lock().unwrap().push(format!("mount {name}"));
+            Ok(())
+        }
+        fn unmount(&self, target: &Path, lazy: bool) -> io::Result<()> {
+            let name = target.file_name().unwrap().to_string_lossy().into_owned();
+            if self.busy && !lazy {
+                self.calls.lock().unwrap().push(format!("busy {name}"));
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            let verb = if lazy { "lazy-unmount" } else { "unmount" };
+            self.calls.lock().unwrap().push(format!("{verb} {name}"));
+            Ok(())
+        }
+    }
+
+    fn calls(r: &Recorder) -> Vec<String> {
+        r.calls.lock().unwrap().clone()
+    }
+
+    fn root() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("etc")).unwrap();
+        fs::write(t.path().join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+        t
+    }
+
+    #[test]
+    fn mounts_in_order_and_undoes_everything_in_reverse_on_drop() {
+        let t = root();
+        let r = Arc::new(Recorder::default());
+        let cache = ExtraBind {
+            host: "/var/cache/krgiso-debs".into(),
+            inside: "/var/cache/apt/archives".into(),
+        };
+        let guard = ChrootMounts::set_up(t.path(), &[cache], r.clone()).unwrap();
+        assert_eq!(
+            calls(&r),
+            [
+                "mount proc",
+                "mount sys",
+                "mount dev",
+                "mount pts",
+                "mount archives"
+            ]
+        );
+        assert!(
+            t.path().join("var/cache/apt/archives").is_dir(),
+            "mount points are created"
+        );
+        let policy = t.path().join("usr/sbin/policy-rc.d");
+        assert_eq!(mode_of(&policy) & 0o777, 0o755);
+        assert!(fs::read_to_string(&policy).unwrap().contains("exit 101"));
+        assert_ne!(
+            fs::read_to_string(t.path().join("etc/resolv.conf")).unwrap(),
+            "nameserver 192.0.2.1\n"
+        );
+        drop(guard);
+        assert_eq!(
+            calls(&r)[5..],
+            [
+                "unmount archives",
+                "unmount pts",
+                "unmount dev",
+                "unmount sys",
+                "unmount proc"
+            ]
+        );
+        assert!(!policy.exists(), "policy-rc.d is removed");
+        assert_eq!(
+            fs::read_to_string(t.path().join("etc/resolv.conf")).unwrap(),
+            "nameserver 192.0.2.1\n"
+        );
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode()
+    }
+
+    #[test]
+    fn a_failed_mount_undoes_the_ones_before_it() {
+        let t = root();
+        let r = Arc::new(Recorder {
+            fail_mount: Some("dev"),
+            ..Recorder::default()
+        });
+        let err = ChrootMounts::set_up(t.path(), &[], r.clone())
+            .err()
+            .expect("dev fails");
+        assert!(
+            format!("{err:#}").contains("Operation not permitted"),
+            "{err:#}"
+        );
+        assert_eq!(
+            calls(&r),
+            ["mount proc", "mount sys", "unmount sys", "unmount proc"]
+        );
+        assert_eq!(
+            fs::read_to_string(t.path().join("etc/resolv.conf")).unwrap(),
+            "nameserver 192.0.2.1\n"
+        );
+    }
+
+    #[test]
+    fn a_panic_inside_the_chroot_still_unmounts() {
+        let t = root();
+        let r = Arc::new(Recorder::default());
+        let (path, rr) = (t.path().to_owned(), r.clone());
+        let result = std::panic::catch_unwind(move || {
+            let _guard = ChrootMounts::set_up(&path, &[], rr).unwrap();
+            panic!("apt exploded");
+        });
+        assert!(result.is_err());
+        assert_eq!(
+            calls(&r)[4..],
+            ["unmount pts", "unmount dev", "unmount sys", "unmount proc"]
+        );
+    }
+
+    #[test]
+    fn a_busy_mount_is_unmounted_lazily() {
+        let t = root();
+        let r = Arc::new(Recorder {
+            busy: true,
+            ..Recorder::default()
+        });
+        let guard = ChrootMounts::set_up(t.path(), &[], r.clone()).unwrap();
+        drop(guard);
+        assert_eq!(calls(&r)[4..6], ["busy pts", "lazy-unmount pts"]);
+        assert_eq!(calls(&r).len(), 12);
+    }
+
+    #[test]
+    fn a_symlinked_mount_point_is_refused() {
+        let t = root();
+        std::os::unix::fs::symlink("/etc", t.path().join("proc")).unwrap();
+        let r = Arc::new(Recorder::default());
+        let err = ChrootMounts::set_up(t.path(), &[], r.clone())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("it is a symlink"), "{err}");
+        assert!(calls(&r).is_empty());
+    }
+
+    #[test]
+    fn only_i386_runs_foreign_on_x86_64() {
+        if std::env::consts::ARCH == "x86_64" {
+            assert!(!needs_linux32("amd64").unwrap());
+            assert!(needs_linux32("i386").unwrap());
+            assert!(needs_linux32("arm64")
+                .unwrap_err()
+                .to_string()
+                .contains("cannot run"));
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! End-to-end checks that `cargo xtask test` runs after `cargo test`: the
+//! real stages, as root, against a real Debian mirror, driven through the
+//! xtask binary the way a user runs it. Each check returns an error naming
+//! what it saw.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context, Result};
+use xshell::cmd;
+
+use crate::chroot;
+use crate::engine::Layout;
+use crate::files;
+use crate::host;
+use crate::pipeline::{self, BuildContext};
+use crate::profile::{self, Profile};
+use crate::shell::StageShell;
+
+/// The smoke profile, in its own build dir under the project's `build/`.
+pub struct SmokeRun {
+    pub project: PathBuf,
+    pub build: PathBuf,
+    pub exe: PathBuf,
+    pub profile: Profile,
+}
+
+impl SmokeRun {
+    pub fn new(project: &Path) -> Result<SmokeRun> {
+        let path = profile::resolve("smoke", project)?;
+        Ok(SmokeRun {
+            project: project.to_owned(),
+            build: project.join("build/e2e/build"),
+            exe: xtask_binary()?,
+            profile: Profile::load(&path)?,
+        })
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::new(&self.project, Some(&self.build))
+    }
+
+    fn root(&self, which: &str) -> PathBuf {
+        self.build.join("roots").join(which)
+    }
+
+    /// `xtask --profile smoke --build-dir B ARGS`, its output streamed to the
+    /// terminal and the log; returns what it printed.
+    fn xtask(&self, s: &StageShell, args: &[&str]) -> Result<String> {
+        let exe = &self.exe;
+        let build = &self.build;
+        let sh = s.sh();
+        s.run_collect(cmd!(
+            sh,
+            "{exe} --profile smoke --build-dir {build} {args...}"
+        ))
+        .with_context(|| format!("`xtask {}` failed", args.join(" ")))
+    }
+
+    /// The host tools the packages stage needs, installed before the host's
+    /// state is recorded (installing them is the test's doing, not the stage's).
+    fn install_host_tools(&self, s: &StageShell) -> Result<()> {
+        let cx = std::sync::Arc::new(BuildContext {
+            profile: self.profile.clone(),
+            profile_path: profile::resolve("smoke", &self.project)?,
+            layout: self.layout(),
+            offline: false,
+        });
+        let tools: Vec<_> = pipeline::stages(&cx)
+            .iter()
+            .flat_map(|st| st.host_tools())
+            .collect();
+        host::ensure_tools(&tools, true, s.log_path())
+    }
+}
+
+/// The xtask binary to drive. `cargo test` (an earlier part of the suite)
+/// rebuilds it in place, so the running one may show as "(deleted)": the
+/// file now at that path is the fresh build of the same tree.
+fn xtask_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let shown = exe.to_string_lossy();
+    Ok(match shown.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
+/// What the host looks like: every file under /etc with its content hash,
+/// and the installed package list.
+fn host_state(s: &StageShell) -> Result<(BTreeMap<PathBuf, String>, String)> {
+    let mut etc = BTreeMap::new();
+    let mut stack = vec![PathBuf::from("/etc")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let digest = if meta.is_dir() {
+                stack.push(path.clone());
+                "dir".to_owned()
+            } else if meta.file_type().is_symlink() {
+                format!(
+                    "-> {}",
+                    fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                )
+            } else {
+                crate::fetch::sha256_of(&path).unwrap_or_else(|_| "unreadable".to_owned())
+            };
+            etc.insert(path, digest);
+        }
+    }
+    let sh = s.sh();
+    let packages = cmd!(sh, "dpkg-query -W")
+        .read()
+        .context("listing host packages")?;
+    Ok((etc, packages))
+}
+
+/// Files in a directory tree with their modification times.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if let Ok(m) = meta.modified() {
+                out.insert(e.path(), m);
+            }
+        }
+    }
+    out
+}
+
+fn no_mounts_under(dir: &Path) -> Result<()> {
+    let mounts = files::mounts_under(dir)?;
+    ensure!(
+        mounts.is_empty(),
+        "mounts left under {}: {mounts:?}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The packages stage for real: both roots, their package sets, a clean
+/// host, a no-op rerun, a rerun from the .deb cache, and a SIGKILL midway.
+/// Returns the timings it measured.
+pub fn packages(project: &Path) -> Result<Vec<(String, f64)>> {
+    let run = SmokeRun::new(project)?;
+    let s = StageShell::new(
+        "e2e-packages",
+        &project.join("build/logs/e2e-packages.log"),
+        true,
+    )?;
+    let mut timings = Vec::new();
+    run.install_host_tools(&s)?;
+    s.step("start from an empty build dir (the .deb cache stays)");
+    run.xtask(&s, &["clean", "--all"])?;
+
+    let before = host_state(&s)?;
+    s.step("packages, cold roots");
+    let t = Instant::now();
+    run.xtask(&s, &["packages"])?;
+    timings.push((
+        "packages (cold roots)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ));
+    check_roots(&run, &s)?;
+    no_mounts_under(&run.build)?;
+    let after = host_state(&s)?;
+    if before.1 != after.1 {
+        bail!("the host's package list changed during the packages stage");
+    }
+    let changed: Vec<_> = before
+        .0
+        .iter()
+        .filter(|(p, d)| after.0.get(*p) != Some(d))
+        .map(|(p, _)| p.clone())
+        .chain(
+            after
+                .0
+                .keys()
+                .filter(|p| !before.0.contains_key(*p))
+                .cloned(),
+        )
+        .collect();
+    ensure!(
+        changed.is_empty(),
+        "the packages stage changed the host's /etc: {changed:?}"
+    );
+
+    s.step("packages again: a no-op");
+    let stamp = run.layout().stamp("packages");
+    let stamp_before = fs::metadata(&stamp)?.modified()?;
+    let t = Instant::now();
+    let said = run.xtask(&s, &["packages"])?;
+    let noop = t.elapsed().as_secs_f64();
+    timings.push(("packages (no-op)".to_owned(), noop));
+    ensure!(
+        said.contains("everything is up to date"),
+        "the second run did not say it was up to date:\n{said}"
+    );
+    ensure!(
+        fs::metadata(&stamp)?.modified()? == stamp_before,
+        "the no-op run rewrote the stamp"
+    );
+
+    s.step("clean packages, then packages from the .deb cache");
+    let cache = run.layout().downloads.join("debs");
+    let debs_before = listing(&cache);
+    run.xtask(&s, &["clean", "packages"])?;
+    let t = Instant::now();
+    run.xtask(&s, &["packages"])?;
+    timings.push((
+        "packages (after clean, .deb cache warm)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ));
+    let debs_after = listing(&cache);
+    let refetched: Vec<_> = debs_before
+        .iter()
+        .filter(|(p, m)| debs_after.get(*p) != Some(m))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    ensure!(
+        refetched.is_empty(),
+        "these .debs were fetched again although cached: {refetched:?}"
+    );
+    let new: Vec<_> = debs_after
+        .keys()
+        .filter(|p| !debs_before.contains_key(*p))
+        .collect();
+    ensure!(
+        new.is_empty(),
+        "new .debs appeared for the same package sets: {new:?}"
+    );
+    check_roots(&run, &s)?;
+
+    s.step("SIGKILL during apt, then packages again");
+    kill_during_apt(&run, &s)?;
+    let t = Instant::now();
+    let said = run.xtask(&s, &["packages"])?;
+    timings.push((
+        "packages (after SIGKILL)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ));
+    ensure!(
+        said.contains("left by an earlier run"),
+        "the rerun did not report releasing the killed run's leftovers:\n{said}"
+    );
+    check_roots(&run, &s)?;
+    no_mounts_under(&run.build)?;
+    Ok(timings)
+}
+
+/// Both roots exist, hold the profile's packages, and carry none of the
+/// build's leftovers.
+fn check_roots(run: &SmokeRun, s: &StageShell) -> Result<()> {
+    let sh = s.sh();
+    for (which, spec) in [("node1", &run.profile.node1), ("nodes", &run.profile.nodes)] {
+        let root = run.root(which);
+        ensure!(
+            root.join("etc/debian_version").is_file(),
+            "{} is not a Debian root",
+            root.display()
+        );
+        let admindir = format!("--admindir={}", root.join("var/lib/dpkg").display());
+        let format = "--showformat=${Package} ${Status}\n";
+        let installed = cmd!(sh, "dpkg-query {admindir} -W {format}").read()?;
+        for pkg in &spec.packages {
+            ensure!(
+                installed
+                    .lines()
+                    .any(|l| l == format!("{pkg} install ok installed")),
+                "{pkg} is not installed in the {which} root"
+            );
+        }
+        let keys: Vec<_> = fs::read_dir(root.join("etc/ssh"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ssh_host_"))
+            .map(|e| e.path())
+            .collect();
+        ensure!(
+            keys.is_empty(),
+            "ssh host keys baked into the {which} root: {keys:?}"
+        );
+        let lists = fs::read_dir(root.join("var/lib/apt/lists"))?
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .count();
+        ensure!(lists == 0, "apt lists left in the {which} root");
+        let debs = listing(&root.join("var/cache/apt")).len();
+        ensure!(debs == 0, ".debs or caches left in the {which} root");
+        ensure!(
+            fs::read_to_string(root.join("etc/machine-id"))
+                .unwrap_or_default()
+                .is_empty(),
+            "the {which} root has a machine-id"
+        );
+        ensure!(
+            !root.join("usr/sbin/policy-rc.d").exists(),
+            "policy-rc.d left in the {which} root"
+        );
+    }
+    s.note("both roots checked");
+    Ok(())
+}
+
+/// Starts `packages` from clean, kills it with SIGKILL once apt is
+/// installing, and checks it really left mounts behind (the case to handle).
+fn kill_during_apt(run: &SmokeRun, s: &StageShell) -> Result<()> {
+    run.xtask(s, &["clean", "packages"])?;
+    let log = run.layout().log("packages");
+    let mut child = Command::new(&run.exe)
+        .args(["--profile", "smoke", "--build-dir"])
+        .arg(&run.build)
+        .arg("packages")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting xtask packages")?;
+    let started = Instant::now();
+    let in_apt = loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("apt-get install -y") {
+            break true;
+        }
+        if child.try_wait()?.is_some() || started.elapsed() > Duration::from_secs(600) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if !in_apt {
+        let _ = child.kill();
+        bail!(
+            "the packages run never reached apt-get install; see {}",
+            log.display()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().context("sending SIGKILL")?;
+    child.wait()?;
+    let stale = files::mounts_under(&run.build)?;
+    let orphans = chroot::processes_rooted_in(&run.build);
+    s.note(&format!(
+        "after SIGKILL: {} mounts and {} processes left",
+        stale.len(),
+        orphans.len()
+    ));
+    ensure!(
+        !stale.is_empty(),
+        "SIGKILL during apt left no mounts: the test did not hit the case it is for"
+    );
+    Ok(())
+}
