@@ -216,14 +216,7 @@ pub fn fetch(
             // lock exactly the bytes whose sha256 was shown then.
             let held = cache.unpinned(&source.file);
             let sha = sha256_of(&held)?;
-            lock.pin(&source.file, &sha)?;
-            fs::rename(&held, &dest)
-                .with_context(|| format!("moving {} into the cache", held.display()))?;
-            eprintln!(
-                "pinned {} sha256 {sha} in {}",
-                source.file,
-                lock.path.display()
-            );
+            pin_into_cache(lock, source, &held, &dest, &sha, "downloaded before")?;
             verified.push(Verified {
                 name: source.name.clone(),
                 path: dest,
@@ -242,19 +235,9 @@ pub fn fetch(
         let http = client.as_ref().context("internal: no HTTP client")?;
         let (part, sha, url) = download(http, source, pin.as_deref(), cache, opts)?;
         match pin {
-            Some(_) => {
-                fs::rename(&part, &dest)
-                    .with_context(|| format!("moving {} into the cache", part.display()))?;
-            }
+            Some(_) => admit(&part, &dest)?,
             None if opts.lock_new => {
-                lock.pin(&source.file, &sha)?;
-                fs::rename(&part, &dest)
-                    .with_context(|| format!("moving {} into the cache", part.display()))?;
-                eprintln!(
-                    "pinned {} sha256 {sha} (from {url}) in {}",
-                    source.file,
-                    lock.path.display()
-                );
+                pin_into_cache(lock, source, &part, &dest, &sha, &format!("from {url}"))?
             }
             None => {
                 let held = cache.unpinned(&source.file);
@@ -301,6 +284,30 @@ pub fn fetch(
         bail!(msg);
     }
     Ok(verified)
+}
+
+/// Moves a verified file into the cache under its own name.
+fn admit(file: &Path, dest: &Path) -> Result<()> {
+    fs::rename(file, dest).with_context(|| format!("moving {} into the cache", file.display()))
+}
+
+/// Pins `sha` for `source` in the lock, then admits the file that has it.
+fn pin_into_cache(
+    lock: &mut SourcesLock,
+    source: &Source,
+    file: &Path,
+    dest: &Path,
+    sha: &str,
+    origin: &str,
+) -> Result<()> {
+    lock.pin(&source.file, sha)?;
+    admit(file, dest)?;
+    eprintln!(
+        "pinned {} sha256 {sha} ({origin}) in {}",
+        source.file,
+        lock.path.display()
+    );
+    Ok(())
 }
 
 fn http_client(opts: &FetchOptions) -> Result<reqwest::blocking::Client> {
