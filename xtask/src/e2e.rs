@@ -246,6 +246,14 @@ pub fn packages(project: &Path) -> Result<Vec<(String, f64)>> {
     );
     check_roots(&run, &s)?;
 
+    s.step("failures a user can cause: one clear message, no stamp, no mount");
+    let t = Instant::now();
+    check_failures(&run, &s)?;
+    timings.push((
+        "packages failures (bad package, dead mirror)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ));
+
     s.step("SIGKILL during apt, then packages again");
     kill_during_apt(&run, &s)?;
     let t = Instant::now();
@@ -261,6 +269,87 @@ pub fn packages(project: &Path) -> Result<Vec<(String, f64)>> {
     check_roots(&run, &s)?;
     no_mounts_under(&run.build)?;
     Ok(timings)
+}
+
+/// A smoke profile with one edit, written beside the e2e build dir.
+fn edited_profile(run: &SmokeRun, name: &str, from: &str, to: &str) -> Result<PathBuf> {
+    let text = fs::read_to_string(profile::resolve("smoke", &run.project)?)?;
+    ensure!(
+        text.contains(from),
+        "the smoke profile has no `{from}` to edit"
+    );
+    let path = run
+        .build
+        .with_file_name("profiles")
+        .join(format!("{name}.toml"));
+    fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    fs::write(&path, text.replacen(from, to, 1))?;
+    Ok(path)
+}
+
+/// Runs `packages` with a broken profile in a throw-away build dir; it must
+/// fail with `expected` in its last error line, leaving no stamp and no mount.
+fn expect_failure(run: &SmokeRun, s: &StageShell, profile: &Path, expected: &str) -> Result<()> {
+    let build = run.build.with_file_name("failing");
+    let (exe, sh) = (&run.exe, s.sh());
+    let out = cmd!(sh, "{exe} --profile {profile} --build-dir {build} packages")
+        .ignore_status()
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    s.note(&stderr);
+    ensure!(
+        !out.status.success(),
+        "packages with {} succeeded",
+        profile.display()
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    ensure!(
+        error.contains(expected),
+        "expected an error saying `{expected}`, got:\n{stderr}"
+    );
+    ensure!(
+        !build.join("stamps/packages.json").exists(),
+        "a failed packages run wrote a stamp"
+    );
+    no_mounts_under(&build)?;
+    let exe_clean = cmd!(
+        sh,
+        "{exe} --profile {profile} --build-dir {build} clean --all"
+    );
+    exe_clean.quiet().ignore_stdout().ignore_stderr().run()?;
+    Ok(())
+}
+
+fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
+    // A package the suite does not have: debootstrap --include stops at once.
+    let bad_package = edited_profile(
+        run,
+        "bad-package",
+        "    \"nftables\",\n]\n\n[nodes]",
+        "    \"nftables\",\n    \"krgiso-no-such-package\",\n]\ninstall = \"include\"\n\n[nodes]",
+    )?;
+    expect_failure(
+        run,
+        s,
+        &bad_package,
+        "package krgiso-no-such-package is not in bookworm amd64",
+    )?;
+    // A mirror nobody answers on (a closed port on loopback).
+    let dead_mirror = edited_profile(
+        run,
+        "dead-mirror",
+        "mirror = \"http://deb.debian.org/debian\"",
+        "mirror = \"http://127.0.0.1:9/debian\"",
+    )?;
+    expect_failure(
+        run,
+        s,
+        &dead_mirror,
+        "cannot reach the mirror http://127.0.0.1:9/debian",
+    )
 }
 
 /// Both roots exist, hold the profile's packages, and carry none of the

@@ -380,11 +380,21 @@ pub struct NotBuiltYet {
 
 /// A stage that failed. The log's last lines were printed already.
 #[derive(Debug, thiserror::Error)]
-#[error("stage {stage} failed: {cause}\n  full log: {}", log.display())]
+#[error("stage {stage} failed: {cause}{}\n  full log: {}", because(.causes), log.display())]
 pub struct StageFailed {
     pub stage: &'static str,
+    /// What went wrong, in the user's terms.
     pub cause: String,
+    /// What led to it (the command that failed, …), one line each.
+    pub causes: Vec<String>,
     pub log: PathBuf,
+}
+
+fn because(causes: &[String]) -> String {
+    causes
+        .iter()
+        .map(|c| format!("\n  caused by: {c}"))
+        .collect()
 }
 
 /// The handle a running stage gets: where to put outputs, how to run commands.
@@ -786,7 +796,8 @@ impl Engine {
             shell.note(&format!("error: {err:#}"));
             return Err(StageFailed {
                 stage: name,
-                cause: format!("{err:#}"),
+                cause: err.to_string(),
+                causes: err.chain().skip(1).map(|c| c.to_string()).collect(),
                 log,
             }
             .into());
