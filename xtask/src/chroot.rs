@@ -341,6 +341,20 @@ impl<'a> Chroot<'a> {
             .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
     }
 
+    /// `args` run in directory `dir` inside the root. With `answer_defaults`
+    /// their standard input is endless empty lines (`yes "" |`), so a
+    /// `make oldconfig` takes every default instead of waiting for a person.
+    pub fn cmd_in(&self, dir: &str, args: &[&str], answer_defaults: bool) -> Cmd<'a> {
+        let script = if answer_defaults {
+            "cd \"$1\" && shift && yes '' | \"$@\""
+        } else {
+            "cd \"$1\" && shift && exec \"$@\""
+        };
+        let mut full = vec!["sh", "-c", script, "sh", dir];
+        full.extend_from_slice(args);
+        self.cmd(&full)
+    }
+
     pub fn run(&self, args: &[&str]) -> Result<()> {
         self.shell.run(self.cmd(args))
     }

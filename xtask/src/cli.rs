@@ -105,7 +105,11 @@ pub enum Command {
         device: PathBuf,
     },
     /// Run the whole test suite (installs the host tools it needs)
-    Test,
+    Test {
+        /// Run only this part (fmt, clippy, cargo-test, e2e-packages, e2e-kernel-stock, e2e-kernel-kerrighed)
+        #[arg(long, value_name = "PART")]
+        only: Option<String>,
+    },
 }
 
 /// Entry point: runs the command, prints any error, returns the exit code.
@@ -139,8 +143,8 @@ fn report(err: &anyhow::Error) {
 
 fn run(cli: Cli) -> Result<()> {
     let project = crate::project_root();
-    if let Command::Test = cli.command {
-        return testsuite::run(&project, cli.dry_run);
+    if let Command::Test { only } = &cli.command {
+        return testsuite::run(&project, only.as_deref(), cli.dry_run);
     }
     let profile_path = profile::resolve(&cli.profile, &project)?;
     let profile = Profile::load(&profile_path)?;
@@ -180,7 +184,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Qemu { .. } => return not_built("`cargo xtask qemu`", 8, "the QEMU boot test"),
         Command::Usb { .. } => return not_built("`cargo xtask usb`", 7, "the safe USB writer"),
-        Command::Test => unreachable!("handled above"),
+        Command::Test { .. } => unreachable!("handled above"),
     };
     if cli.dry_run {
         let plan = engine.plan(stages, cli.force)?;

@@ -493,10 +493,17 @@ impl Engine {
             .with_context(|| format!("reading the inputs of stage {}", stage.name()))?;
         let mut unresolved = Vec::new();
         for &(up, out) in &inputs.upstream {
+            // Where the output is now (a build dir may have been moved).
+            let present = self
+                .stages
+                .iter()
+                .find(|s| s.name() == up)
+                .and_then(|s| s.outputs().into_iter().find(|o| o.name == out))
+                .is_some_and(|o| o.path.exists());
             let generation = stamps
                 .get(up)
                 .and_then(|s| s.outputs.get(out))
-                .filter(|o| o.path.exists())
+                .filter(|_| present)
                 .map(|o| o.generation.clone());
             match generation {
                 Some(g) => {

@@ -11,12 +11,14 @@ pub mod host;
 pub mod interrupt;
 pub mod iso;
 pub mod kernel;
+pub mod kernel_config;
 pub mod modules_makefile;
 pub mod node1;
 pub mod packages;
 pub mod pipeline;
 pub mod profile;
 pub mod shell;
+pub mod test_http;
 pub mod testsuite;
 pub mod unpack;
 

@@ -28,6 +28,8 @@ pub struct CommandFailed {
 
 /// The shell a stage runs its commands in.
 pub struct StageShell {
+    /// Files compiled since the last step (kbuild's `  CC` lines, libtool's).
+    compiled: Arc<std::sync::atomic::AtomicUsize>,
     sh: Shell,
     log: Arc<Mutex<File>>,
     log_path: PathBuf,
@@ -46,6 +48,7 @@ impl StageShell {
             .with_context(|| format!("creating the log {}", log_path.display()))?;
         let sh = Shell::new().context("starting a shell")?;
         Ok(StageShell {
+            compiled: Arc::default(),
             sh,
             log: Arc::new(Mutex::new(file)),
             log_path: log_path.to_owned(),
@@ -66,6 +69,7 @@ impl StageShell {
     /// Announces the next step: one line on the terminal and in the log.
     pub fn step(&self, what: &str) {
         self.write_log(&format!("==> {what}"));
+        self.compiled.store(0, std::sync::atomic::Ordering::Relaxed);
         self.progress.step(what);
     }
 
@@ -159,6 +163,7 @@ impl StageShell {
         let log = self.log.clone();
         let bar = self.progress.bar.clone();
         let tee = self.tee;
+        let compiled = self.compiled.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
             let mut buf = Vec::new();
@@ -172,10 +177,19 @@ impl StageShell {
                     all.push_str(text);
                     all.push('\n');
                 }
+                let count = if is_compile_line(text) {
+                    compiled.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                } else {
+                    compiled.load(std::sync::atomic::Ordering::Relaxed)
+                };
                 if tee {
                     eprintln!("{text}");
                 } else if let Some(bar) = &bar {
-                    bar.set_message(last_words(text, 70));
+                    match count {
+                        0 => bar.set_message(last_words(text, 70)),
+                        n => bar
+                            .set_message(format!("{n} files compiled │ {}", last_words(text, 50))),
+                    }
                 }
                 buf.clear();
             }
@@ -198,6 +212,14 @@ impl Drop for StageShell {
     fn drop(&mut self) {
         self.progress.finish();
     }
+}
+
+/// A line saying a file is being compiled: kbuild's `  CC      init/main.o`
+/// or libtool's `libtool: compile: ...`.
+fn is_compile_line(line: &str) -> bool {
+    line.strip_prefix("  CC")
+        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with("[M]"))
+        || line.starts_with("libtool: compile:")
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -345,6 +367,15 @@ mod tests {
             format!("{err:#}").contains("cannot start `krgiso-no-such-tool --x`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn compile_lines_are_counted() {
+        assert!(is_compile_line("  CC      init/main.o"));
+        assert!(is_compile_line("  CC [M]  drivers/net/e1000/e1000_main.o"));
+        assert!(is_compile_line("libtool: compile:  gcc-4.1 -c krgadm.c"));
+        assert!(!is_compile_line("  CHK     include/linux/version.h"));
+        assert!(!is_compile_line("  LD      vmlinux"));
     }
 
     #[test]

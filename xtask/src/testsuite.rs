@@ -34,18 +34,60 @@ const PARTS: &[Part] = &[
         ],
     },
     Part {
-        name: "cargo test",
+        name: "cargo-test",
         args: &["test", "--workspace"],
     },
 ];
 
-pub fn run(project: &Path, dry_run: bool) -> Result<()> {
+/// An end-to-end part: real stages as root, returning what it measured.
+struct EndToEnd {
+    name: &'static str,
+    about: &'static str,
+    check: fn(&Path) -> Result<e2e::Timings>,
+}
+
+const END_TO_END: &[EndToEnd] = &[
+    EndToEnd {
+        name: "e2e-packages",
+        about: "the smoke packages stage for real (root, Debian mirror)",
+        check: e2e::packages,
+    },
+    EndToEnd {
+        name: "e2e-kernel-stock",
+        about: "the smoke kernel stage: stock kernel + NFS initramfs",
+        check: e2e::kernel_stock,
+    },
+    EndToEnd {
+        name: "e2e-kernel-kerrighed",
+        about: "the kerrighed kernel flow with stand-in sources and toolchain",
+        check: e2e::kernel_standin,
+    },
+];
+
+/// Every part's name, for `--only`.
+pub fn part_names() -> Vec<&'static str> {
+    PARTS
+        .iter()
+        .map(|p| p.name)
+        .chain(END_TO_END.iter().map(|e| e.name))
+        .collect()
+}
+
+pub fn run(project: &Path, only: Option<&str>, dry_run: bool) -> Result<()> {
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
+    if let Some(o) = only {
+        if !part_names().contains(&o) {
+            bail!("no test part `{o}`; parts: {}", part_names().join(", "));
+        }
+    }
     if dry_run {
         println!("cargo xtask test would run:");
-        for part in PARTS {
-            println!("  {:<11} cargo {}", part.name, part.args.join(" "));
+        for part in PARTS.iter().filter(|p| wanted(p.name)) {
+            println!("  {:<22} cargo {}", part.name, part.args.join(" "));
         }
-        println!("  e2e         the smoke profile's packages stage for real (root, Debian mirror)");
+        for e in END_TO_END.iter().filter(|e| wanted(e.name)) {
+            println!("  {:<22} {}", e.name, e.about);
+        }
         return Ok(());
     }
     let log = project.join("build/logs/test.log");
@@ -58,7 +100,7 @@ pub fn run(project: &Path, dry_run: bool) -> Result<()> {
     let started = Instant::now();
     let mut rows: Vec<(String, f64, bool)> = Vec::new();
     let mut failed = None;
-    for part in PARTS {
+    for part in PARTS.iter().filter(|p| wanted(p.name)) {
         s.step(part.name);
         let t = Instant::now();
         let args = part.args;
@@ -73,16 +115,19 @@ pub fn run(project: &Path, dry_run: bool) -> Result<()> {
             break;
         }
     }
-    if failed.is_none() {
-        // The end-to-end part: real stages, as root, against a Debian mirror.
-        // Not root is a failure, never a silent skip.
-        s.step("end to end: the smoke profile's packages stage");
+    for e in END_TO_END.iter().filter(|e| wanted(e.name)) {
+        if failed.is_some() {
+            break;
+        }
+        // Real stages, as root, against a Debian mirror. Not root is a
+        // failure, never a silent skip.
+        s.step(&format!("{}: {}", e.name, e.about));
         let t = Instant::now();
         let result = if host::is_root() {
-            e2e::packages(project)
+            (e.check)(project)
         } else {
             Err(anyhow::anyhow!(
-                "the end-to-end part needs root (debootstrap, chroot, mounts): run `sudo cargo xtask test`"
+                "the end-to-end parts need root (debootstrap, chroot, mounts): run `sudo cargo xtask test`"
             ))
         };
         match result {
@@ -92,11 +137,11 @@ pub fn run(project: &Path, dry_run: bool) -> Result<()> {
                         .into_iter()
                         .map(|(what, secs)| (format!("  {what}"), secs, true)),
                 );
-                rows.push(("e2e packages".to_owned(), t.elapsed().as_secs_f64(), true));
+                rows.push((e.name.to_owned(), t.elapsed().as_secs_f64(), true));
             }
-            Err(e) => {
-                rows.push(("e2e packages".to_owned(), t.elapsed().as_secs_f64(), false));
-                failed = Some(("e2e packages", e));
+            Err(err) => {
+                rows.push((e.name.to_owned(), t.elapsed().as_secs_f64(), false));
+                failed = Some((e.name, err));
             }
         }
     }

@@ -231,7 +231,7 @@ fn profile_with_local_sources(
         "[[sources]]\nname = \"linux\"\nfile = \"linux-2.6.20.tar.bz2\"\nsha256 = \"{linux_sha}\"\nurls = [\"{}\"]\n\n\
          [[sources]]\nname = \"kerrighed\"\nfile = \"kerrighed-2.4.1.tar.gz\"\nurls = [\"{}\", \"{}\"]\n\n",
         server.url("/linux-2.6.20.tar.bz2"),
-        common::http::refused_url(),
+        common::http::refused_url().unwrap(),
         server.url("/kerrighed-2.4.1.tar.gz"),
     );
     let path = dir.join("profiles/local.toml");
@@ -243,7 +243,7 @@ fn profile_with_local_sources(
 #[test]
 fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     use common::http::{Route, TestServer};
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let linux = b"pretend linux tarball".repeat(1000);
     let krg = b"pretend kerrighed tarball".repeat(500);
     server.route("/linux-2.6.20.tar.bz2", Route::file(&linux));

@@ -83,7 +83,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_good_download_is_verified_and_cached_and_then_never_fetched_again() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(1, 300_000);
     server.route("/linux.tar.bz2", Route::file(&body));
     let s = Setup::new();
@@ -111,7 +111,7 @@ fn a_good_download_is_verified_and_cached_and_then_never_fetched_again() {
 
 #[test]
 fn a_wrong_checksum_is_rejected_and_the_next_mirror_used() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let good = payload(2, 50_000);
     let mut evil = good.clone();
     evil[100] ^= 1;
@@ -135,12 +135,12 @@ fn a_wrong_checksum_is_rejected_and_the_next_mirror_used() {
 
 #[test]
 fn a_mirror_that_404s_or_refuses_is_skipped() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(3, 10_000);
     server.route("/good/x.tar.gz", Route::file(&body));
     let s = Setup::new();
     let urls = vec![
-        refused_url(),
+        refused_url().unwrap(),
         server.url("/missing/x.tar.gz"),
         server.url("/good/x.tar.gz"),
     ];
@@ -161,7 +161,7 @@ fn a_mirror_that_404s_or_refuses_is_skipped() {
 
 #[test]
 fn a_dropped_connection_resumes_with_a_range_request() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(4, 400_000);
     server.route(
         "/big.tar.bz2",
@@ -196,7 +196,7 @@ fn a_dropped_connection_resumes_with_a_range_request() {
 
 #[test]
 fn a_server_without_range_support_restarts_from_zero() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(5, 200_000);
     server.route(
         "/f.tar.gz",
@@ -227,7 +227,7 @@ fn a_server_without_range_support_restarts_from_zero() {
 
 #[test]
 fn a_silent_mirror_times_out_and_the_next_is_used() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(6, 1000);
     server.route("/silent/s.tar.gz", Route::Silent);
     server.route("/ok/s.tar.gz", Route::file(&body));
@@ -261,12 +261,12 @@ fn a_silent_mirror_times_out_and_the_next_is_used() {
 
 #[test]
 fn when_every_mirror_fails_one_error_names_each_and_nothing_is_cached() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let good = payload(7, 5000);
     server.route("/bad/z.tar.gz", Route::file(&payload(8, 5000)));
     let s = Setup::new();
     let urls = vec![
-        refused_url(),
+        refused_url().unwrap(),
         server.url("/gone/z.tar.gz"),
         server.url("/bad/z.tar.gz"),
     ];
@@ -298,7 +298,7 @@ fn when_every_mirror_fails_one_error_names_each_and_nothing_is_cached() {
 
 #[test]
 fn offline_without_the_file_lists_what_is_missing_and_opens_no_connection() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(9, 1000);
     server.route("/o.tar.gz", Route::file(&body));
     let s = Setup::new();
@@ -332,7 +332,7 @@ fn offline_without_the_file_lists_what_is_missing_and_opens_no_connection() {
 
 #[test]
 fn a_corrupted_cache_is_caught_before_use_and_fetched_again() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(10, 20_000);
     server.route("/c.tar.gz", Route::file(&body));
     let s = Setup::new();
@@ -349,7 +349,7 @@ fn a_corrupted_cache_is_caught_before_use_and_fetched_again() {
 
 #[test]
 fn an_unpinned_source_is_shown_then_locked_on_request_then_enforced() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(11, 30_000);
     server.route("/kerrighed.tar.gz", Route::file(&body));
     let s = Setup::new();
@@ -399,7 +399,7 @@ fn an_unpinned_source_is_shown_then_locked_on_request_then_enforced() {
 
 #[test]
 fn lock_new_on_a_fresh_cache_downloads_and_pins_in_one_go() {
-    let server = TestServer::start();
+    let server = TestServer::start().unwrap();
     let body = payload(13, 3000);
     server.route("/n.tar.gz", Route::file(&body));
     let s = Setup::new();

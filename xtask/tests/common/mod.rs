@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-pub mod http;
+#[allow(unused_imports)]
+pub use xtask::test_http as http;
 
 use std::fs;
 use std::path::{Path, PathBuf};

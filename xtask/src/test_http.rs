@@ -1,6 +1,7 @@
-//! A small HTTP/1.1 server on 127.0.0.1 for the fetch tests: serves bytes
-//! the test made, can answer 404, drop the connection mid-body, ignore
-//! Range, or never answer; records every request it saw.
+//! A small HTTP/1.1 server on 127.0.0.1 for the test suite (`cargo test`
+//! and `cargo xtask test`): serves bytes the test made, can answer 404, drop
+//! the connection mid-body, ignore Range, or never answer; records every
+//! request it saw. It listens on loopback only.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -49,9 +50,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub fn start() -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+    pub fn start() -> std::io::Result<TestServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -66,16 +67,16 @@ impl TestServer {
                 std::thread::spawn(move || serve(conn, &r, &s));
             }
         });
-        TestServer {
+        Ok(TestServer {
             addr,
             routes,
             seen,
             stop,
-        }
+        })
     }
 
     pub fn route(&self, path: &str, route: Route) {
-        self.routes.lock().unwrap().insert(path.to_owned(), route);
+        lock(&self.routes).insert(path.to_owned(), route);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -83,7 +84,7 @@ impl TestServer {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        lock(&self.seen).clone()
     }
 }
 
@@ -95,16 +96,23 @@ impl Drop for TestServer {
 }
 
 /// A URL on 127.0.0.1 where nothing listens: connecting is refused.
-pub fn refused_url() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
+pub fn refused_url() -> std::io::Result<String> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
     drop(l);
-    format!("http://{addr}/nothing-here.tar.gz")
+    Ok(format!("http://{addr}/nothing-here.tar.gz"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn serve(conn: TcpStream, routes: &Mutex<HashMap<String, Route>>, seen: &Mutex<Vec<Seen>>) {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let Ok(read_side) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_side);
     let mut first = String::new();
     if reader.read_line(&mut first).is_err() {
         return;
@@ -123,14 +131,14 @@ fn serve(conn: TcpStream, routes: &Mutex<HashMap<String, Route>>, seen: &Mutex<V
         }
     }
     let nth = {
-        let mut seen = seen.lock().unwrap();
+        let mut seen = lock(seen);
         seen.push(Seen {
             path: path.clone(),
             range: range.clone(),
         });
         seen.iter().filter(|s| s.path == path).count()
     };
-    let route = routes.lock().unwrap().get(&path).cloned();
+    let route = lock(routes).get(&path).cloned();
     let mut out = conn;
     match route {
         None | Some(Route::NotFound) => {
