@@ -776,3 +776,52 @@ pub fn kernel_stock(project: &Path) -> Result<Timings> {
     no_mounts_under(&run.build)?;
     Ok(vec![("kernel, stock kind".to_owned(), secs)])
 }
+
+/// An i386 root on this x86_64 host, as the kerrighed profile's lenny root
+/// is: debootstrapped (minbase, current Debian, since lenny's archive is not
+/// reachable everywhere) and entered the way the stages do. Commands in it
+/// must see an i686 machine (`setarch i686`), or the kernel's and
+/// kerrighed's configure would pick x86_64.
+pub fn i386_chroot(project: &Path) -> Result<Timings> {
+    if std::env::consts::ARCH != "x86_64" {
+        bail!("this check is for x86_64 hosts (the build machine the seeds describe)");
+    }
+    let s = StageShell::new("e2e-i386", &project.join("build/logs/e2e-i386.log"), true)?;
+    let base = project.join("build/e2e/i386");
+    let root = base.join("root");
+    let cache = project.join("build/e2e/downloads/debs/bookworm-i386");
+    fs::create_dir_all(&cache)?;
+    let t = Instant::now();
+    if !root.join("etc/debian_version").exists() {
+        files::remove_tree(&root)?;
+        fs::create_dir_all(&root)?;
+        s.step("debootstrap a minimal bookworm i386 root");
+        let sh = s.sh();
+        let cache_arg = format!("--cache-dir={}", cache.display());
+        s.run(cmd!(sh, "debootstrap --arch=i386 --variant=minbase {cache_arg} bookworm {root} http://deb.debian.org/debian"))?;
+    }
+    let bootstrap = t.elapsed().as_secs_f64();
+    s.step("enter it as the stages do");
+    let chroot = chroot::Chroot::enter(&root, "i386", &[], &s)?;
+    let machine = chroot.read(&["uname", "-m"])?;
+    let dpkg_arch = chroot.read(&["dpkg", "--print-architecture"])?;
+    let in_dir = s.read(chroot.cmd_in("/tmp", &["uname", "-m"], false))?;
+    drop(chroot);
+    no_mounts_under(&base)?;
+    ensure!(
+        machine == "i686",
+        "uname -m in the i386 chroot says {machine:?}, not i686: setarch is not applied"
+    );
+    ensure!(
+        in_dir == "i686",
+        "uname -m via cmd_in says {in_dir:?}, not i686"
+    );
+    ensure!(
+        dpkg_arch == "i386",
+        "dpkg in the i386 root says {dpkg_arch:?}"
+    );
+    Ok(vec![(
+        "debootstrap i386 minbase (or reuse)".to_owned(),
+        bootstrap,
+    )])
+}

@@ -58,6 +58,11 @@ const END_TO_END: &[EndToEnd] = &[
         check: e2e::kernel_stock,
     },
     EndToEnd {
+        name: "e2e-i386-chroot",
+        about: "an i386 root entered as the stages do sees an i686 machine",
+        check: e2e::i386_chroot,
+    },
+    EndToEnd {
         name: "e2e-kernel-kerrighed",
         about: "the kerrighed kernel flow with stand-in sources and toolchain",
         check: e2e::kernel_standin,
