@@ -47,3 +47,5 @@ impl Stage for Node1 {
         .into())
     }
 }
+
+pub mod render;

@@ -1,0 +1,345 @@
+//! The files node1 and the nodes need, rendered from the profile: one
+//! function per file, typed values in, text out, each with a golden file
+//! beside its test (`golden/<profile>/`).
+//!
+//! What only the running node1 can know (which interface is the cluster
+//! link; in proxy mode, the address a foreign DHCP server gave it) is filled
+//! in at boot by `krgiso-node1`, the service in `overlay/node1`.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use crate::profile::{Cluster, KernelKind, Network};
+
+/// Where node1 keeps what it serves.
+pub const EXPORT_DIR: &str = "/srv/krgiso/nodes";
+pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
+
+/// The files the nodes boot over TFTP, as the kernel stage staged them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    pub kind: KernelKind,
+    pub kernel: String,
+    pub initrd: Option<String>,
+}
+
+impl BootFiles {
+    pub fn for_release(kind: KernelKind, release: &str) -> BootFiles {
+        BootFiles {
+            kind,
+            kernel: format!("vmlinuz-{release}"),
+            initrd: (kind == KernelKind::Stock).then(|| format!("initrd.img-{release}")),
+        }
+    }
+}
+
+const HEADER: &str =
+    "# Rendered by krgiso (cargo xtask node1) from the profile: edit the profile, not this file.\n";
+
+/// dnsmasq when it is the only DHCP server on the cluster link: leases from
+/// the profile's range, PXE boot, TFTP. No DNS (port=0), not authoritative
+/// (a stray server elsewhere is not overruled), and only on the interface
+/// the boot service names (`interface=` comes from /run/krgiso/dnsmasq.conf).
+pub fn dnsmasq_full(net: &Network) -> String {
+    let mut s = String::from(HEADER);
+    s.push_str("# DHCP with leases, PXE and TFTP on the cluster link only.\n");
+    s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
+    let _ = writeln!(
+        s,
+        "dhcp-range={},{},{},12h",
+        net.dhcp_range.start,
+        net.dhcp_range.end,
+        net.address.netmask()
+    );
+    if net.gateway {
+        let _ = writeln!(s, "dhcp-option=option:router,{}", net.address.addr);
+    } else {
+        s.push_str("# no gateway: the nodes get no default route\ndhcp-option=option:router\n");
+    }
+    s.push_str("dhcp-option=option:dns-server\n");
+    s.push_str("dhcp-boot=pxelinux.0\n");
+    s.push_str(&tftp_lines());
+    s.push_str("dhcp-leasefile=/run/krgiso/dnsmasq.leases\nlog-dhcp\n");
+    s
+}
+
+/// dnsmasq when another DHCP server already answers on the cluster link:
+/// proxy DHCP (PXE boot information only, no leases) for the subnet that
+/// server hands out, which the boot service writes as `@PROXY_NET@`.
+pub fn dnsmasq_proxy() -> String {
+    let mut s = String::from(HEADER);
+    s.push_str(
+        "# Proxy DHCP: another server gives the addresses; this only says how to PXE-boot.\n",
+    );
+    s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
+    s.push_str("dhcp-range=@PROXY_NET@,proxy\n");
+    s.push_str("pxe-service=x86PC,\"krgiso: boot a Kerrighed node\",pxelinux\n");
+    s.push_str(&tftp_lines());
+    s.push_str("log-dhcp\n");
+    s
+}
+
+fn tftp_lines() -> String {
+    format!("enable-tftp\ntftp-root={TFTP_DIR}\n")
+}
+
+/// The nodes' root, read-write to the cluster subnet only (never `*`).
+/// `fsid` because it may live on a tmpfs, which has no UUID to export by.
+pub fn exports(net: &Network) -> String {
+    format!(
+        "{HEADER}{EXPORT_DIR} {}/{}(rw,no_root_squash,no_subtree_check,async,fsid=77)\n",
+        net.address.network(),
+        net.address.prefix
+    )
+}
+
+/// A 2.6.20 nfsroot speaks NFSv3 (and v2) over TCP or UDP; a current
+/// nfs-kernel-server serves neither v2 nor UDP unless told to.
+pub fn nfs_conf() -> String {
+    format!("{HEADER}[nfsd]\nvers3=y\ntcp=y\nudp=y\n")
+}
+
+/// What every node boots: the kernel with its root on NFS from node1.
+pub fn pxelinux_default(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String {
+    let node1 = net.address.addr;
+    let mut append = vec![
+        "root=/dev/nfs".to_owned(),
+        format!("nfsroot={node1}:{EXPORT_DIR},v3,tcp"),
+        "ip=dhcp".to_owned(),
+        "rw".to_owned(),
+    ];
+    match boot.kind {
+        KernelKind::Kerrighed => append.push(format!("session_id={}", cluster.session)),
+        KernelKind::Stock => {
+            if let Some(initrd) = &boot.initrd {
+                append.push(format!("initrd={initrd}"));
+            }
+        }
+    }
+    append.push("console=tty0".to_owned());
+    append.push("console=ttyS0,115200".to_owned());
+    let label = match boot.kind {
+        KernelKind::Kerrighed => "kerrighed",
+        KernelKind::Stock => "node",
+    };
+    format!(
+        // SERIAL must come first (pxelinux ignores it anywhere else).
+        "SERIAL 0 115200\n# Rendered by krgiso from the profile.\nDEFAULT {label}\nPROMPT 0\nTIMEOUT 30\n\nLABEL {label}\n  KERNEL {}\n  APPEND {}\n",
+        boot.kernel,
+        append.join(" ")
+    )
+}
+
+/// node1's wired interfaces take DHCP from outside (the uplink); the boot
+/// service gives the cluster link its static address with a file in
+/// /run/systemd/network that sorts before this one.
+pub fn uplink_network() -> String {
+    format!("{HEADER}[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n\n[DHCPv4]\nRouteMetric=100\n")
+}
+
+/// The values the boot service reads (shell syntax).
+pub fn cluster_env(net: &Network) -> String {
+    let a = net.address;
+    format!(
+        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nTFTP_DIR={TFTP_DIR}\n",
+        net.cluster_iface,
+        a.addr,
+        a.prefix,
+        a.network(),
+        if net.gateway { "yes" } else { "no" }
+    )
+}
+
+/// Kerrighed's own file. Its parser counts every other line, comments and
+/// blank ones too, as a node: so nothing but the two settings.
+pub fn kerrighed_nodes(cluster: &Cluster) -> String {
+    format!("session={}\nnbmin={}\n", cluster.session, cluster.nbmin)
+}
+
+pub fn default_kerrighed() -> String {
+    format!("{HEADER}# Start Kerrighed at boot.\nENABLE=true\n")
+}
+
+/// The nodes' fstab: the root is NFS from node1 (the kernel mounted it, by
+/// nfsroot=), configfs where Kerrighed's tools look, and per-node scratch in
+/// RAM so nodes sharing one root do not step on each other.
+pub fn nodes_fstab() -> String {
+    format!(
+        "{HEADER}# <file system> <mount point> <type> <options> <dump> <pass>\n\
+         /dev/nfs  /        nfs       defaults  0 0\n\
+         proc      /proc    proc      defaults  0 0\n\
+         configfs  /config  configfs  defaults  0 0\n\
+         tmpfs     /tmp     tmpfs     defaults,mode=1777  0 0\n\
+         tmpfs     /var/tmp tmpfs     defaults,mode=1777  0 0\n"
+    )
+}
+
+/// Names for node1 and every address a node can get: `node<last octet>`,
+/// the octet being the node id Kerrighed derives (KRG_AUTONODEID).
+pub fn hosts(net: &Network) -> String {
+    let mut s = format!(
+        "{HEADER}127.0.0.1\tlocalhost\n{}\tnode1\n",
+        net.address.addr
+    );
+    let (start, end) = (
+        u32::from(net.dhcp_range.start),
+        u32::from(net.dhcp_range.end),
+    );
+    for ip in (start..=end).map(Ipv4Addr::from) {
+        let _ = writeln!(s, "{ip}\tnode{}", ip.octets()[3]);
+    }
+    s
+}
+
+/// Every file, with the path it takes in its root.
+pub fn node1_files(
+    net: &Network,
+    cluster: &Cluster,
+    boot: &BootFiles,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("etc/krgiso/dnsmasq-full.conf", dnsmasq_full(net)),
+        ("etc/krgiso/dnsmasq-proxy.conf", dnsmasq_proxy()),
+        ("etc/krgiso/cluster.env", cluster_env(net)),
+        ("etc/exports", exports(net)),
+        ("etc/nfs.conf.d/krgiso.conf", nfs_conf()),
+        (
+            "etc/systemd/network/90-krgiso-uplink.network",
+            uplink_network(),
+        ),
+        ("etc/hosts", hosts(net)),
+        (
+            "srv/krgiso/tftp/pxelinux.cfg/default",
+            pxelinux_default(net, cluster, boot),
+        ),
+    ]
+}
+
+pub fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(&'static str, String)> {
+    vec![
+        ("etc/kerrighed_nodes", kerrighed_nodes(cluster)),
+        ("etc/default/kerrighed", default_kerrighed()),
+        ("etc/fstab", nodes_fstab()),
+        ("etc/hosts", hosts(net)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Profile;
+    use std::path::Path;
+
+    fn profile(name: &str) -> Profile {
+        Profile::load(&crate::project_root().join(format!("profiles/{name}.toml"))).unwrap()
+    }
+
+    fn boot(p: &Profile) -> BootFiles {
+        let release = match p.kernel.kind {
+            KernelKind::Kerrighed => "2.6.20-krg",
+            KernelKind::Stock => "6.1.0-50-amd64",
+        };
+        BootFiles::for_release(p.kernel.kind, release)
+    }
+
+    /// Compares with `golden/<profile>/<root>/<path>`; `KRGISO_BLESS=1`
+    /// rewrites the golden files (then review the diff before committing).
+    fn golden(profile: &str, root: &str, path: &str, text: &str) {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/node1/golden")
+            .join(profile)
+            .join(root)
+            .join(path);
+        if std::env::var_os("KRGISO_BLESS").is_some() {
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, text).unwrap();
+        }
+        let expected = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+            panic!(
+                "no golden file {} (run with KRGISO_BLESS=1 and review it)",
+                file.display()
+            )
+        });
+        assert_eq!(
+            text,
+            expected,
+            "{} differs from its golden file",
+            file.display()
+        );
+    }
+
+    #[test]
+    fn every_rendered_file_matches_its_golden_file_for_both_profiles() {
+        for name in ["kerrighed", "smoke"] {
+            let p = profile(name);
+            for (path, text) in node1_files(&p.network, &p.cluster, &boot(&p)) {
+                golden(name, "node1", path, &text);
+            }
+            for (path, text) in nodes_files(&p.network, &p.cluster) {
+                golden(name, "nodes", path, &text);
+            }
+        }
+    }
+
+    #[test]
+    fn kerrighed_nodes_has_only_the_two_settings() {
+        let p = profile("kerrighed");
+        let text = kerrighed_nodes(&p.cluster);
+        assert_eq!(text.lines().count(), 2);
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("session=") || l.starts_with("nbmin=")),
+            "{text}"
+        );
+        assert!(!text.contains('#'));
+    }
+
+    #[test]
+    fn the_export_is_for_the_cluster_subnet_never_everyone() {
+        let p = profile("kerrighed");
+        let text = exports(&p.network);
+        let line = text.lines().find(|l| l.starts_with(EXPORT_DIR)).unwrap();
+        assert!(
+            line.contains(" 10.77.0.0/24(") && !line.contains('*'),
+            "{line}"
+        );
+        for opt in ["rw", "no_root_squash", "no_subtree_check"] {
+            assert!(line.contains(opt), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_kerrighed_boot_line_is_what_a_2_6_20_node_needs() {
+        let p = profile("kerrighed");
+        let text = pxelinux_default(&p.network, &p.cluster, &boot(&p));
+        let append = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("APPEND"))
+            .unwrap();
+        for want in [
+            "root=/dev/nfs",
+            "nfsroot=10.77.0.1:/srv/krgiso/nodes,v3,tcp",
+            "ip=dhcp",
+            " rw ",
+            "session_id=1",
+        ] {
+            assert!(append.contains(want), "{want} missing: {append}");
+        }
+        assert!(
+            !append.contains("initrd="),
+            "the kerrighed kernel has NIC and NFS built in"
+        );
+    }
+
+    #[test]
+    fn a_gateway_hands_out_node1_as_router() {
+        let mut p = profile("smoke");
+        assert!(dnsmasq_full(&p.network)
+            .lines()
+            .any(|l| l == "dhcp-option=option:router"));
+        p.network.gateway = true;
+        assert!(dnsmasq_full(&p.network)
+            .lines()
+            .any(|l| l == "dhcp-option=option:router,10.77.0.1"));
+    }
+}
