@@ -4,12 +4,17 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 
 use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::host::HostTool;
 use crate::kernel::KERNEL;
 use crate::packages::{NODE1_ROOT, NODES_ROOT};
-use crate::pipeline::{BuildContext, NotBuiltYet};
+use crate::pipeline::BuildContext;
 
 pub const CONFIG: &str = "config";
 
@@ -38,14 +43,151 @@ impl Stage for Node1 {
     fn outputs(&self) -> Vec<Output> {
         vec![Output::dir(CONFIG, self.0.layout.build.join("node1"))]
     }
-    fn run(&self, _run: &mut StageRun) -> Result<()> {
-        Err(NotBuiltYet {
-            what: "the node1 stage",
-            issue: 6,
-            title: "node1's PXE, DHCP and NFS services",
+    fn host_tools(&self) -> Vec<HostTool> {
+        vec![
+            HostTool::new("ssh-keygen", "openssh-client"),
+            HostTool::new("openssl", "openssl"),
+        ]
+    }
+    fn run(&self, run: &mut StageRun) -> Result<()> {
+        let cx = &self.0;
+        let out = run.output(CONFIG)?.to_owned();
+        let (node1, nodes) = (out.join("node1"), out.join("nodes"));
+        let overlay = cx.layout.project.join("overlay");
+        run.step("apply overlay/common, overlay/node1, overlay/nodes");
+        for (from, to) in [
+            ("common", &node1),
+            ("common", &nodes),
+            ("node1", &node1),
+            ("nodes", &nodes),
+        ] {
+            copy_overlay(&overlay.join(from), to)?;
         }
-        .into())
+
+        run.step("render the configuration of node1 and the nodes");
+        let kernel = cx.layout.build.join("kernel");
+        let release = fs::read_to_string(kernel.join("release"))
+            .context("the kernel stage left no release file: run `cargo xtask kernel`")?;
+        let boot = render::BootFiles::for_release(cx.profile.kernel.kind, release.trim());
+        let (net, cluster) = (&cx.profile.network, &cx.profile.cluster);
+        for (layer, files) in [
+            (&node1, render::node1_files(net, cluster, &boot)),
+            (&nodes, render::nodes_files(net, cluster)),
+        ] {
+            for (path, text) in files {
+                write_file(&layer.join(path), text.as_bytes(), 0o644)?;
+            }
+        }
+
+        run.step("the TFTP root: pxelinux and the node kernel");
+        let tftp = node1.join(render::TFTP_DIR.trim_start_matches('/'));
+        let root = cx.layout.build.join("roots/node1");
+        for (from, name) in [
+            (root.join("usr/lib/PXELINUX/pxelinux.0"), "pxelinux.0"),
+            (
+                root.join("usr/lib/syslinux/modules/bios/ldlinux.c32"),
+                "ldlinux.c32",
+            ),
+        ] {
+            if !from.exists() {
+                bail!("{} is not in the node1 root: add pxelinux and syslinux-common to [node1] packages", from.display());
+            }
+            fs::copy(&from, tftp.join(name)).with_context(|| format!("copying {name}"))?;
+        }
+        for name in std::iter::once(&boot.kernel).chain(boot.initrd.as_ref()) {
+            fs::copy(kernel.join(name), tftp.join(name))
+                .with_context(|| format!("copying {name} from the kernel stage"))?;
+        }
+
+        run.step("services: networkd on, Debian's own dnsmasq off");
+        let systemd = node1.join("etc/systemd/system");
+        fs::create_dir_all(systemd.join("multi-user.target.wants"))?;
+        symlink("/dev/null", &systemd.join("dnsmasq.service"))?;
+        symlink(
+            "/lib/systemd/system/systemd-networkd.service",
+            &systemd.join("multi-user.target.wants/systemd-networkd.service"),
+        )?;
+        // The nodes may run an old sshd (lenny's 5.1) that signs with ssh-rsa only.
+        write_file(
+            &node1.join("etc/ssh/ssh_config.d/krgiso.conf"),
+            b"# krgiso: the nodes' old sshd knows only ssh-rsa signatures\nHost node*\n    HostKeyAlgorithms +ssh-rsa\n    PubkeyAcceptedAlgorithms +ssh-rsa\n",
+            0o644,
+        )?;
+
+        run.step(&format!(
+            "the cluster user `{}` and its ssh key",
+            cluster.user
+        ));
+        let creds = accounts::Credentials::for_build(cluster, &cx.layout.build, run.shell)?;
+        accounts::add_user(&root, &node1, &creds, cluster, true)?;
+        accounts::add_user(
+            &cx.layout.build.join("roots/nodes"),
+            &nodes,
+            &creds,
+            cluster,
+            true,
+        )?;
+        if let Some(password) = &creds.generated_password {
+            run.shell.note(&format!(
+                "the cluster user {} got a generated password (kept in build/credentials)",
+                creds.user
+            ));
+            eprintln!(
+                "==> node1: log in as `{}` with password `{password}` (no password or key in the profile; kept in {})",
+                creds.user,
+                cx.layout.build.join("credentials").display()
+            );
+        }
+        Ok(())
     }
 }
 
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = fs::remove_file(path);
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn symlink(target: &str, link: &Path) -> Result<()> {
+    let _ = fs::remove_file(link);
+    std::os::unix::fs::symlink(target, link).with_context(|| format!("linking {}", link.display()))
+}
+
+/// Copies an overlay tree into a layer: modes and symlinks kept, files
+/// owned by root, `.gitkeep` placeholders skipped. Later overlays win.
+fn copy_overlay(from: &Path, to: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(from) else {
+        return Ok(());
+    };
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        if e.file_name() == ".gitkeep" {
+            continue;
+        }
+        let (src, dest) = (e.path(), to.join(e.file_name()));
+        let meta = fs::symlink_metadata(&src)?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&src)?;
+            let _ = fs::remove_file(&dest);
+            std::os::unix::fs::symlink(target, &dest)
+                .with_context(|| format!("linking {}", dest.display()))?;
+        } else if meta.is_dir() {
+            copy_overlay(&src, &dest)?;
+            fs::set_permissions(&dest, meta.permissions())?;
+        } else {
+            let _ = fs::remove_file(&dest);
+            fs::copy(&src, &dest).with_context(|| format!("copying {}", src.display()))?;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(meta.permissions().mode()))?;
+        }
+        std::os::unix::fs::lchown(&dest, Some(0), Some(0)).ok();
+    }
+    Ok(())
+}
+
+pub mod accounts;
 pub mod render;

@@ -1,0 +1,338 @@
+//! The cluster's user: in both roots, with no known password. The profile
+//! gives a crypt(3) hash and/or ssh keys; with neither, a random password is
+//! made once per build dir, kept in `build/credentials` (0600) and printed.
+//! One ssh key pair per build dir lets the user ssh from node1 to any node.
+//!
+//! The roots are not touched: their passwd, shadow, group and gshadow are
+//! read, the user is added, and the results go into the layers.
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use xshell::cmd;
+
+use crate::profile::Cluster;
+use crate::shell::StageShell;
+
+/// What the user logs in with, once decided for this build dir.
+pub struct Credentials {
+    pub user: String,
+    /// crypt(3) hash, or `!` (no password login: keys only).
+    pub password_hash: String,
+    /// Set when krgiso made the password: shown at the end of the build.
+    pub generated_password: Option<String>,
+    /// The cluster key pair (RSA: lenny's OpenSSH 5.1 knows no ed25519).
+    pub private_key: PathBuf,
+    pub public_key: String,
+}
+
+impl Credentials {
+    /// Decides the credentials, reusing what an earlier run of this build
+    /// dir made (so rebuilding the image keeps the same password and key).
+    pub fn for_build(cluster: &Cluster, build: &Path, shell: &StageShell) -> Result<Credentials> {
+        let dir = build.join("credentials.d");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let sh = shell.sh();
+
+        let (password_hash, generated_password) = match &cluster.password_hash {
+            Some(hash) => (hash.clone(), None),
+            None if !cluster.authorized_keys.is_empty() => ("!".to_owned(), None),
+            None => {
+                let saved = build.join("credentials");
+                let password = match read_saved_password(&saved, &cluster.user) {
+                    Some(p) => p,
+                    None => {
+                        let p = random_password()?;
+                        let text = format!(
+                            "# krgiso: the cluster user's password, made by the build (no hash or key in the profile)\nuser={}\npassword={p}\n",
+                            cluster.user
+                        );
+                        crate::files::write_atomic(&saved, text.as_bytes())?;
+                        fs::set_permissions(&saved, fs::Permissions::from_mode(0o600))?;
+                        p
+                    }
+                };
+                let hash = cmd!(sh, "openssl passwd -6 -stdin")
+                    .stdin(password.as_bytes())
+                    .quiet()
+                    .read()
+                    .context("hashing the generated password with openssl")?;
+                (hash, Some(password))
+            }
+        };
+
+        let private_key = dir.join("cluster_rsa");
+        if !private_key.exists() {
+            shell.step("make the cluster ssh key pair");
+            shell.run(cmd!(
+                sh,
+                "ssh-keygen -q -t rsa -b 3072 -N '' -C krgiso-cluster -f {private_key}"
+            ))?;
+        }
+        let public_key = fs::read_to_string(private_key.with_extension("pub"))
+            .context("reading the cluster public key")?
+            .trim()
+            .to_owned();
+        Ok(Credentials {
+            user: cluster.user.clone(),
+            password_hash,
+            generated_password,
+            private_key,
+            public_key,
+        })
+    }
+}
+
+fn read_saved_password(path: &Path, user: &str) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).map(str::to_owned))
+    };
+    (field("user=")? == user).then(|| field("password="))?
+}
+
+/// 16 characters from an alphabet without look-alikes, from the kernel's RNG.
+fn random_password() -> Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = [0u8; 64];
+    use std::io::Read;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    // Rejection sampling keeps every character equally likely.
+    let limit = 256 - (256 % ALPHABET.len());
+    let out: String = bytes
+        .iter()
+        .filter(|&&b| (b as usize) < limit)
+        .take(16)
+        .map(|&b| ALPHABET[b as usize % ALPHABET.len()] as char)
+        .collect();
+    if out.len() < 16 {
+        bail!("not enough randomness for a password");
+    }
+    Ok(out)
+}
+
+/// Adds the user to a root's account files, writing the results into
+/// `layer` (the root itself is not changed). Returns the uid given.
+pub fn add_user(
+    root: &Path,
+    layer: &Path,
+    creds: &Credentials,
+    cluster: &Cluster,
+    private_key_too: bool,
+) -> Result<u32> {
+    let read = |name: &str| fs::read_to_string(root.join("etc").join(name)).unwrap_or_default();
+    let passwd = read("passwd");
+    let user = &creds.user;
+    if passwd
+        .lines()
+        .any(|l| l.split(':').next() == Some(user.as_str()))
+    {
+        bail!(
+            "the user `{user}` ([cluster] user) already exists in {}: choose another name",
+            root.display()
+        );
+    }
+    let uid = first_free_id(&passwd, &read("group"));
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86400)
+        .unwrap_or(0);
+    let files = [
+        (
+            "passwd",
+            passwd.clone(),
+            format!("{user}:x:{uid}:{uid}:krgiso cluster user:/home/{user}:/bin/bash"),
+            0o644,
+        ),
+        (
+            "shadow",
+            read("shadow"),
+            format!("{user}:{}:{days}:0:99999:7:::", creds.password_hash),
+            0o640,
+        ),
+        ("group", read("group"), format!("{user}:x:{uid}:"), 0o644),
+        ("gshadow", read("gshadow"), format!("{user}:!::"), 0o640),
+    ];
+    let etc = layer.join("etc");
+    fs::create_dir_all(&etc)?;
+    for (name, current, line, mode) in files {
+        if name == "gshadow" && current.is_empty() {
+            continue; // a root without gshadow keeps none
+        }
+        let mut text = current;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&line);
+        text.push('\n');
+        let path = etc.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        if mode == 0o640 {
+            // shadow files belong to group shadow where the root has one.
+            if let Some(gid) = group_id(&read("group"), "shadow") {
+                chown(&path, Some(0), Some(gid)).ok();
+            }
+        }
+    }
+
+    let home = layer.join("home").join(user);
+    let ssh = home.join(".ssh");
+    fs::create_dir_all(&ssh)?;
+    let mut keys: Vec<&str> = cluster.authorized_keys.iter().map(String::as_str).collect();
+    keys.push(&creds.public_key);
+    fs::write(ssh.join("authorized_keys"), keys.join("\n") + "\n")?;
+    fs::set_permissions(
+        ssh.join("authorized_keys"),
+        fs::Permissions::from_mode(0o600),
+    )?;
+    if private_key_too {
+        fs::copy(&creds.private_key, ssh.join("id_rsa"))?;
+        fs::set_permissions(ssh.join("id_rsa"), fs::Permissions::from_mode(0o600))?;
+        fs::write(ssh.join("id_rsa.pub"), format!("{}\n", creds.public_key))?;
+    }
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))?;
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o750))?;
+    for path in walk(&home) {
+        chown(&path, Some(uid), Some(uid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(uid)
+}
+
+fn first_free_id(passwd: &str, group: &str) -> u32 {
+    let used = |text: &str| -> Vec<u32> {
+        text.lines()
+            .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+            .collect()
+    };
+    let (u, g) = (used(passwd), used(group));
+    (1000..60000)
+        .find(|id| !u.contains(id) && !g.contains(id))
+        .unwrap_or(60000)
+}
+
+fn group_id(group: &str, name: &str) -> Option<u32> {
+    group
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))?
+        .split(':')
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() {
+            let mut children: Vec<PathBuf> = fs::read_dir(&out[i])
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            out.append(&mut children);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_sixteen_unambiguous_characters_and_differ() {
+        let (a, b) = (random_password().unwrap(), random_password().unwrap());
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert!(!a.contains(['0', 'O', 'l', '1', 'I']), "{a}");
+    }
+
+    #[test]
+    fn the_first_free_id_skips_users_and_groups() {
+        let passwd = "root:x:0:0::/root:/bin/bash\nold:x:1000:1000::/home/old:/bin/sh\n";
+        let group = "root:x:0:\nold:x:1000:\nstaff:x:1001:\n";
+        assert_eq!(first_free_id(passwd, group), 1002);
+    }
+
+    #[test]
+    fn the_user_is_added_to_the_layer_not_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, layer) = (t.path().join("root"), t.path().join("layer"));
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\nshadow:x:42:\n").unwrap();
+        let key = t.path().join("k");
+        fs::write(&key, "PRIVATE").unwrap();
+        let creds = Credentials {
+            user: "krg".into(),
+            password_hash: "$6$salt$hash".into(),
+            generated_password: None,
+            private_key: key,
+            public_key: "ssh-rsa AAAA krgiso-cluster".into(),
+        };
+        let cluster = Cluster {
+            session: 1,
+            nbmin: 2,
+            user: "krg".into(),
+            password_hash: None,
+            authorized_keys: vec!["ssh-ed25519 BBBB me@laptop".into()],
+        };
+        let uid = add_user(&root, &layer, &creds, &cluster, true).unwrap();
+        assert_eq!(uid, 1000);
+        let passwd = fs::read_to_string(layer.join("etc/passwd")).unwrap();
+        assert_eq!(passwd, "root:x:0:0:root:/root:/bin/bash\nkrg:x:1000:1000:krgiso cluster user:/home/krg:/bin/bash\n");
+        let shadow = fs::read_to_string(layer.join("etc/shadow")).unwrap();
+        assert!(
+            shadow
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("krg:$6$salt$hash:"),
+            "{shadow}"
+        );
+        assert_eq!(
+            fs::metadata(layer.join("etc/shadow"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+        assert!(!layer.join("etc/gshadow").exists(), "the root had none");
+        assert_eq!(
+            fs::read_to_string(root.join("etc/passwd")).unwrap(),
+            "root:x:0:0:root:/root:/bin/bash\n"
+        );
+        let keys = fs::read_to_string(layer.join("home/krg/.ssh/authorized_keys")).unwrap();
+        assert_eq!(
+            keys,
+            "ssh-ed25519 BBBB me@laptop\nssh-rsa AAAA krgiso-cluster\n"
+        );
+        assert_eq!(
+            fs::read_to_string(layer.join("home/krg/.ssh/id_rsa")).unwrap(),
+            "PRIVATE"
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(layer.join("home/krg/.ssh/id_rsa"))
+                .unwrap()
+                .uid(),
+            1000
+        );
+
+        // Adding the same user twice is refused.
+        fs::copy(layer.join("etc/passwd"), root.join("etc/passwd")).unwrap();
+        assert!(add_user(&root, &t.path().join("l2"), &creds, &cluster, false).is_err());
+    }
+}
