@@ -825,3 +825,80 @@ pub fn i386_chroot(project: &Path) -> Result<Timings> {
         bootstrap,
     )])
 }
+
+/// The node1 stage for real on the smoke build: what its layers hold, and
+/// that the roots under them are left as they were.
+pub fn node1_layers(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let s = StageShell::new("e2e-node1", &project.join("build/logs/e2e-node1.log"), true)?;
+    let passwd_before = fs::read(run.root("node1").join("etc/passwd"))?;
+    let t = Instant::now();
+    run.xtask(&s, &["node1"])?;
+    let secs = t.elapsed().as_secs_f64();
+    let (n1, nd) = (run.build.join("node1/node1"), run.build.join("node1/nodes"));
+    let release = fs::read_to_string(run.build.join("kernel/release"))?
+        .trim()
+        .to_owned();
+    let tftp = n1.join("srv/krgiso/tftp");
+    for name in [
+        "pxelinux.0".to_owned(),
+        "ldlinux.c32".to_owned(),
+        "pxelinux.cfg/default".to_owned(),
+        format!("vmlinuz-{release}"),
+        format!("initrd.img-{release}"),
+    ] {
+        ensure!(tftp.join(&name).is_file(), "the TFTP root lacks {name}");
+    }
+    let pxe = fs::read_to_string(tftp.join("pxelinux.cfg/default"))?;
+    ensure!(
+        pxe.contains(&format!("KERNEL vmlinuz-{release}")),
+        "pxelinux.cfg/default names another kernel:\n{pxe}"
+    );
+    for (layer, file) in [
+        (&n1, "etc/exports"),
+        (&n1, "etc/krgiso/dnsmasq-full.conf"),
+        (&nd, "etc/kerrighed_nodes"),
+        (&nd, "etc/fstab"),
+    ] {
+        ensure!(
+            layer.join(file).is_file(),
+            "{} lacks {file}",
+            layer.display()
+        );
+    }
+    let user = &run.profile.cluster.user;
+    for layer in [&n1, &nd] {
+        let passwd = fs::read_to_string(layer.join("etc/passwd"))?;
+        ensure!(
+            passwd.lines().any(|l| l.starts_with(&format!("{user}:x:"))),
+            "{user} missing from {}",
+            layer.display()
+        );
+        let shadow = fs::read_to_string(layer.join("etc/shadow"))?;
+        let hash = shadow
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .and_then(|l| l.split(':').nth(1));
+        ensure!(
+            hash.is_some_and(|h| h.starts_with("$6$")),
+            "{user} has no password hash in {}",
+            layer.display()
+        );
+    }
+    let creds = run.build.join("credentials");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&creds)?.permissions()) & 0o777;
+    ensure!(
+        mode == 0o600,
+        "build/credentials has mode {mode:o}, not 600"
+    );
+    ensure!(
+        fs::read(run.root("node1").join("etc/passwd"))? == passwd_before,
+        "the node1 stage changed the node1 root"
+    );
+    ensure!(
+        fs::read_link(n1.join("etc/systemd/system/dnsmasq.service"))? == Path::new("/dev/null"),
+        "Debian's dnsmasq.service is not masked"
+    );
+    Ok(vec![("node1".to_owned(), secs)])
+}

@@ -58,6 +58,11 @@ const END_TO_END: &[EndToEnd] = &[
         check: e2e::kernel_stock,
     },
     EndToEnd {
+        name: "e2e-node1",
+        about: "the smoke node1 stage: layers, TFTP root, accounts",
+        check: e2e::node1_layers,
+    },
+    EndToEnd {
         name: "e2e-i386-chroot",
         about: "an i386 root entered as the stages do sees an i686 machine",
         check: e2e::i386_chroot,
