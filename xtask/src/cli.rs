@@ -106,7 +106,7 @@ pub enum Command {
     },
     /// Run the whole test suite (installs the host tools it needs)
     Test {
-        /// Run only this part (fmt, clippy, cargo-test, e2e-packages, e2e-kernel-stock, e2e-node1, e2e-i386-chroot, e2e-kernel-kerrighed)
+        /// Run only this part (fmt, clippy, cargo-test, e2e-packages, e2e-kernel-stock, e2e-node1, e2e-node1-netns, e2e-i386-chroot, e2e-kernel-kerrighed)
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },

@@ -63,6 +63,11 @@ const END_TO_END: &[EndToEnd] = &[
         check: e2e::node1_layers,
     },
     EndToEnd {
+        name: "e2e-node1-netns",
+        about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP",
+        check: e2e::node1_netns,
+    },
+    EndToEnd {
         name: "e2e-i386-chroot",
         about: "an i386 root entered as the stages do sees an i686 machine",
         check: e2e::i386_chroot,
