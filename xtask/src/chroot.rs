@@ -433,6 +433,53 @@ pub fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String>> {
     Ok(done)
 }
 
+/// A read-only overlayfs view of `layers` stacked in order (the first on
+/// top), unmounted when dropped, on error, panic or Ctrl-C. How the iso
+/// stage sees a root with the node1 stage's layer over it, without copying.
+pub struct Stack {
+    pub target: PathBuf,
+    _cleanup: Cleanup,
+}
+
+impl Stack {
+    pub fn mount(layers: &[&Path], target: &Path) -> Result<Stack> {
+        fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+        let lower: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
+        if lower.iter().any(|l| l.contains([':', ','])) {
+            bail!(
+                "cannot stack {}: a path contains ':' or ','",
+                lower.join(" over ")
+            );
+        }
+        let options = CString::new(format!("lowerdir={}", lower.join(":")))?;
+        let (source, fstype) = (CString::new("krgiso")?, CString::new("overlay")?);
+        let c_target = c_path(target)?;
+        // SAFETY: valid NUL-terminated strings; options is overlayfs's text.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                c_target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_RDONLY,
+                options.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!("stacking {} at {}", lower.join(" over "), target.display())
+            });
+        }
+        let t = target.to_owned();
+        let cleanup = Cleanup::register(format!("unmount {}", target.display()), move || {
+            let _ = release(&SystemMounts, &t);
+        });
+        Ok(Stack {
+            target: target.to_owned(),
+            _cleanup: cleanup,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,17 +1,45 @@
-//! The iso stage: squashfs of the node1 root, the nodes root image, BIOS and
-//! UEFI boot, one hybrid ISO that boots from a USB stick, and its checksum.
+//! The iso stage: the node1 root (with its layer) as the live system's
+//! squashfs, the nodes root (with its layer) as a second squashfs node1
+//! unpacks at boot, BIOS (isolinux) and UEFI (GRUB) boot, one hybrid ISO
+//! that boots from a USB stick either way, and its sha256.
 
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use xshell::cmd;
 
+use crate::chroot::Stack;
 use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::fetch::{human_bytes, sha256_of};
+use crate::files;
+use crate::host::HostTool;
 use crate::kernel::KERNEL;
 use crate::node1::CONFIG;
 use crate::packages::{NODE1_ROOT, NODES_ROOT};
-use crate::pipeline::{BuildContext, NotBuiltYet};
+use crate::pipeline::BuildContext;
+use crate::profile::{Compression, IsoSpec};
+use crate::shell::StageShell;
+
+/// Where node1's boot service looks for the nodes root on the medium.
+pub const NODES_IMAGE: &str = "krgiso/nodes.squashfs";
 
 pub struct Iso(pub Arc<BuildContext>);
+
+/// Never in an image: kernel file systems, scratch, caches, logs.
+const EXCLUDED: &[&str] = &[
+    "proc/*",
+    "sys/*",
+    "dev/*",
+    "run/*",
+    "tmp/*",
+    "var/tmp/*",
+    "var/cache/apt/*",
+    "var/lib/apt/lists/*",
+    "var/log/*",
+    "usr/src/*",
+];
 
 impl Stage for Iso {
     fn name(&self) -> &'static str {
@@ -22,6 +50,24 @@ impl Stage for Iso {
     }
     fn needs_root(&self) -> bool {
         true
+    }
+    fn host_tools(&self) -> Vec<HostTool> {
+        [
+            ("mksquashfs", "squashfs-tools"),
+            ("xorriso", "xorriso"),
+            ("/usr/lib/ISOLINUX/isolinux.bin", "isolinux"),
+            (
+                "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+                "syslinux-common",
+            ),
+            ("grub-mkstandalone", "grub-common"),
+            ("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin"),
+            ("mkfs.fat", "dosfstools"),
+            ("mcopy", "mtools"),
+        ]
+        .into_iter()
+        .map(|(p, k)| HostTool::new(p, k))
+        .collect()
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [iso]", &self.0.profile.iso);
@@ -42,12 +88,276 @@ impl Stage for Iso {
             Output::file("checksum", checksum),
         ]
     }
-    fn run(&self, _run: &mut StageRun) -> Result<()> {
-        Err(NotBuiltYet {
-            what: "the iso stage",
-            issue: 7,
-            title: "a hybrid BIOS + UEFI image",
+    fn run(&self, run: &mut StageRun) -> Result<()> {
+        let cx = &self.0;
+        let build = &cx.layout.build;
+        let spec = &cx.profile.iso;
+        let staging = build.join("iso-tree");
+        files::remove_tree(&staging)?;
+        for dir in ["live", "krgiso", "isolinux", "boot/grub", "EFI/BOOT"] {
+            fs::create_dir_all(staging.join(dir))?;
         }
-        .into())
+        let stacks = build.join("iso-stacks");
+
+        run.step("squash the node1 root (with its layer): live/filesystem.squashfs");
+        {
+            let view = Stack::mount(
+                &[&build.join("node1/node1"), &build.join("roots/node1")],
+                &stacks.join("node1"),
+            )?;
+            squash(
+                run.shell,
+                &view.target,
+                &staging.join("live/filesystem.squashfs"),
+                spec.compression,
+            )?;
+        }
+        run.step(&format!(
+            "squash the nodes root (with its layer): {NODES_IMAGE}"
+        ));
+        {
+            let view = Stack::mount(
+                &[&build.join("node1/nodes"), &build.join("roots/nodes")],
+                &stacks.join("nodes"),
+            )?;
+            squash(
+                run.shell,
+                &view.target,
+                &staging.join(NODES_IMAGE),
+                spec.compression,
+            )?;
+        }
+        files::remove_tree(&stacks)?;
+
+        run.step("the live kernel and initramfs, BIOS and UEFI boot");
+        let (vmlinuz, initrd) = live_kernel(&build.join("roots/node1"))?;
+        fs::copy(&vmlinuz, staging.join("live/vmlinuz")).context("copying the live kernel")?;
+        fs::copy(&initrd, staging.join("live/initrd.img")).context("copying the live initramfs")?;
+        for (from, name) in [
+            ("/usr/lib/ISOLINUX/isolinux.bin", "isolinux.bin"),
+            ("/usr/lib/syslinux/modules/bios/ldlinux.c32", "ldlinux.c32"),
+            ("/usr/lib/syslinux/modules/bios/menu.c32", "menu.c32"),
+            ("/usr/lib/syslinux/modules/bios/libutil.c32", "libutil.c32"),
+        ] {
+            fs::copy(from, staging.join("isolinux").join(name))
+                .with_context(|| format!("copying {from}"))?;
+        }
+        fs::write(staging.join("isolinux/isolinux.cfg"), isolinux_cfg(spec))?;
+        let grub_cfg = grub_cfg(spec);
+        fs::write(staging.join("boot/grub/grub.cfg"), &grub_cfg)?;
+        efi_boot(run.shell, &staging, &grub_cfg)?;
+
+        run.step("the hybrid ISO (BIOS + UEFI, MBR + GPT)");
+        let image = run.output("image")?.to_owned();
+        let volume = &spec.volume;
+        let sh = run.shell.sh();
+        run.shell.run(cmd!(
+            sh,
+            "xorriso -as mkisofs -iso-level 3 -full-iso9660-filenames -joliet -rational-rock
+                -volid {volume}
+                -eltorito-boot isolinux/isolinux.bin -eltorito-catalog isolinux/boot.cat
+                -no-emul-boot -boot-load-size 4 -boot-info-table
+                -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin
+                -eltorito-alt-boot -e boot/efiboot.img -no-emul-boot -isohybrid-gpt-basdat
+                -output {image} {staging}"
+        ))?;
+        files::remove_tree(&staging)?;
+
+        let sum = sha256_of(&image)?;
+        let name = &spec.output;
+        fs::write(run.output("checksum")?, format!("{sum}  {name}\n"))
+            .context("writing the checksum")?;
+        let size = fs::metadata(&image)?.len();
+        let final_path = cx.layout.out.join(name);
+        run.shell.note(&format!(
+            "{} {} sha256 {sum}",
+            final_path.display(),
+            human_bytes(size)
+        ));
+        eprintln!(
+            "==> iso: {} ({}), sha256 {sum}\n==> iso: write it to a USB stick: dd if={} of=/dev/sdX bs=4M conv=fsync (or: sudo cargo xtask usb /dev/sdX)",
+            final_path.display(),
+            human_bytes(size),
+            final_path.display()
+        );
+        Ok(())
+    }
+}
+
+fn squash(shell: &StageShell, from: &Path, to: &Path, compression: Compression) -> Result<()> {
+    let sh = shell.sh();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .to_string();
+    let comp: &[&str] = match compression {
+        // Level 6: most of zstd's size gain for a fraction of level 15's time.
+        Compression::Zstd => &["-comp", "zstd", "-Xcompression-level", "6"],
+        Compression::Xz => &["-comp", "xz"],
+    };
+    let excluded: Vec<&str> = EXCLUDED.to_vec();
+    shell.run(cmd!(
+        sh,
+        "mksquashfs {from} {to} -noappend -no-progress -processors {cores} {comp...} -wildcards -e {excluded...}"
+    ))
+}
+
+/// The node1 root's newest kernel and its initramfs (made with live-boot in).
+fn live_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let mut kernels: Vec<PathBuf> = fs::read_dir(root.join("boot"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    let Some(vmlinuz) = kernels.pop() else {
+        bail!("the node1 root has no kernel: add linux-image-amd64 to [node1] packages");
+    };
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .trim_start_matches("vmlinuz-")
+        .to_owned();
+    let initrd = root.join(format!("boot/initrd.img-{release}"));
+    if !initrd.exists() {
+        bail!("the node1 root has no initramfs for {release}");
+    }
+    if !root.join("usr/share/initramfs-tools/scripts/live").exists() {
+        bail!("live-boot is not in the node1 root: add live-boot to [node1] packages");
+    }
+    Ok((vmlinuz, initrd))
+}
+
+/// The kernel command line of the live system: the console on the screen
+/// and on the first serial port (the boot test reads it).
+fn live_cmdline(toram: bool) -> String {
+    let mut s = String::from("boot=live console=tty0 console=ttyS0,115200");
+    if toram {
+        s.push_str(" toram");
+    }
+    s
+}
+
+/// BIOS: isolinux's menu. The first entry boots node1 after 5 seconds.
+pub fn isolinux_cfg(spec: &IsoSpec) -> String {
+    format!(
+        "SERIAL 0 115200\n\
+         # Rendered by krgiso (cargo xtask iso).\n\
+         UI menu.c32\n\
+         MENU TITLE krgiso {volume}: Kerrighed cluster, node1\n\
+         DEFAULT node1\n\
+         TIMEOUT 50\n\
+         \n\
+         LABEL node1\n  MENU LABEL Start node1 (serves the cluster by itself)\n  KERNEL /live/vmlinuz\n  APPEND initrd=/live/initrd.img {}\n\
+         \n\
+         LABEL node1-toram\n  MENU LABEL Start node1, copied to RAM (the stick can be removed)\n  KERNEL /live/vmlinuz\n  APPEND initrd=/live/initrd.img {}\n\
+         \n\
+         LABEL disk\n  MENU LABEL Boot from the first hard disk\n  LOCALBOOT 0x80\n",
+        live_cmdline(false),
+        live_cmdline(true),
+        volume = spec.volume
+    )
+}
+
+/// UEFI: GRUB's menu, the same entries.
+pub fn grub_cfg(spec: &IsoSpec) -> String {
+    format!(
+        "# Rendered by krgiso (cargo xtask iso).\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\
+         search --no-floppy --set=root --label {volume}\n\
+         set default=0\n\
+         set timeout=5\n\
+         \n\
+         menuentry \"Start node1 (serves the cluster by itself)\" {{\n    linux /live/vmlinuz {}\n    initrd /live/initrd.img\n}}\n\
+         menuentry \"Start node1, copied to RAM (the stick can be removed)\" {{\n    linux /live/vmlinuz {}\n    initrd /live/initrd.img\n}}\n\
+         menuentry \"Boot from the first hard disk (leave krgiso)\" {{\n    exit\n}}\n",
+        live_cmdline(false),
+        live_cmdline(true),
+        volume = spec.volume
+    )
+}
+
+/// A standalone GRUB for x86_64 UEFI with the menu built in, on a FAT EFI
+/// System Partition image that xorriso makes the ISO's EFI boot entry.
+fn efi_boot(shell: &StageShell, staging: &Path, grub_cfg: &str) -> Result<()> {
+    let sh = shell.sh();
+    let work = staging.with_file_name("iso-efi");
+    files::remove_tree(&work)?;
+    fs::create_dir_all(&work)?;
+    let cfg = work.join("grub.cfg");
+    fs::write(&cfg, grub_cfg)?;
+    let efi = staging.join("EFI/BOOT/BOOTX64.EFI");
+    let embedded = format!("boot/grub/grub.cfg={}", cfg.display());
+    shell.run(cmd!(
+        sh,
+        "grub-mkstandalone -O x86_64-efi --locales= --fonts= --themes= -o {efi} {embedded}"
+    ))?;
+    let img = staging.join("boot/efiboot.img");
+    let kib = (fs::metadata(&efi)?.len() / 1024 + 512).to_string();
+    shell.run(cmd!(sh, "mkfs.fat -C -n EFIBOOT {img} {kib}"))?;
+    shell.run(cmd!(sh, "mmd -i {img} ::/EFI ::/EFI/BOOT"))?;
+    shell.run(cmd!(sh, "mcopy -i {img} {efi} ::/EFI/BOOT/BOOTX64.EFI"))?;
+    files::remove_tree(&work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn golden(name: &str, text: &str) {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/iso-golden")
+            .join(name);
+        if std::env::var_os("KRGISO_BLESS").is_some() {
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(&file, text).unwrap();
+        }
+        let expected = fs::read_to_string(&file)
+            .unwrap_or_else(|_| panic!("no golden file {}", file.display()));
+        assert_eq!(
+            text,
+            expected,
+            "{} differs from its golden file",
+            file.display()
+        );
+    }
+
+    #[test]
+    fn boot_menus_match_their_golden_files() {
+        let p =
+            crate::profile::Profile::load(&crate::project_root().join("profiles/kerrighed.toml"))
+                .unwrap();
+        golden("isolinux.cfg", &isolinux_cfg(&p.iso));
+        golden("grub.cfg", &grub_cfg(&p.iso));
+    }
+
+    #[test]
+    fn both_menus_put_the_console_on_screen_and_serial_and_offer_toram() {
+        let p = crate::profile::Profile::load(&crate::project_root().join("profiles/smoke.toml"))
+            .unwrap();
+        for cfg in [isolinux_cfg(&p.iso), grub_cfg(&p.iso)] {
+            assert_eq!(
+                cfg.matches("boot=live console=tty0 console=ttyS0,115200")
+                    .count(),
+                2,
+                "{cfg}"
+            );
+            assert_eq!(cfg.matches(" toram").count(), 1, "{cfg}");
+        }
+        assert!(
+            isolinux_cfg(&p.iso).starts_with("SERIAL 0 115200\n"),
+            "SERIAL must come first"
+        );
+        assert!(grub_cfg(&p.iso).contains("--label KRGISO_SMOKE"));
     }
 }
