@@ -28,12 +28,19 @@ pub enum MountSpec {
     },
     /// `source` bind-mounted at `target`.
     Bind { source: PathBuf, target: PathBuf },
+    /// A read-only overlayfs of `layers` (the first on top) at `target`.
+    Overlay {
+        layers: Vec<PathBuf>,
+        target: PathBuf,
+    },
 }
 
 impl MountSpec {
     pub fn target(&self) -> &Path {
         match self {
-            MountSpec::Fs { target, .. } | MountSpec::Bind { target, .. } => target,
+            MountSpec::Fs { target, .. }
+            | MountSpec::Bind { target, .. }
+            | MountSpec::Overlay { target, .. } => target,
         }
     }
 }
@@ -54,26 +61,39 @@ fn c_path(p: &Path) -> io::Result<CString> {
 
 impl MountOps for SystemMounts {
     fn mount(&self, spec: &MountSpec) -> io::Result<()> {
-        let (source, target, fstype, flags) = match spec {
-            MountSpec::Fs { fstype, target } => {
-                (CString::new(*fstype)?, target, CString::new(*fstype)?, 0)
+        let (source, fstype, flags, data) = match spec {
+            MountSpec::Fs { fstype, .. } => {
+                (CString::new(*fstype)?, CString::new(*fstype)?, 0, None)
             }
-            MountSpec::Bind { source, target } => (
-                c_path(source)?,
-                target,
-                CString::new("none")?,
-                libc::MS_BIND,
-            ),
+            MountSpec::Bind { source, .. } => {
+                (c_path(source)?, CString::new("none")?, libc::MS_BIND, None)
+            }
+            MountSpec::Overlay { layers, .. } => {
+                let lower: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
+                if lower.iter().any(|l| l.contains([':', ','])) {
+                    return Err(io::Error::other("a layer's path contains ':' or ','"));
+                }
+                let data = CString::new(format!("lowerdir={}", lower.join(":")))?;
+                (
+                    CString::new("krgiso")?,
+                    CString::new("overlay")?,
+                    libc::MS_RDONLY,
+                    Some(data),
+                )
+            }
         };
-        let target = c_path(target)?;
-        // SAFETY: valid NUL-terminated strings; no data argument.
+        let target = c_path(spec.target())?;
+        let data_ptr = data
+            .as_ref()
+            .map_or(std::ptr::null(), |d| d.as_ptr().cast());
+        // SAFETY: valid NUL-terminated strings; data is overlayfs's option text or null.
         let rc = unsafe {
             libc::mount(
                 source.as_ptr(),
                 target.as_ptr(),
                 fstype.as_ptr(),
                 flags,
-                std::ptr::null(),
+                data_ptr,
             )
         };
         if rc == 0 {
@@ -444,31 +464,13 @@ pub struct Stack {
 impl Stack {
     pub fn mount(layers: &[&Path], target: &Path) -> Result<Stack> {
         fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-        let lower: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
-        if lower.iter().any(|l| l.contains([':', ','])) {
-            bail!(
-                "cannot stack {}: a path contains ':' or ','",
-                lower.join(" over ")
-            );
-        }
-        let options = CString::new(format!("lowerdir={}", lower.join(":")))?;
-        let (source, fstype) = (CString::new("krgiso")?, CString::new("overlay")?);
-        let c_target = c_path(target)?;
-        // SAFETY: valid NUL-terminated strings; options is overlayfs's text.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                c_target.as_ptr(),
-                fstype.as_ptr(),
-                libc::MS_RDONLY,
-                options.as_ptr().cast(),
-            )
+        let spec = MountSpec::Overlay {
+            layers: layers.iter().map(|l| l.to_path_buf()).collect(),
+            target: target.to_owned(),
         };
-        if rc != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("stacking {} at {}", lower.join(" over "), target.display())
-            });
-        }
+        SystemMounts
+            .mount(&spec)
+            .with_context(|| format!("stacking {:?} at {}", layers, target.display()))?;
         let t = target.to_owned();
         let cleanup = Cleanup::register(format!("unmount {}", target.display()), move || {
             let _ = release(&SystemMounts, &t);

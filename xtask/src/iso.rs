@@ -312,24 +312,9 @@ fn efi_boot(shell: &StageShell, staging: &Path, grub_cfg: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     fn golden(name: &str, text: &str) {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/iso-golden")
-            .join(name);
-        if std::env::var_os("KRGISO_BLESS").is_some() {
-            fs::create_dir_all(file.parent().unwrap()).unwrap();
-            fs::write(&file, text).unwrap();
-        }
-        let expected = fs::read_to_string(&file)
-            .unwrap_or_else(|_| panic!("no golden file {}", file.display()));
-        assert_eq!(
-            text,
-            expected,
-            "{} differs from its golden file",
-            file.display()
-        );
+        crate::golden::check(&format!("iso-golden/{name}"), text);
     }
 
     #[test]

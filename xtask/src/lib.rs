@@ -7,6 +7,8 @@ pub mod e2e;
 pub mod engine;
 pub mod fetch;
 pub mod files;
+#[cfg(test)]
+mod golden;
 pub mod host;
 pub mod interrupt;
 pub mod iso;

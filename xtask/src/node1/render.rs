@@ -228,7 +228,6 @@ pub fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(&'static str, Strin
 mod tests {
     use super::*;
     use crate::profile::Profile;
-    use std::path::Path;
 
     fn profile(name: &str) -> Profile {
         Profile::load(&crate::project_root().join(format!("profiles/{name}.toml"))).unwrap()
@@ -242,30 +241,8 @@ mod tests {
         BootFiles::for_release(p.kernel.kind, release)
     }
 
-    /// Compares with `golden/<profile>/<root>/<path>`; `KRGISO_BLESS=1`
-    /// rewrites the golden files (then review the diff before committing).
     fn golden(profile: &str, root: &str, path: &str, text: &str) {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/node1/golden")
-            .join(profile)
-            .join(root)
-            .join(path);
-        if std::env::var_os("KRGISO_BLESS").is_some() {
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(&file, text).unwrap();
-        }
-        let expected = std::fs::read_to_string(&file).unwrap_or_else(|_| {
-            panic!(
-                "no golden file {} (run with KRGISO_BLESS=1 and review it)",
-                file.display()
-            )
-        });
-        assert_eq!(
-            text,
-            expected,
-            "{} differs from its golden file",
-            file.display()
-        );
+        crate::golden::check(&format!("node1/golden/{profile}/{root}/{path}"), text);
     }
 
     #[test]
