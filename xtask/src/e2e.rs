@@ -274,19 +274,23 @@ pub fn packages(project: &Path) -> Result<Timings> {
     Ok(timings)
 }
 
-/// A smoke profile with one edit, written beside the e2e build dir.
-fn edited_profile(run: &SmokeRun, name: &str, from: &str, to: &str) -> Result<PathBuf> {
-    let text = fs::read_to_string(profile::resolve("smoke", &run.project)?)?;
-    ensure!(
-        text.contains(from),
-        "the smoke profile has no `{from}` to edit"
-    );
+/// A smoke profile with edits (each `from` must occur; its first
+/// occurrence becomes `to`), written beside the e2e build dir.
+fn edited_profile(run: &SmokeRun, name: &str, edits: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut text = fs::read_to_string(profile::resolve("smoke", &run.project)?)?;
+    for (from, to) in edits {
+        ensure!(
+            text.contains(from),
+            "the smoke profile has no `{from}` to edit"
+        );
+        text = text.replacen(from, to, 1);
+    }
     let path = run
         .build
         .with_file_name("profiles")
         .join(format!("{name}.toml"));
     fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-    fs::write(&path, text.replacen(from, to, 1))?;
+    fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -331,8 +335,13 @@ fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
     let bad_package = edited_profile(
         run,
         "bad-package",
-        "    \"nftables\",\n]\n\n[nodes]",
-        "    \"nftables\",\n    \"krgiso-no-such-package\",\n]\ninstall = \"include\"\n\n[nodes]",
+        &[
+            ("[node1]\n", "[node1]\ninstall = \"include\"\n"),
+            (
+                "packages = [\n",
+                "packages = [\n    \"krgiso-no-such-package\",\n",
+            ),
+        ],
     )?;
     expect_failure(
         run,
@@ -344,8 +353,10 @@ fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
     let dead_mirror = edited_profile(
         run,
         "dead-mirror",
-        "mirror = \"http://deb.debian.org/debian\"",
-        "mirror = \"http://127.0.0.1:9/debian\"",
+        &[(
+            "mirror = \"http://deb.debian.org/debian\"",
+            "mirror = \"http://127.0.0.1:9/debian\"",
+        )],
     )?;
     expect_failure(
         run,
