@@ -92,6 +92,16 @@ fn xtask_binary() -> Result<PathBuf> {
     })
 }
 
+/// The shell an end-to-end check runs in: its output on the terminal and
+/// in `build/logs/<name>.log`.
+fn check_shell(project: &Path, name: &str) -> Result<StageShell> {
+    StageShell::new(
+        name,
+        &project.join("build/logs").join(format!("{name}.log")),
+        true,
+    )
+}
+
 /// What the host looks like: every file under /etc with its content hash,
 /// and the installed package list.
 fn host_state(s: &StageShell) -> Result<(BTreeMap<PathBuf, String>, String)> {
@@ -161,11 +171,7 @@ fn no_mounts_under(dir: &Path) -> Result<()> {
 /// Returns the timings it measured.
 pub fn packages(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let s = StageShell::new(
-        "e2e-packages",
-        &project.join("build/logs/e2e-packages.log"),
-        true,
-    )?;
+    let s = check_shell(project, "e2e-packages")?;
     let mut timings = Vec::new();
     run.install_host_tools(&s)?;
     s.step("start from an empty build dir (the .deb cache stays)");
@@ -543,11 +549,7 @@ fn standin_profile(
 /// config symbol is named, and where the outputs land.
 pub fn kernel_standin(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let s = StageShell::new(
-        "e2e-kernel",
-        &project.join("build/logs/e2e-kernel.log"),
-        true,
-    )?;
+    let s = check_shell(project, "e2e-kernel")?;
     let mut timings = Vec::new();
     let base = project.join("build/e2e/krg");
     let build = base.join("build");
@@ -745,11 +747,7 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
 /// nodes root's kernel and an initramfs that carries the NFS boot script.
 pub fn kernel_stock(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let s = StageShell::new(
-        "e2e-kernel-stock",
-        &project.join("build/logs/e2e-kernel-stock.log"),
-        true,
-    )?;
+    let s = check_shell(project, "e2e-kernel-stock")?;
     let t = Instant::now();
     run.xtask(&s, &["kernel"])?;
     let secs = t.elapsed().as_secs_f64();
@@ -797,7 +795,7 @@ pub fn i386_chroot(project: &Path) -> Result<Timings> {
     if std::env::consts::ARCH != "x86_64" {
         bail!("this check is for x86_64 hosts (the build machine the seeds describe)");
     }
-    let s = StageShell::new("e2e-i386", &project.join("build/logs/e2e-i386.log"), true)?;
+    let s = check_shell(project, "e2e-i386")?;
     let base = project.join("build/e2e/i386");
     let root = base.join("root");
     let cache = project.join("build/e2e/downloads/debs/bookworm-i386");
@@ -841,7 +839,7 @@ pub fn i386_chroot(project: &Path) -> Result<Timings> {
 /// that the roots under them are left as they were.
 pub fn node1_layers(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let s = StageShell::new("e2e-node1", &project.join("build/logs/e2e-node1.log"), true)?;
+    let s = check_shell(project, "e2e-node1")?;
     let passwd_before = fs::read(run.root("node1").join("etc/passwd"))?;
     let t = Instant::now();
     run.xtask(&s, &["node1"])?;
@@ -1001,7 +999,7 @@ fn client_lease(
 /// checked by the QEMU boot test, where node1 runs its own kernel.)
 pub fn node1_netns(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let s = StageShell::new("e2e-netns", &project.join("build/logs/e2e-netns.log"), true)?;
+    let s = check_shell(project, "e2e-netns")?;
     host::ensure_tools(
         &[
             host::HostTool::new("udhcpc", "udhcpc"),

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -171,6 +172,39 @@ pub fn tree_size(path: &Path) -> (u64, u64) {
         }
     }
     totals
+}
+
+/// Copies a tree into `to` (merging with what is there; the copy wins):
+/// modes and symlinks kept, owned by root, `.gitkeep` placeholders skipped.
+/// Missing `from` copies nothing.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(from) else {
+        return Ok(());
+    };
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", from.display()))?;
+        if e.file_name() == ".gitkeep" {
+            continue;
+        }
+        let (src, dest) = (e.path(), to.join(e.file_name()));
+        let meta = fs::symlink_metadata(&src)?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&src)?;
+            let _ = fs::remove_file(&dest);
+            std::os::unix::fs::symlink(target, &dest)
+                .with_context(|| format!("linking {}", dest.display()))?;
+        } else if meta.is_dir() {
+            copy_tree(&src, &dest)?;
+            fs::set_permissions(&dest, meta.permissions())?;
+        } else {
+            let _ = fs::remove_file(&dest);
+            fs::copy(&src, &dest).with_context(|| format!("copying {}", src.display()))?;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(meta.permissions().mode()))?;
+        }
+        std::os::unix::fs::lchown(&dest, Some(0), Some(0)).ok();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

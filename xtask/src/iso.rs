@@ -99,31 +99,22 @@ impl Stage for Iso {
         }
         let stacks = build.join("iso-stacks");
 
-        run.step("squash the node1 root (with its layer): live/filesystem.squashfs");
-        {
+        for (root, image) in [
+            ("node1", "live/filesystem.squashfs"),
+            ("nodes", NODES_IMAGE),
+        ] {
+            run.step(&format!("squash the {root} root (with its layer): {image}"));
             let view = Stack::mount(
-                &[&build.join("node1/node1"), &build.join("roots/node1")],
-                &stacks.join("node1"),
+                &[
+                    &build.join("node1").join(root),
+                    &build.join("roots").join(root),
+                ],
+                &stacks.join(root),
             )?;
             squash(
                 run.shell,
                 &view.target,
-                &staging.join("live/filesystem.squashfs"),
-                spec.compression,
-            )?;
-        }
-        run.step(&format!(
-            "squash the nodes root (with its layer): {NODES_IMAGE}"
-        ));
-        {
-            let view = Stack::mount(
-                &[&build.join("node1/nodes"), &build.join("roots/nodes")],
-                &stacks.join("nodes"),
-            )?;
-            squash(
-                run.shell,
-                &view.target,
-                &staging.join(NODES_IMAGE),
+                &staging.join(image),
                 spec.compression,
             )?;
         }

@@ -280,7 +280,7 @@ impl Kernel {
         shell.step(&format!("initramfs for an NFS root ({release})"));
         let conf = root.join("tmp/krgiso-initramfs");
         files::remove_tree(&conf)?;
-        copy_dir(&root.join("etc/initramfs-tools"), &conf)?;
+        files::copy_tree(&root.join("etc/initramfs-tools"), &conf)?;
         let conf_file = conf.join("initramfs.conf");
         let text = fs::read_to_string(&conf_file).unwrap_or_default();
         fs::write(
@@ -384,25 +384,6 @@ fn set_shell_vars(text: &str, vars: &[(&str, &str)]) -> String {
         }
     }
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for e in fs::read_dir(from)
-        .with_context(|| format!("reading {}", from.display()))?
-        .flatten()
-    {
-        let dest = to.join(e.file_name());
-        let kind = e.file_type()?;
-        if kind.is_dir() {
-            copy_dir(&e.path(), &dest)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(e.path())?, &dest)?;
-        } else {
-            fs::copy(e.path(), &dest).with_context(|| format!("copying {}", e.path().display()))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::files;
 use crate::host::HostTool;
 use crate::kernel::KERNEL;
 use crate::packages::{NODE1_ROOT, NODES_ROOT};
@@ -61,7 +62,7 @@ impl Stage for Node1 {
             ("node1", &node1),
             ("nodes", &nodes),
         ] {
-            copy_overlay(&overlay.join(from), to)?;
+            files::copy_tree(&overlay.join(from), to)?;
         }
 
         run.step("render the configuration of node1 and the nodes");
@@ -155,38 +156,6 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 fn symlink(target: &str, link: &Path) -> Result<()> {
     let _ = fs::remove_file(link);
     std::os::unix::fs::symlink(target, link).with_context(|| format!("linking {}", link.display()))
-}
-
-/// Copies an overlay tree into a layer: modes and symlinks kept, files
-/// owned by root, `.gitkeep` placeholders skipped. Later overlays win.
-fn copy_overlay(from: &Path, to: &Path) -> Result<()> {
-    let Ok(entries) = fs::read_dir(from) else {
-        return Ok(());
-    };
-    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for e in entries {
-        let e = e.with_context(|| format!("reading {}", from.display()))?;
-        if e.file_name() == ".gitkeep" {
-            continue;
-        }
-        let (src, dest) = (e.path(), to.join(e.file_name()));
-        let meta = fs::symlink_metadata(&src)?;
-        if meta.file_type().is_symlink() {
-            let target = fs::read_link(&src)?;
-            let _ = fs::remove_file(&dest);
-            std::os::unix::fs::symlink(target, &dest)
-                .with_context(|| format!("linking {}", dest.display()))?;
-        } else if meta.is_dir() {
-            copy_overlay(&src, &dest)?;
-            fs::set_permissions(&dest, meta.permissions())?;
-        } else {
-            let _ = fs::remove_file(&dest);
-            fs::copy(&src, &dest).with_context(|| format!("copying {}", src.display()))?;
-            fs::set_permissions(&dest, fs::Permissions::from_mode(meta.permissions().mode()))?;
-        }
-        std::os::unix::fs::lchown(&dest, Some(0), Some(0)).ok();
-    }
-    Ok(())
 }
 
 pub mod accounts;
