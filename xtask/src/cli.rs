@@ -4,16 +4,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::engine::{Engine, Layout, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
+use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
+use crate::node1::{accounts, render};
 use crate::pipeline::{self, BuildContext, NotBuiltYet};
 use crate::profile::{self, Profile};
+use crate::qemu::{self, BootTest, QemuAccel, QemuFirmware};
 use crate::testsuite;
 
 #[derive(Debug, Parser)]
@@ -90,14 +93,23 @@ pub enum Command {
         #[arg(long, conflicts_with = "stage")]
         all: bool,
     },
-    /// Boot the image in QEMU as node1, with N machines PXE-booting from it
+    /// Boot the image in QEMU as node1, with N machines PXE-booting from it, and check the cluster works
     Qemu {
-        /// How many PXE nodes to boot
-        #[arg(long, default_value_t = 1)]
+        /// How many PXE nodes to boot (0: node1 only)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
         nodes: u32,
-        /// Leave the VMs running at the end
+        /// Leave the VMs running at the end (until Ctrl-C), consoles free to attach
         #[arg(long)]
         keep: bool,
+        /// Give up after this many seconds
+        #[arg(long, default_value_t = 900, value_name = "S")]
+        timeout: u64,
+        /// Accelerator: tcg, or kvm (falls back to tcg with a warning if KVM fails)
+        #[arg(long, value_enum, default_value_t = QemuAccel::Tcg)]
+        accel: QemuAccel,
+        /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
+        #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
+        firmware: QemuFirmware,
     },
     /// Write the image to a USB stick, safely
     Usb {
@@ -106,7 +118,7 @@ pub enum Command {
     },
     /// Run the whole test suite (installs the host tools it needs)
     Test {
-        /// Run only this part (fmt, clippy, cargo-test, e2e-packages, e2e-kernel-stock, e2e-node1, e2e-node1-netns, e2e-i386-chroot, e2e-kernel-kerrighed)
+        /// Run only this part (`cargo xtask test --dry-run` lists them)
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },
@@ -182,7 +194,30 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch { lock_new } => {
             return fetch_sources(&profile, &profile_path, &engine.layout, *lock_new, &cli)
         }
-        Command::Qemu { .. } => return not_built("`cargo xtask qemu`", 8, "the QEMU boot test"),
+        Command::Qemu {
+            nodes,
+            keep,
+            timeout,
+            accel,
+            firmware,
+        } => {
+            let test = boot_test(&profile, &engine.layout, *nodes, *firmware)?;
+            let test = BootTest {
+                keep: *keep,
+                timeout: Duration::from_secs(*timeout),
+                accel: *accel,
+                ..test
+            };
+            if cli.dry_run {
+                println!(
+                    "would boot {} as node1 with {nodes} PXE node(s)",
+                    test.iso.display()
+                );
+                return Ok(());
+            }
+            test.run()?;
+            return Ok(());
+        }
         Command::Usb { .. } => return not_built("`cargo xtask usb`", 7, "the safe USB writer"),
         Command::Test { .. } => unreachable!("handled above"),
     };
@@ -231,6 +266,49 @@ fn fetch_sources(
         println!("verified {}  sha256 {}", v.path.display(), v.sha256);
     }
     Ok(())
+}
+
+/// The boot test of this profile's image, with the defaults `cargo xtask
+/// test` uses.
+pub fn boot_test(
+    profile: &Profile,
+    layout: &Layout,
+    nodes: u32,
+    firmware: QemuFirmware,
+) -> Result<BootTest> {
+    let mut tools = vec![
+        HostTool::new(qemu::vm::QEMU, "qemu-system-x86"),
+        HostTool::new("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
+    ];
+    if firmware == QemuFirmware::Uefi {
+        tools.push(HostTool::new(qemu::vm::OVMF, "ovmf"));
+    }
+    host::ensure_tools(&tools, true, &layout.build.join("logs/qemu.log"))?;
+    let user = profile.cluster.user.clone();
+    let saved = layout.build.join("credentials");
+    let password = match std::env::var("KRGISO_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => accounts::read_saved_password(&saved, &user).with_context(|| {
+            format!(
+                "the boot test logs in on node1 as {user} to check the nodes' NFS root, and {} has no password for it \
+(the profile sets its own): put it in KRGISO_PASSWORD (reading {} may need root)",
+                saved.display(),
+                saved.display()
+            )
+        })?,
+    };
+    Ok(BootTest {
+        iso: layout.out.join(&profile.iso.output),
+        dir: layout.build.join("qemu"),
+        nodes,
+        firmware,
+        accel: QemuAccel::Tcg,
+        timeout: Duration::from_secs(900),
+        keep: false,
+        network: profile.network.clone(),
+        export_dir: render::EXPORT_DIR.to_owned(),
+        login: (user, password),
+    })
 }
 
 fn not_built(what: &'static str, issue: u32, title: &'static str) -> Result<()> {

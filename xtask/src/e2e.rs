@@ -42,7 +42,7 @@ impl SmokeRun {
         })
     }
 
-    fn layout(&self) -> Layout {
+    pub(crate) fn layout(&self) -> Layout {
         Layout::new(&self.project, Some(&self.build))
     }
 
@@ -52,7 +52,7 @@ impl SmokeRun {
 
     /// `xtask --profile smoke --build-dir B ARGS`, its output streamed to the
     /// terminal and the log; returns what it printed.
-    fn xtask(&self, s: &StageShell, args: &[&str]) -> Result<String> {
+    pub(crate) fn xtask(&self, s: &StageShell, args: &[&str]) -> Result<String> {
         let exe = &self.exe;
         let build = &self.build;
         let sh = s.sh();
@@ -94,7 +94,7 @@ fn xtask_binary() -> Result<PathBuf> {
 
 /// The shell an end-to-end check runs in: its output on the terminal and
 /// in `build/logs/<name>.log`.
-fn check_shell(project: &Path, name: &str) -> Result<StageShell> {
+pub(crate) fn check_shell(project: &Path, name: &str) -> Result<StageShell> {
     StageShell::new(
         name,
         &project.join("build/logs").join(format!("{name}.log")),
@@ -156,7 +156,7 @@ fn listing(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
     out
 }
 
-fn no_mounts_under(dir: &Path) -> Result<()> {
+pub(crate) fn no_mounts_under(dir: &Path) -> Result<()> {
     let mounts = files::mounts_under(dir)?;
     ensure!(
         mounts.is_empty(),

@@ -4,6 +4,7 @@
 pub mod chroot;
 pub mod cli;
 pub mod e2e;
+pub mod e2e_image;
 pub mod engine;
 pub mod fetch;
 pub mod files;
@@ -19,6 +20,7 @@ pub mod node1;
 pub mod packages;
 pub mod pipeline;
 pub mod profile;
+pub mod qemu;
 pub mod shell;
 pub mod test_http;
 pub mod testsuite;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::e2e;
+use crate::e2e_image;
 use crate::host;
 use crate::shell::StageShell;
 
@@ -76,6 +77,21 @@ const END_TO_END: &[EndToEnd] = &[
         name: "e2e-kernel-kerrighed",
         about: "the kerrighed kernel flow with stand-in sources and toolchain",
         check: e2e::kernel_standin,
+    },
+    EndToEnd {
+        name: "e2e-build",
+        about: "the smoke `build` to the ISO: El Torito BIOS + UEFI, MBR, contents, sha256, Ctrl-C keeps the image",
+        check: e2e_image::build_and_image,
+    },
+    EndToEnd {
+        name: "e2e-boot-bios",
+        about: "`qemu --nodes 2`: node1 from the ISO (SeaBIOS), two nodes PXE-boot into the NFS root",
+        check: e2e_image::boot_bios,
+    },
+    EndToEnd {
+        name: "e2e-boot-uefi",
+        about: "node1 from the ISO under OVMF (UEFI) to its status line",
+        check: e2e_image::boot_uefi,
     },
 ];
 

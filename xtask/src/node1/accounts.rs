@@ -86,7 +86,8 @@ impl Credentials {
     }
 }
 
-fn read_saved_password(path: &Path, user: &str) -> Option<String> {
+/// The password the build made for `user`, if it made one.
+pub fn read_saved_password(path: &Path, user: &str) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
     let field = |k: &str| {
         text.lines()

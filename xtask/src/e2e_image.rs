@@ -1,0 +1,219 @@
+//! End-to-end checks of the finished image, from the real smoke build: the
+//! build completes, the ISO is what a USB stick needs (El Torito for BIOS and
+//! UEFI, an MBR, the root images, kernel and initrd), its sha256 file is
+//! right, an interrupted `iso` keeps the previous image, and it boots in
+//! QEMU: BIOS with PXE nodes, and UEFI (OVMF) to node1's status line.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use xshell::cmd;
+
+use crate::cli;
+use crate::e2e::{check_shell, no_mounts_under, SmokeRun, Timings};
+use crate::fetch::sha256_of;
+use crate::qemu::{Milestone, QemuFirmware, Report};
+
+/// `cargo xtask build` of the smoke profile, then the image's contents.
+pub fn build_and_image(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let s = check_shell(project, "e2e-build")?;
+    let t = Instant::now();
+    run.xtask(&s, &["build"])?;
+    let mut timings = vec![(
+        "build (what earlier parts left)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    )];
+    for stage in ["packages", "kernel", "node1", "iso"] {
+        let stamp = run.build.join("stamps").join(format!("{stage}.json"));
+        let stamp: serde_json::Value = serde_json::from_slice(&fs::read(&stamp)?)
+            .with_context(|| format!("reading {}", stamp.display()))?;
+        let secs = stamp["seconds"].as_f64().unwrap_or(f64::NAN);
+        timings.push((format!("  {stage} stage, last run"), secs));
+    }
+
+    let image = run.layout().out.join(&run.profile.iso.output);
+    let sh = s.sh();
+    let report = cmd!(
+        sh,
+        "xorriso -indev {image} -pvd_info -report_el_torito plain -report_system_area plain"
+    )
+    .ignore_stderr()
+    .read()
+    .context("xorriso could not read the image")?;
+    let line_with = |words: &[&str]| {
+        report
+            .lines()
+            .any(|l| words.iter().all(|w| l.split_whitespace().any(|x| x == *w)))
+    };
+    ensure!(
+        line_with(&["El", "Torito", "boot", "img", "BIOS", "y"]),
+        "no bootable El Torito entry for BIOS:\n{report}"
+    );
+    ensure!(
+        line_with(&["El", "Torito", "boot", "img", "UEFI", "y"]),
+        "no bootable El Torito entry for UEFI:\n{report}"
+    );
+    ensure!(
+        line_with(&["MBR", "partition", "1", "0x80"]),
+        "no bootable MBR partition (a dd'ed stick would not boot):\n{report}"
+    );
+    ensure!(
+        line_with(&["MBR", "partition", "2", "0xef"]),
+        "no EFI system partition in the MBR:\n{report}"
+    );
+    ensure!(
+        report.contains(&format!("Volume Id    : {}\n", run.profile.iso.volume)),
+        "the volume id is not the profile's {}:\n{report}",
+        run.profile.iso.volume
+    );
+    let listing = cmd!(sh, "xorriso -indev {image} -find / -type f -exec lsdl --")
+        .ignore_stderr()
+        .read()?;
+    for (path, at_least) in [
+        ("/live/filesystem.squashfs", 50 << 20),
+        (&format!("/{}", crate::iso::NODES_IMAGE), 50 << 20),
+        ("/live/vmlinuz", 1 << 20),
+        ("/live/initrd.img", 1 << 20),
+        ("/isolinux/isolinux.bin", 1 << 10),
+        ("/boot/efiboot.img", 1 << 20),
+    ] {
+        let size = listing
+            .lines()
+            .find(|l| l.ends_with(&format!("'{path}'")))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("the image has no {path}"))?;
+        ensure!(size >= at_least, "{path} is only {size} bytes");
+    }
+
+    let sum_file =
+        fs::read_to_string(image.with_file_name(format!("{}.sha256", run.profile.iso.output)))?;
+    let sum = sha256_of(&image)?;
+    ensure!(
+        sum_file == format!("{sum}  {}\n", run.profile.iso.output),
+        "the .sha256 file does not match the image (image has {sum}):\n{sum_file}"
+    );
+    let size = fs::metadata(&image)?.len();
+    timings.push((format!("  ISO size (MiB): {}", size >> 20), 0.0));
+    timings.push(interrupted_iso_keeps_the_image(&run, &s, &image, &sum)?);
+    Ok(timings)
+}
+
+/// Ctrl-C while `iso` squashes the roots: the previous image and its stamp
+/// stay as they were, nothing stays mounted, no partial file is left.
+fn interrupted_iso_keeps_the_image(
+    run: &SmokeRun,
+    s: &crate::shell::StageShell,
+    image: &Path,
+    sum: &str,
+) -> Result<(String, f64)> {
+    let t = Instant::now();
+    let stamps = run.build.join("stamps");
+    let stamp_before = fs::read(stamps.join("iso.json"))?;
+    let log = run.build.join("logs/iso.log");
+    s.step("interrupt `xtask iso --force` while it squashes the roots");
+    let mut child = Command::new(&run.exe)
+        .args(["--profile", "smoke", "--build-dir"])
+        .arg(&run.build)
+        .args(["--force", "iso"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("mksquashfs") {
+            break;
+        }
+        ensure!(
+            child.try_wait()?.is_none(),
+            "`xtask iso` ended before it squashed anything"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "`xtask iso` never reached mksquashfs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on our child, as Ctrl-C in a terminal would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(130),
+        "an interrupted `xtask iso` exited with {}, not 130:\n{said}",
+        out.status
+    );
+    ensure!(
+        sha256_of(image)? == sum,
+        "the interrupted run changed the previous image"
+    );
+    ensure!(
+        fs::read(stamps.join("iso.json"))? == stamp_before,
+        "the interrupted run rewrote the iso stamp"
+    );
+    let out_dir = image.parent().context("image has no directory")?;
+    let leftovers: Vec<String> = fs::read_dir(out_dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    ensure!(
+        leftovers.is_empty(),
+        "partial files left in {}: {leftovers:?}",
+        out_dir.display()
+    );
+    no_mounts_under(&run.build)?;
+    Ok((
+        "interrupted iso keeps the image".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ))
+}
+
+/// The BIOS boot test: node1 and two PXE nodes.
+pub fn boot_bios(project: &Path) -> Result<Timings> {
+    boot(project, 2, QemuFirmware::Bios)
+}
+
+/// The UEFI boot test: node1 under OVMF, to its status line.
+pub fn boot_uefi(project: &Path) -> Result<Timings> {
+    boot(project, 0, QemuFirmware::Uefi)
+}
+
+fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let mut test = cli::boot_test(&run.profile, &run.layout(), nodes, firmware)?;
+    test.dir = run.build.join(match firmware {
+        QemuFirmware::Bios => "qemu",
+        QemuFirmware::Uefi => "qemu-uefi",
+    });
+    let report = test.run()?;
+    Ok(milestone_timings(&report))
+}
+
+fn milestone_timings(report: &Report) -> Timings {
+    report
+        .reached
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.milestone,
+                Milestone::Ready | Milestone::NfsRootRw | Milestone::MultiUser
+            )
+        })
+        .map(|r| {
+            (
+                format!("{}: {} (from power-on)", r.vm, r.label),
+                r.since_power_on,
+            )
+        })
+        .collect()
+}

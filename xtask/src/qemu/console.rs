@@ -1,0 +1,285 @@
+//! A VM's serial console: QEMU serves it on a Unix socket (and copies it to
+//! the VM's log); the harness reads everything the guest prints, waits for
+//! lines, and can log in and run a command.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::interrupt;
+
+/// Everything the guest printed so far.
+#[derive(Default)]
+struct Transcript {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+pub struct Console {
+    shared: Arc<(Mutex<Transcript>, Condvar)>,
+    input: UnixStream,
+}
+
+/// A line found in the transcript: its text and where it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub line: String,
+    pub end: usize,
+}
+
+impl Console {
+    /// Connects to the socket QEMU listens on (it may take QEMU a moment to
+    /// create it).
+    pub fn connect(socket: &Path, within: Duration) -> Result<Console> {
+        let deadline = Instant::now() + within;
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).with_context(|| {
+                        format!("QEMU's serial console {} did not open", socket.display())
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let input = stream.try_clone()?;
+        let shared: Arc<(Mutex<Transcript>, Condvar)> = Arc::default();
+        let reader = shared.clone();
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let (lock, wake) = &*reader;
+                let mut t = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if n == 0 {
+                    t.closed = true;
+                    wake.notify_all();
+                    return;
+                }
+                t.bytes.extend_from_slice(&buf[..n]);
+                wake.notify_all();
+            }
+        });
+        Ok(Console { shared, input })
+    }
+
+    /// How much the guest has printed: a position to search from.
+    pub fn position(&self) -> usize {
+        self.transcript().bytes.len()
+    }
+
+    /// Has QEMU closed the console (the VM is gone)?
+    pub fn closed(&self) -> bool {
+        self.transcript().closed
+    }
+
+    /// The first complete line after `from` that contains `needle`.
+    pub fn find(&self, from: usize, needle: &str) -> Option<Found> {
+        find_line(&self.transcript().bytes, from, needle)
+    }
+
+    /// The first place after `from` where `needle` was printed (not
+    /// necessarily a whole line: prompts end without a newline).
+    pub fn find_text(&self, from: usize, needle: &str) -> Option<usize> {
+        let t = self.transcript();
+        let hay = t.bytes.get(from..)?;
+        hay.windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .map(|i| from + i + needle.len())
+    }
+
+    /// Waits until `needle` is printed after `from`; returns where it ends.
+    pub fn wait_text(&self, from: usize, needle: &str, until: Instant) -> Result<usize> {
+        loop {
+            if let Some(end) = self.find_text(from, needle) {
+                return Ok(end);
+            }
+            interrupt::check()?;
+            if self.closed() {
+                bail!("the VM's console closed before it printed {needle:?}");
+            }
+            if Instant::now() > until {
+                bail!("timed out waiting for {needle:?} on the console");
+            }
+            self.wait_a_little();
+        }
+    }
+
+    /// Waits for new output (or a short while).
+    pub fn wait_a_little(&self) {
+        let (lock, wake) = &*self.shared;
+        let t = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = wake.wait_timeout(t, Duration::from_millis(250));
+    }
+
+    /// Lets go of the console (QEMU serves one client at a time), so the
+    /// user can attach to it.
+    pub fn detach(&self) {
+        let _ = self.input.shutdown(std::net::Shutdown::Both);
+    }
+
+    pub fn send(&self, text: &str) -> Result<()> {
+        (&self.input)
+            .write_all(text.as_bytes())
+            .context("writing to the VM's serial console")
+    }
+
+    /// Logs in on the serial getty.
+    pub fn login(&self, user: &str, password: &str, until: Instant) -> Result<()> {
+        let mut from = self.position();
+        // The prompt may have been printed long ago, or be buried under
+        // kernel messages: ask for a fresh one until it comes.
+        let prompt = loop {
+            self.send("\n")?;
+            let soon = (Instant::now() + Duration::from_secs(10)).min(until);
+            match self.wait_text(from, "login: ", soon) {
+                Ok(end) => break end,
+                Err(_) if Instant::now() < until => from = self.position(),
+                Err(e) => return Err(e.context("no login prompt on the serial console")),
+            }
+        };
+        self.send(&format!("{user}\n"))?;
+        let asked = self
+            .wait_text(prompt, "assword: ", until)
+            .context("no password prompt after the user name")?;
+        self.send(&format!("{password}\n"))?;
+        self.wait_text(asked, "$ ", until)
+            .with_context(|| format!("logging in as {user} failed (no shell prompt)"))?;
+        Ok(())
+    }
+
+    /// Runs a shell command in the logged-in session; returns its output.
+    pub fn run(&self, command: &str, until: Instant) -> Result<String> {
+        let from = self.position();
+        // The markers are typed split in two, so the echo of the typed
+        // line never matches them; only the command's output does.
+        self.send(&format!(
+            "echo KRGISO-OUT''PUT-BEGIN; {command}; echo KRGISO-OUT''PUT-END\n"
+        ))?;
+        let begin = self.wait_text(from, "KRGISO-OUTPUT-BEGIN", until)?;
+        let end = self.wait_text(begin, "KRGISO-OUTPUT-END", until)?;
+        let t = self.transcript();
+        let out = &t.bytes[begin..end - "KRGISO-OUTPUT-END".len()];
+        Ok(String::from_utf8_lossy(out)
+            .replace('\r', "")
+            .trim()
+            .to_owned())
+    }
+
+    /// The last `n` lines the guest printed.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let t = self.transcript();
+        let text = String::from_utf8_lossy(&t.bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.replace('\r', ""))
+            .collect()
+    }
+
+    fn transcript(&self) -> std::sync::MutexGuard<'_, Transcript> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn find_line(bytes: &[u8], from: usize, needle: &str) -> Option<Found> {
+    let hay = bytes.get(from..)?;
+    let at = hay
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?;
+    let start = hay[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let len = hay[at..].iter().position(|&b| b == b'\n')?;
+    let line = String::from_utf8_lossy(&hay[start..at + len]);
+    Some(Found {
+        line: strip_escapes(line.trim()),
+        end: from + at + len + 1,
+    })
+}
+
+/// The text of a console line without terminal escape sequences.
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn finds_whole_lines_only_and_strips_escapes() {
+        let text = b"boot\r\n\x1b[0;32mkrgiso: node1 dhcp=full\x1b[0m\r\nkrgiso: half";
+        let found = find_line(text, 0, "krgiso:").unwrap();
+        assert_eq!(found.line, "krgiso: node1 dhcp=full");
+        assert_eq!(&text[found.end..], b"krgiso: half");
+        assert_eq!(
+            find_line(text, found.end, "krgiso:"),
+            None,
+            "unfinished line"
+        );
+    }
+
+    /// A fake guest on the other end of the socket: a getty and a shell.
+    #[test]
+    fn logs_in_and_reads_a_command_output_between_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut typed = String::new();
+            let mut read_line = |s: &mut UnixStream| {
+                typed.clear();
+                let mut b = [0u8; 1];
+                while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                    typed.push(char::from(b[0]));
+                }
+                typed.clone()
+            };
+            assert_eq!(read_line(&mut s), "");
+            s.write_all(b"[  3.1] some kernel noise\r\nnode1 login: ")
+                .unwrap();
+            assert_eq!(read_line(&mut s), "krg");
+            s.write_all(b"krg\r\nPassword: ").unwrap();
+            assert_eq!(read_line(&mut s), "s3cret");
+            s.write_all(b"\r\nkrg@node1:~$ ").unwrap();
+            let line = read_line(&mut s);
+            // The terminal echoes the typed line, then the shell runs it.
+            s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+            assert!(line.contains("ls /srv"), "{line}");
+            s.write_all(b"KRGISO-OUTPUT-BEGIN\r\n10.77.0.150\r\n10.77.0.151\r\nKRGISO-OUTPUT-END\r\nkrg@node1:~$ ")
+                .unwrap();
+        });
+        let console = Console::connect(&path, Duration::from_secs(5)).unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        console.login("krg", "s3cret", until).unwrap();
+        let out = console.run("ls /srv", until).unwrap();
+        assert_eq!(out, "10.77.0.150\n10.77.0.151");
+        guest.join().unwrap();
+    }
+}

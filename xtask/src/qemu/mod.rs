@@ -1,0 +1,673 @@
+//! The boot test (`cargo xtask qemu`): node1 boots the ISO in QEMU with an
+//! uplink (QEMU's user-mode network, which has its own DHCP server) and a
+//! cluster link (a hub on 127.0.0.1); once node1 says it is ready, N nodes
+//! power on and PXE-boot from it. The serial consoles and the cluster link
+//! are watched live for milestones; at the end the harness checks that every
+//! node got node1's lease, pxelinux and the kernel, mounted its NFS root rw
+//! (node1 sees the file each node wrote) and reached multi-user, and that
+//! node1 served no DHCP on the uplink.
+
+pub mod console;
+pub mod frame;
+pub mod hub;
+pub mod vm;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::files;
+use crate::interrupt::{self, Interrupted};
+use crate::profile::Network;
+use frame::{Mac, Packet, DHCP_ACK};
+use hub::Hub;
+use vm::{Accel, Boot, Firmware, Vm, VmSpec};
+
+pub use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
+
+/// node1's NICs: the uplink, and its end of the cluster link.
+const NODE1_UPLINK: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0xff, 0x01]);
+const NODE1_CLUSTER: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0x00, 0x01]);
+
+/// The PXE node `n` (2, 3, ...): named like the cluster names its machines.
+fn node_mac(n: u32) -> Mac {
+    Mac([
+        0x52,
+        0x54,
+        0x00,
+        0x77,
+        0x00,
+        u8::try_from(n).unwrap_or(0xfe),
+    ])
+}
+
+/// Where each node says it is up and whether its root is writable
+/// (overlay/nodes/usr/local/sbin/krgiso-node-report), in the shared root.
+const NODE_REPORTS: &str = "var/lib/krgiso/nodes";
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct BootTest {
+    pub iso: PathBuf,
+    /// build/qemu: logs, consoles, captures, report.json.
+    pub dir: PathBuf,
+    pub nodes: u32,
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub timeout: Duration,
+    pub keep: bool,
+    pub network: Network,
+    /// Where node1 exports the nodes' root.
+    pub export_dir: String,
+    /// The cluster user and password, to log in on node1's console.
+    pub login: (String, String),
+}
+
+/// The steps a VM goes through, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Milestone {
+    /// node1: its kernel prints its banner.
+    KernelUp,
+    /// node1: the krgiso status line.
+    Ready,
+    /// A node: a DHCP ACK from node1 for its MAC.
+    Lease,
+    /// A node: pxelinux runs (it asks for ldlinux.c32 over TFTP).
+    Pxelinux,
+    /// A node: it asks for the kernel over TFTP.
+    KernelLoaded,
+    /// A node: the kernel runs.
+    NodeKernelUp,
+    /// A node: its NFS root is mounted and took a write.
+    NfsRootRw,
+    /// A node: a login prompt on its serial console.
+    MultiUser,
+}
+
+impl Milestone {
+    fn label(self) -> &'static str {
+        match self {
+            Milestone::KernelUp | Milestone::NodeKernelUp => "kernel up",
+            Milestone::Ready => "status line",
+            Milestone::Lease => "lease from node1",
+            Milestone::Pxelinux => "pxelinux loaded",
+            Milestone::KernelLoaded => "kernel loaded over TFTP",
+            Milestone::NfsRootRw => "NFS root mounted rw",
+            Milestone::MultiUser => "multi-user (login prompt)",
+        }
+    }
+}
+
+const NODE1_STEPS: &[Milestone] = &[Milestone::KernelUp, Milestone::Ready];
+const NODE_STEPS: &[Milestone] = &[
+    Milestone::Lease,
+    Milestone::Pxelinux,
+    Milestone::KernelLoaded,
+    Milestone::NodeKernelUp,
+    Milestone::NfsRootRw,
+    Milestone::MultiUser,
+];
+
+/// A milestone reached: seconds since the VM's power-on and since the start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reached {
+    pub vm: String,
+    pub milestone: Milestone,
+    pub label: &'static str,
+    pub since_power_on: f64,
+    pub since_start: f64,
+    pub detail: String,
+}
+
+/// What the boot test saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub firmware: String,
+    pub accel: String,
+    pub nodes: u32,
+    pub reached: Vec<Reached>,
+    pub node1_status: String,
+    pub leases: BTreeMap<String, String>,
+    pub seconds: f64,
+}
+
+/// One VM and how far it got.
+struct Tracked {
+    vm: Vm,
+    steps: &'static [Milestone],
+    reached: Vec<Reached>,
+    /// Console position where the current boot's kernel banner ends.
+    kernel_at: usize,
+}
+
+impl Tracked {
+    fn has(&self, m: Milestone) -> bool {
+        self.reached.iter().any(|r| r.milestone == m)
+    }
+    fn done(&self) -> bool {
+        self.steps.iter().all(|&m| self.has(m))
+    }
+    fn next(&self) -> Option<Milestone> {
+        self.steps.iter().copied().find(|&m| !self.has(m))
+    }
+    fn detail(&self, m: Milestone) -> &str {
+        self.reached
+            .iter()
+            .find(|r| r.milestone == m)
+            .map_or("", |r| r.detail.as_str())
+    }
+}
+
+/// The running test: the VMs, the link, the clock.
+struct Run<'a> {
+    test: &'a BootTest,
+    started: Instant,
+    deadline: Instant,
+    accel: Accel,
+    hub: Hub,
+    vms: Vec<Tracked>,
+}
+
+impl BootTest {
+    pub fn run(&self) -> Result<Report> {
+        if !self.iso.is_file() {
+            bail!(
+                "no image at {}: run `cargo xtask build` (or `cargo xtask iso`) first",
+                self.iso.display()
+            );
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        for old in std::fs::read_dir(&self.dir)?.flatten() {
+            let _ = files::remove_tree(&old.path());
+        }
+        let started = Instant::now();
+        let hub = Hub::start(&self.dir.join("cluster.pcap"))?;
+        let mut run = Run {
+            test: self,
+            started,
+            deadline: started + self.timeout,
+            accel: self.accel,
+            hub,
+            vms: Vec::new(),
+        };
+        println!(
+            "booting {} as node1 ({:?}, {}) with {} PXE node(s); logs in {}",
+            self.iso.display(),
+            self.firmware,
+            accel_name(self.accel),
+            self.nodes,
+            self.dir.display()
+        );
+        let result = run.boot_and_check();
+        match &result {
+            Ok(_) => println!(
+                "boot test passed in {:.0} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) if e.downcast_ref::<Interrupted>().is_none() => run.show_failure(),
+            Err(_) => {}
+        }
+        if self.keep {
+            run.keep_running()?;
+        }
+        result
+    }
+}
+
+fn accel_name(a: Accel) -> &'static str {
+    match a {
+        Accel::Tcg => "TCG",
+        Accel::Kvm => "KVM",
+    }
+}
+
+impl Run<'_> {
+    fn boot_and_check(&mut self) -> Result<Report> {
+        let node1 = self.node1_spec()?;
+        self.power_on(node1, NODE1_STEPS)?;
+        self.wait_for(|vms| vms[0].done())?;
+        let status = self.vms[0].detail(Milestone::Ready).to_owned();
+        check_node1_status(&status)?;
+
+        for n in 2..2 + self.test.nodes {
+            let port = self.hub.add_member()?;
+            let spec = VmSpec {
+                name: format!("node{n}"),
+                memory_mib: 1024,
+                cpus: 1,
+                firmware: Firmware::Bios,
+                boot: Boot::Network,
+                uplink: None,
+                cluster: (node_mac(n), self.hub.port(), port),
+            };
+            self.power_on(spec, NODE_STEPS)?;
+        }
+        self.wait_for(|vms| vms.iter().all(Tracked::done))?;
+
+        let leases = self.check_cluster_link()?;
+        self.check_uplink()?;
+        if self.test.nodes > 0 {
+            self.check_reports_on_node1(&leases)?;
+        }
+        let report = Report {
+            firmware: format!("{:?}", self.test.firmware),
+            accel: accel_name(self.accel).to_owned(),
+            nodes: self.test.nodes,
+            reached: self.vms.iter().flat_map(|t| t.reached.clone()).collect(),
+            node1_status: status,
+            leases: leases
+                .iter()
+                .map(|(vm, ip)| (vm.clone(), ip.to_string()))
+                .collect(),
+            seconds: self.started.elapsed().as_secs_f64(),
+        };
+        files::write_atomic(
+            &self.test.dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        print_table(&report);
+        Ok(report)
+    }
+
+    fn node1_spec(&mut self) -> Result<VmSpec> {
+        let port = self.hub.add_member()?;
+        Ok(VmSpec {
+            name: "node1".into(),
+            memory_mib: 2048,
+            cpus: 2,
+            firmware: self.test.firmware,
+            boot: Boot::Cdrom(self.test.iso.clone()),
+            uplink: Some((NODE1_UPLINK, self.test.dir.join("node1-uplink.pcap"))),
+            cluster: (NODE1_CLUSTER, self.hub.port(), port),
+        })
+    }
+
+    fn power_on(&mut self, spec: VmSpec, steps: &'static [Milestone]) -> Result<()> {
+        let name = spec.name.clone();
+        let vm = Vm::start(spec, self.accel, &self.test.dir)?;
+        self.say(&name, &format!("power on ({})", accel_name(vm.accel)));
+        self.vms.push(Tracked {
+            vm,
+            steps,
+            reached: Vec::new(),
+            kernel_at: 0,
+        });
+        Ok(())
+    }
+
+    fn say(&self, vm: &str, what: &str) {
+        println!(
+            "[{:>6.1}s] {vm}: {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Watches consoles and the link until `done`, a VM dies, or the time
+    /// is up.
+    fn wait_for(&mut self, done: impl Fn(&[Tracked]) -> bool) -> Result<()> {
+        loop {
+            interrupt::check()?;
+            for i in 0..self.vms.len() {
+                self.observe(i)?;
+            }
+            if done(&self.vms) {
+                return Ok(());
+            }
+            if Instant::now() > self.deadline {
+                let late: Vec<String> = self
+                    .vms
+                    .iter()
+                    .filter_map(|t| {
+                        t.next()
+                            .map(|m| format!("{} never reached \"{}\"", t.vm.spec.name, m.label()))
+                    })
+                    .collect();
+                bail!(
+                    "boot test timed out after {} s: {}",
+                    self.test.timeout.as_secs(),
+                    late.join("; ")
+                );
+            }
+            if let Some(t) = self.vms.first() {
+                t.vm.console.wait_a_little();
+            }
+        }
+    }
+
+    /// Checks one VM for new milestones (and for having died).
+    fn observe(&mut self, i: usize) -> Result<()> {
+        if let Some(why) = self.vms[i].vm.failure() {
+            if self.vms[i].vm.accel == Accel::Kvm {
+                return self.fall_back_to_tcg(i, &why);
+            }
+            let t = &self.vms[i];
+            bail!(
+                "{} stopped before \"{}\": {why}",
+                t.vm.spec.name,
+                t.next().map_or("the end", Milestone::label)
+            );
+        }
+        let seen = self.hub.seen();
+        let t = &self.vms[i];
+        let mac = t.vm.spec.cluster.0;
+        let console = &t.vm.console;
+        let mut new = Vec::new();
+        for &m in t.steps.iter().filter(|&&m| !t.has(m)) {
+            let found: Option<String> = match m {
+                Milestone::KernelUp | Milestone::NodeKernelUp => {
+                    console.find(0, "Linux version").map(|f| {
+                        new.push((None, f.end));
+                        first_words(&f.line, 3)
+                    })
+                }
+                Milestone::Ready => console
+                    .find(t.kernel_at, "krgiso: node1 ")
+                    .map(|f| f.line[f.line.find("krgiso:").unwrap_or(0)..].to_owned()),
+                Milestone::Lease => seen.iter().find_map(|s| match &s.packet {
+                    Packet::Dhcp {
+                        sender,
+                        from_server: true,
+                        message: Some(DHCP_ACK),
+                        client,
+                        your_address,
+                    } if *client == mac && *sender == NODE1_CLUSTER => {
+                        Some(your_address.to_string())
+                    }
+                    _ => None,
+                }),
+                Milestone::Pxelinux => tftp_read(&seen, mac, |f| f.ends_with("ldlinux.c32")),
+                Milestone::KernelLoaded => tftp_read(&seen, mac, |f| f.contains("vmlinuz")),
+                Milestone::NfsRootRw => console
+                    .find(t.kernel_at, "krgiso: node ")
+                    .map(|f| f.line[f.line.find("krgiso:").unwrap_or(0)..].to_owned()),
+                Milestone::MultiUser if t.has(Milestone::NodeKernelUp) => console
+                    .find_text(t.kernel_at, "login: ")
+                    .map(|_| String::new()),
+                Milestone::MultiUser => None,
+            };
+            let Some(detail) = found else { break };
+            if m == Milestone::NfsRootRw && !detail.contains("rw=ok") {
+                bail!("{}: its NFS root is not writable: {detail}", t.vm.spec.name);
+            }
+            new.push((Some((m, detail)), 0));
+        }
+        let name = self.vms[i].vm.spec.name.clone();
+        let since_power_on = self.vms[i].vm.seconds();
+        for (step, kernel_end) in new {
+            let Some((m, detail)) = step else {
+                self.vms[i].kernel_at = kernel_end;
+                continue;
+            };
+            self.say(
+                &name,
+                &if detail.is_empty() {
+                    m.label().to_owned()
+                } else {
+                    format!("{}: {detail}", m.label())
+                },
+            );
+            self.vms[i].reached.push(Reached {
+                vm: name.clone(),
+                milestone: m,
+                label: m.label(),
+                since_power_on,
+                since_start: self.started.elapsed().as_secs_f64(),
+                detail,
+            });
+        }
+        Ok(())
+    }
+
+    /// KVM failed (it does on some hosts, with "internal error"): start
+    /// this VM again under TCG, and the later ones too. Warned once.
+    fn fall_back_to_tcg(&mut self, i: usize, why: &str) -> Result<()> {
+        if self.accel == Accel::Kvm {
+            eprintln!("warning: KVM does not work here ({why}); falling back to TCG (slower)");
+            self.accel = Accel::Tcg;
+        }
+        let old = self.vms.remove(i);
+        let spec = old.vm.spec.clone();
+        let steps = old.steps;
+        drop(old);
+        let vm = Vm::start(spec, Accel::Tcg, &self.test.dir)?;
+        self.say(&vm.spec.name.clone(), "power on again (TCG)");
+        self.vms.insert(
+            i,
+            Tracked {
+                vm,
+                steps,
+                reached: Vec::new(),
+                kernel_at: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Every node's lease came from node1, in the range; no one else served
+    /// DHCP on the cluster link.
+    fn check_cluster_link(&self) -> Result<Vec<(String, Ipv4Addr)>> {
+        let seen = self.hub.seen();
+        let rogue: Vec<String> = seen
+            .iter()
+            .filter_map(|s| match &s.packet {
+                Packet::Dhcp {
+                    sender,
+                    from_server: true,
+                    ..
+                } if *sender != NODE1_CLUSTER => Some(sender.to_string()),
+                _ => None,
+            })
+            .collect();
+        if !rogue.is_empty() {
+            bail!("a DHCP server other than node1 answered on the cluster link: {rogue:?}");
+        }
+        let mut leases = Vec::new();
+        for t in self.vms.iter().skip(1) {
+            let name = &t.vm.spec.name;
+            let lease: Ipv4Addr = t
+                .detail(Milestone::Lease)
+                .parse()
+                .with_context(|| format!("{name}: no lease address seen"))?;
+            if !self.test.network.dhcp_range.contains(lease) {
+                bail!(
+                    "{name} got {lease}, outside the profile's DHCP range {}-{}",
+                    self.test.network.dhcp_range.start,
+                    self.test.network.dhcp_range.end
+                );
+            }
+            let said = t.detail(Milestone::NfsRootRw);
+            if !said.contains(&format!("address={lease} ")) {
+                bail!("{name} leased {lease} but reports another address: {said}");
+            }
+            leases.push((name.clone(), lease));
+        }
+        Ok(leases)
+    }
+
+    /// node1 served no DHCP on the uplink (and the capture did see node1
+    /// there: its own DHCP request to QEMU's server).
+    fn check_uplink(&self) -> Result<()> {
+        let path = self.test.dir.join("node1-uplink.pcap");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut asked = false;
+        for f in frame::pcap_frames(&bytes)? {
+            if let Some(Packet::Dhcp {
+                sender,
+                from_server,
+                ..
+            }) = frame::parse(f)
+            {
+                if sender == NODE1_UPLINK && from_server {
+                    bail!(
+                        "node1 sent DHCP server traffic on the uplink (see {})",
+                        path.display()
+                    );
+                }
+                asked |= sender == NODE1_UPLINK && !from_server;
+            }
+        }
+        if !asked {
+            bail!(
+                "the uplink capture {} has no DHCP request from node1: is the uplink up?",
+                path.display()
+            );
+        }
+        self.say(
+            "node1",
+            "served no DHCP on the uplink (its capture checked)",
+        );
+        Ok(())
+    }
+
+    /// Logs in on node1's console and lists what the nodes wrote into the
+    /// exported root: each node's file must be there.
+    fn check_reports_on_node1(&self, leases: &[(String, Ipv4Addr)]) -> Result<()> {
+        let console = &self.vms[0].vm.console;
+        let (user, password) = &self.test.login;
+        let until = (Instant::now() + Duration::from_secs(120)).min(self.deadline);
+        console
+            .login(user, password, until)
+            .context("logging in on node1's serial console")?;
+        let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
+        let listed = console.run(&format!("ls -1 {dir}"), until)?;
+        let listed: Vec<&str> = listed.lines().map(str::trim).collect();
+        for (name, ip) in leases {
+            if !listed.contains(&ip.to_string().as_str()) {
+                bail!("{name} wrote {dir}/{ip} in its NFS root, but node1 does not see it (listed: {listed:?})");
+            }
+        }
+        let _ = console.send("exit\n");
+        self.say(
+            "node1",
+            &format!("sees every node's file in {dir}: the NFS root is rw"),
+        );
+        Ok(())
+    }
+
+    fn show_failure(&self) {
+        for t in &self.vms {
+            eprintln!(
+                "--- last lines of {} ({}):",
+                t.vm.spec.name,
+                t.vm.files.log.display()
+            );
+            for line in t.vm.console.tail(15) {
+                eprintln!("  {line}");
+            }
+        }
+    }
+
+    /// `--keep`: hand the consoles over to the user, run until Ctrl-C.
+    fn keep_running(&mut self) -> Result<()> {
+        println!("\nthe VMs keep running (--keep). Their serial consoles:");
+        for t in &mut self.vms {
+            t.vm.console.detach();
+            println!(
+                "  {:<7} socat -,raw,echo=0 UNIX-CONNECT:{}",
+                t.vm.spec.name,
+                t.vm.files.console.display()
+            );
+        }
+        println!(
+            "logs in {}; press Ctrl-C to stop the VMs",
+            self.test.dir.display()
+        );
+        while !interrupt::is_interrupted() {
+            if self.vms.iter_mut().all(|t| t.vm.failure().is_some()) {
+                println!("every VM has stopped");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+}
+
+fn first_words(line: &str, n: usize) -> String {
+    let at = line.find("Linux version").unwrap_or(0);
+    line[at..]
+        .split_whitespace()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn tftp_read(seen: &[hub::Seen], mac: Mac, wanted: impl Fn(&str) -> bool) -> Option<String> {
+    seen.iter().find_map(|s| match &s.packet {
+        Packet::TftpRead { sender, file, .. } if *sender == mac && wanted(file) => {
+            Some(file.clone())
+        }
+        _ => None,
+    })
+}
+
+/// node1's status line must say: full DHCP, TFTP and NFS up.
+fn check_node1_status(line: &str) -> Result<()> {
+    let fields: BTreeMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let mut wrong = Vec::new();
+    for (key, want) in [("dhcp", "full"), ("tftp", "ok"), ("nfs", "ok")] {
+        match fields.get(key) {
+            Some(v) if *v == want => {}
+            Some(v) => wrong.push(format!("{key}={v} (want {key}={want})")),
+            None => wrong.push(format!("no {key}= field")),
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("node1 is not ready: {} in \"{line}\"", wrong.join(", "));
+    }
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<7} {:<28} {:>10} {:>10}",
+        "vm", "milestone", "power-on", "start"
+    );
+    for r in &report.reached {
+        let _ = writeln!(
+            out,
+            "{:<7} {:<28} {:>9.1}s {:>9.1}s",
+            r.vm, r.label, r.since_power_on, r.since_start
+        );
+    }
+    print!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node1_status_must_say_full_dhcp_tftp_and_nfs() {
+        let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok nfs=ok nodes=ram";
+        check_node1_status(ok).unwrap();
+        let proxy = ok.replace("dhcp=full", "dhcp=proxy");
+        let e = check_node1_status(&proxy).unwrap_err().to_string();
+        assert!(e.contains("dhcp=proxy (want dhcp=full)"), "{e}");
+        let broken = "krgiso: node1 iface=ens4 dhcp=full tftp=FAILED(no pxelinux.0)";
+        let e = check_node1_status(broken).unwrap_err().to_string();
+        assert!(e.contains("tftp=FAILED(no pxelinux.0)"), "{e}");
+        assert!(e.contains("no nfs= field"), "{e}");
+    }
+
+    #[test]
+    fn milestones_come_in_boot_order() {
+        let mut sorted = NODE_STEPS.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, NODE_STEPS);
+        assert_eq!(node_mac(2).to_string(), "52:54:00:77:00:02");
+        assert_ne!(node_mac(2), NODE1_CLUSTER);
+    }
+}

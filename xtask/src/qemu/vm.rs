@@ -1,0 +1,319 @@
+//! One QEMU virtual machine: its command line, its process (in a process
+//! group of its own, stopped when dropped and on Ctrl-C), its serial
+//! console, and the KVM-to-TCG fallback.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::console::Console;
+use super::frame::Mac;
+use crate::interrupt::ChildGuard;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// OVMF as one file (code and variables), from Debian's ovmf package.
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default
+    Bios,
+    /// OVMF (UEFI)
+    Uefi,
+}
+
+#[derive(Debug, Clone)]
+pub enum Boot {
+    Cdrom(PathBuf),
+    Network,
+}
+
+/// What a VM is: everything its QEMU command line says.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub firmware: Firmware,
+    pub boot: Boot,
+    /// QEMU's user-mode network (its own DHCP server, nothing reachable
+    /// from the guest: `restrict=on`), recorded into this pcap file.
+    pub uplink: Option<(Mac, PathBuf)>,
+    /// The cluster NIC: (MAC, hub port to send to, port to receive on).
+    pub cluster: (Mac, u16, u16),
+}
+
+/// Where a VM's files are: build/qemu/<name>.{log,qemu.log,console}.
+pub struct VmFiles {
+    pub log: PathBuf,
+    pub qemu_log: PathBuf,
+    pub console: PathBuf,
+}
+
+impl VmFiles {
+    pub fn new(dir: &Path, name: &str) -> VmFiles {
+        let console = dir.join(format!("{name}.console"));
+        // A Unix socket path has room for 107 bytes: fall back to /tmp.
+        let console = if console.as_os_str().len() < 100 {
+            console
+        } else {
+            std::env::temp_dir().join(format!("krgiso-{}-{name}.console", std::process::id()))
+        };
+        VmFiles {
+            log: dir.join(format!("{name}.log")),
+            qemu_log: dir.join(format!("{name}.qemu.log")),
+            console,
+        }
+    }
+}
+
+impl VmSpec {
+    pub fn args(&self, accel: Accel, files: &VmFiles) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            self.name.clone(),
+            "-accel".into(),
+            match accel {
+                Accel::Tcg => "tcg".into(),
+                Accel::Kvm => "kvm".into(),
+            },
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-display".into(),
+            "none".into(),
+            "-monitor".into(),
+            "none".into(),
+            // A guest that reboots or powers off ends its QEMU.
+            "-no-reboot".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={}",
+                files.console.display(),
+                files.log.display()
+            ),
+            "-serial".into(),
+            "chardev:console".into(),
+        ];
+        if self.firmware == Firmware::Uefi {
+            a.extend(["-bios".into(), OVMF.into()]);
+        }
+        match &self.boot {
+            Boot::Cdrom(iso) => {
+                let iso = iso.display();
+                a.extend([
+                    "-drive".into(),
+                    format!("file={iso},media=cdrom,readonly=on,format=raw"),
+                    "-boot".into(),
+                    "d".into(),
+                ]);
+            }
+            Boot::Network => a.extend(["-boot".into(), "n".into()]),
+        }
+        if let Some((mac, pcap)) = &self.uplink {
+            a.extend([
+                "-netdev".into(),
+                "user,id=uplink,restrict=on".into(),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=uplink,mac={mac}"),
+                "-object".into(),
+                format!(
+                    "filter-dump,id=uplink-dump,netdev=uplink,file={}",
+                    pcap.display()
+                ),
+            ]);
+        }
+        let (mac, hub, port) = &self.cluster;
+        a.extend([
+            "-netdev".into(),
+            format!("socket,id=cluster,udp=127.0.0.1:{hub},localaddr=127.0.0.1:{port}"),
+            "-device".into(),
+            format!("e1000,netdev=cluster,mac={mac}"),
+        ]);
+        a
+    }
+}
+
+/// A running VM.
+pub struct Vm {
+    pub spec: VmSpec,
+    pub files: VmFiles,
+    pub accel: Accel,
+    pub started: Instant,
+    pub console: Console,
+    child: Child,
+    _guard: ChildGuard,
+}
+
+/// What QEMU says on stderr when KVM cannot run the guest here.
+const KVM_FAILURES: &[&str] = &[
+    "KVM internal error",
+    "failed to initialize kvm",
+    "Could not access KVM kernel module",
+    "kvm run failed",
+];
+
+impl Vm {
+    pub fn start(spec: VmSpec, accel: Accel, dir: &Path) -> Result<Vm> {
+        let files = VmFiles::new(dir, &spec.name);
+        let _ = fs::remove_file(&files.console);
+        let mut stderr = File::create(&files.qemu_log)
+            .with_context(|| format!("creating {}", files.qemu_log.display()))?;
+        let args = spec.args(accel, &files);
+        writeln!(stderr, "{QEMU} {}", args.join(" "))?;
+        let child = Command::new(QEMU)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone()?)
+            .stderr(stderr)
+            // Its own process group: a Ctrl-C in the terminal reaches the
+            // harness, which stops the VMs in order.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("could not start {QEMU} for {}", spec.name))?;
+        let guard = ChildGuard::new(child.id());
+        let started = Instant::now();
+        let mut vm_child = child;
+        let console = match Console::connect(&files.console, Duration::from_secs(20)) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = vm_child.kill();
+                let _ = vm_child.wait();
+                let said = fs::read_to_string(&files.qemu_log).unwrap_or_default();
+                return Err(e.context(format!(
+                    "QEMU for {} did not come up; it said:\n{}",
+                    spec.name,
+                    said.trim()
+                )));
+            }
+        };
+        Ok(Vm {
+            spec,
+            files,
+            accel,
+            started,
+            console,
+            child: vm_child,
+            _guard: guard,
+        })
+    }
+
+    /// Seconds since this VM was powered on.
+    pub fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// `Some(reason)` once QEMU has exited or stopped the guest.
+    pub fn failure(&mut self) -> Option<String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(format!("QEMU exited ({status}){}", self.qemu_said()));
+        }
+        let said = fs::read_to_string(&self.files.qemu_log).unwrap_or_default();
+        if self.accel == Accel::Kvm && KVM_FAILURES.iter().any(|f| said.contains(f)) {
+            return Some(format!("KVM failed{}", self.qemu_said()));
+        }
+        None
+    }
+
+    fn qemu_said(&self) -> String {
+        let said = fs::read_to_string(&self.files.qemu_log).unwrap_or_default();
+        let lines: Vec<&str> = said.lines().skip(1).collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            let tail = &lines[lines.len().saturating_sub(5)..];
+            format!(": {}", tail.join(" / "))
+        }
+    }
+
+    /// Stops the VM: SIGTERM (QEMU shuts down cleanly), SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our child's process id.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_file(&self.files.console);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "node1".into(),
+            memory_mib: 2048,
+            cpus: 2,
+            firmware: Firmware::Bios,
+            boot: Boot::Cdrom("/b/out/k.iso".into()),
+            uplink: Some((Mac([0x52, 0x54, 0, 0x77, 0xff, 1]), "/b/q/up.pcap".into())),
+            cluster: (Mac([0x52, 0x54, 0, 0x77, 0, 1]), 40000, 40001),
+        }
+    }
+
+    #[test]
+    fn node1_has_a_restricted_uplink_and_the_cluster_nic_on_loopback() {
+        let files = VmFiles::new(Path::new("/b/q"), "node1");
+        let line = spec().args(Accel::Tcg, &files).join(" ");
+        assert!(line.contains("-accel tcg"), "{line}");
+        assert!(line.contains("user,id=uplink,restrict=on"), "{line}");
+        assert!(line.contains("virtio-net-pci,netdev=uplink,mac=52:54:00:77:ff:01"));
+        assert!(line.contains("filter-dump,id=uplink-dump,netdev=uplink,file=/b/q/up.pcap"));
+        assert!(line.contains("socket,id=cluster,udp=127.0.0.1:40000,localaddr=127.0.0.1:40001"));
+        assert!(line.contains("e1000,netdev=cluster,mac=52:54:00:77:00:01"));
+        assert!(line.contains("path=/b/q/node1.console,server=on,wait=off,logfile=/b/q/node1.log"));
+        assert!(line.contains("media=cdrom"));
+        assert!(!line.contains("-bios"));
+    }
+
+    #[test]
+    fn a_pxe_node_has_no_uplink_and_uefi_adds_ovmf() {
+        let mut s = spec();
+        s.uplink = None;
+        s.boot = Boot::Network;
+        s.firmware = Firmware::Uefi;
+        let files = VmFiles::new(Path::new("/b/q"), "node2");
+        let line = s.args(Accel::Kvm, &files).join(" ");
+        assert!(!line.contains("user,"), "{line}");
+        assert!(line.contains("-boot n"));
+        assert!(line.contains("-accel kvm"));
+        assert!(line.contains(&format!("-bios {OVMF}")));
+    }
+
+    #[test]
+    fn a_long_build_dir_puts_the_console_socket_in_tmp() {
+        let long = Path::new("/x").join("d".repeat(120));
+        let files = VmFiles::new(&long, "node1");
+        assert!(files.console.starts_with(std::env::temp_dir()));
+        assert!(files.log.starts_with(&long));
+    }
+}
