@@ -93,6 +93,11 @@ const END_TO_END: &[EndToEnd] = &[
         about: "node1 from the ISO under OVMF (UEFI) to its status line",
         check: e2e_image::boot_uefi,
     },
+    EndToEnd {
+        name: "e2e-boot-interrupt",
+        about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM",
+        check: e2e_image::boot_interrupted,
+    },
 ];
 
 /// Every part's name, for `--only`.
