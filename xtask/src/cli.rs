@@ -12,9 +12,11 @@ use clap::{Parser, Subcommand};
 use crate::engine::{Engine, Layout, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
 use crate::interrupt::{self, Interrupted};
+use crate::iso;
 use crate::pipeline::{self, BuildContext, NotBuiltYet};
 use crate::profile::{self, Profile};
 use crate::testsuite;
+use crate::usb::{self, Sysfs, UsbOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,10 +101,19 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Write the image to a USB stick, safely
+    /// Write the image to a USB stick, safely (checks it, shows it, asks, verifies)
     Usb {
-        /// The whole device, e.g. /dev/sdb
+        /// The whole device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
         device: PathBuf,
+        /// Write without asking for confirmation
+        #[arg(long)]
+        yes: bool,
+        /// DEVICE may be a regular file (created if missing): for tests
+        #[arg(long)]
+        allow_file: bool,
+        /// Then add an ext4 partition labelled KRGISO-DATA after the image (node1 keeps the nodes' root there)
+        #[arg(long)]
+        data: bool,
     },
     /// Run the whole test suite (installs the host tools it needs)
     Test {
@@ -183,7 +194,35 @@ fn run(cli: Cli) -> Result<()> {
             return fetch_sources(&profile, &profile_path, &engine.layout, *lock_new, &cli)
         }
         Command::Qemu { .. } => return not_built("`cargo xtask qemu`", 8, "the QEMU boot test"),
-        Command::Usb { .. } => return not_built("`cargo xtask usb`", 7, "the safe USB writer"),
+        Command::Usb {
+            device,
+            yes,
+            allow_file,
+            data,
+        } => {
+            let (image, checksum) = iso::image_paths(&engine.layout, &profile.iso);
+            let layout = &engine.layout;
+            return usb::write(&UsbOptions {
+                device: device.clone(),
+                image: image.clone(),
+                checksum,
+                yes: *yes,
+                allow_file: *allow_file,
+                data: *data,
+                dry_run: cli.dry_run,
+                protected: vec![
+                    ("/ (the running system)".to_owned(), PathBuf::from("/")),
+                    (
+                        format!("the build directory {}", layout.build.display()),
+                        layout.build.clone(),
+                    ),
+                    (format!("the image {}", image.display()), image),
+                ],
+                sysfs: Sysfs::default(),
+                logs: layout.logs(),
+            })
+            .map(|_| ());
+        }
         Command::Test { .. } => unreachable!("handled above"),
     };
     if cli.dry_run {

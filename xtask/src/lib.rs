@@ -23,6 +23,7 @@ pub mod shell;
 pub mod test_http;
 pub mod testsuite;
 pub mod unpack;
+pub mod usb;
 
 use std::path::{Path, PathBuf};
 
