@@ -4,6 +4,7 @@
 pub mod chroot;
 pub mod cli;
 pub mod e2e;
+pub mod e2e_usb;
 pub mod engine;
 pub mod fetch;
 pub mod files;
