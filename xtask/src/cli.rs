@@ -29,7 +29,7 @@ TFTP (PXE) and NFS on its cluster interface. Every other machine PXE-boots the \
 Kerrighed kernel with an NFS root and joins the cluster.",
     after_help = "Typical use, as root in a Debian VM:\n  \
 cargo xtask build                  # everything\n  \
-dd if=out/krgiso.iso of=/dev/sdX bs=4M\n  \
+cargo xtask usb /dev/sdX           # write it to a USB stick, checked and verified\n  \
 cargo xtask iso                    # rebuild the image only, never the kernel",
     version
 )]
