@@ -13,11 +13,13 @@ use crate::engine::{Engine, Layout, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
+use crate::iso;
 use crate::node1::{accounts, render};
-use crate::pipeline::{self, BuildContext, NotBuiltYet};
+use crate::pipeline::{self, BuildContext};
 use crate::profile::{self, Profile};
 use crate::qemu::{self, BootTest, QemuAccel, QemuFirmware};
 use crate::testsuite;
+use crate::usb::{self, Sysfs, UsbOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,7 +32,7 @@ TFTP (PXE) and NFS on its cluster interface. Every other machine PXE-boots the \
 Kerrighed kernel with an NFS root and joins the cluster.",
     after_help = "Typical use, as root in a Debian VM:\n  \
 cargo xtask build                  # everything\n  \
-dd if=out/krgiso.iso of=/dev/sdX bs=4M\n  \
+cargo xtask usb /dev/sdX           # write it to a USB stick, checked and verified\n  \
 cargo xtask iso                    # rebuild the image only, never the kernel",
     version
 )]
@@ -110,11 +112,23 @@ pub enum Command {
         /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
         #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
         firmware: QemuFirmware,
+        /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
+        #[arg(long, value_name = "FILE")]
+        stick: Option<PathBuf>,
     },
-    /// Write the image to a USB stick, safely
+    /// Write the image to a USB stick, safely (checks it, shows it, asks, verifies)
     Usb {
-        /// The whole device, e.g. /dev/sdb
+        /// The whole device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
         device: PathBuf,
+        /// Write without asking for confirmation
+        #[arg(long)]
+        yes: bool,
+        /// DEVICE may be a regular file (created if missing): for tests
+        #[arg(long)]
+        allow_file: bool,
+        /// Then add an ext4 partition labelled KRGISO-DATA after the image (node1 keeps the nodes' root there)
+        #[arg(long)]
+        data: bool,
     },
     /// Run the whole test suite (installs the host tools it needs)
     Test {
@@ -200,9 +214,11 @@ fn run(cli: Cli) -> Result<()> {
             timeout,
             accel,
             firmware,
+            stick,
         } => {
             let test = boot_test(&profile, &engine.layout, *nodes, *firmware)?;
             let test = BootTest {
+                stick: stick.as_deref().map(std::path::absolute).transpose()?,
                 keep: *keep,
                 timeout: Duration::from_secs(*timeout),
                 accel: *accel,
@@ -218,7 +234,35 @@ fn run(cli: Cli) -> Result<()> {
             test.run()?;
             return Ok(());
         }
-        Command::Usb { .. } => return not_built("`cargo xtask usb`", 7, "the safe USB writer"),
+        Command::Usb {
+            device,
+            yes,
+            allow_file,
+            data,
+        } => {
+            let (image, checksum) = iso::image_paths(&engine.layout, &profile.iso);
+            let layout = &engine.layout;
+            return usb::write(&UsbOptions {
+                device: device.clone(),
+                image: image.clone(),
+                checksum,
+                yes: *yes,
+                allow_file: *allow_file,
+                data: *data,
+                dry_run: cli.dry_run,
+                protected: vec![
+                    ("/ (the running system)".to_owned(), PathBuf::from("/")),
+                    (
+                        format!("the build directory {}", layout.build.display()),
+                        layout.build.clone(),
+                    ),
+                    (format!("the image {}", image.display()), image),
+                ],
+                sysfs: Sysfs::default(),
+                logs: layout.logs(),
+            })
+            .map(|_| ());
+        }
         Command::Test { .. } => unreachable!("handled above"),
     };
     if cli.dry_run {
@@ -276,6 +320,10 @@ pub fn boot_test(
     nodes: u32,
     firmware: QemuFirmware,
 ) -> Result<BootTest> {
+    let (iso, _) = iso::image_paths(layout, &profile.iso);
+    if !iso.is_file() {
+        bail!("no image at {}: {}", iso.display(), iso::MAKE_THE_IMAGE);
+    }
     let mut tools = vec![
         HostTool::new(qemu::vm::QEMU, "qemu-system-x86"),
         HostTool::new("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
@@ -298,7 +346,8 @@ pub fn boot_test(
         })?,
     };
     Ok(BootTest {
-        iso: layout.out.join(&profile.iso.output),
+        iso,
+        stick: None,
         dir: layout.build.join("qemu"),
         nodes,
         firmware,
@@ -309,10 +358,6 @@ pub fn boot_test(
         export_dir: render::EXPORT_DIR.to_owned(),
         login: (user, password),
     })
-}
-
-fn not_built(what: &'static str, issue: u32, title: &'static str) -> Result<()> {
-    Err(NotBuiltYet { what, issue, title }.into())
 }
 
 fn status(engine: &Engine, profile: &str) -> Result<()> {

@@ -83,7 +83,7 @@ impl SmokeRun {
 /// The xtask binary to drive. `cargo test` (an earlier part of the suite)
 /// rebuilds it in place, so the running one may show as "(deleted)": the
 /// file now at that path is the fresh build of the same tree.
-fn xtask_binary() -> Result<PathBuf> {
+pub(crate) fn xtask_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let shown = exe.to_string_lossy();
     Ok(match shown.strip_suffix(" (deleted)") {

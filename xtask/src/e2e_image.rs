@@ -183,19 +183,42 @@ pub fn boot_bios(project: &Path) -> Result<Timings> {
     boot(project, 2, QemuFirmware::Bios)
 }
 
-/// The UEFI boot test: node1 under OVMF, to its status line.
-pub fn boot_uefi(project: &Path) -> Result<Timings> {
-    boot(project, 0, QemuFirmware::Uefi)
+/// The UEFI boot test, the way a user boots a modern machine: the image
+/// written to a "USB stick" (a file) by `usb --data`, booted under OVMF
+/// from an emulated USB stick; node1 must put the nodes' root on the stick's
+/// KRGISO-DATA partition, and a node must boot from it.
+pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let s = check_shell(project, "e2e-boot-uefi")?;
+    let stick = run.build.join("usb-stick.img");
+    let _ = fs::remove_file(&stick);
+    let t = Instant::now();
+    // A sparse 2 GiB stick: the image, then KRGISO-DATA in the rest.
+    fs::File::create(&stick)?.set_len(2 << 30)?;
+    let path = stick.to_string_lossy();
+    run.xtask(&s, &["usb", "--allow-file", "--yes", "--data", &path])?;
+    let mut timings = vec![(
+        "usb --data to a 2 GiB stick file".to_owned(),
+        t.elapsed().as_secs_f64(),
+    )];
+    let mut test = cli::boot_test(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?;
+    test.dir = run.build.join("qemu-uefi");
+    test.stick = Some(stick.clone());
+    let report = test.run();
+    let _ = fs::remove_file(&stick);
+    let report = report?;
+    ensure!(
+        report.node1_status.contains("nodes=disk:"),
+        "node1 booted from a stick with KRGISO-DATA but did not put the nodes' root there: {}",
+        report.node1_status
+    );
+    timings.extend(milestone_timings(&report));
+    Ok(timings)
 }
 
 fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let mut test = cli::boot_test(&run.profile, &run.layout(), nodes, firmware)?;
-    test.dir = run.build.join(match firmware {
-        QemuFirmware::Bios => "qemu",
-        QemuFirmware::Uefi => "qemu-uefi",
-    });
-    let report = test.run()?;
+    let report = cli::boot_test(&run.profile, &run.layout(), nodes, firmware)?.run()?;
     Ok(milestone_timings(&report))
 }
 

@@ -369,15 +369,6 @@ pub struct RunOptions {
     pub install_host_tools: bool,
 }
 
-/// A part of krgiso that a later issue builds: said in one line, no log.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} is not built yet (issue #{issue}: {title})")]
-pub struct NotBuiltYet {
-    pub what: &'static str,
-    pub issue: u32,
-    pub title: &'static str,
-}
-
 /// A stage that failed. The log's last lines were printed already.
 #[derive(Debug, thiserror::Error)]
 #[error("stage {stage} failed: {cause}{}\n  full log: {}", because(.causes), log.display())]
@@ -784,11 +775,6 @@ impl Engine {
                 if let Err(e) = files::remove_tree(partial) {
                     eprintln!("warning: could not remove the partial output: {e:#}");
                 }
-            }
-            if err.is::<NotBuiltYet>() {
-                // Nothing ran: the log holds nothing worth keeping.
-                let _ = fs::remove_file(shell.log_path());
-                return Err(err);
             }
             if err.is::<Interrupted>() {
                 return Err(err);

@@ -29,7 +29,7 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\NNN` octal.
-fn unescape_mountinfo(s: &str) -> String {
+pub fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::chroot::Stack;
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
 use crate::fetch::{human_bytes, sha256_of};
 use crate::files;
 use crate::host::HostTool;
@@ -81,8 +81,7 @@ impl Stage for Iso {
         let BuildContext {
             profile, layout, ..
         } = &*self.0;
-        let image = layout.out.join(&profile.iso.output);
-        let checksum = layout.out.join(format!("{}.sha256", profile.iso.output));
+        let (image, checksum) = image_paths(layout, &profile.iso);
         vec![
             Output::file("image", image),
             Output::file("checksum", checksum),
@@ -173,6 +172,17 @@ impl Stage for Iso {
         );
         Ok(())
     }
+}
+
+/// Where the image and its `.sha256` land: `out/<[iso] output>` and beside it.
+/// What to do when there is no image yet.
+pub const MAKE_THE_IMAGE: &str = "run `cargo xtask build` (or `cargo xtask iso`)";
+
+pub fn image_paths(layout: &Layout, spec: &IsoSpec) -> (PathBuf, PathBuf) {
+    (
+        layout.out.join(&spec.output),
+        layout.out.join(format!("{}.sha256", spec.output)),
+    )
 }
 
 fn squash(shell: &StageShell, from: &Path, to: &Path, compression: Compression) -> Result<()> {

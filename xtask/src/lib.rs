@@ -5,6 +5,7 @@ pub mod chroot;
 pub mod cli;
 pub mod e2e;
 pub mod e2e_image;
+pub mod e2e_usb;
 pub mod engine;
 pub mod fetch;
 pub mod files;
@@ -25,6 +26,7 @@ pub mod shell;
 pub mod test_http;
 pub mod testsuite;
 pub mod unpack;
+pub mod usb;
 
 use std::path::{Path, PathBuf};
 

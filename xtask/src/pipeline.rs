@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use crate::engine::NotBuiltYet;
 use crate::engine::{Engine, Layout, Stage};
 use crate::fetch::SourcesLock;
 use crate::profile::Profile;

@@ -9,6 +9,7 @@ use xshell::cmd;
 
 use crate::e2e;
 use crate::e2e_image;
+use crate::e2e_usb;
 use crate::host;
 use crate::shell::StageShell;
 
@@ -84,14 +85,19 @@ const END_TO_END: &[EndToEnd] = &[
         check: e2e_image::build_and_image,
     },
     EndToEnd {
+        name: "e2e-usb",
+        about: "`usb`: refusals on loop devices (not removable, mounted, too small), write + read-back, --data",
+        check: e2e_usb::usb,
+    },
+    EndToEnd {
         name: "e2e-boot-bios",
         about: "`qemu --nodes 2`: node1 from the ISO (SeaBIOS), two nodes PXE-boot into the NFS root",
         check: e2e_image::boot_bios,
     },
     EndToEnd {
         name: "e2e-boot-uefi",
-        about: "node1 from the ISO under OVMF (UEFI) to its status line",
-        check: e2e_image::boot_uefi,
+        about: "`usb --data` to a stick file, node1 boots it under OVMF (UEFI), nodes root on KRGISO-DATA, one PXE node",
+        check: e2e_image::boot_uefi_stick,
     },
     EndToEnd {
         name: "e2e-boot-interrupt",

@@ -131,17 +131,58 @@ fn dry_run_of_iso_without_a_build_says_what_to_run() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so_in_one_line() {
-    for args in [&["qemu"][..], &["usb", "/dev/null"]] {
-        let out = xtask(args);
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("is not built yet (issue #"),
-            "{args:?}: {stderr}"
-        );
-    }
+fn qemu_without_an_image_says_to_build_one_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = build_dir_args(tmp.path());
+    args.extend(["--profile", "smoke", "qemu", "--nodes", "2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = xtask(&args);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: no image at {}: run `cargo xtask build` (or `cargo xtask iso`)",
+            tmp.path().join("build/out/krgiso-smoke.iso").display()
+        )
+    );
+}
+
+#[test]
+fn usb_without_an_image_says_to_build_one_and_refuses_a_character_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = build_dir_args(tmp.path());
+    args.extend(["--profile", "smoke", "usb", "/dev/null"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let image = tmp.path().join("build/out/krgiso-smoke.iso");
+    let out = xtask(&args);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: no image at {}: run `cargo xtask build` (or `cargo xtask iso`)",
+            image.display()
+        )
+    );
+
+    // With an image, /dev/null is refused before anything is written.
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let sum = "ad7facb2586fc6e966c004d7d1d16b024f5805ff7cb47c7a85dabd8b48892ca7";
+    std::fs::write(
+        image.with_extension("iso.sha256"),
+        format!("{sum}  krgiso-smoke.iso\n"),
+    )
+    .unwrap();
+    let out = xtask(&args);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refusing to write to /dev/null:")
+            && stderr.contains("/dev/null is not a block device (not a disk)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -54,6 +54,9 @@ const NODE_REPORTS: &str = "var/lib/krgiso/nodes";
 #[derive(Debug, Clone)]
 pub struct BootTest {
     pub iso: PathBuf,
+    /// Boot node1 from this USB stick image (`usb --allow-file` writes
+    /// one) instead of the ISO as a CD.
+    pub stick: Option<PathBuf>,
     /// build/qemu: logs, consoles, captures, report.json.
     pub dir: PathBuf,
     pub nodes: u32,
@@ -178,8 +181,16 @@ impl BootTest {
     pub fn run(&self) -> Result<Report> {
         if !self.iso.is_file() {
             bail!(
-                "no image at {}: run `cargo xtask build` (or `cargo xtask iso`) first",
-                self.iso.display()
+                "no image at {}: {}",
+                self.iso.display(),
+                crate::iso::MAKE_THE_IMAGE
+            );
+        }
+        if let Some(stick) = self.stick.as_deref().filter(|s| !s.is_file()) {
+            bail!(
+                "no USB stick image at {}: write one with `cargo xtask usb --allow-file {}`",
+                stick.display(),
+                stick.display()
             );
         }
         std::fs::create_dir_all(&self.dir)
@@ -199,7 +210,7 @@ impl BootTest {
         };
         println!(
             "booting {} as node1 ({:?}, {}) with {} PXE node(s); logs in {}",
-            self.iso.display(),
+            self.stick.as_deref().unwrap_or(&self.iso).display(),
             self.firmware,
             accel_name(self.accel),
             self.nodes,
@@ -283,7 +294,10 @@ impl Run<'_> {
             memory_mib: 2048,
             cpus: 2,
             firmware: self.test.firmware,
-            boot: Boot::Cdrom(self.test.iso.clone()),
+            boot: match &self.test.stick {
+                Some(stick) => Boot::UsbStick(stick.clone()),
+                None => Boot::Cdrom(self.test.iso.clone()),
+            },
             uplink: Some((NODE1_UPLINK, self.test.dir.join("node1-uplink.pcap"))),
             cluster: (NODE1_CLUSTER, self.hub.port(), port),
         })

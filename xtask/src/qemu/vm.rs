@@ -36,6 +36,8 @@ pub enum Firmware {
 #[derive(Debug, Clone)]
 pub enum Boot {
     Cdrom(PathBuf),
+    /// A disk image on an emulated USB stick (xHCI), as `usb` writes one.
+    UsbStick(PathBuf),
     Network,
 }
 
@@ -118,6 +120,17 @@ impl VmSpec {
                     format!("file={iso},media=cdrom,readonly=on,format=raw"),
                     "-boot".into(),
                     "d".into(),
+                ]);
+            }
+            Boot::UsbStick(image) => {
+                let image = image.display();
+                a.extend([
+                    "-device".into(),
+                    "qemu-xhci,id=xhci".into(),
+                    "-drive".into(),
+                    format!("if=none,id=stick,format=raw,file={image}"),
+                    "-device".into(),
+                    "usb-storage,bus=xhci.0,drive=stick,bootindex=0".into(),
                 ]);
             }
             Boot::Network => a.extend(["-boot".into(), "n".into()]),
@@ -307,6 +320,24 @@ mod tests {
         assert!(line.contains("-boot n"));
         assert!(line.contains("-accel kvm"));
         assert!(line.contains(&format!("-bios {OVMF}")));
+    }
+
+    #[test]
+    fn a_usb_stick_is_the_first_boot_device() {
+        let mut s = spec();
+        s.boot = Boot::UsbStick("/b/stick.img".into());
+        let line = s
+            .args(Accel::Tcg, &VmFiles::new(Path::new("/b/q"), "node1"))
+            .join(" ");
+        assert!(
+            line.contains("-drive if=none,id=stick,format=raw,file=/b/stick.img"),
+            "{line}"
+        );
+        assert!(
+            line.contains("usb-storage,bus=xhci.0,drive=stick,bootindex=0"),
+            "{line}"
+        );
+        assert!(!line.contains("media=cdrom"), "{line}");
     }
 
     #[test]
