@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::bench::Bench;
 use crate::engine::{Engine, Layout, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
 use crate::host::{self, HostTool};
@@ -16,7 +17,7 @@ use crate::interrupt::{self, Interrupted};
 use crate::iso;
 use crate::node1::{accounts, render};
 use crate::pipeline::{self, BuildContext};
-use crate::profile::{self, Profile};
+use crate::profile::{self, KernelKind, Profile};
 use crate::qemu::{self, BootTest, QemuAccel, QemuFirmware};
 use crate::testsuite;
 use crate::usb::{self, Sysfs, UsbOptions};
@@ -129,6 +130,12 @@ pub enum Command {
         /// Then add an ext4 partition labelled KRGISO-DATA after the image (node1 keeps the nodes' root there)
         #[arg(long)]
         data: bool,
+    },
+    /// Time the builds a user repeats: cold, no-op, iso after an overlay change, allbutkernel after a package change
+    Bench {
+        /// Only the no-op build and iso after an overlay change, on the existing build dir
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the whole test suite (installs the host tools it needs)
     Test {
@@ -262,6 +269,28 @@ fn run(cli: Cli) -> Result<()> {
                 logs: layout.logs(),
             })
             .map(|_| ());
+        }
+        Command::Bench { quick } => {
+            let layout = &engine.layout;
+            let bench = Bench {
+                exe: std::env::current_exe()?,
+                project: project.clone(),
+                profile: profile_path.clone(),
+                build: if *quick {
+                    layout.build.clone()
+                } else {
+                    layout.build.join("bench/build")
+                },
+                quick: *quick,
+                cache: layout.downloads.clone(),
+                fetches_sources: profile.kernel.kind == KernelKind::Kerrighed,
+            };
+            if cli.dry_run {
+                println!("would bench in {}", bench.build.display());
+                return Ok(());
+            }
+            bench.run()?;
+            return Ok(());
         }
         Command::Test { .. } => unreachable!("handled above"),
     };

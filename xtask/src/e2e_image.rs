@@ -328,3 +328,21 @@ pub fn boot_interrupted(project: &Path) -> Result<Timings> {
         t.elapsed().as_secs_f64(),
     )])
 }
+
+/// `cargo xtask bench --quick` on the smoke build the earlier parts made:
+/// a no-op build runs no stage, `iso` after an overlay change reruns node1
+/// and iso only and leaves the kernel's outputs alone (the bench fails
+/// otherwise). Timings are reported, not asserted: the machine is noisy.
+pub fn bench_quick(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let s = check_shell(project, "e2e-bench-quick")?;
+    run.xtask(&s, &["bench", "--quick"])?;
+    let path = run.build.join("bench/quick.json");
+    let report: crate::bench::BenchReport = serde_json::from_slice(&fs::read(&path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(report
+        .scenarios
+        .iter()
+        .map(|sc| (sc.name.clone(), sc.seconds))
+        .collect())
+}

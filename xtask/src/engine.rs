@@ -263,7 +263,7 @@ pub struct OutputRecord {
 const STAMP_FORMAT: u32 = 1;
 
 impl Stamp {
-    fn load(path: &Path) -> Option<Stamp> {
+    pub fn load(path: &Path) -> Option<Stamp> {
         let text = fs::read(path).ok()?;
         serde_json::from_slice::<Stamp>(&text)
             .ok()

@@ -1,6 +1,7 @@
 //! krgiso: a `cargo xtask` pipeline that builds a bootable live USB/ISO image
 //! for a Kerrighed single-system-image cluster. See README.md and DESIGN.md.
 
+pub mod bench;
 pub mod chroot;
 pub mod cli;
 pub mod e2e;

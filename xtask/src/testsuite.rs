@@ -104,6 +104,11 @@ const END_TO_END: &[EndToEnd] = &[
         about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM",
         check: e2e_image::boot_interrupted,
     },
+    EndToEnd {
+        name: "e2e-bench-quick",
+        about: "`bench --quick`: a no-op build runs nothing, iso after an overlay change leaves the kernel alone",
+        check: e2e_image::bench_quick,
+    },
 ];
 
 /// Every part's name, for `--only`.
