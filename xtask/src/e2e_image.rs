@@ -75,8 +75,7 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
         .ignore_stderr()
         .read()?;
     for (path, at_least) in [
-        ("/live/filesystem.squashfs", 50 << 20),
-        (&format!("/{}", crate::iso::NODES_IMAGE), 50 << 20),
+        ("/live/filesystem.squashfs", 100 << 20),
         ("/live/vmlinuz", 1 << 20),
         ("/live/initrd.img", 1 << 20),
         ("/isolinux/isolinux.bin", 1 << 10),
@@ -90,6 +89,7 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
             .with_context(|| format!("the image has no {path}"))?;
         ensure!(size >= at_least, "{path} is only {size} bytes");
     }
+    check_live_root(&run, &s, &image)?;
 
     let sum_file =
         fs::read_to_string(image.with_file_name(format!("{}.sha256", run.profile.iso.output)))?;
@@ -102,6 +102,55 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
     timings.push((format!("  ISO size (MiB): {}", size >> 20), 0.0));
     timings.push(interrupted_iso_keeps_the_image(&run, &s, &image, &sum)?);
     Ok(timings)
+}
+
+/// The live squashfs, read out of the ISO: node1's root with the nodes
+/// root inside; no kernels in /boot (they boot from outside the roots), no
+/// man pages (the profile leaves docs out).
+fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -> Result<()> {
+    let sh = s.sh();
+    let tmp = run.build.join("e2e-live");
+    crate::files::remove_tree(&tmp)?;
+    fs::create_dir_all(&tmp)?;
+    let squashfs = tmp.join("filesystem.squashfs");
+    cmd!(
+        sh,
+        "xorriso -osirrox on -indev {image} -extract /live/filesystem.squashfs {squashfs}"
+    )
+    .quiet()
+    .ignore_stderr()
+    .run()?;
+    let listing = cmd!(sh, "unsquashfs -l {squashfs}").quiet().read();
+    crate::files::remove_tree(&tmp)?;
+    let listing = listing?;
+    let nodes = format!("squashfs-root/{}", crate::iso::NODES_TREE);
+    for path in [
+        "etc/debian_version",
+        "usr/local/sbin/krgiso-node-report",
+        "etc/fstab",
+    ] {
+        ensure!(
+            listing.lines().any(|l| l == format!("{nodes}/{path}")),
+            "the live root has no nodes root at /{}: {path} is missing",
+            crate::iso::NODES_TREE
+        );
+    }
+    ensure!(
+        listing
+            .lines()
+            .any(|l| l == "squashfs-root/usr/local/sbin/krgiso-node1"),
+        "the live root has no krgiso-node1"
+    );
+    let unwanted: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("/boot/vmlinuz-") || l.contains("/usr/share/man/man"))
+        .take(5)
+        .collect();
+    ensure!(
+        unwanted.is_empty(),
+        "the live root has what it leaves out: {unwanted:?}"
+    );
+    Ok(())
 }
 
 /// Ctrl-C while `iso` squashes the roots: the previous image and its stamp
@@ -142,16 +191,8 @@ fn interrupted_iso_keeps_the_image(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: kill(2) on our child, as Ctrl-C in a terminal would.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output()?;
-    let said = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(130),
-        "an interrupted `xtask iso` exited with {}, not 130:\n{said}",
-        out.status
-    );
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt(child, "iso")?;
     ensure!(
         sha256_of(image)? == sum,
         "the interrupted run changed the previous image"
@@ -176,6 +217,21 @@ fn interrupted_iso_keeps_the_image(
         "interrupted iso keeps the image".to_owned(),
         t.elapsed().as_secs_f64(),
     ))
+}
+
+/// Ctrl-C to a running `xtask COMMAND`, as in a terminal: it must exit 130.
+/// Returns what it said on stderr.
+fn interrupt(child: std::process::Child, command: &str) -> Result<String> {
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        out.status.code() == Some(130),
+        "an interrupted `xtask {command}` exited with {}, not 130:\n{said}",
+        out.status
+    );
+    Ok(said)
 }
 
 /// The BIOS boot test: node1 and two PXE nodes.
@@ -286,15 +342,7 @@ pub fn boot_interrupted(project: &Path) -> Result<Timings> {
             }
         }
     }
-    // SAFETY: kill(2) on our child, as Ctrl-C in a terminal would.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(130),
-        "an interrupted `xtask qemu` exited with {}, not 130:\n{stderr}",
-        out.status
-    );
+    let stderr = interrupt(child, "qemu")?;
     let fell_back = said.iter().any(|l| l.contains("power on again (TCG)"));
     ensure!(
         said.iter().any(|l| l.contains("node1: power on (KVM)")),

@@ -189,15 +189,7 @@ impl SyntheticImage {
         fs::create_dir_all(out)?;
         let sh = s.sh();
         s.run(cmd!(sh, "mkfs.fat -C {efi} 1024"))?;
-        s.run(cmd!(
-            sh,
-            "xorriso -as mkisofs -iso-level 3 -volid KRGISO_E2E_USB
-                -eltorito-boot isolinux/isolinux.bin -eltorito-catalog isolinux/boot.cat
-                -no-emul-boot -boot-load-size 4 -boot-info-table
-                -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin
-                -eltorito-alt-boot -e boot/efiboot.img -no-emul-boot -isohybrid-gpt-basdat
-                -output {path} {tree}"
-        ))?;
+        iso::hybrid_iso(s, "KRGISO_E2E_USB", &tree, &path)?;
         let bytes = fs::read(&path)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let name = &smoke.iso.output;

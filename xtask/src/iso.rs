@@ -22,8 +22,9 @@ use crate::pipeline::BuildContext;
 use crate::profile::{Compression, IsoSpec};
 use crate::shell::StageShell;
 
-/// Where node1's boot service looks for the nodes root on the medium.
-pub const NODES_IMAGE: &str = "krgiso/nodes.squashfs";
+/// Where the nodes root is in the live system (node1's boot service copies
+/// it from there into RAM or onto KRGISO-DATA).
+pub const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
 
 pub struct Iso(pub Arc<BuildContext>);
 
@@ -39,6 +40,21 @@ const EXCLUDED: &[&str] = &[
     "var/lib/apt/lists/*",
     "var/log/*",
     "usr/src/*",
+    // The kernel and initramfs boot from outside the root: node1's from
+    // live/ on the medium, the nodes' from node1's TFTP root.
+    "boot/vmlinuz-*",
+    "boot/initrd.img-*",
+];
+
+/// Left out too unless `[iso] docs = true`: what a cluster never reads.
+const DOCS: &[&str] = &[
+    "usr/share/man/*",
+    "usr/share/info/*",
+    "usr/share/locale/*",
+    "usr/share/doc/*/changelog*",
+    "usr/share/doc/*/NEWS*",
+    "usr/share/doc/*/README*",
+    "usr/share/doc/*/examples",
 ];
 
 impl Stage for Iso {
@@ -93,30 +109,43 @@ impl Stage for Iso {
         let spec = &cx.profile.iso;
         let staging = build.join("iso-tree");
         files::remove_tree(&staging)?;
-        for dir in ["live", "krgiso", "isolinux", "boot/grub", "EFI/BOOT"] {
+        for dir in ["live", "isolinux", "boot/grub", "EFI/BOOT"] {
             fs::create_dir_all(staging.join(dir))?;
         }
         let stacks = build.join("iso-stacks");
 
-        for (root, image) in [
-            ("node1", "live/filesystem.squashfs"),
-            ("nodes", NODES_IMAGE),
-        ] {
-            run.step(&format!("squash the {root} root (with its layer): {image}"));
-            let view = Stack::mount(
+        // One squashfs holds both roots: the nodes root inside the live
+        // system, where mksquashfs stores each file the two share (kernel
+        // modules, libraries, most of Debian) once; node1 copies it out at
+        // boot. Two separate images carried everything twice.
+        run.step(&format!(
+            "squash the node1 root with the nodes root at /{NODES_TREE} (each with its layer): live/filesystem.squashfs"
+        ));
+        let view = |root: &str, at: &Path| {
+            Stack::mount(
                 &[
                     &build.join("node1").join(root),
                     &build.join("roots").join(root),
                 ],
-                &stacks.join(root),
-            )?;
-            squash(
-                run.shell,
-                &view.target,
-                &staging.join(image),
-                spec.compression,
-            )?;
+                at,
+            )
+        };
+        let node1_view = view("node1", &stacks.join("node1"))?;
+        let nodes_at = node1_view.target.join(NODES_TREE);
+        if !nodes_at.is_dir() {
+            bail!(
+                "the node1 layer has no /{NODES_TREE} to hold the nodes root: run `cargo xtask node1`"
+            );
         }
+        let nodes_view = view("nodes", &nodes_at)?;
+        squash(
+            run.shell,
+            &node1_view.target,
+            &staging.join("live/filesystem.squashfs"),
+            spec,
+        )?;
+        drop(nodes_view);
+        drop(node1_view);
         files::remove_tree(&stacks)?;
 
         run.step("the live kernel and initramfs, BIOS and UEFI boot");
@@ -139,18 +168,7 @@ impl Stage for Iso {
 
         run.step("the hybrid ISO (BIOS + UEFI, MBR + GPT)");
         let image = run.output("image")?.to_owned();
-        let volume = &spec.volume;
-        let sh = run.shell.sh();
-        run.shell.run(cmd!(
-            sh,
-            "xorriso -as mkisofs -iso-level 3 -full-iso9660-filenames -joliet -rational-rock
-                -volid {volume}
-                -eltorito-boot isolinux/isolinux.bin -eltorito-catalog isolinux/boot.cat
-                -no-emul-boot -boot-load-size 4 -boot-info-table
-                -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin
-                -eltorito-alt-boot -e boot/efiboot.img -no-emul-boot -isohybrid-gpt-basdat
-                -output {image} {staging}"
-        ))?;
+        hybrid_iso(run.shell, &spec.volume, &staging, &image)?;
         files::remove_tree(&staging)?;
 
         let sum = sha256_of(&image)?;
@@ -185,18 +203,44 @@ pub fn image_paths(layout: &Layout, spec: &IsoSpec) -> (PathBuf, PathBuf) {
     )
 }
 
-fn squash(shell: &StageShell, from: &Path, to: &Path, compression: Compression) -> Result<()> {
+/// The hybrid image of `tree` (which holds isolinux/isolinux.bin and
+/// boot/efiboot.img): El Torito for BIOS and UEFI, an isohybrid MBR and a
+/// GPT, so the same bytes boot from a CD and from a `dd`'ed USB stick.
+pub fn hybrid_iso(shell: &StageShell, volume: &str, tree: &Path, image: &Path) -> Result<()> {
+    let sh = shell.sh();
+    shell.run(cmd!(
+        sh,
+        "xorriso -as mkisofs -iso-level 3 -full-iso9660-filenames -joliet -rational-rock
+            -volid {volume}
+            -eltorito-boot isolinux/isolinux.bin -eltorito-catalog isolinux/boot.cat
+            -no-emul-boot -boot-load-size 4 -boot-info-table
+            -isohybrid-mbr /usr/lib/ISOLINUX/isohdpfx.bin
+            -eltorito-alt-boot -e boot/efiboot.img -no-emul-boot -isohybrid-gpt-basdat
+            -output {image} {tree}"
+    ))
+}
+
+fn squash(shell: &StageShell, from: &Path, to: &Path, spec: &IsoSpec) -> Result<()> {
     let sh = shell.sh();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .to_string();
-    let comp: &[&str] = match compression {
+    let comp: &[&str] = match spec.compression {
         // Level 6: most of zstd's size gain for a fraction of level 15's time.
         Compression::Zstd => &["-comp", "zstd", "-Xcompression-level", "6"],
         Compression::Xz => &["-comp", "xz"],
     };
-    let excluded: Vec<&str> = EXCLUDED.to_vec();
+    let mut patterns: Vec<&str> = EXCLUDED.to_vec();
+    if !spec.docs {
+        patterns.extend(DOCS);
+    }
+    // The same for the nodes root inside.
+    let excluded: Vec<String> = patterns
+        .iter()
+        .map(|p| p.to_string())
+        .chain(patterns.iter().map(|p| format!("{NODES_TREE}/{p}")))
+        .collect();
     shell.run(cmd!(
         sh,
         "mksquashfs {from} {to} -noappend -no-progress -processors {cores} {comp...} -wildcards -e {excluded...}"

@@ -151,6 +151,10 @@ pub struct IsoSpec {
     #[serde(default = "default_compression")]
     pub compression: Compression,
     pub output: String,
+    /// Keep man pages, info, changelogs, READMEs and translations in the
+    /// images (default: leave them out, the cluster does not read them).
+    #[serde(default)]
+    pub docs: bool,
 }
 
 fn default_compression() -> Compression {

@@ -65,6 +65,9 @@ impl Stage for Node1 {
             files::copy_tree(&overlay.join(from), to)?;
         }
 
+        // Where the iso stage puts the nodes root inside the live system.
+        fs::create_dir_all(node1.join(crate::iso::NODES_TREE))?;
+
         run.step("render the configuration of node1 and the nodes");
         let kernel = cx.layout.build.join("kernel");
         let release = fs::read_to_string(kernel.join("release"))
