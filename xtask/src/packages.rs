@@ -71,7 +71,8 @@ impl Stage for Packages {
         "debootstrap the node1 and nodes roots and install their package sets"
     }
     fn recipe(&self) -> u32 {
-        2
+        // 3: one initramfs per root (INITRD=No during apt).
+        3
     }
     fn needs_root(&self) -> bool {
         true
@@ -229,8 +230,39 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
         "Dpkg::Options::=--force-confold",
     ];
     args.extend(job.spec.packages.iter().map(String::as_str));
-    run_explained(shell, chroot.cmd(&args), job)?;
+    // Kernel and trigger hooks would each make an initramfs as packages
+    // land (twice per root, seen in the logs); INITRD=No stops the kernel's
+    // hook, so there is no image for the trigger to update either. The one
+    // initramfs a root needs is made once, below (node1's live-boot one)
+    // or by the kernel stage (the nodes' NFS-root one).
+    run_explained(shell, chroot.cmd(&args).env("INITRD", "No"), job)?;
+    if job.section == "node1" {
+        for version in kernel_versions(dir) {
+            shell.step(&format!("make the node1 initramfs for {version}"));
+            run_explained(
+                shell,
+                chroot.cmd(&["update-initramfs", "-c", "-k", &version]),
+                job,
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// The kernels installed in a root that has initramfs-tools.
+fn kernel_versions(root: &Path) -> Vec<String> {
+    if !root.join("usr/sbin/update-initramfs").exists() {
+        return Vec::new();
+    }
+    let mut versions: Vec<String> = fs::read_dir(root.join("lib/modules"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("modules.dep").exists() || e.path().join("kernel").is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions
 }
 
 /// Every requested package is installed: asked of the root's own dpkg
