@@ -65,7 +65,7 @@ impl Bench {
         if !self.quick {
             self.fresh_build_dir()?;
             scenarios.push(self.measure("cold build", &self.profile, &["build"])?);
-        } else if !self.stamp("iso").is_some_and(|p| p.exists()) {
+        } else if !self.layout().stamp("iso").exists() {
             bail!(
                 "the quick bench measures an existing build, and {} has none: run `cargo xtask build` first",
                 self.build.display()
@@ -174,14 +174,16 @@ impl Bench {
         }
     }
 
-    fn stamp(&self, stage: &str) -> Option<PathBuf> {
-        Some(Layout::new(&self.project, Some(&self.build)).stamp(stage))
+    /// The layout of the build dir measured.
+    fn layout(&self) -> Layout {
+        Layout::new(&self.project, Some(&self.build))
     }
 
     /// An empty build dir whose download cache is the main one, warm:
     /// downloads measure the mirror, not krgiso.
     fn fresh_build_dir(&self) -> Result<()> {
-        let linked = self.build.with_file_name("downloads");
+        // The cache the stages look for beside this build dir.
+        let linked = self.layout().downloads;
         if fs::symlink_metadata(&linked).is_err() {
             fs::create_dir_all(&self.cache)?;
             fs::create_dir_all(self.build.parent().unwrap_or(Path::new(".")))?;
@@ -246,7 +248,7 @@ impl Bench {
     }
 
     fn stamps(&self) -> BTreeMap<String, Stamp> {
-        let layout = Layout::new(&self.project, Some(&self.build));
+        let layout = self.layout();
         pipeline::BUILD
             .iter()
             .filter_map(|s| Some((s.to_string(), Stamp::load(&layout.stamp(s))?)))

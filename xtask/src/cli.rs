@@ -6,19 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use crate::bench::Bench;
 use crate::engine::{Engine, Layout, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
-use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
 use crate::iso;
-use crate::node1::{accounts, render};
 use crate::pipeline::{self, BuildContext};
 use crate::profile::{self, KernelKind, Profile};
-use crate::qemu::{self, BootTest, QemuAccel, QemuFirmware};
+use crate::qemu::{BootTest, QemuAccel, QemuFirmware};
 use crate::testsuite;
 use crate::usb::{self, Sysfs, UsbOptions};
 
@@ -223,7 +221,7 @@ fn run(cli: Cli) -> Result<()> {
             firmware,
             stick,
         } => {
-            let test = boot_test(&profile, &engine.layout, *nodes, *firmware)?;
+            let test = BootTest::for_build(&profile, &engine.layout, *nodes, *firmware)?;
             let test = BootTest {
                 stick: stick.as_deref().map(std::path::absolute).transpose()?,
                 keep: *keep,
@@ -339,54 +337,6 @@ fn fetch_sources(
         println!("verified {}  sha256 {}", v.path.display(), v.sha256);
     }
     Ok(())
-}
-
-/// The boot test of this profile's image, with the defaults `cargo xtask
-/// test` uses.
-pub fn boot_test(
-    profile: &Profile,
-    layout: &Layout,
-    nodes: u32,
-    firmware: QemuFirmware,
-) -> Result<BootTest> {
-    let (iso, _) = iso::image_paths(layout, &profile.iso);
-    if !iso.is_file() {
-        bail!("no image at {}: {}", iso.display(), iso::MAKE_THE_IMAGE);
-    }
-    let mut tools = vec![
-        HostTool::new(qemu::vm::QEMU, "qemu-system-x86"),
-        HostTool::new("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
-    ];
-    if firmware == QemuFirmware::Uefi {
-        tools.push(HostTool::new(qemu::vm::OVMF, "ovmf"));
-    }
-    host::ensure_tools(&tools, true, &layout.build.join("logs/qemu.log"))?;
-    let user = profile.cluster.user.clone();
-    let saved = layout.build.join("credentials");
-    let password = match std::env::var("KRGISO_PASSWORD") {
-        Ok(p) => p,
-        Err(_) => accounts::read_saved_password(&saved, &user).with_context(|| {
-            format!(
-                "the boot test logs in on node1 as {user} to check the nodes' NFS root, and {} has no password for it \
-(the profile sets its own): put it in KRGISO_PASSWORD (reading {} may need root)",
-                saved.display(),
-                saved.display()
-            )
-        })?,
-    };
-    Ok(BootTest {
-        iso,
-        stick: None,
-        dir: layout.build.join("qemu"),
-        nodes,
-        firmware,
-        accel: QemuAccel::Tcg,
-        timeout: Duration::from_secs(900),
-        keep: false,
-        network: profile.network.clone(),
-        export_dir: render::EXPORT_DIR.to_owned(),
-        login: (user, password),
-    })
 }
 
 fn status(engine: &Engine, profile: &str) -> Result<()> {

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
-use crate::cli;
 use crate::e2e::{check_shell, no_mounts_under, SmokeRun, Timings};
+use crate::engine::Stamp;
 use crate::fetch::sha256_of;
-use crate::qemu::{Milestone, QemuFirmware, Report};
+use crate::qemu::{BootTest, Milestone, QemuFirmware, Report};
 
 /// `cargo xtask build` of the smoke profile, then the image's contents.
 pub fn build_and_image(project: &Path) -> Result<Timings> {
@@ -28,12 +28,12 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
         "build (what earlier parts left)".to_owned(),
         t.elapsed().as_secs_f64(),
     )];
-    for stage in ["packages", "kernel", "node1", "iso"] {
-        let stamp = run.build.join("stamps").join(format!("{stage}.json"));
-        let stamp: serde_json::Value = serde_json::from_slice(&fs::read(&stamp)?)
-            .with_context(|| format!("reading {}", stamp.display()))?;
-        let secs = stamp["seconds"].as_f64().unwrap_or(f64::NAN);
-        timings.push((format!("  {stage} stage, last run"), secs));
+    let layout = run.layout();
+    for stage in crate::pipeline::BUILD {
+        let path = layout.stamp(stage);
+        let stamp = Stamp::load(&path)
+            .with_context(|| format!("no stamp {} after the build", path.display()))?;
+        timings.push((format!("  {stage} stage, last run"), stamp.seconds));
     }
 
     let image = run.layout().out.join(&run.profile.iso.output);
@@ -162,8 +162,8 @@ fn interrupted_iso_keeps_the_image(
     sum: &str,
 ) -> Result<(String, f64)> {
     let t = Instant::now();
-    let stamps = run.build.join("stamps");
-    let stamp_before = fs::read(stamps.join("iso.json"))?;
+    let stamp = run.layout().stamp("iso");
+    let stamp_before = fs::read(&stamp)?;
     let log = run.build.join("logs/iso.log");
     s.step("interrupt `xtask iso --force` while it squashes the roots");
     let mut child = Command::new(&run.exe)
@@ -198,7 +198,7 @@ fn interrupted_iso_keeps_the_image(
         "the interrupted run changed the previous image"
     );
     ensure!(
-        fs::read(stamps.join("iso.json"))? == stamp_before,
+        fs::read(&stamp)? == stamp_before,
         "the interrupted run rewrote the iso stamp"
     );
     let out_dir = image.parent().context("image has no directory")?;
@@ -257,7 +257,7 @@ pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
         "usb --data to a 2 GiB stick file".to_owned(),
         t.elapsed().as_secs_f64(),
     )];
-    let mut test = cli::boot_test(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?;
+    let mut test = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?;
     test.dir = run.build.join("qemu-uefi");
     test.stick = Some(stick.clone());
     let report = test.run();
@@ -274,7 +274,7 @@ pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
 
 fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
-    let report = cli::boot_test(&run.profile, &run.layout(), nodes, firmware)?.run()?;
+    let report = BootTest::for_build(&run.profile, &run.layout(), nodes, firmware)?.run()?;
     Ok(milestone_timings(&report))
 }
 

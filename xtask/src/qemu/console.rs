@@ -88,10 +88,7 @@ impl Console {
     /// necessarily a whole line: prompts end without a newline).
     pub fn find_text(&self, from: usize, needle: &str) -> Option<usize> {
         let t = self.transcript();
-        let hay = t.bytes.get(from..)?;
-        hay.windows(needle.len())
-            .position(|w| w == needle.as_bytes())
-            .map(|i| from + i + needle.len())
+        position(t.bytes.get(from..)?, needle).map(|i| from + i + needle.len())
     }
 
     /// Waits until `needle` is printed after `from`; returns where it ends.
@@ -190,9 +187,7 @@ impl Console {
 
 fn find_line(bytes: &[u8], from: usize, needle: &str) -> Option<Found> {
     let hay = bytes.get(from..)?;
-    let at = hay
-        .windows(needle.len())
-        .position(|w| w == needle.as_bytes())?;
+    let at = position(hay, needle)?;
     let start = hay[..at]
         .iter()
         .rposition(|&b| b == b'\n')
@@ -203,6 +198,12 @@ fn find_line(bytes: &[u8], from: usize, needle: &str) -> Option<Found> {
         line: strip_escapes(line.trim()),
         end: from + at + len + 1,
     })
+}
+
+/// Where `needle` first starts in `hay`.
+fn position(hay: &[u8], needle: &str) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w == needle.as_bytes())
 }
 
 /// The text of a console line without terminal escape sequences.

@@ -21,9 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::engine::Layout;
 use crate::files;
+use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
-use crate::profile::Network;
+use crate::node1::{accounts, render};
+use crate::profile::{Network, Profile};
 use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Vm, VmSpec};
@@ -178,14 +181,60 @@ struct Run<'a> {
 }
 
 impl BootTest {
-    pub fn run(&self) -> Result<Report> {
-        if !self.iso.is_file() {
+    /// The boot test of a build's image, with the defaults `cargo xtask
+    /// test` uses. Refuses when there is no image, before installing
+    /// QEMU, iPXE (and OVMF) on the host if they are missing.
+    pub fn for_build(
+        profile: &Profile,
+        layout: &Layout,
+        nodes: u32,
+        firmware: Firmware,
+    ) -> Result<BootTest> {
+        let (iso, _) = crate::iso::image_paths(layout, &profile.iso);
+        if !iso.is_file() {
             bail!(
                 "no image at {}: {}",
-                self.iso.display(),
+                iso.display(),
                 crate::iso::MAKE_THE_IMAGE
             );
         }
+        let mut tools = vec![
+            HostTool::new(vm::QEMU, "qemu-system-x86"),
+            HostTool::new("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
+        ];
+        if firmware == Firmware::Uefi {
+            tools.push(HostTool::new(vm::OVMF, "ovmf"));
+        }
+        host::ensure_tools(&tools, true, &layout.log("qemu"))?;
+        let user = profile.cluster.user.clone();
+        let saved = layout.build.join("credentials");
+        let password = match std::env::var("KRGISO_PASSWORD") {
+            Ok(p) => p,
+            Err(_) => accounts::read_saved_password(&saved, &user).with_context(|| {
+                format!(
+                    "the boot test logs in on node1 as {user} to check the nodes' NFS root, and {} has no password for it \
+(the profile sets its own): put it in KRGISO_PASSWORD (reading {} may need root)",
+                    saved.display(),
+                    saved.display()
+                )
+            })?,
+        };
+        Ok(BootTest {
+            iso,
+            stick: None,
+            dir: layout.build.join("qemu"),
+            nodes,
+            firmware,
+            accel: Accel::Tcg,
+            timeout: Duration::from_secs(900),
+            keep: false,
+            network: profile.network.clone(),
+            export_dir: render::EXPORT_DIR.to_owned(),
+            login: (user, password),
+        })
+    }
+
+    pub fn run(&self) -> Result<Report> {
         if let Some(stick) = self.stick.as_deref().filter(|s| !s.is_file()) {
             bail!(
                 "no USB stick image at {}: write one with `cargo xtask usb --allow-file {}`",
@@ -328,8 +377,9 @@ impl Run<'_> {
     fn wait_for(&mut self, done: impl Fn(&[Tracked]) -> bool) -> Result<()> {
         loop {
             interrupt::check()?;
+            let seen = self.hub.seen();
             for i in 0..self.vms.len() {
-                self.observe(i)?;
+                self.observe(i, &seen)?;
             }
             if done(&self.vms) {
                 return Ok(());
@@ -356,7 +406,7 @@ impl Run<'_> {
     }
 
     /// Checks one VM for new milestones (and for having died).
-    fn observe(&mut self, i: usize) -> Result<()> {
+    fn observe(&mut self, i: usize, seen: &[hub::Seen]) -> Result<()> {
         if let Some(why) = self.vms[i].vm.failure() {
             if self.vms[i].vm.accel == Accel::Kvm {
                 return self.fall_back_to_tcg(i, &why);
@@ -368,22 +418,24 @@ impl Run<'_> {
                 t.next().map_or("the end", Milestone::label)
             );
         }
-        let seen = self.hub.seen();
         let t = &self.vms[i];
         let mac = t.vm.spec.cluster.0;
         let console = &t.vm.console;
         let mut new = Vec::new();
+        // Where this boot's kernel banner ends: later lines are searched
+        // from there (also in this pass, once the banner is found).
+        let mut kernel_at = t.kernel_at;
         for &m in t.steps.iter().filter(|&&m| !t.has(m)) {
             let found: Option<String> = match m {
                 Milestone::KernelUp | Milestone::NodeKernelUp => {
                     console.find(0, "Linux version").map(|f| {
-                        new.push((None, f.end));
+                        kernel_at = f.end;
                         first_words(&f.line, 3)
                     })
                 }
                 Milestone::Ready => console
-                    .find(t.kernel_at, "krgiso: node1 ")
-                    .map(|f| f.line[f.line.find("krgiso:").unwrap_or(0)..].to_owned()),
+                    .find(kernel_at, "krgiso: node1 ")
+                    .map(|f| from_marker(&f.line)),
                 Milestone::Lease => seen.iter().find_map(|s| match &s.packet {
                     Packet::Dhcp {
                         sender,
@@ -396,13 +448,13 @@ impl Run<'_> {
                     }
                     _ => None,
                 }),
-                Milestone::Pxelinux => tftp_read(&seen, mac, |f| f.ends_with("ldlinux.c32")),
-                Milestone::KernelLoaded => tftp_read(&seen, mac, |f| f.contains("vmlinuz")),
+                Milestone::Pxelinux => tftp_read(seen, mac, |f| f.ends_with("ldlinux.c32")),
+                Milestone::KernelLoaded => tftp_read(seen, mac, |f| f.contains("vmlinuz")),
                 Milestone::NfsRootRw => console
-                    .find(t.kernel_at, "krgiso: node ")
-                    .map(|f| f.line[f.line.find("krgiso:").unwrap_or(0)..].to_owned()),
-                Milestone::MultiUser if t.has(Milestone::NodeKernelUp) => console
-                    .find_text(t.kernel_at, "login: ")
+                    .find(kernel_at, "krgiso: node ")
+                    .map(|f| from_marker(&f.line)),
+                Milestone::MultiUser if kernel_at > 0 => console
+                    .find_text(kernel_at, "login: ")
                     .map(|_| String::new()),
                 Milestone::MultiUser => None,
             };
@@ -410,15 +462,12 @@ impl Run<'_> {
             if m == Milestone::NfsRootRw && !detail.contains("rw=ok") {
                 bail!("{}: its NFS root is not writable: {detail}", t.vm.spec.name);
             }
-            new.push((Some((m, detail)), 0));
+            new.push((m, detail));
         }
+        self.vms[i].kernel_at = kernel_at;
         let name = self.vms[i].vm.spec.name.clone();
         let since_power_on = self.vms[i].vm.seconds();
-        for (step, kernel_end) in new {
-            let Some((m, detail)) = step else {
-                self.vms[i].kernel_at = kernel_end;
-                continue;
-            };
+        for (m, detail) in new {
             self.say(
                 &name,
                 &if detail.is_empty() {
@@ -602,6 +651,11 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// A console line from the krgiso marker on (a log prefix cut off).
+fn from_marker(line: &str) -> String {
+    line[line.find("krgiso:").unwrap_or(0)..].to_owned()
 }
 
 fn first_words(line: &str, n: usize) -> String {

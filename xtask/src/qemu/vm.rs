@@ -233,9 +233,11 @@ impl Vm {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(format!("QEMU exited ({status}){}", self.qemu_said()));
         }
-        let said = fs::read_to_string(&self.files.qemu_log).unwrap_or_default();
-        if self.accel == Accel::Kvm && KVM_FAILURES.iter().any(|f| said.contains(f)) {
-            return Some(format!("KVM failed{}", self.qemu_said()));
+        if self.accel == Accel::Kvm {
+            let said = fs::read_to_string(&self.files.qemu_log).unwrap_or_default();
+            if KVM_FAILURES.iter().any(|f| said.contains(f)) {
+                return Some(format!("KVM failed{}", self.qemu_said()));
+            }
         }
         None
     }
