@@ -1,6 +1,6 @@
 //! The iso stage: the node1 root (with its layer) as the live system's
-//! squashfs, the nodes root (with its layer) as a second squashfs node1
-//! unpacks at boot, BIOS (isolinux) and UEFI (GRUB) boot, one hybrid ISO
+//! squashfs, with the nodes root (with its layer) inside it for node1 to
+//! copy out at boot, BIOS (isolinux) and UEFI (GRUB) boot, one hybrid ISO
 //! that boots from a USB stick either way, and its sha256.
 
 use std::fs;
@@ -249,27 +249,8 @@ fn squash(shell: &StageShell, from: &Path, to: &Path, spec: &IsoSpec) -> Result<
 
 /// The node1 root's newest kernel and its initramfs (made with live-boot in).
 fn live_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let mut kernels: Vec<PathBuf> = fs::read_dir(root.join("boot"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    kernels.sort();
-    let Some(vmlinuz) = kernels.pop() else {
-        bail!("the node1 root has no kernel: add linux-image-amd64 to [node1] packages");
-    };
-    let release = vmlinuz
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("")
-        .trim_start_matches("vmlinuz-")
-        .to_owned();
+    let release = crate::kernel::newest_kernel(root, "node1")?;
+    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     let initrd = root.join(format!("boot/initrd.img-{release}"));
     if !initrd.exists() {
         bail!("the node1 root has no initramfs for {release}");

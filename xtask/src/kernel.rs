@@ -276,7 +276,7 @@ impl Kernel {
     /// over NFS (initramfs-tools with BOOT=nfs, network drivers included).
     fn stage_stock(&self, shell: &StageShell, out: &Path) -> Result<String> {
         let root = self.nodes_root();
-        let release = newest_kernel(&root)?;
+        let release = newest_kernel(&root, "nodes")?;
         shell.step(&format!("initramfs for an NFS root ({release})"));
         let conf = root.join("tmp/krgiso-initramfs");
         files::remove_tree(&conf)?;
@@ -336,8 +336,9 @@ fn require_compiler(chroot: &Chroot, cc: &str) -> Result<()> {
     }
 }
 
-/// The newest kernel the root has (in /boot with its modules).
-fn newest_kernel(root: &Path) -> Result<String> {
+/// The newest kernel (by version) a root has, in /boot with its modules;
+/// `section` names the root and its profile section in the error.
+pub fn newest_kernel(root: &Path, section: &str) -> Result<String> {
     let mut releases: Vec<String> = fs::read_dir(root.join("lib/modules"))
         .into_iter()
         .flatten()
@@ -346,9 +347,9 @@ fn newest_kernel(root: &Path) -> Result<String> {
         .filter(|r| root.join(format!("boot/vmlinuz-{r}")).exists())
         .collect();
     releases.sort_by_key(|r| version_key(r));
-    releases
-        .pop()
-        .context("the nodes root has no kernel: add a kernel package (e.g. linux-image-amd64) to [nodes] packages")
+    releases.pop().with_context(|| {
+        format!("the {section} root has no kernel: add a kernel package (e.g. linux-image-amd64) to [{section}] packages")
+    })
 }
 
 fn version_key(release: &str) -> Vec<u64> {
@@ -408,9 +409,9 @@ mod tests {
             fs::write(t.path().join(format!("boot/vmlinuz-{r}")), "k").unwrap();
         }
         fs::create_dir_all(t.path().join("lib/modules/7.0.0-no-vmlinuz")).unwrap();
-        assert_eq!(newest_kernel(t.path()).unwrap(), "6.1.0-10-amd64");
+        assert_eq!(newest_kernel(t.path(), "nodes").unwrap(), "6.1.0-10-amd64");
         let empty = tempfile::tempdir().unwrap();
-        assert!(newest_kernel(empty.path())
+        assert!(newest_kernel(empty.path(), "nodes")
             .unwrap_err()
             .to_string()
             .contains("has no kernel"));

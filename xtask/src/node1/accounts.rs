@@ -120,13 +120,7 @@ fn random_password() -> Result<String> {
 
 /// Adds the user to a root's account files, writing the results into
 /// `layer` (the root itself is not changed). Returns the uid given.
-pub fn add_user(
-    root: &Path,
-    layer: &Path,
-    creds: &Credentials,
-    cluster: &Cluster,
-    private_key_too: bool,
-) -> Result<u32> {
+pub fn add_user(root: &Path, layer: &Path, creds: &Credentials, cluster: &Cluster) -> Result<u32> {
     let read = |name: &str| fs::read_to_string(root.join("etc").join(name)).unwrap_or_default();
     let passwd = read("passwd");
     let user = &creds.user;
@@ -139,7 +133,8 @@ pub fn add_user(
             root.display()
         );
     }
-    let uid = first_free_id(&passwd, &read("group"));
+    let group = read("group");
+    let uid = first_free_id(&passwd, &group);
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86400)
@@ -157,7 +152,7 @@ pub fn add_user(
             format!("{user}:{}:{days}:0:99999:7:::", creds.password_hash),
             0o640,
         ),
-        ("group", read("group"), format!("{user}:x:{uid}:"), 0o644),
+        ("group", group.clone(), format!("{user}:x:{uid}:"), 0o644),
         ("gshadow", read("gshadow"), format!("{user}:!::"), 0o640),
     ];
     let etc = layer.join("etc");
@@ -177,7 +172,7 @@ pub fn add_user(
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
         if mode == 0o640 {
             // shadow files belong to group shadow where the root has one.
-            if let Some(gid) = group_id(&read("group"), "shadow") {
+            if let Some(gid) = group_id(&group, "shadow") {
                 chown(&path, Some(0), Some(gid)).ok();
             }
         }
@@ -193,11 +188,9 @@ pub fn add_user(
         ssh.join("authorized_keys"),
         fs::Permissions::from_mode(0o600),
     )?;
-    if private_key_too {
-        fs::copy(&creds.private_key, ssh.join("id_rsa"))?;
-        fs::set_permissions(ssh.join("id_rsa"), fs::Permissions::from_mode(0o600))?;
-        fs::write(ssh.join("id_rsa.pub"), format!("{}\n", creds.public_key))?;
-    }
+    fs::copy(&creds.private_key, ssh.join("id_rsa"))?;
+    fs::set_permissions(ssh.join("id_rsa"), fs::Permissions::from_mode(0o600))?;
+    fs::write(ssh.join("id_rsa.pub"), format!("{}\n", creds.public_key))?;
     fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o750))?;
     for path in walk(&home) {
@@ -289,7 +282,7 @@ mod tests {
             password_hash: None,
             authorized_keys: vec!["ssh-ed25519 BBBB me@laptop".into()],
         };
-        let uid = add_user(&root, &layer, &creds, &cluster, true).unwrap();
+        let uid = add_user(&root, &layer, &creds, &cluster).unwrap();
         assert_eq!(uid, 1000);
         let passwd = fs::read_to_string(layer.join("etc/passwd")).unwrap();
         assert_eq!(passwd, "root:x:0:0:root:/root:/bin/bash\nkrg:x:1000:1000:krgiso cluster user:/home/krg:/bin/bash\n");
@@ -334,6 +327,6 @@ mod tests {
 
         // Adding the same user twice is refused.
         fs::copy(layer.join("etc/passwd"), root.join("etc/passwd")).unwrap();
-        assert!(add_user(&root, &t.path().join("l2"), &creds, &cluster, false).is_err());
+        assert!(add_user(&root, &t.path().join("l2"), &creds, &cluster).is_err());
     }
 }

@@ -79,7 +79,7 @@ impl Stage for Node1 {
             (&nodes, render::nodes_files(net, cluster)),
         ] {
             for (path, text) in files {
-                write_file(&layer.join(path), text.as_bytes(), 0o644)?;
+                write_file(&layer.join(path), text.as_bytes())?;
             }
         }
 
@@ -103,33 +103,17 @@ impl Stage for Node1 {
                 .with_context(|| format!("copying {name} from the kernel stage"))?;
         }
 
-        run.step("services: networkd on, Debian's own dnsmasq off");
-        let systemd = node1.join("etc/systemd/system");
-        fs::create_dir_all(systemd.join("multi-user.target.wants"))?;
-        symlink("/dev/null", &systemd.join("dnsmasq.service"))?;
-        symlink(
-            "/lib/systemd/system/systemd-networkd.service",
-            &systemd.join("multi-user.target.wants/systemd-networkd.service"),
-        )?;
-        // The nodes may run an old sshd (lenny's 5.1) that signs with ssh-rsa only.
-        write_file(
-            &node1.join("etc/ssh/ssh_config.d/krgiso.conf"),
-            b"# krgiso: the nodes' old sshd knows only ssh-rsa signatures\nHost node*\n    HostKeyAlgorithms +ssh-rsa\n    PubkeyAcceptedAlgorithms +ssh-rsa\n",
-            0o644,
-        )?;
-
         run.step(&format!(
             "the cluster user `{}` and its ssh key",
             cluster.user
         ));
         let creds = accounts::Credentials::for_build(cluster, &cx.layout.build, run.shell)?;
-        accounts::add_user(&root, &node1, &creds, cluster, true)?;
+        accounts::add_user(&root, &node1, &creds, cluster)?;
         accounts::add_user(
             &cx.layout.build.join("roots/nodes"),
             &nodes,
             &creds,
             cluster,
-            true,
         )?;
         if let Some(password) = &creds.generated_password {
             run.shell.note(&format!(
@@ -146,19 +130,15 @@ impl Stage for Node1 {
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// A rendered file, mode 0644.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = fs::remove_file(path);
     fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
         .with_context(|| format!("chmod {}", path.display()))
-}
-
-fn symlink(target: &str, link: &Path) -> Result<()> {
-    let _ = fs::remove_file(link);
-    std::os::unix::fs::symlink(target, link).with_context(|| format!("linking {}", link.display()))
 }
 
 pub mod accounts;

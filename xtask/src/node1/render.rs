@@ -85,9 +85,12 @@ fn tftp_lines() -> String {
 
 /// The nodes' root, read-write to the cluster subnet only (never `*`).
 /// `fsid` because it may live on a tmpfs, which has no UUID to export by.
+/// How the nodes' root is exported (also to a proxy-DHCP subnet at boot).
+pub const EXPORT_OPTIONS: &str = "rw,no_root_squash,no_subtree_check,async,fsid=77";
+
 pub fn exports(net: &Network) -> String {
     format!(
-        "{HEADER}{EXPORT_DIR} {}/{}(rw,no_root_squash,no_subtree_check,async,fsid=77)\n",
+        "{HEADER}{EXPORT_DIR} {}/{}({EXPORT_OPTIONS})\n",
         net.address.network(),
         net.address.prefix
     )
@@ -141,12 +144,13 @@ pub fn uplink_network() -> String {
 pub fn cluster_env(net: &Network) -> String {
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nTFTP_DIR={TFTP_DIR}\n",
+        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\n",
         net.cluster_iface,
         a.addr,
         a.prefix,
         a.network(),
-        if net.gateway { "yes" } else { "no" }
+        if net.gateway { "yes" } else { "no" },
+        crate::iso::NODES_TREE
     )
 }
 
