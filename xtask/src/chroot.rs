@@ -212,7 +212,7 @@ impl ChrootMounts {
         let cleanup = Cleanup::register(
             format!("unmount the chroot {}", root.display()),
             move || {
-                let mut undo = u.lock().unwrap_or_else(|e| e.into_inner());
+                let mut undo = crate::interrupt::lock(&u);
                 undo.run(o.as_ref());
             },
         );
@@ -266,7 +266,7 @@ impl ChrootMounts {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Undo> {
-        self.undo.lock().unwrap_or_else(|e| e.into_inner())
+        crate::interrupt::lock(&self.undo)
     }
 
     /// Puts a file in place for the build; what was there comes back on drop.

@@ -134,8 +134,9 @@ pub fn pending_cleanups() -> Vec<String> {
     lock(&CLEANUPS).iter().map(|(_, w, _)| w.clone()).collect()
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind: keep going.
+/// Locks `m`, poisoned or not: a panic while holding the lock leaves plain
+/// data behind, so keep going.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -336,9 +336,9 @@ fn require_compiler(chroot: &Chroot, cc: &str) -> Result<()> {
     }
 }
 
-/// The newest kernel (by version) a root has, in /boot with its modules;
-/// `section` names the root and its profile section in the error.
-pub fn newest_kernel(root: &Path, section: &str) -> Result<String> {
+/// The kernels a root has (in /boot with their modules), oldest first by
+/// version.
+pub fn installed_kernels(root: &Path) -> Vec<String> {
     let mut releases: Vec<String> = fs::read_dir(root.join("lib/modules"))
         .into_iter()
         .flatten()
@@ -347,7 +347,13 @@ pub fn newest_kernel(root: &Path, section: &str) -> Result<String> {
         .filter(|r| root.join(format!("boot/vmlinuz-{r}")).exists())
         .collect();
     releases.sort_by_key(|r| version_key(r));
-    releases.pop().with_context(|| {
+    releases
+}
+
+/// The newest kernel (by version) a root has; `section` names the root and
+/// its profile section in the error.
+pub fn newest_kernel(root: &Path, section: &str) -> Result<String> {
+    installed_kernels(root).pop().with_context(|| {
         format!("the {section} root has no kernel: add a kernel package (e.g. linux-image-amd64) to [{section}] packages")
     })
 }

@@ -29,6 +29,9 @@ struct RootJob<'a> {
     output: &'static str,
     section: &'static str,
     spec: &'a RootSpec,
+    /// Make the initramfs of its kernels here (node1's live-boot one); the
+    /// nodes' comes from the kernel stage.
+    initramfs: bool,
 }
 
 impl Packages {
@@ -39,11 +42,13 @@ impl Packages {
                 output: NODE1_ROOT,
                 section: "node1",
                 spec: &p.node1,
+                initramfs: true,
             },
             RootJob {
                 output: NODES_ROOT,
                 section: "nodes",
                 spec: &p.nodes,
+                initramfs: false,
             },
         ]
     }
@@ -236,9 +241,9 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
     // initramfs a root needs is made once, below (node1's live-boot one)
     // or by the kernel stage (the nodes' NFS-root one).
     run_explained(shell, chroot.cmd(&args).env("INITRD", "No"), job)?;
-    if job.section == "node1" {
-        for version in kernel_versions(dir) {
-            shell.step(&format!("make the node1 initramfs for {version}"));
+    if job.initramfs && dir.join("usr/sbin/update-initramfs").exists() {
+        for version in crate::kernel::installed_kernels(dir) {
+            shell.step(&format!("make the {section} initramfs for {version}"));
             run_explained(
                 shell,
                 chroot.cmd(&["update-initramfs", "-c", "-k", &version]),
@@ -247,22 +252,6 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
         }
     }
     Ok(())
-}
-
-/// The kernels installed in a root that has initramfs-tools.
-fn kernel_versions(root: &Path) -> Vec<String> {
-    if !root.join("usr/sbin/update-initramfs").exists() {
-        return Vec::new();
-    }
-    let mut versions: Vec<String> = fs::read_dir(root.join("lib/modules"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("modules.dep").exists() || e.path().join("kernel").is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    versions.sort();
-    versions
 }
 
 /// Every requested package is installed: asked of the root's own dpkg

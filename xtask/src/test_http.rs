@@ -103,9 +103,7 @@ pub fn refused_url() -> std::io::Result<String> {
     Ok(format!("http://{addr}/nothing-here.tar.gz"))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::interrupt::lock;
 
 fn serve(conn: TcpStream, routes: &Mutex<HashMap<String, Route>>, seen: &Mutex<Vec<Seen>>) {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok();

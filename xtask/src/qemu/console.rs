@@ -56,7 +56,7 @@ impl Console {
             loop {
                 let n = stream.read(&mut buf).unwrap_or(0);
                 let (lock, wake) = &*reader;
-                let mut t = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut t = interrupt::lock(lock);
                 if n == 0 {
                     t.closed = true;
                     wake.notify_all();
@@ -111,7 +111,7 @@ impl Console {
     /// Waits for new output (or a short while).
     pub fn wait_a_little(&self) {
         let (lock, wake) = &*self.shared;
-        let t = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let t = interrupt::lock(lock);
         let _ = wake.wait_timeout(t, Duration::from_millis(250));
     }
 
@@ -181,7 +181,7 @@ impl Console {
     }
 
     fn transcript(&self) -> std::sync::MutexGuard<'_, Transcript> {
-        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+        interrupt::lock(&self.shared.0)
     }
 }
 

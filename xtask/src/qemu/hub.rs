@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::frame::{self, Packet, PcapWriter};
+use crate::interrupt::lock;
 
 /// A packet seen on the link, and when.
 #[derive(Debug, Clone)]
@@ -124,10 +125,6 @@ impl Drop for Hub {
             let _ = t.join();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
