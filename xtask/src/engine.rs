@@ -271,6 +271,18 @@ impl Stamp {
     }
 }
 
+/// What an interrupted or failed run may have left beside an output: its
+/// partial build and the previous version set aside while swapping.
+fn remove_leftovers(output: &Output) -> Result<()> {
+    files::remove_tree(&files::sibling(&output.path, "partial"))?;
+    files::remove_tree(&files::sibling(&output.path, "old"))
+}
+
+/// The input key under which a stage records an earlier stage's output.
+fn output_key(stage: &str, output: &str) -> String {
+    format!("output {stage}/{output}")
+}
+
 fn inputs_digest(inputs: &BTreeMap<String, String>) -> String {
     let mut h = Sha256::new();
     for (k, v) in inputs {
@@ -486,9 +498,8 @@ impl Engine {
         for &(up, out) in &inputs.upstream {
             // Where the output is now (a build dir may have been moved).
             let present = self
-                .stages
-                .iter()
-                .find(|s| s.name() == up)
+                .stage(up)
+                .ok()
                 .and_then(|s| s.outputs().into_iter().find(|o| o.name == out))
                 .is_some_and(|o| o.path.exists());
             let generation = stamps
@@ -498,7 +509,7 @@ impl Engine {
                 .map(|o| o.generation.clone());
             match generation {
                 Some(g) => {
-                    inputs.digests.insert(format!("output {up}/{out}"), g);
+                    inputs.digests.insert(output_key(up, out), g);
                 }
                 None => unresolved.push((up, out)),
             }
@@ -537,12 +548,13 @@ impl Engine {
                 Some(_) => {}
             }
         }
+        let unresolved: Vec<String> = current
+            .unresolved
+            .iter()
+            .map(|&(up, out)| output_key(up, out))
+            .collect();
         for key in stamp.inputs.keys() {
-            let unresolved_upstream = current
-                .unresolved
-                .iter()
-                .any(|(u, o)| key == &format!("output {u}/{o}"));
-            if !current.digests.contains_key(key) && !unresolved_upstream {
+            if !current.digests.contains_key(key) && !unresolved.contains(key) {
                 reasons.push(format!("{key} removed"));
             }
         }
@@ -742,9 +754,8 @@ impl Engine {
         let outputs = stage.outputs();
         let mut slots = BTreeMap::new();
         for output in &outputs {
+            remove_leftovers(output)?;
             let partial = files::sibling(&output.path, "partial");
-            files::remove_tree(&partial)?;
-            files::remove_tree(&files::sibling(&output.path, "old"))?;
             let parent = output.path.parent().unwrap_or(Path::new("."));
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             if output.kind == OutputKind::Dir {
@@ -866,26 +877,28 @@ impl Engine {
         let stage = self.stage(name)?;
         let _lock = BuildLock::acquire(&self.layout.build)?;
         self.release_stale()?;
-        files::remove_tree(&self.layout.stamp(name))?;
-        for output in stage.outputs() {
-            for path in [
-                files::sibling(&output.path, "partial"),
-                files::sibling(&output.path, "old"),
-                output.path.clone(),
-            ] {
-                files::remove_tree(&path)?;
-            }
-        }
-        files::remove_tree(&self.layout.log(name))?;
-        Ok(())
+        self.remove_stage(stage)
     }
 
     /// Removes every stage's outputs and the build dir. The download cache stays.
     pub fn clean_all(&self) -> Result<()> {
-        for name in self.stage_names() {
-            self.clean(name)?;
+        let _lock = BuildLock::acquire(&self.layout.build)?;
+        self.release_stale()?;
+        for stage in &self.stages {
+            self.remove_stage(stage.as_ref())?;
         }
         files::remove_tree(&self.layout.build)
+    }
+
+    /// A stage's stamp, outputs (with their leftovers) and log. The caller
+    /// holds the build lock.
+    fn remove_stage(&self, stage: &dyn Stage) -> Result<()> {
+        files::remove_tree(&self.layout.stamp(stage.name()))?;
+        for output in stage.outputs() {
+            remove_leftovers(&output)?;
+            files::remove_tree(&output.path)?;
+        }
+        files::remove_tree(&self.layout.log(stage.name()))
     }
 }
 

@@ -89,7 +89,7 @@ pub fn ensure_tools(tools: &[HostTool], install: bool, log: &Path) -> Result<()>
         return Ok(());
     }
     let pkgs = packages_of(&missing);
-    let programs: Vec<&str> = missing.iter().map(|t| t.program.as_str()).collect();
+    let programs = missing_programs(tools);
     if !(install && is_root() && is_debian()) {
         bail!(
             "missing host tools: {}; install them with: sudo apt-get install -y {}",

@@ -33,12 +33,11 @@ impl BuildContext {
 }
 
 pub fn stages(cx: &Arc<BuildContext>) -> Vec<Box<dyn Stage>> {
-    let cx = cx.clone();
     vec![
         Box::new(Packages(cx.clone())),
         Box::new(Kernel(cx.clone())),
         Box::new(Node1(cx.clone())),
-        Box::new(Iso(cx)),
+        Box::new(Iso(cx.clone())),
     ]
 }
 
