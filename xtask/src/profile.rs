@@ -351,10 +351,13 @@ impl Profile {
 
     /// Parse and validate profile text; `file` is used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Profile, ProfileError> {
-        let spans = SpanIndex::new(text);
+        // Only an error needs the spans: the good path parses the text once.
         let error_at = |span: Option<Range<usize>>, message: String| {
             let (key, line) = match span {
-                Some(span) => (spans.key_at(&span), line_of(text, span.start)),
+                Some(span) => (
+                    SpanIndex::new(text).key_at(&span),
+                    line_of(text, span.start),
+                ),
                 None => (String::new(), 0),
             };
             ProfileError {
@@ -367,7 +370,7 @@ impl Profile {
         let profile: Profile = toml::from_str(text)
             .map_err(|e| error_at(e.span(), plain_words(e.message().trim())))?;
         if let Some(problem) = profile.problems().into_iter().next() {
-            let span = spans.span_of(&problem.key);
+            let span = SpanIndex::new(text).span_of(&problem.key);
             let mut err = error_at(span, problem.message);
             err.key = problem.key;
             return Err(err);
