@@ -348,10 +348,9 @@ fn status(engine: &Engine, profile: &str) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    for (name, state) in engine.status()? {
+    for (name, state, stamp) in engine.status()? {
         let detail = match &state {
-            State::Done => engine
-                .stamp(name)
+            State::Done => stamp
                 .map(|s| {
                     format!(
                         "built {} ago in {:.1}s",

@@ -521,11 +521,6 @@ impl Engine {
         })
     }
 
-    /// The stamp a stage's last successful run wrote.
-    pub fn stamp(&self, name: &str) -> Option<Stamp> {
-        Stamp::load(&self.layout.stamp(name))
-    }
-
     fn load_stamps(&self) -> BTreeMap<&'static str, Stamp> {
         self.stages
             .iter()
@@ -575,25 +570,26 @@ impl Engine {
 
     /// Each stage's state, in pipeline order. A stage built from an earlier
     /// stage that is now stale is reported stale too: a build would redo it.
-    pub fn status(&self) -> Result<Vec<(&'static str, State)>> {
+    /// Each stage's state, with the stamp of its last successful run.
+    pub fn status(&self) -> Result<Vec<(&'static str, State, Option<Stamp>)>> {
         let stamps = self.load_stamps();
-        let mut out: Vec<(&'static str, State)> = Vec::new();
+        let mut out: Vec<(&'static str, State, Option<Stamp>)> = Vec::new();
         for stage in &self.stages {
             let current = self.current(stage.as_ref(), &stamps)?;
             let mut state = self.state_of(stage.as_ref(), &current, stamps.get(stage.name()));
             if state == State::Done {
                 let stale_upstream: Vec<String> = out
                     .iter()
-                    .filter(|(up, s)| {
+                    .filter(|(up, s, _)| {
                         *s != State::Done && current.upstream.iter().any(|(u, _)| u == up)
                     })
-                    .map(|(up, s)| format!("{up} is {}", s.label()))
+                    .map(|(up, s, _)| format!("{up} is {}", s.label()))
                     .collect();
                 if !stale_upstream.is_empty() {
                     state = State::Stale(stale_upstream);
                 }
             }
-            out.push((stage.name(), state));
+            out.push((stage.name(), state, stamps.get(stage.name()).cloned()));
         }
         Ok(out)
     }

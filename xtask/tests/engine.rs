@@ -19,7 +19,7 @@ fn states(engine: &xtask::engine::Engine) -> Vec<(String, State)> {
         .status()
         .unwrap()
         .into_iter()
-        .map(|(n, s)| (n.to_owned(), s))
+        .map(|(n, s, _)| (n.to_owned(), s))
         .collect()
 }
 
