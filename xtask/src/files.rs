@@ -17,15 +17,25 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
         Err(_) => return Ok(Vec::new()),
     };
     let dir = absolute(dir)?;
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+    let mut found: Vec<PathBuf> = mountinfo_entries(&mountinfo)
+        .map(|(_, at)| at)
         .filter(|p| p.starts_with(&dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found.dedup();
     Ok(found)
+}
+
+/// The mounts a mountinfo file (`/proc/<pid>/mountinfo`) lists: each line's
+/// device (`major:minor`, the third field) and mount point (the fifth,
+/// unescaped). Lines with fewer fields are skipped.
+pub fn mountinfo_entries(text: &str) -> impl Iterator<Item = (&str, PathBuf)> {
+    text.lines().filter_map(|line| {
+        let mut fields = line.split(' ');
+        let dev = fields.nth(2)?;
+        let at = fields.nth(1)?;
+        Some((dev, PathBuf::from(unescape_mountinfo(at))))
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\NNN` octal.
@@ -216,6 +226,21 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\040b/c"), "/a b/c");
         assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
         assert_eq!(unescape_mountinfo(r"/tail\"), "/tail\\");
+    }
+
+    #[test]
+    fn mountinfo_entries_give_device_and_unescaped_mount_point() {
+        let text = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
+                    short line\n\
+                    37 36 8:1 / /boot rw - vfat /dev/sda1 rw\n";
+        let got: Vec<(&str, PathBuf)> = mountinfo_entries(text).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("98:0", PathBuf::from("/mnt/a b")),
+                ("8:1", PathBuf::from("/boot")),
+            ]
+        );
     }
 
     #[test]

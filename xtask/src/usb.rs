@@ -330,13 +330,8 @@ impl Sysfs {
     /// and fifth fields.
     fn mounts(&self) -> Vec<(DevNum, String)> {
         let text = fs::read_to_string(&self.mountinfo).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| {
-                let mut fields = line.split(' ');
-                let dev = DevNum::parse(fields.nth(2)?)?;
-                let at = files::unescape_mountinfo(fields.nth(1)?);
-                Some((dev, at))
-            })
+        files::mountinfo_entries(&text)
+            .filter_map(|(dev, at)| Some((DevNum::parse(dev)?, at.to_string_lossy().into_owned())))
             .collect()
     }
 
