@@ -5,18 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use crate::engine::hash_reader;
 use crate::files;
 use crate::interrupt::{self, Interrupted};
 use crate::profile::Source;
+use crate::shell;
 
 /// How to fetch.
 #[derive(Debug, Clone)]
@@ -558,21 +559,11 @@ impl DownloadBar {
             String::new()
         };
         let label = format!("{file} from {url}{from}");
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = match total {
-                Some(n) => ProgressBar::new(n),
-                None => ProgressBar::new_spinner(),
-            };
-            let template =
-                "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
-            if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_prefix(file.to_owned());
+        let bar = shell::byte_bar(total, file.to_owned());
+        if let Some(bar) = &bar {
             bar.set_position(offset);
             bar.reset_eta();
-            bar
-        });
+        }
         if bar.is_none() {
             eprintln!("fetch: {label}");
         }

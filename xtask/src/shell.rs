@@ -289,6 +289,24 @@ impl Progress {
     }
 }
 
+/// A byte-count bar (`prefix [====>   ] bytes/total rate ETA`) on stderr
+/// when it is a terminal; None elsewhere (the caller prints lines instead).
+/// Without a `total`, a spinner in the same layout.
+pub fn byte_bar(total: Option<u64>, prefix: String) -> Option<ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = match total {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new_spinner(),
+        };
+        let template = "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(prefix);
+        bar
+    })
+}
+
 /// The last `n` lines of a log, for the report of a failed stage.
 pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
     let Ok(text) = fs::read(path) else {

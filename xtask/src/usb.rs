@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use xshell::cmd;
 
@@ -25,7 +25,7 @@ use crate::fetch::human_bytes;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
-use crate::shell::StageShell;
+use crate::shell::{self, StageShell};
 
 /// The label of the partition `--data` adds; node1's boot service looks for it.
 pub const DATA_LABEL: &str = "KRGISO-DATA";
@@ -1254,17 +1254,10 @@ struct ByteBar {
 impl ByteBar {
     fn new(step: &str, what: &str, total: u64) -> ByteBar {
         eprintln!("==> usb: {step}: {what} ({})", human_bytes(total));
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
-            let template =
-                "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
-            if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_prefix(format!("usb: {step}"));
+        let bar = shell::byte_bar(Some(total), format!("usb: {step}"));
+        if let Some(bar) = &bar {
             bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
+        }
         ByteBar {
             bar,
             step: step.to_owned(),
