@@ -257,7 +257,7 @@ impl Bench {
 
     /// The kernel stage's output files with their modification times.
     fn kernel_outputs(&self) -> Result<BTreeMap<PathBuf, SystemTime>> {
-        let dir = self.build.join("kernel");
+        let dir = crate::kernel::staged_dir(&self.layout());
         let mut out = BTreeMap::new();
         for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let e = e?;

@@ -16,6 +16,7 @@ use crate::chroot;
 use crate::engine::Layout;
 use crate::files;
 use crate::host;
+use crate::node1::render;
 use crate::pipeline::{self, BuildContext};
 use crate::profile::{self, Profile};
 use crate::shell::StageShell;
@@ -61,6 +62,24 @@ impl SmokeRun {
             "{exe} --profile smoke --build-dir {build} {args...}"
         ))
         .with_context(|| format!("`xtask {}` failed", args.join(" ")))
+    }
+
+    /// `xtask --profile smoke --build-dir B ARGS`, to start by hand.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.args(["--profile", "smoke", "--build-dir"])
+            .arg(&self.build)
+            .args(args);
+        c
+    }
+
+    /// The release of the kernel the kernel stage staged.
+    pub(crate) fn release(&self) -> Result<String> {
+        let path = crate::kernel::staged_dir(&self.layout()).join("release");
+        Ok(fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned())
     }
 
     /// The host tools the packages stage needs, installed before the host's
@@ -432,10 +451,8 @@ fn check_roots(run: &SmokeRun, s: &StageShell) -> Result<()> {
 fn kill_during_apt(run: &SmokeRun, s: &StageShell) -> Result<()> {
     run.xtask(s, &["clean", "packages"])?;
     let log = run.layout().log("packages");
-    let mut child = Command::new(&run.exe)
-        .args(["--profile", "smoke", "--build-dir"])
-        .arg(&run.build)
-        .arg("packages")
+    let mut child = run
+        .command(&["packages"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -845,10 +862,8 @@ pub fn node1_layers(project: &Path) -> Result<Timings> {
     run.xtask(&s, &["node1"])?;
     let secs = t.elapsed().as_secs_f64();
     let (n1, nd) = (run.build.join("node1/node1"), run.build.join("node1/nodes"));
-    let release = fs::read_to_string(run.build.join("kernel/release"))?
-        .trim()
-        .to_owned();
-    let tftp = n1.join("srv/krgiso/tftp");
+    let release = run.release()?;
+    let tftp = render::tftp_dir(&n1);
     for name in [
         "pxelinux.0".to_owned(),
         "ldlinux.c32".to_owned(),
@@ -1112,9 +1127,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         "the lease {ip} is outside the profile's range"
     );
     s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
-    let release = fs::read_to_string(run.build.join("kernel/release"))?
-        .trim()
-        .to_owned();
+    let release = run.release()?;
     for name in [
         "pxelinux.0".to_owned(),
         "ldlinux.c32".to_owned(),
@@ -1127,7 +1140,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
             "ip netns exec {cl} curl -sS --max-time 60 -o {fetched} {url}"
         ))?;
         ensure!(
-            fs::read(&fetched)? == fs::read(layer.join("srv/krgiso/tftp").join(&name))?,
+            fs::read(&fetched)? == fs::read(render::tftp_dir(&layer).join(&name))?,
             "{name} fetched by TFTP differs from the one in the TFTP root"
         );
     }
@@ -1167,7 +1180,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         handed.trim().is_empty(),
         "node1 handed out leases in proxy mode: {handed}"
     );
-    let pxe = fs::read_to_string(merged.join("srv/krgiso/tftp/pxelinux.cfg/default"))?;
+    let pxe = fs::read_to_string(render::tftp_dir(&merged).join("pxelinux.cfg/default"))?;
     ensure!(
         pxe.contains("nfsroot=192.168.77."),
         "in proxy mode the nodes are not sent to node1's address on that subnet:\n{pxe}"

@@ -7,7 +7,7 @@
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -164,12 +164,10 @@ fn interrupted_iso_keeps_the_image(
     let t = Instant::now();
     let stamp = run.layout().stamp("iso");
     let stamp_before = fs::read(&stamp)?;
-    let log = run.build.join("logs/iso.log");
+    let log = run.layout().log("iso");
     s.step("interrupt `xtask iso --force` while it squashes the roots");
-    let mut child = Command::new(&run.exe)
-        .args(["--profile", "smoke", "--build-dir"])
-        .arg(&run.build)
-        .args(["--force", "iso"])
+    let mut child = run
+        .command(&["--force", "iso"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -304,10 +302,8 @@ fn milestone_timings(report: &Report) -> Timings {
 pub fn boot_interrupted(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
     let t = Instant::now();
-    let mut child = Command::new(&run.exe)
-        .args(["--profile", "smoke", "--build-dir"])
-        .arg(&run.build)
-        .args(["qemu", "--nodes", "0", "--accel", "kvm"])
+    let mut child = run
+        .command(&["qemu", "--nodes", "0", "--accel", "kvm"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -17,7 +17,7 @@ use crate::files;
 use crate::host::HostTool;
 use crate::kernel::KERNEL;
 use crate::node1::CONFIG;
-use crate::packages::{NODE1_ROOT, NODES_ROOT};
+use crate::packages::{root_dir, NODE1_ROOT, NODES_ROOT};
 use crate::pipeline::BuildContext;
 use crate::profile::{Compression, IsoSpec};
 use crate::shell::StageShell;
@@ -123,10 +123,7 @@ impl Stage for Iso {
         ));
         let view = |root: &str, at: &Path| {
             Stack::mount(
-                &[
-                    &build.join("node1").join(root),
-                    &build.join("roots").join(root),
-                ],
+                &[&build.join("node1").join(root), &root_dir(&cx.layout, root)],
                 at,
             )
         };
@@ -149,7 +146,7 @@ impl Stage for Iso {
         files::remove_tree(&stacks)?;
 
         run.step("the live kernel and initramfs, BIOS and UEFI boot");
-        let (vmlinuz, initrd) = live_kernel(&build.join("roots/node1"))?;
+        let (vmlinuz, initrd) = live_kernel(&root_dir(&cx.layout, "node1"))?;
         fs::copy(&vmlinuz, staging.join("live/vmlinuz")).context("copying the live kernel")?;
         fs::copy(&initrd, staging.join("live/initrd.img")).context("copying the live initramfs")?;
         for (from, name) in [

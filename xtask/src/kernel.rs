@@ -15,13 +15,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::chroot::{Chroot, ExtraBind};
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
 use crate::fetch::{self, Cache, FetchOptions};
 use crate::files;
 use crate::host::HostTool;
 use crate::kernel_config;
 use crate::modules_makefile::{self, ShellLine};
-use crate::packages::NODES_ROOT;
+use crate::packages::{root_dir, NODES_ROOT};
 use crate::pipeline::BuildContext;
 use crate::profile::KernelKind;
 use crate::shell::StageShell;
@@ -48,9 +48,15 @@ pub const KRG_INSTALLED: &[&str] = &[
 
 pub struct Kernel(pub Arc<BuildContext>);
 
+/// Where the kernel stage leaves the node kernel (and its initrd, config,
+/// release) for node1's TFTP root.
+pub fn staged_dir(layout: &Layout) -> PathBuf {
+    layout.build.join("kernel")
+}
+
 impl Kernel {
     fn nodes_root(&self) -> PathBuf {
-        self.0.layout.build.join("roots/nodes")
+        root_dir(&self.0.layout, "nodes")
     }
     /// Scratch space for the kernel and kerrighed trees: seen as /usr/src in
     /// the chroot, so a gigabyte of objects never lands in the nodes root.
@@ -96,7 +102,7 @@ impl Stage for Kernel {
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::dir(KERNEL, self.0.layout.build.join("kernel"))]
+        vec![Output::dir(KERNEL, staged_dir(&self.0.layout))]
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         let out = run.output(KERNEL)?.to_owned();
@@ -221,12 +227,8 @@ impl Kernel {
             .context("keeping the resolved config")?;
         shell.step(&format!(
             "kernel config verified: {}",
-            cx.layout.show(
-                &cx.layout
-                    .build
-                    .join("kernel")
-                    .join(format!("config-{KRG_RELEASE}"))
-            )
+            cx.layout
+                .show(&staged_dir(&cx.layout).join(format!("config-{KRG_RELEASE}")))
         ));
 
         for (what, args) in [

@@ -3,6 +3,7 @@
 //! is never modified: everything happens inside the roots, and every mount
 //! is undone.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::chroot::{Chroot, ExtraBind};
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
 use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
@@ -62,6 +63,11 @@ impl Packages {
             .join("debs")
             .join(format!("{}-{}", spec.suite, spec.arch))
     }
+}
+
+/// Where a root (`node1` or `nodes`) is built.
+pub fn root_dir(layout: &Layout, which: &str) -> PathBuf {
+    layout.build.join("roots").join(which)
 }
 
 fn input_key(section: &str) -> String {
@@ -117,10 +123,10 @@ impl Stage for Packages {
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        let roots = self.0.layout.build.join("roots");
+        let layout = &self.0.layout;
         vec![
-            Output::dir(NODE1_ROOT, roots.join("node1")),
-            Output::dir(NODES_ROOT, roots.join("nodes")),
+            Output::dir(NODE1_ROOT, root_dir(layout, "node1")),
+            Output::dir(NODES_ROOT, root_dir(layout, "nodes")),
         ]
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
@@ -267,18 +273,17 @@ fn check_installed(shell: &StageShell, dir: &Path, packages: &[String]) -> Resul
         .map(|p| p.split(['=', '/']).next().unwrap_or(p))
         .collect();
     let format = "--showformat=${Package}\t${Status}\n";
-    let listing = cmd!(sh, "dpkg-query {admindir} -W {format}")
-        .ignore_status()
-        .read()
-        .context("running dpkg-query")?;
+    let listing = shell.read(cmd!(sh, "dpkg-query {admindir} -W {format}"))?;
+    let installed: HashSet<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|&(_, status)| status == "install ok installed")
+        .map(|(name, _)| name)
+        .collect();
     let missing: Vec<&str> = names
         .iter()
         .copied()
-        .filter(|name| {
-            !listing
-                .lines()
-                .any(|l| l.split_once('\t') == Some((name, "install ok installed")))
-        })
+        .filter(|name| !installed.contains(name))
         .collect();
     if !missing.is_empty() {
         bail!("not installed in {}: {}", dir.display(), missing.join(", "));

@@ -14,7 +14,7 @@ use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::files;
 use crate::host::HostTool;
 use crate::kernel::KERNEL;
-use crate::packages::{NODE1_ROOT, NODES_ROOT};
+use crate::packages::{root_dir, NODE1_ROOT, NODES_ROOT};
 use crate::pipeline::BuildContext;
 
 pub const CONFIG: &str = "config";
@@ -69,7 +69,7 @@ impl Stage for Node1 {
         fs::create_dir_all(node1.join(crate::iso::NODES_TREE))?;
 
         run.step("render the configuration of node1 and the nodes");
-        let kernel = cx.layout.build.join("kernel");
+        let kernel = crate::kernel::staged_dir(&cx.layout);
         let release = fs::read_to_string(kernel.join("release"))
             .context("the kernel stage left no release file: run `cargo xtask kernel`")?;
         let boot = render::BootFiles::for_release(cx.profile.kernel.kind, release.trim());
@@ -84,8 +84,8 @@ impl Stage for Node1 {
         }
 
         run.step("the TFTP root: pxelinux and the node kernel");
-        let tftp = node1.join(render::TFTP_DIR.trim_start_matches('/'));
-        let root = cx.layout.build.join("roots/node1");
+        let tftp = render::tftp_dir(&node1);
+        let root = root_dir(&cx.layout, "node1");
         for (from, name) in [
             (root.join("usr/lib/PXELINUX/pxelinux.0"), "pxelinux.0"),
             (
@@ -109,12 +109,7 @@ impl Stage for Node1 {
         ));
         let creds = accounts::Credentials::for_build(cluster, &cx.layout.build, run.shell)?;
         accounts::add_user(&root, &node1, &creds, cluster)?;
-        accounts::add_user(
-            &cx.layout.build.join("roots/nodes"),
-            &nodes,
-            &creds,
-            cluster,
-        )?;
+        accounts::add_user(&root_dir(&cx.layout, "nodes"), &nodes, &creds, cluster)?;
         if let Some(password) = &creds.generated_password {
             run.shell.note(&format!(
                 "the cluster user {} got a generated password (kept in build/credentials)",

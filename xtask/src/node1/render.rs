@@ -8,12 +8,18 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use crate::profile::{Cluster, KernelKind, Network};
 
 /// Where node1 keeps what it serves.
 pub const EXPORT_DIR: &str = "/srv/krgiso/nodes";
 pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
+
+/// The TFTP root inside a root filesystem or layer at `root`.
+pub fn tftp_dir(root: &Path) -> PathBuf {
+    root.join(TFTP_DIR.trim_start_matches('/'))
+}
 
 /// The files the nodes boot over TFTP, as the kernel stage staged them.
 #[derive(Debug, Clone, PartialEq, Eq)]
