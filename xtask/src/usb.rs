@@ -691,21 +691,21 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
         .collect();
     let target = resolve_target(opts, &image, &protected)?;
     let shown = target.path().display().to_string();
+    // With --data: the partition to add, and the image's own MBR entry 3,
+    // which it replaces (the read-back counts the image's bytes there).
     let data = if opts.data {
-        Some(DataPartition::plan(
-            &image.first_sector()?,
-            image.len,
-            target.bytes_after(image.len),
-            &shown,
-        )?)
+        let mbr = image.first_sector()?;
+        let plan = DataPartition::plan(&mbr, image.len, target.bytes_after(image.len), &shown)?;
+        Some((plan, mbr_entries(&mbr)[2]))
     } else {
         None
     };
+    let plan = data.as_ref().map(|(d, _)| d);
     host_tools(opts, &target, data.is_some())?;
     image.verify()?;
 
     eprint!("{}", describe(&target, &filesystems(&target)));
-    announce(&image, &target, data.as_ref(), opts.dry_run);
+    announce(&image, &target, plan, opts.dry_run);
     if opts.dry_run {
         println!("nothing was written (--dry-run)");
         return Ok(None);
@@ -718,15 +718,12 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
     drop(out);
     let write_secs = started.elapsed().as_secs_f64();
 
-    let mut original_entry3 = None;
-    if let Some(d) = &data {
-        let mbr = image.first_sector()?;
-        original_entry3 = Some(mbr_entries(&mbr)[2]);
+    if let Some(d) = plan {
         let shell = StageShell::new("usb", &opts.logs.join("usb.log"), true)?;
         add_data_partition(&shell, &target, d)?;
         shell.finish();
     }
-    let sha256 = read_back(&target, &image, original_entry3, data.as_ref())?;
+    let sha256 = read_back(&target, &image, data.as_ref().map(|(_, e)| *e), plan)?;
     if target.is_disk() {
         reread_partitions(&target);
     }
@@ -737,7 +734,7 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
         image.len,
         image.len as f64 / 1e6 / write_secs.max(0.001)
     );
-    if let Some(d) = &data {
+    if let Some(d) = plan {
         println!(
             "{shown}: partition 3 {DATA_LABEL}, ext4, {} at {}",
             human_bytes(d.bytes()),
@@ -749,7 +746,7 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
         bytes: image.len,
         seconds: write_secs,
         sha256,
-        data,
+        data: data.map(|(d, _)| d),
     }))
 }
 
