@@ -723,7 +723,7 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
         add_data_partition(&shell, &target, d)?;
         shell.finish();
     }
-    let sha256 = read_back(&target, &image, data.as_ref().map(|(_, e)| *e), plan)?;
+    let sha256 = read_back(&target, &image, data.as_ref().map(|(d, e)| (d, *e)))?;
     if target.is_disk() {
         reread_partitions(&target);
     }
@@ -1132,19 +1132,19 @@ fn add_data_partition(shell: &StageShell, target: &UsbTarget, d: &DataPartition)
 }
 
 /// Reads the image's length back from the target past the page cache and
-/// returns its sha256; it must be the image's. With `--data`, MBR entry 3
-/// must hold the data partition and counts as the image's original bytes.
+/// returns its sha256; it must be the image's. With `--data` (the partition
+/// and the image's original MBR entry 3), MBR entry 3 must hold the data
+/// partition and counts as the image's original bytes.
 fn read_back(
     target: &UsbTarget,
     image: &Image,
-    original_entry3: Option<[u8; 16]>,
-    data: Option<&DataPartition>,
+    data: Option<(&DataPartition, [u8; 16])>,
 ) -> Result<String> {
     let node = target.path();
     let shown = node.display().to_string();
     let mut file = File::open(node).map_err(|e| open_error(node, e))?;
     drop_caches(&file, target.is_disk());
-    if let Some(d) = data {
+    if let Some((d, _)) = data {
         let mut entry = [0u8; 16];
         file.seek(SeekFrom::Start(MBR_ENTRY3 as u64))?;
         file.read_exact(&mut entry)
@@ -1155,7 +1155,7 @@ fn read_back(
         file.seek(SeekFrom::Start(0))?;
     }
     let bar = ByteBar::new("read back and verify", &shown, image.len);
-    let restore = original_entry3.map(|e| (MBR_ENTRY3 as u64, e));
+    let restore = data.map(|(_, e)| (MBR_ENTRY3 as u64, e));
     let got = match hash_stream(&mut file, image.len, restore, &bar) {
         Ok(got) => got,
         Err(e) if e.is::<Interrupted>() => return Err(e),
