@@ -12,11 +12,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use sha2::{Digest, Sha256};
 use xshell::cmd;
 
 use crate::e2e::{check_shell, xtask_binary, Timings};
-use crate::engine::Layout;
+use crate::engine::{sha256_hex, Layout};
 use crate::fetch::human_bytes;
 use crate::files;
 use crate::host::{self, HostTool};
@@ -191,7 +190,7 @@ impl SyntheticImage {
         s.run(cmd!(sh, "mkfs.fat -C {efi} 1024"))?;
         iso::hybrid_iso(s, "KRGISO_E2E_USB", &tree, &path)?;
         let bytes = fs::read(&path)?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let sha256 = sha256_hex(&bytes);
         let name = &smoke.iso.output;
         fs::write(&checksum, format!("{sha256}  {name}\n"))?;
         s.note(&format!(
@@ -374,7 +373,7 @@ fn check_data_partition(s: &StageShell, stick: &Path, image: &SyntheticImage) ->
     restored[MBR_ENTRY3..MBR_ENTRY3 + 16]
         .copy_from_slice(&image.bytes[MBR_ENTRY3..MBR_ENTRY3 + 16]);
     ensure!(
-        hex::encode(Sha256::digest(&restored)) == image.sha256,
+        sha256_hex(&restored) == image.sha256,
         "the image's bytes changed beyond MBR entry 3"
     );
 
