@@ -85,7 +85,7 @@ fn usb_with(project: &Path, exe: &Path) -> Result<Timings> {
         s.run(cmd!(sh, "mkfs.ext4 -q -F {backing}"))?;
         let lo = LoopDevice::attach(&s, &backing, false)?;
         let mnt = work.join("mnt");
-        let mounted = Mounted::mount(&s, &lo.node, &mnt)?;
+        let _mounted = Mounted::mount(&s, &lo.node, &mnt)?;
         fs::write(mnt.join("keep"), "still here")?;
         let said = run.expect_refusal(&[lo.node_str(), "--yes"])?;
         let want = format!("{} is mounted on {}", lo.node_str(), mnt.display());
@@ -94,8 +94,6 @@ fn usb_with(project: &Path, exe: &Path) -> Result<Timings> {
             fs::read_to_string(mnt.join("keep"))? == "still here",
             "the mounted file system changed"
         );
-        drop(mounted);
-        drop(lo);
     }
     timings.push(("refuse a mounted loop device".to_owned(), secs(t)));
 
