@@ -67,14 +67,7 @@ fn usb_with(project: &Path, exe: &Path) -> Result<Timings> {
 
     s.step("refused: a loop device is not removable");
     let t = Instant::now();
-    {
-        let backing = sized_file(&work.join("fixed.img"), 64 * MIB)?;
-        let lo = LoopDevice::attach(&s, &backing, false)?;
-        let said = run.expect_refusal(&[lo.node_str(), "--yes"])?;
-        let want = format!("{} is not removable", lo.node_str());
-        ensure!(said.contains(&want), "expected `{want}`, got:\n{said}");
-        ensure_zeros(&backing, "a refused write")?;
-    }
+    run.refused_on_loop(&work, "fixed.img", 64 * MIB, "is not removable")?;
     timings.push(("refuse a loop device (not removable)".to_owned(), secs(t)));
 
     s.step("refused: a loop device with a mounted file system");
@@ -99,20 +92,13 @@ fn usb_with(project: &Path, exe: &Path) -> Result<Timings> {
 
     s.step("refused: a loop device smaller than the image");
     let t = Instant::now();
-    {
-        let small = 2 * MIB;
-        let backing = sized_file(&work.join("small.img"), small)?;
-        let lo = LoopDevice::attach(&s, &backing, false)?;
-        let said = run.expect_refusal(&[lo.node_str(), "--yes"])?;
-        let want = format!(
-            "{} is too small: {}, the image needs {}",
-            lo.node_str(),
-            human_bytes(small),
-            human_bytes(image.bytes.len() as u64)
-        );
-        ensure!(said.contains(&want), "expected `{want}`, got:\n{said}");
-        ensure_zeros(&backing, "a refused write")?;
-    }
+    let small = 2 * MIB;
+    let too_small = format!(
+        "is too small: {}, the image needs {}",
+        human_bytes(small),
+        human_bytes(image.bytes.len() as u64)
+    );
+    run.refused_on_loop(&work, "small.img", small, &too_small)?;
     timings.push(("refuse a too small loop device".to_owned(), secs(t)));
 
     s.step("a file: no --yes without a terminal, a dry run, then the write");
@@ -241,6 +227,17 @@ impl UsbRun<'_> {
         let (ok, text) = self.output(&all)?;
         ensure!(!ok, "`xtask {}` succeeded:\n{text}", all.join(" "));
         Ok(text)
+    }
+
+    /// `usb NODE --yes` on a loop device over `work/name`, `len` zero bytes,
+    /// must be refused saying `NODE says`, and leave the file all zeros.
+    fn refused_on_loop(&self, work: &Path, name: &str, len: u64, says: &str) -> Result<()> {
+        let backing = sized_file(&work.join(name), len)?;
+        let lo = LoopDevice::attach(self.s, &backing, false)?;
+        let said = self.expect_refusal(&[lo.node_str(), "--yes"])?;
+        let want = format!("{} {says}", lo.node_str());
+        ensure!(said.contains(&want), "expected `{want}`, got:\n{said}");
+        ensure_zeros(&backing, "a refused write")
     }
 }
 
