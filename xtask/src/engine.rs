@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -924,13 +924,20 @@ impl BuildLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        // A lock let go a moment ago can still be held for a few
+        // milliseconds by a child forked meanwhile (it holds a copy of the
+        // descriptor until it execs): give that time to pass. A run that
+        // really holds the lock holds it far longer.
+        let deadline = Instant::now() + Duration::from_secs(2);
         // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            bail!(
-                "another krgiso run is using the build dir {}: wait for it to finish (or stop it)",
-                build.display()
-            );
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if Instant::now() > deadline {
+                bail!(
+                    "another krgiso run is using the build dir {}: wait for it to finish (or stop it)",
+                    build.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         Ok(BuildLock { _file: file })
     }
