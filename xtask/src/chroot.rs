@@ -117,7 +117,7 @@ impl MountOps for SystemMounts {
 
 /// Unmounts, falling back to a lazy unmount when the mount is busy.
 /// Returns a line describing what happened, for the log.
-fn release(ops: &dyn MountOps, target: &Path) -> String {
+pub fn release(ops: &dyn MountOps, target: &Path) -> String {
     match ops.unmount(target, false) {
         Ok(()) => format!("unmounted {}", target.display()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {

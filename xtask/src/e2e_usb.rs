@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
+use crate::chroot::{self, SystemMounts};
 use crate::e2e::{check_shell, xtask_binary, Timings};
 use crate::engine::{sha256_hex, Layout};
 use crate::fetch::human_bytes;
@@ -306,23 +307,14 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let done = Command::new("umount")
-            .arg(&self.dir)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !done {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
+        chroot::release(&SystemMounts, &self.dir);
     }
 }
 
 /// What a killed earlier run left: mounts under `work`, loop devices over
 /// its files.
 fn release_leftovers(s: &StageShell, work: &Path) -> Result<()> {
-    for mount in files::mounts_under(work)? {
-        drop(Mounted { dir: mount });
-    }
+    chroot::release_stale(work, &SystemMounts)?;
     let files: Vec<PathBuf> = fs::read_dir(work)
         .into_iter()
         .flatten()
