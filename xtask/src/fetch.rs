@@ -193,16 +193,19 @@ pub fn fetch(
         interrupt::check()?;
         let dest = cache.file(&source.file);
         let pin = pin_of(source, lock).map(str::to_owned);
+        // Where a download waits for its pin.
+        let held = cache.unpinned(&source.file);
+        let verified_as = |sha256: String| Verified {
+            name: source.name.clone(),
+            path: dest.clone(),
+            sha256,
+        };
 
         if let Some(pin) = &pin {
             if dest.exists() {
                 let got = sha256_of(&dest)?;
                 if &got == pin {
-                    verified.push(Verified {
-                        name: source.name.clone(),
-                        path: dest,
-                        sha256: got,
-                    });
+                    verified.push(verified_as(got));
                     continue;
                 }
                 let moved = cache.reject(&dest, &source.file)?;
@@ -212,17 +215,12 @@ pub fn fetch(
                     moved.display()
                 );
             }
-        } else if opts.lock_new && cache.unpinned(&source.file).exists() {
+        } else if opts.lock_new && held.exists() {
             // Downloaded by an earlier fetch that stopped for want of a pin:
             // lock exactly the bytes whose sha256 was shown then.
-            let held = cache.unpinned(&source.file);
             let sha = sha256_of(&held)?;
             pin_into_cache(lock, source, &held, &dest, &sha, "downloaded before")?;
-            verified.push(Verified {
-                name: source.name.clone(),
-                path: dest,
-                sha256: sha,
-            });
+            verified.push(verified_as(sha));
             continue;
         }
 
@@ -241,7 +239,6 @@ pub fn fetch(
                 pin_into_cache(lock, source, &part, &dest, &sha, &format!("from {url}"))?
             }
             None => {
-                let held = cache.unpinned(&source.file);
                 fs::create_dir_all(held.parent().unwrap_or(&cache.dir))?;
                 fs::rename(&part, &held)
                     .with_context(|| format!("moving {} aside", part.display()))?;
@@ -249,11 +246,7 @@ pub fn fetch(
                 continue;
             }
         }
-        verified.push(Verified {
-            name: source.name.clone(),
-            path: dest,
-            sha256: sha,
-        });
+        verified.push(verified_as(sha));
     }
 
     if !offline_missing.is_empty() {
