@@ -187,14 +187,15 @@ impl Kernel {
         );
 
         shell.step("configure kerrighed");
+        let with_kernel = format!("--with-kernel={SRC}/{LINUX_DIR}");
         let mut configure = vec![
-            "./configure".to_owned(),
-            format!("--with-kernel={SRC}/{LINUX_DIR}"),
-            "--with-kernel-config=oldconfig".to_owned(),
-            cc_arg.clone(),
+            "./configure",
+            &with_kernel,
+            "--with-kernel-config=oldconfig",
+            &cc_arg,
         ];
-        configure.extend(spec.configure_args.iter().cloned());
-        shell.run(chroot.cmd_in(&krg_dir, &strs(&configure), true))?;
+        configure.extend(spec.configure_args.iter().map(String::as_str));
+        shell.run(chroot.cmd_in(&krg_dir, &configure, true))?;
 
         shell.step("kernel config: defconfig, then the fragment, then oldconfig");
         shell.run(chroot.cmd_in(
@@ -322,10 +323,6 @@ impl Kernel {
         files::remove_tree(&conf)?;
         Ok(release)
     }
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// The profile's compiler must be inside the nodes root, never the host's.
