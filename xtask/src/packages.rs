@@ -1,7 +1,8 @@
-//! The packages stage: debootstrap the node1 root and the nodes root, each
-//! from its profile section, and install each one's package set. The host
-//! is never modified: everything happens inside the roots, and every mount
-//! is undone.
+//! The packages stage: debootstrap the node1 root and the nodes root (and,
+//! for a kernel built with a current toolchain, the build root), each from
+//! its profile section, and install each one's package set. The host is
+//! never modified: everything happens inside the roots, and every mount is
+//! undone.
 
 use std::collections::HashSet;
 use std::fs;
@@ -22,12 +23,16 @@ use crate::shell::{log_tail, StageShell};
 
 pub const NODE1_ROOT: &str = "node1-root";
 pub const NODES_ROOT: &str = "nodes-root";
+/// Where `toolchain = "current"` compiles the kernel; never in the image.
+pub const BUILD_ROOT: &str = "build-root";
 
 pub struct Packages(pub Arc<BuildContext>);
 
 /// One of the two roots: which output, which profile section.
 struct RootJob<'a> {
     output: &'static str,
+    /// Its directory under `roots/`.
+    dir: &'static str,
     section: &'static str,
     spec: &'a RootSpec,
     /// Make the initramfs of its kernels here (node1's live-boot one); the
@@ -36,22 +41,19 @@ struct RootJob<'a> {
 }
 
 impl Packages {
-    fn jobs(&self) -> [RootJob<'_>; 2] {
-        let p = &self.0.profile;
-        [
-            RootJob {
-                output: NODE1_ROOT,
-                section: "node1",
-                spec: &p.node1,
-                initramfs: true,
-            },
-            RootJob {
-                output: NODES_ROOT,
-                section: "nodes",
-                spec: &p.nodes,
-                initramfs: false,
-            },
-        ]
+    fn jobs(&self) -> Vec<RootJob<'_>> {
+        self.0
+            .profile
+            .roots()
+            .into_iter()
+            .map(|(section, spec)| RootJob {
+                output: output_of(section).0,
+                dir: output_of(section).1,
+                section,
+                spec,
+                initramfs: section == "node1",
+            })
+            .collect()
     }
 
     /// Where a suite's .debs are kept between builds: shared by debootstrap
@@ -65,9 +67,19 @@ impl Packages {
     }
 }
 
-/// Where a root (`node1` or `nodes`) is built.
+/// Where a root (`node1`, `nodes` or `build`) is built.
 pub fn root_dir(layout: &Layout, which: &str) -> PathBuf {
     layout.build.join("roots").join(which)
+}
+
+/// The output that holds the root of a profile section, and its directory
+/// under `roots/`.
+fn output_of(section: &str) -> (&'static str, &'static str) {
+    match section {
+        "node1" => (NODE1_ROOT, "node1"),
+        "nodes" => (NODES_ROOT, "nodes"),
+        _ => (BUILD_ROOT, "build"),
+    }
 }
 
 fn input_key(section: &str) -> String {
@@ -93,7 +105,7 @@ impl Stage for Packages {
             if self.0.offline && !job.spec.mirror.starts_with("file://") {
                 bail!(
                     "--offline, but the {} root needs its mirror {} ([{}] mirror): run without --offline, or point the mirror at a file:// copy",
-                    job.section,
+                    job.dir,
                     job.spec.mirror,
                     job.section
                 );
@@ -124,15 +136,15 @@ impl Stage for Packages {
     }
     fn outputs(&self) -> Vec<Output> {
         let layout = &self.0.layout;
-        vec![
-            Output::dir(NODE1_ROOT, root_dir(layout, "node1")),
-            Output::dir(NODES_ROOT, root_dir(layout, "nodes")),
-        ]
+        self.jobs()
+            .iter()
+            .map(|job| Output::dir(job.output, root_dir(layout, job.dir)))
+            .collect()
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         for job in self.jobs() {
             if run.previous(job.output).is_some() && run.unchanged(&[&input_key(job.section)]) {
-                run.step(&format!("the {} root is unchanged: kept", job.section));
+                run.step(&format!("the {} root is unchanged: kept", job.dir));
                 run.keep(job.output)?;
                 continue;
             }
@@ -186,7 +198,8 @@ fn build_root(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Re
         String::new()
     };
     shell.step(&format!(
-        "bootstrap the {section} root: {suite} {arch}{what} from {mirror}"
+        "bootstrap the {} root: {suite} {arch}{what} from {mirror}",
+        job.dir
     ));
     run_explained(
         shell,
@@ -201,7 +214,8 @@ fn build_root(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Re
     shell.step(&format!("check the {section} package set"));
     check_installed(shell, dir, &spec.packages)?;
     shell.step(&format!(
-        "clean the {section} root (apt lists, logs, machine-id, ssh host keys)"
+        "clean the {} root (apt lists, logs, machine-id, ssh host keys)",
+        job.dir
     ));
     finish_root(dir)
 }
@@ -229,7 +243,7 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
     shell.step(&format!("update the {section} package lists"));
     run_explained(shell, chroot.cmd(&["apt-get", "update"]), job)?;
     let count = job.spec.packages.len();
-    shell.step(&format!("install {count} packages in the {section} root"));
+    shell.step(&format!("install {count} packages in the {} root", job.dir));
     let mut args = vec![
         "apt-get",
         "install",
@@ -381,7 +395,8 @@ fn explain(log: &str, section: &str, spec: &RootSpec) -> Option<String> {
     };
     if log.contains("No space left on device") {
         return Some(format!(
-            "the disk is full while building the {section} root: free some space where the build dir is, then rerun"
+            "the disk is full while building the {} root: free some space where the build dir is, then rerun",
+            output_of(section).1
         ));
     }
     if log.contains("No such script") {
@@ -442,7 +457,8 @@ fn explain(log: &str, section: &str, spec: &RootSpec) -> Option<String> {
     ];
     if release_failed || unreachable.iter().any(|m| log.contains(m)) {
         return Some(format!(
-            "cannot reach the mirror {mirror} for the {section} root ([{section}] mirror): check the URL and the network"
+            "cannot reach the mirror {mirror} for the {} root ([{section}] mirror): check the URL and the network",
+            output_of(section).1
         ));
     }
     None

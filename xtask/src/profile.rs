@@ -18,6 +18,11 @@ pub struct Profile {
     pub node1: RootSpec,
     /// The root the PXE nodes mount over NFS.
     pub nodes: RootSpec,
+    /// Where the kernel is compiled with `kernel.toolchain = "current"`: a
+    /// root of its own (current Debian, the nodes' architecture), never
+    /// part of the image.
+    #[serde(default)]
+    pub buildroot: Option<RootSpec>,
     pub kernel: KernelSpec,
     #[serde(default)]
     pub sources: Vec<Source>,
@@ -87,12 +92,32 @@ pub struct KernelSpec {
     /// Config fragment merged over `make defconfig` (kind = "kerrighed").
     #[serde(default)]
     pub config: Option<PathBuf>,
-    /// The compiler inside the nodes root, e.g. `gcc-4.1` (kind = "kerrighed").
+    /// The compiler inside the root the kernel is built in, e.g. `gcc-4.1`
+    /// (kind = "kerrighed").
     #[serde(default)]
     pub cc: Option<String>,
+    /// Which toolchain builds the kerrighed kernel: the nodes root's own
+    /// (`era`), or a current Debian build root's with `patches` (`current`).
+    #[serde(default)]
+    pub toolchain: Toolchain,
+    /// A directory of patch files (`*.patch`, applied in name order with
+    /// `patch -p1` at the top of the kerrighed tree once it has made its
+    /// patched kernel): what a current compiler needs of a 2007 tree.
+    #[serde(default)]
+    pub patches: Option<PathBuf>,
     /// Extra arguments to kerrighed's `./configure`.
     #[serde(default)]
     pub configure_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Toolchain {
+    /// The nodes root's own compiler, make and binutils (lenny's gcc-4.1).
+    #[default]
+    Era,
+    /// A current Debian root of its own (`[buildroot]`), plus `patches`.
+    Current,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -380,7 +405,7 @@ impl Profile {
 
     /// Things to say on every run that uses this profile.
     pub fn warnings(&self) -> Vec<String> {
-        [("node1", &self.node1), ("nodes", &self.nodes)]
+        self.roots()
             .iter()
             .filter(|(_, r)| r.allow_unsigned)
             .map(|(section, r)| {
@@ -392,6 +417,16 @@ impl Profile {
             .collect()
     }
 
+    /// Every root the profile builds, with its section name: node1, nodes,
+    /// and the build root when there is one.
+    pub fn roots(&self) -> Vec<(&'static str, &RootSpec)> {
+        let mut roots = vec![("node1", &self.node1), ("nodes", &self.nodes)];
+        if let Some(build) = &self.buildroot {
+            roots.push(("buildroot", build));
+        }
+        roots
+    }
+
     /// Looks up a source by name.
     pub fn source(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.name == name)
@@ -400,10 +435,11 @@ impl Profile {
     /// Checks that serde cannot express: ranges, formats, cross-field rules.
     fn problems(&self) -> Vec<Problem> {
         let mut p = Problems::default();
-        for (section, root) in [("node1", &self.node1), ("nodes", &self.nodes)] {
+        for (section, root) in self.roots() {
             root.check(section, &mut p);
         }
         self.kernel.check(&mut p);
+        self.check_buildroot(&mut p);
         if self.kernel.kind == KernelKind::Kerrighed {
             for needed in ["linux", "kerrighed"] {
                 if self.source(needed).is_none() {
@@ -430,6 +466,33 @@ impl Profile {
         self.cluster.check(&mut p);
         self.iso.check(&mut p);
         p.0
+    }
+}
+
+impl Profile {
+    /// The build root goes with `toolchain = "current"`, and builds for the
+    /// nodes' architecture.
+    fn check_buildroot(&self, p: &mut Problems) {
+        let current = self.kernel.kind == KernelKind::Kerrighed
+            && self.kernel.toolchain == Toolchain::Current;
+        match &self.buildroot {
+            None if current => p.add(
+                "kernel.toolchain",
+                "toolchain = \"current\" builds in a root of its own: add a [buildroot] section (suite, arch, mirror, packages)",
+            ),
+            Some(_) if !current => p.add(
+                "buildroot",
+                "a [buildroot] is only used with kernel.kind = \"kerrighed\" and toolchain = \"current\": remove it, or set those",
+            ),
+            Some(build) if build.arch != self.nodes.arch => p.add(
+                "buildroot.arch",
+                format!(
+                    "the kernel is built for the nodes: [buildroot] arch must be [nodes] arch ({})",
+                    self.nodes.arch
+                ),
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -535,8 +598,14 @@ impl KernelSpec {
                 p.add("kernel.config", "kernel.kind = \"kerrighed\" needs `config`, the kernel config fragment (e.g. \"kernel-configs/krg-2.6.20.config\")");
             }
             if self.cc.is_none() {
-                p.add("kernel.cc", "kernel.kind = \"kerrighed\" needs `cc`, the compiler inside the nodes root (e.g. \"gcc-4.1\")");
+                p.add("kernel.cc", "kernel.kind = \"kerrighed\" needs `cc`, the compiler inside the root it is built in (e.g. \"gcc-4.1\")");
             }
+        }
+        if self.patches.is_some() && self.kind != KernelKind::Kerrighed {
+            p.add(
+                "kernel.patches",
+                "patches apply to the kerrighed tree: only with kind = \"kerrighed\"",
+            );
         }
         if let Some(cc) = &self.cc {
             if cc.is_empty() || cc.contains(char::is_whitespace) || cc.contains('/') {
@@ -887,6 +956,79 @@ mod tests {
     }
 
     #[test]
+    fn kerrighed_current_builds_2_4_4_with_a_current_toolchain_from_reachable_pins() {
+        let (cur, krg) = (shipped("kerrighed-current"), shipped("kerrighed"));
+        assert_eq!(krg.kernel.toolchain, Toolchain::Era);
+        assert!(krg.buildroot.is_none());
+        assert_eq!(cur.kernel.kind, KernelKind::Kerrighed);
+        assert_eq!(cur.kernel.toolchain, Toolchain::Current);
+        assert_eq!(
+            cur.kernel.patches.as_deref(),
+            Some(Path::new("kernel-patches"))
+        );
+        let build = cur.buildroot.as_ref().expect("a [buildroot]");
+        assert_eq!(
+            (build.suite.as_str(), build.arch.as_str()),
+            ("bookworm", "i386")
+        );
+        for needed in ["build-essential", "patch", "bzip2", "ccache"] {
+            assert!(build.packages.iter().any(|p| p == needed), "{needed}");
+        }
+        assert_eq!(cur.nodes.arch, "i386");
+        // The same kernel.org pin; 2.4.4 pinned in the profile itself.
+        assert_eq!(
+            cur.source("linux").unwrap().sha256,
+            krg.source("linux").unwrap().sha256
+        );
+        let k = cur.source("kerrighed").unwrap();
+        assert_eq!(k.file, "kerrighed-2.4.4.tar.gz");
+        assert_eq!(
+            k.sha256.as_deref(),
+            Some("26768f1641ca8ef6a0cf080b05a66e2e36a134a92041c02c99235eb30611c198")
+        );
+        assert!(k
+            .urls
+            .iter()
+            .all(|u| u.contains("9d8105406c4b30e99a0c0297de47c0009b4adf97")));
+        assert_eq!(cur.node1.packages, krg.node1.packages);
+    }
+
+    #[test]
+    fn a_build_root_goes_with_the_current_toolchain_and_the_nodes_arch() {
+        let current =
+            std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-current.toml"))
+                .unwrap();
+        let parse = |text: &str| Profile::parse(text, Path::new("profiles/edited.toml"));
+        let at = current.find("[buildroot]").unwrap();
+        let end = current[at..].find("[kernel]").unwrap() + at;
+        let without = format!("{}{}", &current[..at], &current[end..]);
+        let err = parse(&without).unwrap_err();
+        assert_eq!(err.key, "kernel.toolchain");
+        assert!(err.message.contains("add a [buildroot] section"), "{err}");
+
+        let era = current.replacen("toolchain = \"current\"", "toolchain = \"era\"", 1);
+        let err = parse(&era).unwrap_err();
+        assert_eq!(err.key, "buildroot");
+        assert_eq!(err.line, line_of_text(&era, "[buildroot]"));
+
+        let amd64 = current.replacen(
+            "[buildroot]\n# Where the kernel, kerrighed.ko and the tools are compiled; kept out of the image.\nsuite = \"bookworm\"\narch = \"i386\"",
+            "[buildroot]\nsuite = \"bookworm\"\narch = \"amd64\"",
+            1,
+        );
+        assert_ne!(amd64, current);
+        let err = parse(&amd64).unwrap_err();
+        assert_eq!(err.key, "buildroot.arch");
+        assert!(err.message.contains("[nodes] arch (i386)"), "{err}");
+
+        let err = error_after(
+            "kind = \"stock\"",
+            "kind = \"stock\"\npatches = \"kernel-patches\"",
+        );
+        assert_eq!(err.key, "kernel.patches");
+    }
+
+    #[test]
     fn the_smoke_profile_is_the_same_image_with_a_stock_kernel() {
         let (smoke, krg) = (shipped("smoke"), shipped("kerrighed"));
         assert_eq!(smoke.kernel.kind, KernelKind::Stock);
@@ -1039,7 +1181,8 @@ mod tests {
         assert_eq!(resolve(path.to_str().unwrap(), &root).unwrap(), path);
         let err = resolve("nope", &root).unwrap_err().to_string();
         assert!(
-            err.contains("profile `nope` not found") && err.contains("kerrighed, smoke"),
+            err.contains("profile `nope` not found")
+                && err.contains("kerrighed, kerrighed-current, smoke"),
             "{err}"
         );
     }
