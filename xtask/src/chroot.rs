@@ -316,6 +316,8 @@ pub struct Chroot<'a> {
     shell: &'a StageShell,
     /// An i386 root on an x86_64 host: commands run under `setarch i686`.
     linux32: bool,
+    /// Variables set for every command, over the clean defaults.
+    env: Vec<(String, String)>,
     _mounts: ChrootMounts,
 }
 
@@ -337,8 +339,14 @@ impl<'a> Chroot<'a> {
             root: root.to_owned(),
             shell,
             linux32,
+            env: Vec::new(),
             _mounts: mounts,
         })
+    }
+
+    /// Sets `key` for every later command (a `PATH` here replaces the default).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// `args` run inside the root, with a clean environment and no prompts.
@@ -350,15 +358,14 @@ impl<'a> Chroot<'a> {
         } else {
             cmd!(sh, "chroot {root} {args...}")
         };
-        base.env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+        let base = base
+            .env_clear()
+            .env("PATH", CHROOT_PATH)
             .env("HOME", "/root")
             .env("LC_ALL", "C")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("DEBCONF_NONINTERACTIVE_SEEN", "true")
+            .env("DEBCONF_NONINTERACTIVE_SEEN", "true");
+        self.env.iter().fold(base, |cmd, (k, v)| cmd.env(k, v))
     }
 
     /// `args` run in directory `dir` inside the root. With `answer_defaults`
@@ -383,6 +390,9 @@ impl<'a> Chroot<'a> {
         self.shell.read(self.cmd(args))
     }
 }
+
+/// The `PATH` commands in a root get.
+pub const CHROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Whether an `arch` root needs `setarch i686` here, or cannot run at all.
 pub fn needs_linux32(arch: &str) -> Result<bool> {

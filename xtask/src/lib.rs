@@ -17,6 +17,7 @@ pub mod interrupt;
 pub mod iso;
 pub mod kernel;
 pub mod kernel_config;
+pub mod kernel_patches;
 pub mod modules_makefile;
 pub mod node1;
 pub mod packages;

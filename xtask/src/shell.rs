@@ -80,13 +80,13 @@ impl StageShell {
 
     /// Runs a command to completion; its output goes to the log.
     pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
-        self.exec(cmd, None, None)
+        self.exec(cmd, None, None, true).map(drop)
     }
 
     /// Runs a command and returns its standard output (stderr goes to the log).
     pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
         let mut out = Vec::new();
-        self.exec(cmd, Some(&mut out), None)?;
+        self.exec(cmd, Some(&mut out), None, true)?;
         Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
     }
 
@@ -94,9 +94,20 @@ impl StageShell {
     /// with tee, the terminal) and also returns all it printed.
     pub fn run_collect(&self, cmd: Cmd<'_>) -> Result<String> {
         let seen = Arc::new(Mutex::new(String::new()));
-        self.exec(cmd, None, Some(&seen))?;
+        self.exec(cmd, None, Some(&seen), true)?;
         let text = seen.lock().map(|s| s.clone()).unwrap_or_default();
         Ok(text)
+    }
+
+    /// Runs a command whose failure is an answer, not an error (a
+    /// `patch --dry-run`, say): whether it succeeded, and all it printed.
+    /// Only what stops everything (Ctrl-C, a command that cannot start)
+    /// is an error.
+    pub fn try_collect(&self, cmd: Cmd<'_>) -> Result<(bool, String)> {
+        let seen = Arc::new(Mutex::new(String::new()));
+        let ok = self.exec(cmd, None, Some(&seen), false)?;
+        let text = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok((ok, text))
     }
 
     fn exec(
@@ -104,7 +115,8 @@ impl StageShell {
         cmd: Cmd<'_>,
         capture: Option<&mut Vec<u8>>,
         collect: Option<&Arc<Mutex<String>>>,
-    ) -> Result<()> {
+        fail_on_error: bool,
+    ) -> Result<bool> {
         interrupt::check()?;
         let line = cmd.to_string();
         self.write_log(&format!("$ {line}"));
@@ -143,7 +155,7 @@ impl StageShell {
         if interrupt::is_interrupted() {
             return Err(Interrupted.into());
         }
-        if !status.success() {
+        if !status.success() && fail_on_error {
             return Err(CommandFailed {
                 command: line,
                 status: describe(status),
@@ -151,7 +163,7 @@ impl StageShell {
             }
             .into());
         }
-        Ok(())
+        Ok(status.success())
     }
 
     /// Copies a child's output stream into the log, line by line.

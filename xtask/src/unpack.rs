@@ -47,6 +47,30 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked> {
     result
 }
 
+/// Unpacks `archive` into `parent`, naming the tree as the archive does:
+/// its single top-level directory (`kerrighed-2.4.4/…`), else the
+/// archive's file name without `.tar.gz`, `.tar.bz2`, … Returns the tree.
+pub fn unpack_named(archive: &Path, parent: &Path) -> Result<PathBuf> {
+    let staging = parent.join(".unpacking");
+    let unpacked = unpack(archive, &staging)?;
+    let name = unpacked.top.unwrap_or_else(|| archive_stem(archive));
+    let dest = parent.join(name);
+    files::replace_with(&staging, &dest)?;
+    Ok(dest)
+}
+
+fn archive_stem(archive: &Path) -> String {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    [".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(&name)
+        .to_owned()
+}
+
 fn open(archive: &Path) -> Result<Box<dyn Read>> {
     let name = archive
         .file_name()
@@ -191,6 +215,34 @@ fn single_top_dir(dir: &Path) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_is_named_by_its_top_directory_else_by_the_archive() {
+        let t = tempfile::tempdir().unwrap();
+        let tarball = |name: &str, paths: &[&str]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for p in paths {
+                let mut h = tar::Header::new_gnu();
+                h.set_path(p).unwrap();
+                h.set_size(1);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            }
+            let path = t.path().join(name);
+            fs::write(&path, b.into_inner().unwrap()).unwrap();
+            path
+        };
+        let krg = tarball("kerrighed-2.4.4.tar", &["kerrighed-2.4.9/configure"]);
+        let tree = unpack_named(&krg, &t.path().join("work")).unwrap();
+        assert_eq!(tree, t.path().join("work/kerrighed-2.4.9"));
+        assert!(tree.join("configure").is_file());
+        let flat = tarball("flat-1.0.tar", &["a", "b"]);
+        let tree = unpack_named(&flat, &t.path().join("work")).unwrap();
+        assert_eq!(tree, t.path().join("work/flat-1.0"));
+        assert!(tree.join("a").is_file() && tree.join("b").is_file());
+        assert!(!t.path().join("work/.unpacking").exists());
+    }
 
     #[test]
     fn paths_and_symlinks() {
