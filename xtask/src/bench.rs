@@ -2,8 +2,10 @@
 //! real binary on a build dir and reads each stage's time from its stamp:
 //! cold `build` (fresh build dir, download cache warm), no-op `build`,
 //! `iso` after an overlay file changed, `allbutkernel` after the node1
-//! package list changed. Checks on the way that a no-op runs no stage and
-//! that neither `iso` nor `allbutkernel` touches the kernel.
+//! package list changed, and for a kerrighed profile the kernel again after
+//! `clean kernel` (compiler cache warm; the cold build starts with it
+//! empty). Checks on the way that a no-op runs no stage and that neither
+//! `iso` nor `allbutkernel` touches the kernel.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,8 +33,9 @@ pub struct Bench {
     /// The download cache to use warm (the full bench links its build
     /// dir's cache to it).
     pub cache: PathBuf,
-    /// The kerrighed kind needs its source tarballs fetched too.
-    pub fetches_sources: bool,
+    /// The kerrighed kind: its source tarballs are fetched too, and its
+    /// kernel is rebuilt once more from a warm compiler cache.
+    pub kerrighed: bool,
 }
 
 /// One measured command.
@@ -130,6 +133,23 @@ impl Bench {
                 "`allbutkernel` touched the kernel's outputs"
             );
             scenarios.push(abk);
+            if self.kerrighed {
+                self.measure(
+                    "clean kernel (not measured)",
+                    &self.profile,
+                    &["clean", "kernel"],
+                )?;
+                let warm = self.measure(
+                    "kernel after `clean kernel` (compiler cache warm)",
+                    &self.profile,
+                    &["kernel"],
+                )?;
+                ensure!(
+                    warm.stages.contains_key("kernel"),
+                    "`kernel` after `clean kernel` did not rebuild the kernel"
+                );
+                scenarios.push(warm);
+            }
         }
         let image = self.build.join("out");
         let image_bytes = fs::read_dir(&image)
@@ -200,11 +220,13 @@ impl Bench {
                 self.cache.display()
             );
             self.measure("warm-up", &self.profile, &["packages"])?;
-            if self.fetches_sources {
+            if self.kerrighed {
                 self.measure("warm-up", &self.profile, &["fetch"])?;
             }
             files::remove_tree(&self.build)?;
         }
+        // The cold build compiles the kernel from nothing.
+        files::remove_tree(&self.layout().compiler_cache)?;
         fs::create_dir_all(&self.build)?;
         Ok(())
     }

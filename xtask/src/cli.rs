@@ -48,8 +48,13 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub build_dir: Option<PathBuf>,
     /// Never open a network connection: sources must be in the download cache
+    /// (or in --sources-dir)
     #[arg(long, global = true)]
     pub offline: bool,
+    /// A directory of source tarballs to use before the mirrors (checked
+    /// against the same sha256 pins), for machines that cannot reach them
+    #[arg(long, global = true, value_name = "DIR", env = "KRGISO_SOURCES_DIR")]
+    pub sources_dir: Option<PathBuf>,
     /// Show the output of every command, not only a spinner
     #[arg(short, long, global = true)]
     pub verbose: bool,
@@ -174,6 +179,10 @@ fn report(err: &anyhow::Error) {
 
 fn run(cli: Cli) -> Result<()> {
     let project = crate::project_root();
+    if let Some(dir) = &cli.sources_dir {
+        // The bench and the test suite run this binary again: they see it too.
+        std::env::set_var(fetch::SOURCES_DIR_ENV, std::path::absolute(dir)?);
+    }
     if let Command::Test { only } = &cli.command {
         return testsuite::run(&project, only.as_deref(), cli.dry_run);
     }
@@ -188,11 +197,23 @@ fn run(cli: Cli) -> Result<()> {
         .map(std::path::absolute)
         .transpose()?;
     let layout = Layout::new(&project, build_dir.as_deref());
+    let sources_dir = cli
+        .sources_dir
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()?;
+    if let Some(dir) = sources_dir.as_deref().filter(|d| !d.is_dir()) {
+        bail!(
+            "the pre-download directory {} does not exist (--sources-dir / KRGISO_SOURCES_DIR)",
+            dir.display()
+        );
+    }
     let engine = pipeline::engine(BuildContext {
         profile: profile.clone(),
         profile_path: profile_path.clone(),
         layout,
         offline: cli.offline,
+        sources_dir: sources_dir.clone(),
     });
     let options = RunOptions {
         force: cli.force,
@@ -211,7 +232,19 @@ fn run(cli: Cli) -> Result<()> {
             return clean(&engine, stage.as_deref(), *all, cli.dry_run)
         }
         Command::Fetch { lock_new } => {
-            return fetch_sources(&profile, &profile_path, &engine.layout, *lock_new, &cli)
+            let options = FetchOptions {
+                offline: cli.offline,
+                lock_new: *lock_new,
+                sources_dir,
+                ..FetchOptions::default()
+            };
+            return fetch_sources(
+                &profile,
+                &profile_path,
+                &engine.layout,
+                &options,
+                cli.dry_run,
+            );
         }
         Command::Qemu {
             nodes,
@@ -281,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 quick: *quick,
                 cache: layout.downloads.clone(),
-                fetches_sources: profile.kernel.kind == KernelKind::Kerrighed,
+                kerrighed: profile.kernel.kind == KernelKind::Kerrighed,
             };
             if cli.dry_run {
                 println!("would bench in {}", bench.build.display());
@@ -314,13 +347,13 @@ fn fetch_sources(
     profile: &Profile,
     profile_path: &Path,
     layout: &Layout,
-    lock_new: bool,
-    cli: &Cli,
+    options: &FetchOptions,
+    dry_run: bool,
 ) -> Result<()> {
     let lock_path = SourcesLock::beside(profile_path);
     let mut lock = SourcesLock::load(&lock_path)?;
     let cache = Cache::new(&layout.downloads);
-    if cli.dry_run {
+    if dry_run {
         println!("would fetch into {}:", cache.dir.display());
         for s in &profile.sources {
             let pin = fetch::pin_of(s, &lock).unwrap_or("no pin yet");
@@ -328,12 +361,7 @@ fn fetch_sources(
         }
         return Ok(());
     }
-    let options = FetchOptions {
-        offline: cli.offline,
-        lock_new,
-        ..FetchOptions::default()
-    };
-    for v in fetch::fetch(&profile.sources, &mut lock, &cache, &options)? {
+    for v in fetch::fetch(&profile.sources, &mut lock, &cache, options)? {
         println!("verified {}  sha256 {}", v.path.display(), v.sha256);
     }
     Ok(())

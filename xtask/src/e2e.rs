@@ -90,6 +90,7 @@ impl SmokeRun {
             profile_path: profile::resolve("smoke", &self.project)?,
             layout: self.layout(),
             offline: false,
+            sources_dir: None,
         });
         let tools: Vec<_> = pipeline::stages(&cx)
             .iter()
@@ -607,18 +608,21 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
             0o644,
         )],
     )?;
+    // The tree's directory is not the file's name: the stage must take it
+    // from the tarball.
+    let top = "kerrighed-standin-2.4.1";
     let krg = tarball(
         "kerrighed-2.4.1.tar.gz",
         &[
-            ("kerrighed-2.4.1/configure", standin::CONFIGURE, 0o755),
-            ("kerrighed-2.4.1/Makefile", standin::MAKEFILE, 0o644),
+            (&format!("{top}/configure"), standin::CONFIGURE, 0o755),
+            (&format!("{top}/Makefile"), standin::MAKEFILE, 0o644),
             (
-                "kerrighed-2.4.1/kernel/Makefile",
+                &format!("{top}/kernel/Makefile"),
                 standin::KERNEL_MAKEFILE,
                 0o644,
             ),
             (
-                "kerrighed-2.4.1/modules/Makefile.in",
+                &format!("{top}/modules/Makefile.in"),
                 standin::MODULES_MAKEFILE_IN,
                 0o644,
             ),
@@ -691,9 +695,9 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let src = "/usr/src/kerrighed-2.4.1";
+    let src = format!("/usr/src/{top}");
     let expected = [
-        format!("configure --with-kernel=/usr/src/linux-2.6.20 --with-kernel-config=oldconfig CC=gcc-4.1 | cwd={src} | inside | tarball=yes | modules-shell=/bin/bash"),
+        format!("configure --with-kernel-config=oldconfig CC=gcc-4.1 | cwd={src} | inside | tarball=yes | modules-shell=/bin/bash"),
         format!("make -C kernel defconfig CC=gcc-4.1 | cwd={src}/kernel | inside | CC=gcc-4.1"),
         format!("make -C kernel oldconfig CC=gcc-4.1 | cwd={src}/kernel | inside | CC=gcc-4.1"),
         "oldconfig fed=yes".to_owned(),
@@ -715,10 +719,14 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
         ensure!(root.join(path).exists(), "{path} is not in the nodes root");
     }
     let staged = build.join("kernel");
-    let vmlinuz = fs::read_to_string(staged.join("vmlinuz-2.6.20-krg"))?;
+    let version = crate::kernel::bzimage_release(&staged.join("vmlinuz-2.6.20-krg"))?;
     ensure!(
-        vmlinuz == "stand-in bzImage built with gcc-4.1\n",
-        "the staged kernel is not the one built: {vmlinuz:?}"
+        version == "2.6.20-krg (stand-in built with gcc-4.1) #1",
+        "the staged kernel is not the one built: {version:?}"
+    );
+    ensure!(
+        fs::read_to_string(staged.join("System.map-2.6.20-krg"))? == "stand-in System.map\n",
+        "the staged System.map is not the one built"
     );
     ensure!(
         fs::read_to_string(staged.join("release"))?.trim() == "2.6.20-krg",

@@ -33,6 +33,10 @@ pub struct Layout {
     pub out: PathBuf,
     /// Download cache, beside the build dir; shared by all profiles, kept by `clean --all`.
     pub downloads: PathBuf,
+    /// The compiler cache (ccache) the kernel is built with, beside the
+    /// build dir: kept by `clean kernel` and `clean --all`, so a rebuild
+    /// of the kernel compiles only what changed.
+    pub compiler_cache: PathBuf,
 }
 
 impl Layout {
@@ -44,12 +48,14 @@ impl Layout {
                 build: project.join("build"),
                 out: project.join("out"),
                 downloads: project.join("downloads"),
+                compiler_cache: project.join("ccache"),
             },
             Some(build) => Layout {
                 project: project.to_owned(),
                 build: build.to_owned(),
                 out: build.join("out"),
                 downloads: build.parent().unwrap_or(Path::new(".")).join("downloads"),
+                compiler_cache: build.parent().unwrap_or(Path::new(".")).join("ccache"),
             },
         }
     }

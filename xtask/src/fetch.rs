@@ -1,7 +1,9 @@
 //! Getting the sources: each `[[sources]]` file from its mirrors, in order,
 //! into the download cache, verified against its sha256 pin. Only a file
 //! whose sha256 matches is ever renamed into the cache; a cached file is
-//! verified again before every use.
+//! verified again before every use. A pre-download directory (like
+//! Buildroot's `BR2_DL_DIR`), when given, is tried before the mirrors, and
+//! its files are held to the same pins.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +21,10 @@ use crate::interrupt::{self, Interrupted};
 use crate::profile::Source;
 use crate::shell;
 
+/// The environment variable that names the pre-download directory (the
+/// `--sources-dir` option reads it too).
+pub const SOURCES_DIR_ENV: &str = "KRGISO_SOURCES_DIR";
+
 /// How to fetch.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -33,6 +39,9 @@ pub struct FetchOptions {
     pub connect_timeout: Duration,
     /// Longest silence while waiting for headers or for the next bytes.
     pub read_timeout: Duration,
+    /// A directory of source tarballs tried before the mirrors (and the
+    /// only place besides the cache that `offline` may take them from).
+    pub sources_dir: Option<PathBuf>,
 }
 
 impl Default for FetchOptions {
@@ -44,6 +53,7 @@ impl Default for FetchOptions {
             backoff: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(30),
+            sources_dir: None,
         }
     }
 }
@@ -224,15 +234,24 @@ pub fn fetch(
             continue;
         }
 
-        if opts.offline {
-            offline_missing.push(source);
-            continue;
-        }
-        if client.is_none() {
-            client = Some(http_client(opts)?);
-        }
-        let http = client.as_ref().context("internal: no HTTP client")?;
-        let (part, sha, url) = download(http, source, pin.as_deref(), cache, opts)?;
+        let local = match &opts.sources_dir {
+            Some(dir) => take_local(dir, source, pin.as_deref(), cache)?,
+            None => None,
+        };
+        let (part, sha, url) = match local {
+            Some(got) => got,
+            None if opts.offline => {
+                offline_missing.push(source);
+                continue;
+            }
+            None => {
+                if client.is_none() {
+                    client = Some(http_client(opts)?);
+                }
+                let http = client.as_ref().context("internal: no HTTP client")?;
+                download(http, source, pin.as_deref(), cache, opts)?
+            }
+        };
         match pin {
             Some(_) => admit(&part, &dest)?,
             None if opts.lock_new => {
@@ -260,8 +279,12 @@ pub fn fetch(
                 s.urls.join(" or ")
             ));
         }
+        let pre = match &opts.sources_dir {
+            Some(dir) => format!(" or in the pre-download directory {}", dir.display()),
+            None => " or in a pre-download directory (--sources-dir DIR)".to_owned(),
+        };
         msg.push_str(&format!(
-            "\nrun `cargo xtask fetch` where there is internet, or put the files in {}",
+            "\nrun `cargo xtask fetch` where there is internet, or put the files in {}{pre}",
             cache.dir.display()
         ));
         bail!(msg);
@@ -278,6 +301,54 @@ pub fn fetch(
         bail!(msg);
     }
     Ok(verified)
+}
+
+/// A source's file from the pre-download directory, copied to its `.part`
+/// in the cache and hashed on the way: `(part, sha256, where it came
+/// from)`. A file that does not match its pin is refused like a bad
+/// download (said, not used; it is left where it is, the directory is the
+/// user's); a missing one is simply not there.
+fn take_local(
+    dir: &Path,
+    source: &Source,
+    pin: Option<&str>,
+    cache: &Cache,
+) -> Result<Option<(PathBuf, String, String)>> {
+    let path = dir.join(&source.file);
+    let mut input = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let part = cache.part(&source.file);
+    let mut out = File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        interrupt::check()?;
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .with_context(|| format!("writing {} (is the disk full?)", part.display()))?;
+    }
+    out.sync_all()
+        .with_context(|| format!("writing {}", part.display()))?;
+    let sha = hex::encode(hasher.finalize());
+    if let Some(pin) = pin.filter(|p| *p != sha) {
+        fs::remove_file(&part).with_context(|| format!("removing {}", part.display()))?;
+        eprintln!(
+            "warning: {} does not match its pin (expected sha256 {pin}, got {sha}): not used",
+            path.display()
+        );
+        return Ok(None);
+    }
+    eprintln!("fetch: {} from {}", source.file, dir.display());
+    Ok(Some((part, sha, path.display().to_string())))
 }
 
 /// Moves a verified file into the cache under its own name.

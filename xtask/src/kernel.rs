@@ -1,12 +1,21 @@
-//! The kernel stage: linux-2.6.20 + kerrighed-2.4.1 built inside the nodes
-//! root with its own compiler (kind = "kerrighed"), or the nodes root's own
-//! Debian kernel with an NFS-root initramfs (kind = "stock"); staged for TFTP
-//! in `build/kernel/`.
+//! The kernel stage: linux-2.6.20 + Kerrighed 2.4.x (kind = "kerrighed"),
+//! or the nodes root's own Debian kernel with an NFS-root initramfs (kind =
+//! "stock"); staged for TFTP in `build/kernel/`.
 //!
 //! The kerrighed flow is the seeds' "Compile the Kerrighed kernel" section
 //! (000, 001), non-interactive, with KERRIGHED.md's corrections: configure
 //! prepares the kernel tree itself from /usr/src/linux-2.6.20.tar.bz2,
-//! `CC=` goes to every make, and the merged config is verified.
+//! `CC=` goes to every make, and the merged config is verified. It runs
+//! with one of two toolchains:
+//! - `era`: inside the nodes root (lenny), with its own gcc and make;
+//! - `current`: inside a build root of current Debian, which installs into
+//!   the nodes root (`DESTDIR`); configure leaves the kernel to krgiso's own
+//!   steps, so the project's patches go in between kerrighed making its
+//!   patched kernel tree and that tree's first make.
+//!
+//! A compiler cache (ccache, when the root has it) lives outside the build
+//! dir, so a rebuild after `clean kernel` or a config change compiles only
+//! what changed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,31 +23,38 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::chroot::{Chroot, ExtraBind};
+use crate::chroot::{Chroot, ExtraBind, CHROOT_PATH};
 use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
 use crate::fetch::{self, Cache, FetchOptions};
 use crate::files;
 use crate::host::HostTool;
 use crate::kernel_config;
+use crate::kernel_patches::PatchSet;
 use crate::modules_makefile::{self, ShellLine};
-use crate::packages::{root_dir, NODES_ROOT};
+use crate::packages::{root_dir, BUILD_ROOT, NODES_ROOT};
 use crate::pipeline::BuildContext;
-use crate::profile::KernelKind;
+use crate::profile::{KernelKind, Toolchain};
 use crate::shell::StageShell;
 use crate::unpack;
 
 pub const KERNEL: &str = "kernel";
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
 pub const KRG_RELEASE: &str = "2.6.20-krg";
-/// Where the sources sit inside the nodes chroot (a bind mount of the work dir).
+/// Where the sources sit inside the build chroot (a bind mount of the work dir).
 const SRC: &str = "/usr/src";
-const LINUX_TARBALL: &str = "linux-2.6.20.tar.bz2";
-const LINUX_DIR: &str = "linux-2.6.20";
-const KRG_DIR: &str = "kerrighed-2.4.1";
-/// What `make install` must leave in the nodes root (seed 001's list).
+/// Where the project's patches are seen inside the chroot (under SRC).
+const PATCHES_INSIDE: &str = "/usr/src/krgiso-patches";
+/// Where a build root sees the nodes root it installs into (`DESTDIR`).
+const DESTDIR: &str = "/krgiso/nodes-root";
+/// Where the root sees the compiler cache.
+const CCACHE_INSIDE: &str = "/var/cache/krgiso-ccache";
+/// What `make install` must leave in the nodes root (seed 001's list, and
+/// the Kerrighed module itself).
 pub const KRG_INSTALLED: &[&str] = &[
     "boot/vmlinuz-2.6.20-krg",
+    "boot/System.map-2.6.20-krg",
     "lib/modules/2.6.20-krg",
+    "lib/modules/2.6.20-krg/extra/kerrighed.ko",
     "etc/init.d/kerrighed",
     "etc/default/kerrighed",
     "usr/local/bin/krgadm",
@@ -49,7 +65,7 @@ pub const KRG_INSTALLED: &[&str] = &[
 pub struct Kernel(pub Arc<BuildContext>);
 
 /// Where the kernel stage leaves the node kernel (and its initrd, config,
-/// release) for node1's TFTP root.
+/// System.map, release) for node1's TFTP root.
 pub fn staged_dir(layout: &Layout) -> PathBuf {
     layout.build.join("kernel")
 }
@@ -58,10 +74,16 @@ impl Kernel {
     fn nodes_root(&self) -> PathBuf {
         root_dir(&self.0.layout, "nodes")
     }
-    /// Scratch space for the kernel and kerrighed trees: seen as /usr/src in
-    /// the chroot, so a gigabyte of objects never lands in the nodes root.
+    /// Scratch space for the kerrighed tree: seen as /usr/src in the
+    /// chroot, so a gigabyte of objects never lands in a root.
     fn work_dir(&self) -> PathBuf {
         self.0.layout.build.join("kernel-work")
+    }
+    fn toolchain(&self) -> Toolchain {
+        self.0.profile.kernel.toolchain
+    }
+    fn is_kerrighed(&self) -> bool {
+        self.0.profile.kernel.kind == KernelKind::Kerrighed
     }
 }
 
@@ -70,7 +92,11 @@ impl Stage for Kernel {
         "kernel"
     }
     fn about(&self) -> &'static str {
-        "build the node kernel in the nodes root and stage it for TFTP"
+        "build the node kernel and stage it for TFTP"
+    }
+    fn recipe(&self) -> u32 {
+        // 2: System.map staged; kerrighed.ko checked; toolchains.
+        2
     }
     fn needs_root(&self) -> bool {
         true
@@ -84,7 +110,7 @@ impl Stage for Kernel {
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         let kernel = &self.0.profile.kernel;
         inputs.value("profile [kernel]", kernel);
-        if kernel.kind == KernelKind::Kerrighed {
+        if self.is_kerrighed() {
             // The bytes the kernel is built from: file name and effective pin
             // (the profile's sha256, else sources.lock's). Mirrors may change.
             let lock = self.0.sources_lock()?;
@@ -96,6 +122,12 @@ impl Stage for Kernel {
             }
             if let Some(config) = &kernel.config {
                 inputs.file(&self.0.layout.project.join(config))?;
+            }
+            if let Some(patches) = &kernel.patches {
+                inputs.tree(&self.0.layout.project.join(patches))?;
+            }
+            if self.toolchain() == Toolchain::Current {
+                inputs.output_of("packages", BUILD_ROOT);
             }
         }
         inputs.output_of("packages", NODES_ROOT);
@@ -120,6 +152,7 @@ impl Kernel {
     fn build_kerrighed(&self, shell: &StageShell, out: &Path) -> Result<String> {
         let cx = &self.0;
         let spec = &cx.profile.kernel;
+        let current = self.toolchain() == Toolchain::Current;
         let cc = spec.cc.as_deref().context("kernel.cc is not set")?;
         let fragment_path = cx
             .layout
@@ -131,8 +164,12 @@ impl Kernel {
                 fragment_path.display()
             )
         })?;
+        let patches = spec
+            .patches
+            .as_ref()
+            .map(|dir| PatchSet::load(&cx.layout.project.join(dir)))
+            .transpose()?;
 
-        shell.step("verify the sources (linux-2.6.20, kerrighed-2.4.1)");
         let sources: Vec<_> = ["linux", "kerrighed"]
             .iter()
             .map(|n| {
@@ -142,9 +179,14 @@ impl Kernel {
                     .with_context(|| format!("no [[sources]] entry named {n}"))
             })
             .collect::<Result<_>>()?;
+        shell.step(&format!(
+            "verify the sources ({}, {})",
+            sources[0].file, sources[1].file
+        ));
         let mut lock = cx.sources_lock()?;
         let options = FetchOptions {
             offline: cx.offline,
+            sources_dir: cx.sources_dir.clone(),
             ..FetchOptions::default()
         };
         let verified = fetch::fetch(
@@ -158,26 +200,69 @@ impl Kernel {
         let work = self.work_dir();
         files::remove_tree(&work)?;
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-        shell.step("unpack linux-2.6.20 and kerrighed-2.4.1");
-        unpack::unpack(linux, &work.join(LINUX_DIR))?;
-        unpack::unpack(krg, &work.join(KRG_DIR))?;
+        shell.step(&format!("unpack {}", sources[1].file));
+        let tree = unpack::unpack_named(krg, &work)?;
+        let tree_name = tree
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("the kerrighed tree has no name")?;
         // Kerrighed's build links this instead of downloading an unverified copy.
-        fs::copy(linux, work.join(LINUX_TARBALL))
+        fs::copy(linux, work.join(&sources[0].file))
             .context("placing the verified linux tarball in /usr/src")?;
-        for line in modules_makefile::use_bash(&work.join(KRG_DIR))? {
+        for line in modules_makefile::use_bash(&tree)? {
             shell.note(&line.describe());
             if matches!(line, ShellLine::PatternNotFound { .. }) {
                 eprintln!("{}", line.describe());
             }
         }
+        if let Some(set) = &patches {
+            let copy = work.join("krgiso-patches");
+            fs::create_dir_all(&copy)?;
+            for file in &set.files {
+                if let Some(name) = file.file_name() {
+                    fs::copy(file, copy.join(name))
+                        .with_context(|| format!("copying {}", file.display()))?;
+                }
+            }
+        }
 
-        let bind = ExtraBind {
+        let cache = &cx.layout.compiler_cache;
+        let mut binds = vec![ExtraBind {
             host: work.clone(),
             inside: SRC.into(),
+        }];
+        let build_root = if current {
+            binds.push(ExtraBind {
+                host: self.nodes_root(),
+                inside: DESTDIR.into(),
+            });
+            root_dir(&cx.layout, "build")
+        } else {
+            self.nodes_root()
         };
-        let chroot = Chroot::enter(&self.nodes_root(), &cx.profile.nodes.arch, &[bind], shell)?;
-        require_compiler(&chroot, cc)?;
-        let krg_dir = format!("{SRC}/{KRG_DIR}");
+        let with_ccache = build_root.join("usr/lib/ccache").is_dir();
+        if with_ccache {
+            fs::create_dir_all(cache)
+                .with_context(|| format!("creating the compiler cache {}", cache.display()))?;
+            binds.push(ExtraBind {
+                host: cache.clone(),
+                inside: CCACHE_INSIDE.into(),
+            });
+        }
+        let arch = match &cx.profile.buildroot {
+            Some(b) if current => &b.arch,
+            _ => &cx.profile.nodes.arch,
+        };
+        let mut chroot = Chroot::enter(&build_root, arch, &binds, shell)?;
+        if with_ccache {
+            chroot.set_env("PATH", &format!("/usr/lib/ccache:{CHROOT_PATH}"));
+            chroot.set_env("CCACHE_DIR", CCACHE_INSIDE);
+            // Zeroed per build, so the stage can say how much it reused.
+            chroot.run(&["ccache", "--zero-stats"])?;
+        }
+        let root_name = if current { "build root" } else { "nodes root" };
+        require_compiler(&chroot, cc, root_name)?;
+        let krg_dir = format!("{SRC}/{tree_name}");
         let cc_arg = format!("CC={cc}");
         let jobs = format!(
             "-j{}",
@@ -185,25 +270,54 @@ impl Kernel {
                 .map(|n| n.get())
                 .unwrap_or(1)
         );
+        let make = |what: &str, args: &[&str], answer_defaults: bool| -> Result<()> {
+            shell.step(what);
+            shell.run(chroot.cmd_in(&krg_dir, args, answer_defaults))
+        };
+        let extra: Vec<&str> = spec.configure_args.iter().map(String::as_str).collect();
+        let apply_patches = || -> Result<()> {
+            match &patches {
+                Some(set) => set
+                    .apply(&chroot, shell, &krg_dir, PATCHES_INSIDE)
+                    .map(drop),
+                None => Ok(()),
+            }
+        };
 
-        shell.step("configure kerrighed");
-        let with_kernel = format!("--with-kernel={SRC}/{LINUX_DIR}");
-        let mut configure = vec![
-            "./configure",
-            &with_kernel,
-            "--with-kernel-config=oldconfig",
-            &cc_arg,
-        ];
-        configure.extend(spec.configure_args.iter().map(String::as_str));
-        shell.run(chroot.cmd_in(&krg_dir, &configure, true))?;
+        if current {
+            // configure would prepare (and first make) the kernel tree
+            // itself; here that waits until the patches are in.
+            let mut configure = vec!["./configure", "--disable-kernel", &cc_arg];
+            configure.extend(&extra);
+            make(
+                "configure kerrighed (the kernel by krgiso's steps)",
+                &configure,
+                false,
+            )?;
+            make(
+                "make kernel-src: the kernel tree with kerrighed's patches",
+                &["make", "kernel-src", &cc_arg],
+                false,
+            )?;
+            apply_patches()?;
+            make(
+                "make kernel-prepare: the kernel's build dir",
+                &["make", "kernel-prepare", &cc_arg],
+                false,
+            )?;
+        } else {
+            let mut configure = vec!["./configure", "--with-kernel-config=oldconfig", &cc_arg];
+            configure.extend(&extra);
+            make("configure kerrighed", &configure, true)?;
+            apply_patches()?;
+        }
 
-        shell.step("kernel config: defconfig, then the fragment, then oldconfig");
-        shell.run(chroot.cmd_in(
-            &krg_dir,
+        make(
+            "kernel config: defconfig, then the fragment, then oldconfig",
             &["make", "-C", "kernel", "defconfig", &cc_arg],
             false,
-        ))?;
-        let config_path = work.join(KRG_DIR).join("kernel/.config");
+        )?;
+        let config_path = tree.join("kernel/.config");
         let defconfig = fs::read_to_string(&config_path)
             .with_context(|| format!("make defconfig left no {}", config_path.display()))?;
         fs::write(&config_path, kernel_config::merge(&defconfig, &fragment))
@@ -224,37 +338,48 @@ impl Kernel {
                 config_path.display()
             );
         }
-        fs::write(out.join(format!("config-{KRG_RELEASE}")), &resolved)
-            .context("keeping the resolved config")?;
+        let staged_config = out.join(format!("config-{KRG_RELEASE}"));
+        fs::write(&staged_config, &resolved).context("keeping the resolved config")?;
         shell.step(&format!(
             "kernel config verified: {}",
             cx.layout
                 .show(&staged_dir(&cx.layout).join(format!("config-{KRG_RELEASE}")))
         ));
 
-        for (what, args) in [
-            (
-                "build the kernel (make kernel)",
-                vec!["make", &jobs, "kernel", &cc_arg],
-            ),
-            ("build kerrighed (make)", vec!["make", &jobs, &cc_arg]),
-            (
-                "install the kernel (make kernel-install)",
-                vec!["make", "kernel-install", &cc_arg],
-            ),
-            (
-                "install kerrighed (make install)",
-                vec!["make", "install", &cc_arg],
-            ),
-        ] {
-            shell.step(what);
-            shell.run(chroot.cmd_in(&krg_dir, &args, false))?;
+        make(
+            "build the kernel (make kernel)",
+            &["make", &jobs, "kernel", &cc_arg],
+            false,
+        )?;
+        make(
+            "build kerrighed.ko, the scheduler modules, libkerrighed and the tools (make)",
+            &["make", &jobs, &cc_arg],
+            false,
+        )?;
+        let destdir = format!("DESTDIR={DESTDIR}");
+        let install = |what: &str, target: &str| -> Result<()> {
+            let mut args = vec!["make", target, cc_arg.as_str()];
+            if current {
+                args.push(&destdir);
+            }
+            make(what, &args, false)
+        };
+        install("install the kernel (make kernel-install)", "kernel-install")?;
+        install("install kerrighed (make install)", "install")?;
+        if with_ccache {
+            let stats = chroot
+                .read(&["ccache", "--print-stats"])
+                .unwrap_or_default();
+            shell.step(&format!("compiler cache: {}", CacheStats::parse(&stats)));
         }
-        shell.step("ldconfig");
-        chroot.run(&["ldconfig"])?;
         drop(chroot);
 
         let root = self.nodes_root();
+        if root.join("etc/ld.so.conf").exists() {
+            shell.step("ldconfig in the nodes root");
+            let nodes = Chroot::enter(&root, &cx.profile.nodes.arch, &[], shell)?;
+            nodes.run(&["ldconfig"])?;
+        }
         let missing: Vec<&str> = KRG_INSTALLED
             .iter()
             .copied()
@@ -266,11 +391,21 @@ impl Kernel {
                 missing.join(", ")
             );
         }
-        fs::copy(
-            root.join(format!("boot/vmlinuz-{KRG_RELEASE}")),
-            out.join(format!("vmlinuz-{KRG_RELEASE}")),
-        )
-        .context("staging the kernel for TFTP")?;
+        let vmlinuz = root.join(format!("boot/vmlinuz-{KRG_RELEASE}"));
+        let built = bzimage_release(&vmlinuz)?;
+        if built.split_whitespace().next() != Some(KRG_RELEASE) {
+            bail!(
+                "{} says it is Linux {built}, not {KRG_RELEASE}: the kernel tree is not the one kerrighed patched",
+                vmlinuz.display()
+            );
+        }
+        for name in [
+            format!("vmlinuz-{KRG_RELEASE}"),
+            format!("System.map-{KRG_RELEASE}"),
+        ] {
+            fs::copy(root.join("boot").join(&name), out.join(&name))
+                .with_context(|| format!("staging {name} for TFTP"))?;
+        }
         files::remove_tree(&work)?;
         Ok(KRG_RELEASE.to_owned())
     }
@@ -325,13 +460,75 @@ impl Kernel {
     }
 }
 
-/// The profile's compiler must be inside the nodes root, never the host's.
-fn require_compiler(chroot: &Chroot, cc: &str) -> Result<()> {
+/// The profile's compiler must be inside the root the kernel is built in,
+/// never the host's.
+fn require_compiler(chroot: &Chroot, cc: &str, root: &str) -> Result<()> {
+    let section = if root == "build root" {
+        "buildroot"
+    } else {
+        "nodes"
+    };
     match chroot.read(&["sh", "-c", "command -v \"$1\"", "sh", cc]) {
         Ok(path) if !path.is_empty() => Ok(()),
         _ => bail!(
-            "kernel.cc = \"{cc}\" is not installed in the nodes root: add it to [nodes] packages"
+            "kernel.cc = \"{cc}\" is not installed in the {root}: add it to [{section}] packages"
         ),
+    }
+}
+
+/// The release a bzImage says it is (its `kernel_version` string, as
+/// `file` shows it: "2.6.20-krg (root@host) #1 SMP ..."), read from the
+/// setup header (boot protocol 2.00 and later).
+pub fn bzimage_release(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let not_bzimage = || anyhow::anyhow!("{} is not a bzImage (no setup header)", path.display());
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_le_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]) as usize)
+    };
+    if bytes.get(0x202..0x206) != Some(b"HdrS") || u16_at(0x206).is_none_or(|v| v < 0x200) {
+        return Err(not_bzimage());
+    }
+    let at = u16_at(0x20e).ok_or_else(not_bzimage)? + 0x200;
+    let text = bytes.get(at..).ok_or_else(not_bzimage)?;
+    let end = text
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(text.len().min(256));
+    Ok(String::from_utf8_lossy(&text[..end]).trim().to_owned())
+}
+
+/// What ccache says it did, in one phrase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl CacheStats {
+    /// From `ccache --print-stats` (tab-separated `key value` lines).
+    pub fn parse(text: &str) -> CacheStats {
+        let mut stats = CacheStats::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(value)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let value: u64 = value.parse().unwrap_or(0);
+            match key {
+                "direct_cache_hit" | "preprocessed_cache_hit" => stats.hits += value,
+                "cache_miss" => stats.misses += value,
+                _ => {}
+            }
+        }
+        stats
+    }
+}
+
+impl std::fmt::Display for CacheStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total = self.hits + self.misses;
+        let share = (100 * self.hits).checked_div(total).unwrap_or(0);
+        write!(f, "{} of {total} compilations reused ({share}%)", self.hits)
     }
 }
 
@@ -402,6 +599,59 @@ mod tests {
         assert_eq!(
             set_shell_vars(conf, &[("BOOT", "nfs"), ("MODULES", "netboot")]),
             "# comment\nMODULES=netboot\n#BOOT=local\nBUSYBOX=auto\nBOOT=nfs\n"
+        );
+    }
+
+    #[test]
+    fn a_bzimage_says_its_release_in_its_setup_header() {
+        let t = tempfile::tempdir().unwrap();
+        let mut image = vec![0u8; 0x400];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x0205u16.to_le_bytes());
+        image[0x20e..0x210].copy_from_slice(&0x0123u16.to_le_bytes());
+        let version = b"2.6.20-krg (root@vm) (gcc version 12.2.0) #1 SMP\0rest";
+        image[0x323..0x323 + version.len()].copy_from_slice(version);
+        let path = t.path().join("bzImage");
+        fs::write(&path, &image).unwrap();
+        assert_eq!(
+            bzimage_release(&path).unwrap(),
+            "2.6.20-krg (root@vm) (gcc version 12.2.0) #1 SMP"
+        );
+        // Not a bzImage: no magic, or a protocol older than 2.00.
+        image[0x202] = b'X';
+        fs::write(&path, &image).unwrap();
+        assert!(bzimage_release(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a bzImage"));
+        image[0x202] = b'H';
+        image[0x206..0x208].copy_from_slice(&0x0105u16.to_le_bytes());
+        fs::write(&path, &image).unwrap();
+        assert!(bzimage_release(&path).is_err());
+        fs::write(&path, b"short").unwrap();
+        assert!(bzimage_release(&path).is_err());
+    }
+
+    #[test]
+    fn compiler_cache_statistics_count_both_kinds_of_hit() {
+        // `ccache --print-stats` (ccache 4.8), abridged.
+        let text = "stats_updated_timestamp\t1764480000\n\
+                    direct_cache_hit\t900\n\
+                    preprocessed_cache_hit\t100\n\
+                    cache_miss\t250\n\
+                    files_in_cache\t2500\n";
+        let stats = CacheStats::parse(text);
+        assert_eq!(
+            stats,
+            CacheStats {
+                hits: 1000,
+                misses: 250
+            }
+        );
+        assert_eq!(stats.to_string(), "1000 of 1250 compilations reused (80%)");
+        assert_eq!(
+            CacheStats::parse("").to_string(),
+            "0 of 0 compilations reused (0%)"
         );
     }
 

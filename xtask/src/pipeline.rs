@@ -24,6 +24,8 @@ pub struct BuildContext {
     pub layout: Layout,
     /// `--offline`: no stage may open a network connection.
     pub offline: bool,
+    /// `--sources-dir`: source tarballs at hand, tried before the mirrors.
+    pub sources_dir: Option<PathBuf>,
 }
 
 impl BuildContext {

@@ -417,3 +417,115 @@ fn lock_new_on_a_fresh_cache_downloads_and_pins_in_one_go() {
     assert_eq!(s.lock().get("n.tar.gz"), Some(sha(&body).as_str()));
     assert_eq!(fs::read(s.cached("n.tar.gz")).unwrap(), body);
 }
+
+fn with_sources_dir(dir: &Path, offline: bool) -> FetchOptions {
+    FetchOptions {
+        offline,
+        sources_dir: Some(dir.to_owned()),
+        ..quick()
+    }
+}
+
+#[test]
+fn a_pre_download_dir_is_tried_first_and_works_offline() {
+    let server = TestServer::start().unwrap();
+    let body = payload(11, 200_000);
+    server.route("/p.tar.bz2", Route::file(&body));
+    let s = Setup::new();
+    let dir = s.tmp.path().join("predownload");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("p.tar.bz2"), &body).unwrap();
+    let src = source(
+        "p.tar.bz2",
+        Some(&sha(&body)),
+        vec![server.url("/p.tar.bz2")],
+    );
+
+    let got = fetch(
+        one(&src),
+        &mut s.lock(),
+        &s.cache(),
+        &with_sources_dir(&dir, true),
+    )
+    .unwrap();
+    assert_eq!(got[0].sha256, sha(&body));
+    assert_eq!(fs::read(s.cached("p.tar.bz2")).unwrap(), body);
+    assert!(!s.cached("p.tar.bz2.part").exists());
+    // The directory is the user's: its file stays where it was.
+    assert_eq!(fs::read(dir.join("p.tar.bz2")).unwrap(), body);
+    assert!(
+        server.seen().is_empty(),
+        "a mirror was asked although the file was at hand"
+    );
+}
+
+#[test]
+fn a_wrong_file_in_the_pre_download_dir_is_refused_like_a_bad_download() {
+    let server = TestServer::start().unwrap();
+    let good = payload(12, 60_000);
+    let mut evil = good.clone();
+    evil[7] ^= 0x40;
+    server.route("/w.tar.gz", Route::file(&good));
+    let s = Setup::new();
+    let dir = s.tmp.path().join("predownload");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("w.tar.gz"), &evil).unwrap();
+    let src = source("w.tar.gz", Some(&sha(&good)), vec![server.url("/w.tar.gz")]);
+
+    // Offline, the wrong copy is all there is: nothing is cached.
+    let err = fetch(
+        one(&src),
+        &mut s.lock(),
+        &s.cache(),
+        &with_sources_dir(&dir, true),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("w.tar.gz") && err.contains(&dir.display().to_string()),
+        "{err}"
+    );
+    assert!(!s.cached("w.tar.gz").exists());
+    assert!(!s.cached("w.tar.gz.part").exists());
+
+    // Online, the mirror gives the right bytes; the wrong copy is left alone.
+    fetch(
+        one(&src),
+        &mut s.lock(),
+        &s.cache(),
+        &with_sources_dir(&dir, false),
+    )
+    .unwrap();
+    assert_eq!(fs::read(s.cached("w.tar.gz")).unwrap(), good);
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(fs::read(dir.join("w.tar.gz")).unwrap(), evil);
+}
+
+#[test]
+fn an_unpinned_file_from_the_pre_download_dir_still_needs_lock_new() {
+    let s = Setup::new();
+    let body = payload(13, 5_000);
+    let dir = s.tmp.path().join("predownload");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("u.tar.gz"), &body).unwrap();
+    let src = source("u.tar.gz", None, vec![refused_url().unwrap()]);
+    let err = fetch(
+        one(&src),
+        &mut s.lock(),
+        &s.cache(),
+        &with_sources_dir(&dir, true),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no sha256 pin") && err.contains(&sha(&body)),
+        "{err}"
+    );
+    assert!(!s.cached("u.tar.gz").exists());
+    let lock_new = FetchOptions {
+        lock_new: true,
+        ..with_sources_dir(&dir, true)
+    };
+    fetch(one(&src), &mut s.lock(), &s.cache(), &lock_new).unwrap();
+    assert_eq!(s.lock().get("u.tar.gz"), Some(sha(&body).as_str()));
+}

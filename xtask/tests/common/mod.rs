@@ -72,6 +72,7 @@ impl Sandbox {
             profile_path: self.profile_path(profile),
             layout: layout.clone(),
             offline,
+            sources_dir: None,
         });
         let stages = pipeline::stages(&cx)
             .into_iter()
