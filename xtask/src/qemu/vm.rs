@@ -16,6 +16,8 @@ use super::frame::Mac;
 use crate::interrupt::ChildGuard;
 
 pub const QEMU: &str = "qemu-system-x86_64";
+/// A 32-bit PC, for nodes that boot an i386 kernel (2.6.20-krg).
+pub const QEMU_I386: &str = "qemu-system-i386";
 /// OVMF as one file (code and variables), from Debian's ovmf package.
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
@@ -41,10 +43,29 @@ pub enum Boot {
     Network,
 }
 
+/// Which PC QEMU emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// A 64-bit PC (node1, and nodes that boot a current amd64 kernel).
+    Pc64,
+    /// A 32-bit PC (nodes that boot the i386 Kerrighed kernel).
+    Pc32,
+}
+
+impl Machine {
+    pub fn program(self) -> &'static str {
+        match self {
+            Machine::Pc64 => QEMU,
+            Machine::Pc32 => QEMU_I386,
+        }
+    }
+}
+
 /// What a VM is: everything its QEMU command line says.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub name: String,
+    pub machine: Machine,
     pub memory_mib: u32,
     pub cpus: u32,
     pub firmware: Firmware,
@@ -181,12 +202,13 @@ const KVM_FAILURES: &[&str] = &[
 impl Vm {
     pub fn start(spec: VmSpec, accel: Accel, dir: &Path) -> Result<Vm> {
         let files = VmFiles::new(dir, &spec.name);
+        let qemu = spec.machine.program();
         let _ = fs::remove_file(&files.console);
         let mut stderr = File::create(&files.qemu_log)
             .with_context(|| format!("creating {}", files.qemu_log.display()))?;
         let args = spec.args(accel, &files);
-        writeln!(stderr, "{QEMU} {}", args.join(" "))?;
-        let child = Command::new(QEMU)
+        writeln!(stderr, "{qemu} {}", args.join(" "))?;
+        let child = Command::new(qemu)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(stderr.try_clone()?)
@@ -195,7 +217,7 @@ impl Vm {
             // harness, which stops the VMs in order.
             .process_group(0)
             .spawn()
-            .with_context(|| format!("could not start {QEMU} for {}", spec.name))?;
+            .with_context(|| format!("could not start {qemu} for {}", spec.name))?;
         let guard = ChildGuard::new(child.id());
         let started = Instant::now();
         let mut vm_child = child;
@@ -286,6 +308,7 @@ mod tests {
     fn spec() -> VmSpec {
         VmSpec {
             name: "node1".into(),
+            machine: Machine::Pc64,
             memory_mib: 2048,
             cpus: 2,
             firmware: Firmware::Bios,
