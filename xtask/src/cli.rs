@@ -72,9 +72,9 @@ pub struct Cli {
 pub enum Command {
     /// Build everything: packages, kernel, node1, iso (skipping what is up to date)
     Build,
-    /// Debootstrap the node1 and nodes roots and install their packages
+    /// Debootstrap the node1 and nodes roots (and the build root) and install their packages
     Packages,
-    /// Build the node kernel in the nodes root and stage it for TFTP
+    /// Build the node kernel (in the nodes root or the build root) and stage it for TFTP
     Kernel,
     /// Render node1's PXE, DHCP and NFS configuration and apply the overlays
     Node1,

@@ -276,14 +276,17 @@ fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
     Ok(milestone_timings(&report))
 }
 
-fn milestone_timings(report: &Report) -> Timings {
+pub(crate) fn milestone_timings(report: &Report) -> Timings {
     report
         .reached
         .iter()
         .filter(|r| {
             matches!(
                 r.milestone,
-                Milestone::Ready | Milestone::NfsRootRw | Milestone::MultiUser
+                Milestone::Ready
+                    | Milestone::RootMounted
+                    | Milestone::NfsRootRw
+                    | Milestone::MultiUser
             )
         })
         .map(|r| {

@@ -6,6 +6,7 @@ pub mod chroot;
 pub mod cli;
 pub mod e2e;
 pub mod e2e_image;
+pub mod e2e_krg;
 pub mod e2e_usb;
 pub mod engine;
 pub mod fetch;

@@ -9,6 +9,7 @@ use xshell::cmd;
 
 use crate::e2e;
 use crate::e2e_image;
+use crate::e2e_krg;
 use crate::e2e_usb;
 use crate::host;
 use crate::shell::StageShell;
@@ -78,6 +79,11 @@ const END_TO_END: &[EndToEnd] = &[
         name: "e2e-kernel-kerrighed",
         about: "the kerrighed kernel flow with stand-in sources and toolchain",
         check: e2e::kernel_standin,
+    },
+    EndToEnd {
+        name: "e2e-kernel-krg",
+        about: "the real Kerrighed kernel (kerrighed-current, from the pre-download dir): build, outputs, PXE boot of 2.6.20-krg, a bad patch named, warm rebuild",
+        check: e2e_krg::kernel_krg,
     },
     EndToEnd {
         name: "e2e-build",

@@ -837,6 +837,35 @@ mod tests {
     }
 
     #[test]
+    fn each_profile_boots_its_nodes_on_its_pc_with_its_milestones() {
+        let load = |name: &str| {
+            Profile::load(&crate::project_root().join(format!("profiles/{name}.toml"))).unwrap()
+        };
+        let smoke = NodesBoot::of(&load("smoke"));
+        assert_eq!(smoke, NodesBoot::Stock);
+        assert_eq!(smoke.machine().program(), "qemu-system-x86_64");
+        assert!(smoke.steps().contains(&Milestone::MultiUser));
+        assert!(!smoke.steps().contains(&Milestone::Tipc));
+        // lenny's userland runs on 2.6.20; current Debian's does not.
+        let era = NodesBoot::of(&load("kerrighed"));
+        assert_eq!(era, NodesBoot::Kerrighed { userland: true });
+        assert!(era.steps().contains(&Milestone::MultiUser));
+        let current = NodesBoot::of(&load("kerrighed-current"));
+        assert_eq!(current, NodesBoot::Kerrighed { userland: false });
+        assert_eq!(current.machine().program(), "qemu-system-i386");
+        assert_eq!(current.steps().last(), Some(&Milestone::RootMounted));
+        for steps in [era.steps(), current.steps()] {
+            for m in [
+                Milestone::Tipc,
+                Milestone::KrgNodeId,
+                Milestone::RootMounted,
+            ] {
+                assert!(steps.contains(&m), "{m:?}");
+            }
+        }
+    }
+
+    #[test]
     fn milestones_come_in_boot_order() {
         for steps in [STOCK_NODE_STEPS, KRG_KERNEL_STEPS, KRG_NODE_STEPS] {
             let mut sorted = steps.to_vec();

@@ -1,0 +1,339 @@
+//! The Kerrighed kernel for real (`e2e-kernel-krg`): the kerrighed-current
+//! profile built from the pre-download directory (no connection to
+//! kernel.org or GitHub: the sources are fetched `--offline` first), its
+//! outputs checked, its image booted with a PXE node on the i386 Kerrighed
+//! kernel, a patch that does not apply refused by name, and the kernel
+//! rebuilt after `clean kernel` from a warm compiler cache.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use xshell::cmd;
+
+use crate::e2e::{check_shell, no_mounts_under, xtask_binary, Timings};
+use crate::e2e_image::milestone_timings;
+use crate::engine::{Layout, Stamp};
+use crate::kernel::{self, KRG_RELEASE};
+use crate::kernel_config::{self, Setting};
+use crate::profile::{self, Profile};
+use crate::qemu::{BootTest, Milestone, QemuFirmware};
+use crate::shell::StageShell;
+
+const PROFILE: &str = "kerrighed-current";
+
+struct KrgRun {
+    project: PathBuf,
+    build: PathBuf,
+    sources: PathBuf,
+    exe: PathBuf,
+    profile: Profile,
+}
+
+impl KrgRun {
+    fn layout(&self) -> Layout {
+        Layout::new(&self.project, Some(&self.build))
+    }
+
+    /// `xtask --profile P --build-dir B --sources-dir S ARGS`, streamed to
+    /// the log; returns whether it succeeded and what it printed.
+    fn xtask(&self, s: &StageShell, profile: &Path, args: &[&str]) -> Result<(bool, String)> {
+        let (exe, build, sources) = (&self.exe, &self.build, &self.sources);
+        let sh = s.sh();
+        s.try_collect(cmd!(
+            sh,
+            "{exe} --profile {profile} --build-dir {build} --sources-dir {sources} {args...}"
+        ))
+    }
+
+    fn must(&self, s: &StageShell, args: &[&str]) -> Result<String> {
+        let profile = profile::resolve(PROFILE, &self.project)?;
+        let (ok, said) = self.xtask(s, &profile, args)?;
+        ensure!(
+            ok,
+            "`xtask --profile {PROFILE} {}` failed:\n{said}",
+            args.join(" ")
+        );
+        Ok(said)
+    }
+
+    fn stage_seconds(&self, stage: &str) -> Result<f64> {
+        let path = self.layout().stamp(stage);
+        Ok(Stamp::load(&path)
+            .with_context(|| format!("no stamp {}", path.display()))?
+            .seconds)
+    }
+}
+
+pub fn kernel_krg(project: &Path) -> Result<Timings> {
+    let sources = std::env::var_os(crate::fetch::SOURCES_DIR_ENV).map(PathBuf::from).context(
+        "e2e-kernel-krg builds the real Kerrighed kernel from linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz, \
+and never downloads them in a test: set KRGISO_SOURCES_DIR (or pass --sources-dir) to a directory that holds them",
+    )?;
+    let run = KrgRun {
+        project: project.to_owned(),
+        build: project.join("build/e2e/current"),
+        sources: std::path::absolute(sources)?,
+        exe: xtask_binary()?,
+        profile: Profile::load(&profile::resolve(PROFILE, project)?)?,
+    };
+    let s = check_shell(project, "e2e-kernel-krg")?;
+    let mut timings = Vec::new();
+
+    s.step("fetch --offline: the sources from the pre-download directory only");
+    run.must(&s, &["--offline", "fetch"])?;
+
+    s.step("build kerrighed-current: three roots, the Kerrighed kernel, node1, the image");
+    let t = Instant::now();
+    run.must(&s, &["build"])?;
+    timings.push((
+        "build (cold, what was not built)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ));
+    for stage in crate::pipeline::BUILD {
+        timings.push((format!("  {stage} stage"), run.stage_seconds(stage)?));
+    }
+    let cold_kernel = run.stage_seconds("kernel")?;
+    no_mounts_under(&run.build)?;
+
+    s.step("the staged kernel, its config and what it installed");
+    check_outputs(&run)?;
+
+    s.step("boot the image: a node PXE-boots 2.6.20-krg and mounts its NFS root");
+    let report = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Bios)?.run()?;
+    let up = report
+        .reached
+        .iter()
+        .find(|r| r.vm == "node2" && r.milestone == Milestone::NodeKernelUp)
+        .context("node2 has no kernel-up milestone")?;
+    ensure!(
+        up.detail.contains(KRG_RELEASE),
+        "node2 booted {}, not {KRG_RELEASE}",
+        up.detail
+    );
+    timings.extend(milestone_timings(&report));
+
+    s.step("a patch that no longer applies stops the kernel stage, naming it and its hunk");
+    broken_patch(&run, &s)?;
+
+    s.step("clean kernel, then kernel again: the compiler cache is warm");
+    run.must(&s, &["clean", "kernel"])?;
+    let t = Instant::now();
+    run.must(&s, &["kernel"])?;
+    let warm = t.elapsed().as_secs_f64();
+    let log = fs::read_to_string(run.layout().log("kernel"))?;
+    let reuse = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split("==> compiler cache: ").nth(1))
+        .context("the kernel log does not say what the compiler cache reused")?
+        .to_owned();
+    timings.push(("kernel, cold compiler cache".to_owned(), cold_kernel));
+    timings.push((format!("kernel after clean kernel ({reuse})"), warm));
+    ensure!(
+        warm <= 0.6 * cold_kernel,
+        "a kernel rebuild with a warm compiler cache took {warm:.0} s, not a fraction of the first build's {cold_kernel:.0} s ({reuse})"
+    );
+    check_outputs(&run)?;
+    no_mounts_under(&run.build)?;
+    Ok(timings)
+}
+
+/// What the kernel stage of kerrighed-current must leave: the real
+/// 2.6.20-krg bzImage built by the build root's gcc, every fragment symbol
+/// in its config, its System.map, and kerrighed.ko, the scheduler modules,
+/// libkerrighed and the tools (i386 programs) in the nodes root.
+fn check_outputs(run: &KrgRun) -> Result<()> {
+    let layout = run.layout();
+    let staged = kernel::staged_dir(&layout);
+    let version = kernel::bzimage_release(&staged.join(format!("vmlinuz-{KRG_RELEASE}")))?;
+    ensure!(
+        version.starts_with(&format!("{KRG_RELEASE} ")),
+        "the staged kernel says {version:?}, not {KRG_RELEASE}"
+    );
+
+    let fragment = fs::read_to_string(project_file(run, "kernel-configs/krg-2.6.20.config"))?;
+    let config = kernel_config::parse(&fs::read_to_string(
+        staged.join(format!("config-{KRG_RELEASE}")),
+    )?);
+    let mut wrong = Vec::new();
+    for (symbol, wanted) in kernel_config::parse(&fragment) {
+        let got = config.get(&symbol);
+        let ok = match &wanted {
+            Setting::NotSet => matches!(got, None | Some(Setting::NotSet)),
+            value => got == Some(value),
+        };
+        if !ok {
+            wrong.push(format!("{symbol} ({got:?})"));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "the staged config lacks: {}",
+        wrong.join(", ")
+    );
+
+    let map = fs::read_to_string(staged.join(format!("System.map-{KRG_RELEASE}")))?;
+    for symbol in ["start_kernel", "send_kerrighed_signal"] {
+        ensure!(
+            map.lines().any(|l| l.ends_with(&format!(" {symbol}"))),
+            "the staged System.map has no {symbol}"
+        );
+    }
+
+    let nodes = layout.build.join("roots/nodes");
+    let extra = nodes.join(format!("lib/modules/{KRG_RELEASE}/extra"));
+    let mut modules: Vec<String> = fs::read_dir(&extra)
+        .with_context(|| format!("reading {}", extra.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ko"))
+        .collect();
+    modules.sort();
+    ensure!(
+        modules.iter().any(|m| m == "kerrighed.ko") && modules.len() >= 8,
+        "the nodes root has {modules:?} in {}: kerrighed.ko and the 7 scheduler modules expected",
+        extra.display()
+    );
+    let ko = fs::read(extra.join("kerrighed.ko"))?;
+    ensure!(
+        contains(&ko, format!("vermagic={KRG_RELEASE} ").as_bytes()),
+        "kerrighed.ko was not built for {KRG_RELEASE}"
+    );
+    // Its .comment names the compiler: the build root's, not an era gcc.
+    let gcc = gcc_major(&ko).context("kerrighed.ko does not say which gcc built it")?;
+    ensure!(
+        gcc >= 11,
+        "kerrighed.ko was built by gcc {gcc}, not the build root's current gcc"
+    );
+    for tool in [
+        "usr/local/bin/krgadm",
+        "usr/local/bin/krgcapset",
+        "usr/local/bin/migrate",
+    ] {
+        let bytes = fs::read(nodes.join(tool))
+            .with_context(|| format!("{tool} is not in the nodes root"))?;
+        ensure!(is_elf_i386(&bytes), "{tool} is not an i386 program");
+    }
+    ensure!(
+        nodes.join("usr/local/lib/libkerrighed.so.2").exists(),
+        "libkerrighed is not in the nodes root"
+    );
+    Ok(())
+}
+
+/// A copy of the profile whose patches are the shipped ones plus one that
+/// cannot apply: the kernel stage must stop before building, naming the
+/// patch, its file and hunk, and leave the last good stamp as it was.
+fn broken_patch(run: &KrgRun, s: &StageShell) -> Result<()> {
+    let base = run.build.with_file_name("current-broken-patch");
+    crate::files::remove_tree(&base)?;
+    let patches = base.join("kernel-patches");
+    crate::files::copy_tree(&project_file(run, "kernel-patches"), &patches)?;
+    fs::write(
+        patches.join("99-broken.patch"),
+        "Answers: nothing: the test's patch whose context is not in the tree.\n\n\
+         --- a/_kernel/Makefile\n+++ b/_kernel/Makefile\n@@ -1,4 +1,4 @@\n\
+         -VERSION = 3\n+VERSION = 4\n PATCHLEVEL = 6\n SUBLEVEL = 20\n EXTRAVERSION =\n",
+    )?;
+    let text = fs::read_to_string(profile::resolve(PROFILE, &run.project)?)?;
+    let profile = base.join("broken-patch.toml");
+    let edited = text.replacen(
+        "patches = \"kernel-patches\"",
+        &format!("patches = \"{}\"", patches.display()),
+        1,
+    );
+    ensure!(
+        edited != text,
+        "the profile has no patches = \"kernel-patches\" line"
+    );
+    fs::write(&profile, edited)?;
+    let stamp = run.layout().stamp("kernel");
+    let before = fs::read(&stamp)?;
+    let t = Instant::now();
+    let (ok, said) = run.xtask(s, &profile, &["kernel"])?;
+    ensure!(
+        !ok,
+        "the kernel stage went on with a patch that does not apply:\n{said}"
+    );
+    ensure!(
+        said.contains("99-broken.patch no longer applies")
+            && said.contains("_kernel/Makefile: hunk #1 failed"),
+        "the failure does not name the patch, the file and the hunk:\n{said}"
+    );
+    ensure!(
+        t.elapsed().as_secs() < 120,
+        "the broken patch was found only after {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    ensure!(
+        fs::read(&stamp)? == before,
+        "the failed kernel stage changed its stamp"
+    );
+    no_mounts_under(&run.build)?;
+    crate::files::remove_tree(&base)
+}
+
+fn project_file(run: &KrgRun, path: &str) -> PathBuf {
+    run.project.join(path)
+}
+
+/// The major version in an ELF object's `GCC: (Debian 12.2.0-14) 12.2.0`
+/// comment.
+fn gcc_major(object: &[u8]) -> Option<u32> {
+    let at = object.windows(5).position(|w| w == b"GCC: ")?;
+    let comment = &object[at..];
+    let end = comment
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(comment.len());
+    let text = String::from_utf8_lossy(&comment[..end]);
+    // The version follows the vendor in parentheses.
+    let (_, after) = text.split_once(") ")?;
+    let version = after.split_whitespace().next()?;
+    version.split('.').next()?.parse().ok()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An ELF file for 32-bit x86: class ELFCLASS32, machine EM_386.
+fn is_elf_i386(bytes: &[u8]) -> bool {
+    bytes.len() > 20
+        && bytes.starts_with(b"\x7fELF")
+        && bytes[4] == 1
+        && bytes[18] == 3
+        && bytes[19] == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_i386_program_is_told_from_others() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 1; // 32-bit
+        elf[18] = 3; // EM_386
+        assert!(is_elf_i386(&elf));
+        elf[4] = 2;
+        elf[18] = 62; // an x86_64 program
+        assert!(!is_elf_i386(&elf));
+        assert!(!is_elf_i386(b"#!/bin/sh\necho krgadm\n"));
+    }
+
+    #[test]
+    fn the_gcc_that_built_an_object_is_read_from_its_comment() {
+        let object = b"\x7fELF...\0GCC: (Debian 12.2.0-14+deb12u1) 12.2.0\0.symtab";
+        assert_eq!(gcc_major(object), Some(12));
+        // lenny's gcc-4.1
+        assert_eq!(
+            gcc_major(b"\0GCC: (GNU) 4.1.3 20080704 (prerelease) (Debian 4.1.2-25)\0"),
+            Some(4)
+        );
+        assert_eq!(gcc_major(b"no comment"), None);
+    }
+}
