@@ -179,9 +179,21 @@ fn report(err: &anyhow::Error) {
 
 fn run(cli: Cli) -> Result<()> {
     let project = crate::project_root();
-    if let Some(dir) = &cli.sources_dir {
+    let sources_dir = cli
+        .sources_dir
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()?;
+    if let Some(dir) = &sources_dir {
+        if !dir.is_dir() {
+            bail!(
+                "the pre-download directory {} does not exist (--sources-dir / {})",
+                dir.display(),
+                fetch::SOURCES_DIR_ENV
+            );
+        }
         // The bench and the test suite run this binary again: they see it too.
-        std::env::set_var(fetch::SOURCES_DIR_ENV, std::path::absolute(dir)?);
+        std::env::set_var(fetch::SOURCES_DIR_ENV, dir);
     }
     if let Command::Test { only } = &cli.command {
         return testsuite::run(&project, only.as_deref(), cli.dry_run);
@@ -197,17 +209,6 @@ fn run(cli: Cli) -> Result<()> {
         .map(std::path::absolute)
         .transpose()?;
     let layout = Layout::new(&project, build_dir.as_deref());
-    let sources_dir = cli
-        .sources_dir
-        .as_deref()
-        .map(std::path::absolute)
-        .transpose()?;
-    if let Some(dir) = sources_dir.as_deref().filter(|d| !d.is_dir()) {
-        bail!(
-            "the pre-download directory {} does not exist (--sources-dir / KRGISO_SOURCES_DIR)",
-            dir.display()
-        );
-    }
     let engine = pipeline::engine(BuildContext {
         profile: profile.clone(),
         profile_path: profile_path.clone(),

@@ -152,7 +152,6 @@ impl Kernel {
     fn build_kerrighed(&self, shell: &StageShell, out: &Path) -> Result<String> {
         let cx = &self.0;
         let spec = &cx.profile.kernel;
-        let current = self.toolchain() == Toolchain::Current;
         let cc = spec.cc.as_deref().context("kernel.cc is not set")?;
         let fragment_path = cx
             .layout
@@ -170,6 +169,37 @@ impl Kernel {
             .map(|dir| PatchSet::load(&cx.layout.project.join(dir)))
             .transpose()?;
 
+        let work = self.work_dir();
+        let tree = self.prepare_tree(shell, &work, patches.as_ref())?;
+        let build = self.enter_build_root(shell, &work, &tree, cc)?;
+        build.configure(patches.as_ref())?;
+        let resolved = build.kernel_config(&fragment, &fragment_path)?;
+        fs::write(out.join(format!("config-{KRG_RELEASE}")), &resolved)
+            .context("keeping the resolved config")?;
+        shell.step(&format!(
+            "kernel config verified: {}",
+            cx.layout
+                .show(&staged_dir(&cx.layout).join(format!("config-{KRG_RELEASE}")))
+        ));
+        build.build_and_install()?;
+        drop(build);
+
+        self.stage_installed(shell, out)?;
+        files::remove_tree(&work)?;
+        Ok(KRG_RELEASE.to_owned())
+    }
+
+    /// The verified sources in a fresh work dir: the kerrighed tree (named
+    /// as its tarball names it), the linux tarball beside it for kerrighed's
+    /// build to link, the modules Makefile's SHELL line fixed, and the
+    /// project's patches where the chroot sees them. Returns the tree.
+    fn prepare_tree(
+        &self,
+        shell: &StageShell,
+        work: &Path,
+        patches: Option<&PatchSet>,
+    ) -> Result<PathBuf> {
+        let cx = &self.0;
         let sources: Vec<_> = ["linux", "kerrighed"]
             .iter()
             .map(|n| {
@@ -197,15 +227,10 @@ impl Kernel {
         )?;
         let (linux, krg) = (&verified[0].path, &verified[1].path);
 
-        let work = self.work_dir();
-        files::remove_tree(&work)?;
-        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        files::remove_tree(work)?;
+        fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
         shell.step(&format!("unpack {}", sources[1].file));
-        let tree = unpack::unpack_named(krg, &work)?;
-        let tree_name = tree
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .context("the kerrighed tree has no name")?;
+        let tree = unpack::unpack_named(krg, work)?;
         // Kerrighed's build links this instead of downloading an unverified copy.
         fs::copy(linux, work.join(&sources[0].file))
             .context("placing the verified linux tarball in /usr/src")?;
@@ -215,7 +240,7 @@ impl Kernel {
                 eprintln!("{}", line.describe());
             }
         }
-        if let Some(set) = &patches {
+        if let Some(set) = patches {
             let copy = work.join("krgiso-patches");
             fs::create_dir_all(&copy)?;
             for file in &set.files {
@@ -225,23 +250,37 @@ impl Kernel {
                 }
             }
         }
+        Ok(tree)
+    }
 
-        let cache = &cx.layout.compiler_cache;
+    /// The chroot the tree is built in: the nodes root itself (era), or the
+    /// build root with the nodes root as its DESTDIR (current); the work
+    /// dir as /usr/src, and the compiler cache when the root has ccache.
+    fn enter_build_root<'s>(
+        &self,
+        shell: &'s StageShell,
+        work: &Path,
+        tree: &Path,
+        cc: &str,
+    ) -> Result<KrgBuild<'s>> {
+        let cx = &self.0;
+        let current = self.toolchain() == Toolchain::Current;
         let mut binds = vec![ExtraBind {
-            host: work.clone(),
+            host: work.to_owned(),
             inside: SRC.into(),
         }];
-        let build_root = if current {
+        let (root, name, section) = if current {
             binds.push(ExtraBind {
                 host: self.nodes_root(),
                 inside: DESTDIR.into(),
             });
-            root_dir(&cx.layout, "build")
+            (root_dir(&cx.layout, "build"), "build root", "buildroot")
         } else {
-            self.nodes_root()
+            (self.nodes_root(), "nodes root", "nodes")
         };
-        let with_ccache = build_root.join("usr/lib/ccache").is_dir();
-        if with_ccache {
+        let ccache = root.join("usr/lib/ccache").is_dir();
+        let cache = &cx.layout.compiler_cache;
+        if ccache {
             fs::create_dir_all(cache)
                 .with_context(|| format!("creating the compiler cache {}", cache.display()))?;
             binds.push(ExtraBind {
@@ -249,135 +288,43 @@ impl Kernel {
                 inside: CCACHE_INSIDE.into(),
             });
         }
-        let arch = match &cx.profile.buildroot {
-            Some(b) if current => &b.arch,
-            _ => &cx.profile.nodes.arch,
-        };
-        let mut chroot = Chroot::enter(&build_root, arch, &binds, shell)?;
-        if with_ccache {
+        // The profile holds [buildroot] arch to [nodes] arch.
+        let mut chroot = Chroot::enter(&root, &cx.profile.nodes.arch, &binds, shell)?;
+        if ccache {
             chroot.set_env("PATH", &format!("/usr/lib/ccache:{CHROOT_PATH}"));
             chroot.set_env("CCACHE_DIR", CCACHE_INSIDE);
             // Zeroed per build, so the stage can say how much it reused.
             chroot.run(&["ccache", "--zero-stats"])?;
         }
-        let root_name = if current { "build root" } else { "nodes root" };
-        require_compiler(&chroot, cc, root_name)?;
-        let krg_dir = format!("{SRC}/{tree_name}");
-        let cc_arg = format!("CC={cc}");
-        let jobs = format!(
-            "-j{}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        );
-        let make = |what: &str, args: &[&str], answer_defaults: bool| -> Result<()> {
-            shell.step(what);
-            shell.run(chroot.cmd_in(&krg_dir, args, answer_defaults))
-        };
-        let extra: Vec<&str> = spec.configure_args.iter().map(String::as_str).collect();
-        let apply_patches = || -> Result<()> {
-            match &patches {
-                Some(set) => set
-                    .apply(&chroot, shell, &krg_dir, PATCHES_INSIDE)
-                    .map(drop),
-                None => Ok(()),
-            }
-        };
-
-        if current {
-            // configure would prepare (and first make) the kernel tree
-            // itself; here that waits until the patches are in.
-            let mut configure = vec!["./configure", "--disable-kernel", &cc_arg];
-            configure.extend(&extra);
-            make(
-                "configure kerrighed (the kernel by krgiso's steps)",
-                &configure,
-                false,
-            )?;
-            make(
-                "make kernel-src: the kernel tree with kerrighed's patches",
-                &["make", "kernel-src", &cc_arg],
-                false,
-            )?;
-            apply_patches()?;
-            make(
-                "make kernel-prepare: the kernel's build dir",
-                &["make", "kernel-prepare", &cc_arg],
-                false,
-            )?;
-        } else {
-            let mut configure = vec!["./configure", "--with-kernel-config=oldconfig", &cc_arg];
-            configure.extend(&extra);
-            make("configure kerrighed", &configure, true)?;
-            apply_patches()?;
+        match chroot.read(&["sh", "-c", "command -v \"$1\"", "sh", cc]) {
+            Ok(path) if !path.is_empty() => {}
+            _ => bail!(
+                "kernel.cc = \"{cc}\" is not installed in the {name}: add it to [{section}] packages"
+            ),
         }
+        let tree_name = tree
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("the kerrighed tree has no name")?;
+        Ok(KrgBuild {
+            chroot,
+            shell,
+            dir: format!("{SRC}/{tree_name}"),
+            tree: tree.to_owned(),
+            cc_arg: format!("CC={cc}"),
+            current,
+            ccache,
+            configure_args: cx.profile.kernel.configure_args.clone(),
+        })
+    }
 
-        make(
-            "kernel config: defconfig, then the fragment, then oldconfig",
-            &["make", "-C", "kernel", "defconfig", &cc_arg],
-            false,
-        )?;
-        let config_path = tree.join("kernel/.config");
-        let defconfig = fs::read_to_string(&config_path)
-            .with_context(|| format!("make defconfig left no {}", config_path.display()))?;
-        fs::write(&config_path, kernel_config::merge(&defconfig, &fragment))
-            .context("writing the merged .config")?;
-        shell.run(chroot.cmd_in(
-            &krg_dir,
-            &["make", "-C", "kernel", "oldconfig", &cc_arg],
-            true,
-        ))?;
-        let resolved = fs::read_to_string(&config_path).context("reading the resolved .config")?;
-        let dropped = kernel_config::dropped(&fragment, &resolved);
-        if !dropped.is_empty() {
-            // The work dir stays after a failure: the config can be read there.
-            bail!(
-                "the kernel config dropped what {} asks for (unmet dependencies): {}; the resolved config is {}",
-                fragment_path.display(),
-                dropped.join(", "),
-                config_path.display()
-            );
-        }
-        let staged_config = out.join(format!("config-{KRG_RELEASE}"));
-        fs::write(&staged_config, &resolved).context("keeping the resolved config")?;
-        shell.step(&format!(
-            "kernel config verified: {}",
-            cx.layout
-                .show(&staged_dir(&cx.layout).join(format!("config-{KRG_RELEASE}")))
-        ));
-
-        make(
-            "build the kernel (make kernel)",
-            &["make", &jobs, "kernel", &cc_arg],
-            false,
-        )?;
-        make(
-            "build kerrighed.ko, the scheduler modules, libkerrighed and the tools (make)",
-            &["make", &jobs, &cc_arg],
-            false,
-        )?;
-        let destdir = format!("DESTDIR={DESTDIR}");
-        let install = |what: &str, target: &str| -> Result<()> {
-            let mut args = vec!["make", target, cc_arg.as_str()];
-            if current {
-                args.push(&destdir);
-            }
-            make(what, &args, false)
-        };
-        install("install the kernel (make kernel-install)", "kernel-install")?;
-        install("install kerrighed (make install)", "install")?;
-        if with_ccache {
-            let stats = chroot
-                .read(&["ccache", "--print-stats"])
-                .unwrap_or_default();
-            shell.step(&format!("compiler cache: {}", CacheStats::parse(&stats)));
-        }
-        drop(chroot);
-
+    /// What `make install` left in the nodes root: checked, the kernel's
+    /// own version string read, and the kernel and System.map staged.
+    fn stage_installed(&self, shell: &StageShell, out: &Path) -> Result<()> {
         let root = self.nodes_root();
         if root.join("etc/ld.so.conf").exists() {
             shell.step("ldconfig in the nodes root");
-            let nodes = Chroot::enter(&root, &cx.profile.nodes.arch, &[], shell)?;
+            let nodes = Chroot::enter(&root, &self.0.profile.nodes.arch, &[], shell)?;
             nodes.run(&["ldconfig"])?;
         }
         let missing: Vec<&str> = KRG_INSTALLED
@@ -406,8 +353,7 @@ impl Kernel {
             fs::copy(root.join("boot").join(&name), out.join(&name))
                 .with_context(|| format!("staging {name} for TFTP"))?;
         }
-        files::remove_tree(&work)?;
-        Ok(KRG_RELEASE.to_owned())
+        Ok(())
     }
 
     /// The nodes root's own kernel, and an initramfs that mounts its root
@@ -460,19 +406,150 @@ impl Kernel {
     }
 }
 
-/// The profile's compiler must be inside the root the kernel is built in,
-/// never the host's.
-fn require_compiler(chroot: &Chroot, cc: &str, root: &str) -> Result<()> {
-    let section = if root == "build root" {
-        "buildroot"
-    } else {
-        "nodes"
-    };
-    match chroot.read(&["sh", "-c", "command -v \"$1\"", "sh", cc]) {
-        Ok(path) if !path.is_empty() => Ok(()),
-        _ => bail!(
-            "kernel.cc = \"{cc}\" is not installed in the {root}: add it to [{section}] packages"
-        ),
+/// A kerrighed tree being built in its chroot: each step announces itself
+/// and runs in the tree with `CC=` from the profile.
+struct KrgBuild<'s> {
+    chroot: Chroot<'s>,
+    shell: &'s StageShell,
+    /// The tree as the chroot sees it (`/usr/src/kerrighed-2.4.4`).
+    dir: String,
+    /// The tree on the host.
+    tree: PathBuf,
+    cc_arg: String,
+    /// The current toolchain: the kernel is left to krgiso's own steps and
+    /// everything installs into the nodes root as DESTDIR.
+    current: bool,
+    ccache: bool,
+    configure_args: Vec<String>,
+}
+
+impl KrgBuild<'_> {
+    fn make(&self, what: &str, args: &[&str], answer_defaults: bool) -> Result<()> {
+        self.shell.step(what);
+        self.shell
+            .run(self.chroot.cmd_in(&self.dir, args, answer_defaults))
+    }
+
+    /// configure, kerrighed's patched kernel tree and its build dir, with the
+    /// project's patches applied to that tree before its first make.
+    fn configure(&self, patches: Option<&PatchSet>) -> Result<()> {
+        let cc = self.cc_arg.as_str();
+        let extra = self.configure_args.iter().map(String::as_str);
+        let apply = || -> Result<()> {
+            match patches {
+                Some(set) => set
+                    .apply(&self.chroot, self.shell, &self.dir, PATCHES_INSIDE)
+                    .map(drop),
+                None => Ok(()),
+            }
+        };
+        if self.current {
+            // configure would prepare (and first make) the kernel tree
+            // itself, with make 4.3 before the patches are in: here its
+            // kernel steps are krgiso's.
+            let configure: Vec<&str> = ["./configure", "--disable-kernel", cc]
+                .into_iter()
+                .chain(extra)
+                .collect();
+            self.make(
+                "configure kerrighed (the kernel by krgiso's steps)",
+                &configure,
+                false,
+            )?;
+            self.make(
+                "make kernel-src: the kernel tree with kerrighed's patches",
+                &["make", "kernel-src", cc],
+                false,
+            )?;
+            apply()?;
+            self.make(
+                "make kernel-prepare: the kernel's build dir",
+                &["make", "kernel-prepare", cc],
+                false,
+            )
+        } else {
+            let configure: Vec<&str> = ["./configure", "--with-kernel-config=oldconfig", cc]
+                .into_iter()
+                .chain(extra)
+                .collect();
+            self.make("configure kerrighed", &configure, true)?;
+            apply()
+        }
+    }
+
+    /// defconfig, the fragment merged over it, oldconfig with every default
+    /// taken; every `=y` of the fragment must survive. Returns the config.
+    fn kernel_config(&self, fragment: &str, fragment_path: &Path) -> Result<String> {
+        let cc = self.cc_arg.as_str();
+        self.make(
+            "kernel config: defconfig, then the fragment, then oldconfig",
+            &["make", "-C", "kernel", "defconfig", cc],
+            false,
+        )?;
+        let config_path = self.tree.join("kernel/.config");
+        let defconfig = fs::read_to_string(&config_path)
+            .with_context(|| format!("make defconfig left no {}", config_path.display()))?;
+        fs::write(&config_path, kernel_config::merge(&defconfig, fragment))
+            .context("writing the merged .config")?;
+        self.shell.run(self.chroot.cmd_in(
+            &self.dir,
+            &["make", "-C", "kernel", "oldconfig", cc],
+            true,
+        ))?;
+        let resolved = fs::read_to_string(&config_path).context("reading the resolved .config")?;
+        let dropped = kernel_config::dropped(fragment, &resolved);
+        if !dropped.is_empty() {
+            // The work dir stays after a failure: the config can be read there.
+            bail!(
+                "the kernel config dropped what {} asks for (unmet dependencies): {}; the resolved config is {}",
+                fragment_path.display(),
+                dropped.join(", "),
+                config_path.display()
+            );
+        }
+        Ok(resolved)
+    }
+
+    /// The kernel on every core, then kerrighed.ko, the scheduler modules,
+    /// the libraries and the tools; then both installs.
+    fn build_and_install(&self) -> Result<()> {
+        let cc = self.cc_arg.as_str();
+        let jobs = format!(
+            "-j{}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
+        self.make(
+            "build the kernel (make kernel)",
+            &["make", &jobs, "kernel", cc],
+            false,
+        )?;
+        self.make(
+            "build kerrighed.ko, the scheduler modules, libkerrighed and the tools (make)",
+            &["make", &jobs, cc],
+            false,
+        )?;
+        let destdir = format!("DESTDIR={DESTDIR}");
+        for (what, target) in [
+            ("install the kernel (make kernel-install)", "kernel-install"),
+            ("install kerrighed (make install)", "install"),
+        ] {
+            let mut args = vec!["make", target, cc];
+            if self.current {
+                args.push(&destdir);
+            }
+            self.make(what, &args, false)?;
+        }
+        if self.ccache {
+            let stats = self
+                .chroot
+                .read(&["ccache", "--print-stats"])
+                .unwrap_or_default();
+            self.shell
+                .step(&format!("compiler cache: {}", CacheStats::parse(&stats)));
+        }
+        Ok(())
     }
 }
 

@@ -62,6 +62,7 @@ fn every_command_has_help() {
             "--profile <NAME|PATH>",
             "--build-dir <DIR>",
             "--offline",
+            "--sources-dir <DIR>",
             "--dry-run",
             "--force",
             "--verbose",
@@ -348,4 +349,68 @@ fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
         requests,
         "a verified cache opens no connection"
     );
+}
+
+#[test]
+fn a_pre_download_dir_from_the_environment_feeds_an_offline_fetch() {
+    use common::http::{Route, TestServer};
+    let server = TestServer::start().unwrap();
+    let linux = b"pretend linux tarball".repeat(700);
+    let krg = b"pretend kerrighed tarball".repeat(300);
+    server.route("/linux-2.6.20.tar.bz2", Route::file(&linux));
+    let tmp = tempfile::tempdir().unwrap();
+    let profile =
+        profile_with_local_sources(tmp.path(), &server, &xtask::engine::sha256_hex(&linux));
+    // kerrighed-2.4.1 is pinned in the lock; both files wait in the directory.
+    std::fs::write(
+        tmp.path().join("profiles/sources.lock"),
+        format!(
+            "[sha256]\n\"kerrighed-2.4.1.tar.gz\" = \"{}\"\n",
+            xtask::engine::sha256_hex(&krg)
+        ),
+    )
+    .unwrap();
+    let tarballs = tmp.path().join("tarballs");
+    std::fs::create_dir_all(&tarballs).unwrap();
+    std::fs::write(tarballs.join("linux-2.6.20.tar.bz2"), &linux).unwrap();
+    std::fs::write(tarballs.join("kerrighed-2.4.1.tar.gz"), &krg).unwrap();
+    let fetch = |env_dir: &Path| {
+        let mut args = build_dir_args(tmp.path());
+        args.extend([
+            "--profile".into(),
+            profile.display().to_string(),
+            "--offline".into(),
+            "fetch".into(),
+        ]);
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(&args)
+            .env("KRGISO_SOURCES_DIR", env_dir)
+            .output()
+            .expect("running xtask")
+    };
+
+    let out = fetch(&tmp.path().join("no-such-dir"));
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("pre-download directory") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
+
+    let out = fetch(&tarballs);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("verified "))
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("downloads/kerrighed-2.4.1.tar.gz")).unwrap(),
+        krg
+    );
+    assert!(server.seen().is_empty(), "--offline opened a connection");
 }

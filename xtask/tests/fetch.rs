@@ -418,6 +418,14 @@ fn lock_new_on_a_fresh_cache_downloads_and_pins_in_one_go() {
     assert_eq!(fs::read(s.cached("n.tar.gz")).unwrap(), body);
 }
 
+/// A pre-download directory holding `file` with `bytes`.
+fn predownload(s: &Setup, file: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = s.tmp.path().join("predownload");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(file), bytes).unwrap();
+    dir
+}
+
 fn with_sources_dir(dir: &Path, offline: bool) -> FetchOptions {
     FetchOptions {
         offline,
@@ -432,9 +440,7 @@ fn a_pre_download_dir_is_tried_first_and_works_offline() {
     let body = payload(11, 200_000);
     server.route("/p.tar.bz2", Route::file(&body));
     let s = Setup::new();
-    let dir = s.tmp.path().join("predownload");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("p.tar.bz2"), &body).unwrap();
+    let dir = predownload(&s, "p.tar.bz2", &body);
     let src = source(
         "p.tar.bz2",
         Some(&sha(&body)),
@@ -467,9 +473,7 @@ fn a_wrong_file_in_the_pre_download_dir_is_refused_like_a_bad_download() {
     evil[7] ^= 0x40;
     server.route("/w.tar.gz", Route::file(&good));
     let s = Setup::new();
-    let dir = s.tmp.path().join("predownload");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("w.tar.gz"), &evil).unwrap();
+    let dir = predownload(&s, "w.tar.gz", &evil);
     let src = source("w.tar.gz", Some(&sha(&good)), vec![server.url("/w.tar.gz")]);
 
     // Offline, the wrong copy is all there is: nothing is cached.
@@ -505,9 +509,7 @@ fn a_wrong_file_in_the_pre_download_dir_is_refused_like_a_bad_download() {
 fn an_unpinned_file_from_the_pre_download_dir_still_needs_lock_new() {
     let s = Setup::new();
     let body = payload(13, 5_000);
-    let dir = s.tmp.path().join("predownload");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("u.tar.gz"), &body).unwrap();
+    let dir = predownload(&s, "u.tar.gz", &body);
     let src = source("u.tar.gz", None, vec![refused_url().unwrap()]);
     let err = fetch(
         one(&src),

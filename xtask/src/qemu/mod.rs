@@ -170,16 +170,6 @@ const STOCK_NODE_STEPS: &[Milestone] = &[
     Milestone::NfsRootRw,
     Milestone::MultiUser,
 ];
-/// The Kerrighed kernel's own steps, up to the root it mounts.
-const KRG_KERNEL_STEPS: &[Milestone] = &[
-    Milestone::Lease,
-    Milestone::Pxelinux,
-    Milestone::KernelLoaded,
-    Milestone::NodeKernelUp,
-    Milestone::Tipc,
-    Milestone::KrgNodeId,
-    Milestone::RootMounted,
-];
 const KRG_NODE_STEPS: &[Milestone] = &[
     Milestone::Lease,
     Milestone::Pxelinux,
@@ -191,6 +181,8 @@ const KRG_NODE_STEPS: &[Milestone] = &[
     Milestone::NfsRootRw,
     Milestone::MultiUser,
 ];
+/// The Kerrighed kernel's own steps: up to the root it mounts.
+const KRG_KERNEL_STEPS: &[Milestone] = KRG_NODE_STEPS.split_at(7).0;
 
 /// A milestone reached: seconds since the VM's power-on and since the start.
 #[derive(Debug, Clone, Serialize)]
