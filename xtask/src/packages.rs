@@ -28,7 +28,7 @@ pub const BUILD_ROOT: &str = "build-root";
 
 pub struct Packages(pub Arc<BuildContext>);
 
-/// One of the two roots: which output, which profile section.
+/// One root to build: which output, which profile section.
 struct RootJob<'a> {
     output: &'static str,
     /// Its directory under `roots/`.
