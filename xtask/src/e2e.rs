@@ -715,7 +715,10 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
         expected.join("\n")
     );
 
-    for path in crate::kernel::KRG_INSTALLED {
+    for path in crate::kernel::KRG_INSTALLED
+        .iter()
+        .chain(crate::kernel::KRG_SERVICE_FILES)
+    {
         ensure!(root.join(path).exists(), "{path} is not in the nodes root");
     }
     let staged = build.join("kernel");

@@ -287,6 +287,7 @@ pub(crate) fn milestone_timings(report: &Report) -> Timings {
                     | Milestone::RootMounted
                     | Milestone::NfsRootRw
                     | Milestone::MultiUser
+                    | Milestone::ClusterUp
             )
         })
         .map(|r| {

@@ -100,18 +100,22 @@ and never downloads them in a test: set KRGISO_SOURCES_DIR (or pass --sources-di
     s.step("the staged kernel, its config and what it installed");
     check_outputs(&run)?;
 
-    s.step("boot the image: a node PXE-boots 2.6.20-krg and mounts its NFS root");
-    let report = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Bios)?.run()?;
-    let up = report
-        .reached
-        .iter()
-        .find(|r| r.vm == "node2" && r.milestone == Milestone::NodeKernelUp)
-        .context("node2 has no kernel-up milestone")?;
-    ensure!(
-        up.detail.contains(KRG_RELEASE),
-        "node2 booted {}, not {KRG_RELEASE}",
-        up.detail
+    s.step(
+        "boot the image: two nodes PXE-boot 2.6.20-krg, run the static userland, start the cluster",
     );
+    let report = BootTest::for_build(&run.profile, &run.layout(), 2, QemuFirmware::Bios)?.run()?;
+    for node in ["node2", "node3"] {
+        let up = report
+            .reached
+            .iter()
+            .find(|r| r.vm == node && r.milestone == Milestone::NodeKernelUp)
+            .with_context(|| format!("{node} has no kernel-up milestone"))?;
+        ensure!(
+            up.detail.contains(KRG_RELEASE),
+            "{node} booted {}, not {KRG_RELEASE}",
+            up.detail
+        );
+    }
     timings.extend(milestone_timings(&report));
 
     s.step("a patch that no longer applies stops the kernel stage, naming it and its hunk");
@@ -143,7 +147,8 @@ and never downloads them in a test: set KRGISO_SOURCES_DIR (or pass --sources-di
 /// What the kernel stage of kerrighed-current must leave: the real
 /// 2.6.20-krg bzImage built by the build root's gcc, every fragment symbol
 /// in its config, its System.map, and kerrighed.ko, the scheduler modules,
-/// libkerrighed and the tools (i386 programs) in the nodes root.
+/// the static userland (busybox, dropbear, Kerrighed's tools) in the nodes
+/// root.
 fn check_outputs(run: &KrgRun) -> Result<()> {
     let layout = run.layout();
     let staged = kernel::staged_dir(&layout);
@@ -207,19 +212,30 @@ fn check_outputs(run: &KrgRun) -> Result<()> {
         gcc >= 11,
         "kerrighed.ko was built by gcc {gcc}, not the build root's current gcc"
     );
-    for tool in [
+    // The static userland: busybox, dropbear and Kerrighed's tools, i386
+    // programs that need no dynamic loader (glibc would refuse 2.6.20).
+    for program in [
+        "bin/busybox",
+        "usr/sbin/dropbearmulti",
         "usr/local/bin/krgadm",
         "usr/local/bin/krgcapset",
         "usr/local/bin/migrate",
     ] {
-        let bytes = fs::read(nodes.join(tool))
-            .with_context(|| format!("{tool} is not in the nodes root"))?;
-        ensure!(is_elf_i386(&bytes), "{tool} is not an i386 program");
+        let bytes = fs::read(nodes.join(program))
+            .with_context(|| format!("{program} is not in the nodes root"))?;
+        ensure!(is_elf_i386(&bytes), "{program} is not an i386 program");
     }
+    let dynamic = crate::userland::dynamic_programs(&nodes)?;
     ensure!(
-        nodes.join("usr/local/lib/libkerrighed.so.2").exists(),
-        "libkerrighed is not in the nodes root"
+        dynamic.is_empty(),
+        "programs in the static nodes root need a dynamic loader: {dynamic:?}"
     );
+    for link in ["sbin/init", "bin/sh", "sbin/getty", "usr/sbin/dropbear"] {
+        ensure!(
+            fs::symlink_metadata(nodes.join(link)).is_ok(),
+            "{link} is not in the nodes root"
+        );
+    }
     Ok(())
 }
 

@@ -232,11 +232,17 @@ fn squash(shell: &StageShell, from: &Path, to: &Path, spec: &IsoSpec) -> Result<
     if !spec.docs {
         patterns.extend(DOCS);
     }
-    // The same for the nodes root inside.
+    // The same for the nodes root inside, but for its /dev: a node whose
+    // kernel has no devtmpfs (2.6.20) opens /dev/console there before init.
     let excluded: Vec<String> = patterns
         .iter()
         .map(|p| p.to_string())
-        .chain(patterns.iter().map(|p| format!("{NODES_TREE}/{p}")))
+        .chain(
+            patterns
+                .iter()
+                .filter(|p| **p != "dev/*")
+                .map(|p| format!("{NODES_TREE}/{p}")),
+        )
         .collect();
     shell.run(cmd!(
         sh,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::chroot::{Chroot, ExtraBind, CHROOT_PATH};
+use crate::chroot::{Chroot, ExtraBind};
 use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
 use crate::fetch::{self, Cache, FetchOptions};
 use crate::files;
@@ -33,9 +33,10 @@ use crate::kernel_patches::PatchSet;
 use crate::modules_makefile::{self, ShellLine};
 use crate::packages::{root_dir, BUILD_ROOT, NODES_ROOT};
 use crate::pipeline::BuildContext;
-use crate::profile::{KernelKind, Toolchain};
+use crate::profile::{KernelKind, Toolchain, Userland};
 use crate::shell::StageShell;
 use crate::unpack;
+use crate::userland;
 
 pub const KERNEL: &str = "kernel";
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
@@ -46,21 +47,22 @@ const SRC: &str = "/usr/src";
 const PATCHES_INSIDE: &str = "/usr/src/krgiso-patches";
 /// Where a build root sees the nodes root it installs into (`DESTDIR`).
 const DESTDIR: &str = "/krgiso/nodes-root";
-/// Where the root sees the compiler cache.
-const CCACHE_INSIDE: &str = "/var/cache/krgiso-ccache";
-/// What `make install` must leave in the nodes root (seed 001's list, and
+/// Where the second kerrighed tree (for the static tools) is, under the work dir.
+const MUSL_TREES: &str = "musl";
+/// What the installs must leave in the nodes root (seed 001's list, and
 /// the Kerrighed module itself).
 pub const KRG_INSTALLED: &[&str] = &[
     "boot/vmlinuz-2.6.20-krg",
     "boot/System.map-2.6.20-krg",
     "lib/modules/2.6.20-krg",
     "lib/modules/2.6.20-krg/extra/kerrighed.ko",
-    "etc/init.d/kerrighed",
-    "etc/default/kerrighed",
     "usr/local/bin/krgadm",
     "usr/local/bin/krgcapset",
     "usr/local/bin/migrate",
 ];
+/// Kerrighed's service files for a Debian nodes root (an LSB init script:
+/// a static userland boots with its own rcS instead).
+pub const KRG_SERVICE_FILES: &[&str] = &["etc/init.d/kerrighed", "etc/default/kerrighed"];
 
 pub struct Kernel(pub Arc<BuildContext>);
 
@@ -84,6 +86,11 @@ impl Kernel {
     }
     fn is_kerrighed(&self) -> bool {
         self.0.profile.kernel.kind == KernelKind::Kerrighed
+    }
+    /// The nodes root is static programs: Kerrighed's tools are built for it
+    /// against musl, and none of the glibc ones are installed.
+    fn static_userland(&self) -> bool {
+        self.0.profile.nodes.userland == Userland::Static
     }
 }
 
@@ -234,6 +241,11 @@ impl Kernel {
         // Kerrighed's build links this instead of downloading an unverified copy.
         fs::copy(linux, work.join(&sources[0].file))
             .context("placing the verified linux tarball in /usr/src")?;
+        if self.static_userland() {
+            // A second copy, where the libraries and tools are configured
+            // for musl (the first one's configure is for the kernel's gcc).
+            unpack::unpack_named(krg, &work.join(MUSL_TREES))?;
+        }
         for line in modules_makefile::use_bash(&tree)? {
             shell.note(&line.describe());
             if matches!(line, ShellLine::PatternNotFound { .. }) {
@@ -278,21 +290,11 @@ impl Kernel {
         } else {
             (self.nodes_root(), "nodes root", "nodes")
         };
-        let ccache = root.join("usr/lib/ccache").is_dir();
-        let cache = &cx.layout.compiler_cache;
-        if ccache {
-            fs::create_dir_all(cache)
-                .with_context(|| format!("creating the compiler cache {}", cache.display()))?;
-            binds.push(ExtraBind {
-                host: cache.clone(),
-                inside: CCACHE_INSIDE.into(),
-            });
-        }
+        let ccache = userland::compiler_cache(&root, &cx.layout, &mut binds)?;
         // The profile holds [buildroot] arch to [nodes] arch.
         let mut chroot = Chroot::enter(&root, &cx.profile.nodes.arch, &binds, shell)?;
         if ccache {
-            chroot.set_env("PATH", &format!("/usr/lib/ccache:{CHROOT_PATH}"));
-            chroot.set_env("CCACHE_DIR", CCACHE_INSIDE);
+            userland::use_compiler_cache(&mut chroot);
             // Zeroed per build, so the stage can say how much it reused.
             chroot.run(&["ccache", "--zero-stats"])?;
         }
@@ -314,6 +316,9 @@ impl Kernel {
             cc_arg: format!("CC={cc}"),
             current,
             ccache,
+            static_tools: self
+                .static_userland()
+                .then(|| format!("{SRC}/{MUSL_TREES}/{tree_name}")),
             configure_args: cx.profile.kernel.configure_args.clone(),
         })
     }
@@ -327,8 +332,14 @@ impl Kernel {
             let nodes = Chroot::enter(&root, &self.0.profile.nodes.arch, &[], shell)?;
             nodes.run(&["ldconfig"])?;
         }
+        let services: &[&str] = if self.static_userland() {
+            &[]
+        } else {
+            KRG_SERVICE_FILES
+        };
         let missing: Vec<&str> = KRG_INSTALLED
             .iter()
+            .chain(services)
             .copied()
             .filter(|p| !root.join(p).exists())
             .collect();
@@ -337,6 +348,9 @@ impl Kernel {
                 "the kerrighed install left out of the nodes root: {}",
                 missing.join(", ")
             );
+        }
+        if self.static_userland() {
+            userland::require_static(&root)?;
         }
         let vmlinuz = root.join(format!("boot/vmlinuz-{KRG_RELEASE}"));
         let built = bzimage_release(&vmlinuz)?;
@@ -420,14 +434,72 @@ struct KrgBuild<'s> {
     /// everything installs into the nodes root as DESTDIR.
     current: bool,
     ccache: bool,
+    /// For a static nodes userland: the second tree (as the chroot sees
+    /// it) where libkerrighed and the tools are built against musl.
+    static_tools: Option<String>,
     configure_args: Vec<String>,
 }
 
 impl KrgBuild<'_> {
     fn make(&self, what: &str, args: &[&str], answer_defaults: bool) -> Result<()> {
+        self.make_in(&self.dir, what, args, answer_defaults)
+    }
+
+    fn make_in(&self, dir: &str, what: &str, args: &[&str], answer_defaults: bool) -> Result<()> {
         self.shell.step(what);
         self.shell
-            .run(self.chroot.cmd_in(&self.dir, args, answer_defaults))
+            .run(self.chroot.cmd_in(dir, args, answer_defaults))
+    }
+
+    /// libkerrighed and the tools again, static against musl, in the second
+    /// tree (which uses the first one's patched kernel headers), installed
+    /// into the nodes root (KERRIGHED.md, "A two-node cluster").
+    fn build_static_tools(&self, tree: &str, destdir: &str) -> Result<()> {
+        userland::kernel_headers(&self.chroot)?;
+        // libkerrighed includes the patched kernel's headers from here.
+        self.chroot.run(&[
+            "ln",
+            "-sfn",
+            &format!("{}/_kernel", self.dir),
+            &format!("{tree}/_kernel"),
+        ])?;
+        // 2.6.20's linux/types.h clashes with musl's own types without this.
+        let cflags = format!("{} -D__KERNEL_STRICT_NAMES", userland::musl_cflags());
+        let cc = format!("CC={}", userland::MUSL_CC);
+        self.make_in(
+            tree,
+            "configure libkerrighed and the tools for musl, static",
+            &[
+                "./configure",
+                "--disable-kernel",
+                "--disable-python",
+                "--disable-service",
+                "--disable-shared",
+                "--enable-static",
+                &cc,
+                &format!("CFLAGS={cflags}"),
+            ],
+            false,
+        )?;
+        // CFLAGS again on make's command line: configure's -Werror goes
+        // (musl's 64-bit time_t printed with %ld); -all-static: libtool
+        // drops a plain -static.
+        let make_flags = format!("CFLAGS={cflags} -Wall");
+        let jobs = userland::jobs();
+        for dir in ["libs", "tools"] {
+            self.make_in(
+                tree,
+                &format!("build {dir} static against musl"),
+                &["make", &jobs, "-C", dir, &make_flags, "LDFLAGS=-all-static"],
+                false,
+            )?;
+        }
+        self.make_in(
+            tree,
+            "install the static tools",
+            &["make", "-C", "tools", "install", destdir],
+            false,
+        )
     }
 
     /// configure, kerrighed's patched kernel tree and its build dir, with the
@@ -514,32 +586,61 @@ impl KrgBuild<'_> {
     /// the libraries and the tools; then both installs.
     fn build_and_install(&self) -> Result<()> {
         let cc = self.cc_arg.as_str();
-        let jobs = format!(
-            "-j{}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        );
+        let jobs = userland::jobs();
         self.make(
             "build the kernel (make kernel)",
             &["make", &jobs, "kernel", cc],
             false,
         )?;
-        self.make(
-            "build kerrighed.ko, the scheduler modules, libkerrighed and the tools (make)",
-            &["make", &jobs, cc],
-            false,
-        )?;
+        if self.static_tools.is_some() {
+            // The glibc libraries and tools would not run on the nodes:
+            // only the modules here, the tools come from the musl tree.
+            self.make(
+                "build kerrighed.ko and the scheduler modules (make -C modules)",
+                &["make", &jobs, "-C", "modules", cc],
+                false,
+            )?;
+        } else {
+            self.make(
+                "build kerrighed.ko, the scheduler modules, libkerrighed and the tools (make)",
+                &["make", &jobs, cc],
+                false,
+            )?;
+        }
         let destdir = format!("DESTDIR={DESTDIR}");
-        for (what, target) in [
-            ("install the kernel (make kernel-install)", "kernel-install"),
-            ("install kerrighed (make install)", "install"),
-        ] {
-            let mut args = vec!["make", target, cc];
+        let installs: &[(&str, &[&str])] = if self.static_tools.is_some() {
+            // The kernel and the modules only: the glibc libraries, tools
+            // and LSB service files would not run on a static userland.
+            &[
+                (
+                    "install the kernel (make kernel-install)",
+                    &["kernel-install"],
+                ),
+                (
+                    "install kerrighed.ko and the scheduler modules (make -C modules install)",
+                    &["-C", "modules", "install"],
+                ),
+            ]
+        } else {
+            &[
+                (
+                    "install the kernel (make kernel-install)",
+                    &["kernel-install"],
+                ),
+                ("install kerrighed (make install)", &["install"]),
+            ]
+        };
+        for (what, target) in installs {
+            let mut args = vec!["make"];
+            args.extend_from_slice(target);
+            args.push(cc);
             if self.current {
                 args.push(&destdir);
             }
             self.make(what, &args, false)?;
+        }
+        if let Some(tree) = &self.static_tools {
+            self.build_static_tools(tree, &destdir)?;
         }
         if self.ccache {
             let stats = self

@@ -30,6 +30,7 @@ pub mod test_http;
 pub mod testsuite;
 pub mod unpack;
 pub mod usb;
+pub mod userland;
 
 use std::path::{Path, PathBuf};
 

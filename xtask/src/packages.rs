@@ -18,8 +18,9 @@ use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
 use crate::pipeline::BuildContext;
-use crate::profile::{InstallMethod, RootSpec};
+use crate::profile::{InstallMethod, RootSpec, Userland};
 use crate::shell::{log_tail, StageShell};
+use crate::userland;
 
 pub const NODE1_ROOT: &str = "node1-root";
 pub const NODES_ROOT: &str = "nodes-root";
@@ -142,17 +143,38 @@ impl Stage for Packages {
             .collect()
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
+        // Where the build root is this run: rebuilt (its partial output) or kept.
+        let mut compiler_root = None;
         for job in self.jobs() {
-            if run.previous(job.output).is_some() && run.unchanged(&[&input_key(job.section)]) {
+            let static_userland = job.spec.userland == Userland::Static;
+            // A static root is compiled in the build root: it follows it.
+            let mut keys = vec![input_key(job.section)];
+            if static_userland {
+                keys.push(input_key("buildroot"));
+            }
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let dir = if run.previous(job.output).is_some() && run.unchanged(&keys) {
                 run.step(&format!("the {} root is unchanged: kept", job.dir));
                 run.keep(job.output)?;
-                continue;
+                root_dir(&self.0.layout, job.dir)
+            } else {
+                let dir = run.output(job.output)?.to_owned();
+                if static_userland {
+                    let compiler = compiler_root
+                        .as_deref()
+                        .context("internal: a static userland before the build root")?;
+                    userland::build(run.shell, &self.0.layout, job.spec, compiler, &dir)?;
+                } else {
+                    let cache = self.deb_cache(job.spec);
+                    fs::create_dir_all(cache.join("partial"))
+                        .with_context(|| format!("creating the .deb cache {}", cache.display()))?;
+                    build_root(run.shell, &job, &dir, &cache)?;
+                }
+                dir
+            };
+            if job.output == BUILD_ROOT {
+                compiler_root = Some(dir);
             }
-            let dir = run.output(job.output)?.to_owned();
-            let cache = self.deb_cache(job.spec);
-            fs::create_dir_all(cache.join("partial"))
-                .with_context(|| format!("creating the .deb cache {}", cache.display()))?;
-            build_root(run.shell, &job, &dir, &cache)?;
         }
         Ok(())
     }
@@ -171,7 +193,6 @@ fn keyring_package(path: &str) -> &'static str {
 
 fn build_root(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
     let spec = job.spec;
-    let section = job.section;
     let (suite, arch, mirror) = (&spec.suite, &spec.arch, &spec.mirror);
     let sh = shell.sh();
 
@@ -211,7 +232,7 @@ fn build_root(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Re
         install_with_apt(shell, job, dir, cache)?;
     }
 
-    shell.step(&format!("check the {section} package set"));
+    shell.step(&format!("check the {} root's package set", job.dir));
     check_installed(shell, dir, &spec.packages)?;
     shell.step(&format!(
         "clean the {} root (apt lists, logs, machine-id, ssh host keys)",
@@ -240,7 +261,7 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
         inside: "/var/cache/apt/archives".into(),
     };
     let chroot = Chroot::enter(dir, &job.spec.arch, &[archives], shell)?;
-    shell.step(&format!("update the {section} package lists"));
+    shell.step(&format!("update the {} root's package lists", job.dir));
     run_explained(shell, chroot.cmd(&["apt-get", "update"]), job)?;
     let count = job.spec.packages.len();
     shell.step(&format!("install {count} packages in the {} root", job.dir));

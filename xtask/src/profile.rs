@@ -54,8 +54,31 @@ pub struct RootSpec {
     /// even where the suite's own apt would call its expired key invalid).
     #[serde(default)]
     pub install: InstallMethod,
+    /// What the root's programs are: Debian's (debootstrap, `packages`
+    /// installed from `mirror`), or, for the nodes of a 2.6.20 kernel that
+    /// current glibc refuses, static programs built against musl in the
+    /// build root from the Debian *source* packages `packages`.
+    #[serde(default, skip_serializing_if = "Userland::is_debian")]
+    pub userland: Userland,
     pub packages: Vec<String>,
 }
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Userland {
+    #[default]
+    Debian,
+    Static,
+}
+
+impl Userland {
+    fn is_debian(&self) -> bool {
+        *self == Userland::Debian
+    }
+}
+
+/// The source packages a static userland knows how to build.
+pub const STATIC_PACKAGES: &[&str] = &["busybox", "dropbear"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -419,11 +442,14 @@ impl Profile {
 
     /// Every root the profile builds, with its section name: node1, nodes,
     /// and the build root when there is one.
+    /// In the order they are built: a static nodes root is built in the
+    /// build root, so after it.
     pub fn roots(&self) -> Vec<(&'static str, &RootSpec)> {
-        let mut roots = vec![("node1", &self.node1), ("nodes", &self.nodes)];
+        let mut roots = vec![("node1", &self.node1)];
         if let Some(build) = &self.buildroot {
             roots.push(("buildroot", build));
         }
+        roots.push(("nodes", &self.nodes));
         roots
     }
 
@@ -440,6 +466,7 @@ impl Profile {
         }
         self.kernel.check(&mut p);
         self.check_buildroot(&mut p);
+        self.check_userland(&mut p);
         if self.kernel.kind == KernelKind::Kerrighed {
             for needed in ["linux", "kerrighed"] {
                 if self.source(needed).is_none() {
@@ -470,6 +497,50 @@ impl Profile {
 }
 
 impl Profile {
+    /// A static userland is for the nodes only, is built in the build root,
+    /// and from sources krgiso has a recipe for (busybox at least: init
+    /// and shell).
+    fn check_userland(&self, p: &mut Problems) {
+        for (section, root) in [("node1", &self.node1)]
+            .into_iter()
+            .chain(self.buildroot.as_ref().map(|b| ("buildroot", b)))
+        {
+            if root.userland == Userland::Static {
+                p.add(
+                    format!("{section}.userland"),
+                    "only the nodes root can be a static userland",
+                );
+            }
+        }
+        let nodes = &self.nodes;
+        if nodes.userland != Userland::Static {
+            return;
+        }
+        if self.buildroot.is_none() {
+            p.add(
+                "nodes.userland",
+                "userland = \"static\" is built in the build root: set kernel.toolchain = \"current\" and add a [buildroot]",
+            );
+        }
+        for (i, pkg) in nodes.packages.iter().enumerate() {
+            if !STATIC_PACKAGES.contains(&pkg.as_str()) {
+                p.add(
+                    format!("nodes.packages[{i}]"),
+                    format!(
+                        "`{pkg}`: a static userland is built from {} only",
+                        STATIC_PACKAGES.join(" and ")
+                    ),
+                );
+            }
+        }
+        if !nodes.packages.iter().any(|p| p == "busybox") {
+            p.add(
+                "nodes.packages",
+                "a static userland needs busybox (init, shell, mount, networking tools)",
+            );
+        }
+    }
+
     /// The build root goes with `toolchain = "current"`, and builds for the
     /// nodes' architecture.
     fn check_buildroot(&self, p: &mut Problems) {
@@ -975,6 +1046,10 @@ mod tests {
             assert!(build.packages.iter().any(|p| p == needed), "{needed}");
         }
         assert_eq!(cur.nodes.arch, "i386");
+        assert_eq!(cur.nodes.userland, Userland::Static);
+        assert_eq!(cur.nodes.packages, ["busybox", "dropbear"]);
+        assert!(build.packages.iter().any(|p| p == "musl-tools"));
+        assert_eq!(krg.nodes.userland, Userland::Debian);
         // The same kernel.org pin; 2.4.4 pinned in the profile itself.
         assert_eq!(
             cur.source("linux").unwrap().sha256,
@@ -1026,6 +1101,41 @@ mod tests {
             "kind = \"stock\"\npatches = \"kernel-patches\"",
         );
         assert_eq!(err.key, "kernel.patches");
+    }
+
+    #[test]
+    fn a_static_userland_is_for_the_nodes_built_in_a_build_root_from_known_sources() {
+        let current =
+            std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-current.toml"))
+                .unwrap();
+        let parse = |text: &str| Profile::parse(text, Path::new("profiles/edited.toml"));
+        let unknown = current.replacen(
+            "packages = [\"busybox\", \"dropbear\"]",
+            "packages = [\"busybox\", \"openssh-server\"]",
+            1,
+        );
+        let err = parse(&unknown).unwrap_err();
+        assert_eq!(err.key, "nodes.packages[1]");
+        assert!(err.message.contains("busybox and dropbear only"), "{err}");
+        let no_busybox = current.replacen(
+            "packages = [\"busybox\", \"dropbear\"]",
+            "packages = [\"dropbear\"]",
+            1,
+        );
+        assert!(parse(&no_busybox)
+            .unwrap_err()
+            .message
+            .contains("needs busybox"));
+        // node1 is the live system of today: never static.
+        let node1 = current.replacen("[node1]\nsuite", "[node1]\nuserland = \"static\"\nsuite", 1);
+        assert_eq!(parse(&node1).unwrap_err().key, "node1.userland");
+        // The smoke profile has no build root to build one in.
+        let err = error_after(
+            "[nodes]\nsuite = \"bookworm\"",
+            "[nodes]\nuserland = \"static\"\nsuite = \"bookworm\"",
+        );
+        assert_eq!(err.key, "nodes.userland");
+        assert!(err.message.contains("built in the build root"), "{err}");
     }
 
     #[test]

@@ -135,6 +135,12 @@ pub fn add_user(root: &Path, layer: &Path, creds: &Credentials, cluster: &Cluste
     }
     let group = read("group");
     let uid = first_free_id(&passwd, &group);
+    // bash where the root has it; a busybox root has only sh.
+    let shell = if root.join("bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86400)
@@ -143,7 +149,7 @@ pub fn add_user(root: &Path, layer: &Path, creds: &Credentials, cluster: &Cluste
         (
             "passwd",
             passwd.clone(),
-            format!("{user}:x:{uid}:{uid}:krgiso cluster user:/home/{user}:/bin/bash"),
+            format!("{user}:x:{uid}:{uid}:krgiso cluster user:/home/{user}:{shell}"),
             0o644,
         ),
         (
@@ -266,6 +272,8 @@ mod tests {
         fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
         fs::write(root.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
         fs::write(root.join("etc/group"), "root:x:0:\nshadow:x:42:\n").unwrap();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::write(root.join("bin/bash"), "").unwrap();
         let key = t.path().join("k");
         fs::write(&key, "PRIVATE").unwrap();
         let creds = Credentials {
@@ -286,6 +294,12 @@ mod tests {
         assert_eq!(uid, 1000);
         let passwd = fs::read_to_string(layer.join("etc/passwd")).unwrap();
         assert_eq!(passwd, "root:x:0:0:root:/root:/bin/bash\nkrg:x:1000:1000:krgiso cluster user:/home/krg:/bin/bash\n");
+        // A root without bash (a busybox userland): the user gets sh.
+        fs::remove_file(root.join("bin/bash")).unwrap();
+        let other = t.path().join("layer2");
+        add_user(&root, &other, &creds, &cluster).unwrap();
+        let passwd = fs::read_to_string(other.join("etc/passwd")).unwrap();
+        assert!(passwd.ends_with(":/home/krg:/bin/sh\n"), "{passwd}");
         let shadow = fs::read_to_string(layer.join("etc/shadow")).unwrap();
         assert!(
             shadow

@@ -16,6 +16,7 @@ use crate::host::HostTool;
 use crate::kernel::KERNEL;
 use crate::packages::{root_dir, NODE1_ROOT, NODES_ROOT};
 use crate::pipeline::BuildContext;
+use crate::profile::Userland;
 
 pub const CONFIG: &str = "config";
 
@@ -55,13 +56,23 @@ impl Stage for Node1 {
         let out = run.output(CONFIG)?.to_owned();
         let (node1, nodes) = (out.join("node1"), out.join("nodes"));
         let overlay = cx.layout.project.join("overlay");
-        run.step("apply overlay/common, overlay/node1, overlay/nodes");
-        for (from, to) in [
+        let mut overlays = vec![
             ("common", &node1),
             ("common", &nodes),
             ("node1", &node1),
             ("nodes", &nodes),
-        ] {
+        ];
+        // busybox init, its boot script and login shells' profile.
+        if cx.profile.nodes.userland == Userland::Static {
+            overlays.push(("nodes-static", &nodes));
+        }
+        let mut names: Vec<String> = overlays
+            .iter()
+            .map(|(o, _)| format!("overlay/{o}"))
+            .collect();
+        names.dedup();
+        run.step(&format!("apply {}", names.join(", ")));
+        for (from, to) in overlays {
             files::copy_tree(&overlay.join(from), to)?;
         }
 

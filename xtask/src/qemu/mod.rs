@@ -26,7 +26,7 @@ use crate::files;
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
 use crate::node1::{accounts, render};
-use crate::profile::{KernelKind, Network, Profile, Toolchain};
+use crate::profile::{KernelKind, Network, Profile, Toolchain, Userland};
 use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
@@ -83,28 +83,41 @@ pub enum NodesBoot {
     Stock,
     /// The i386 Kerrighed kernel (NIC and NFS root built in), on a 32-bit
     /// PC. `userland`: the nodes root has programs that run on 2.6.20, so
-    /// the node goes on to write its report and offer a login.
-    Kerrighed { userland: bool },
+    /// the node loads Kerrighed, writes its report and offers a login; with
+    /// `nbmin` nodes up the cluster starts (in `session`).
+    Kerrighed {
+        userland: bool,
+        session: u8,
+        nbmin: u16,
+    },
 }
 
 impl NodesBoot {
     pub fn of(profile: &Profile) -> NodesBoot {
         match profile.kernel.kind {
             KernelKind::Stock => NodesBoot::Stock,
-            // lenny's userland runs on 2.6.20; a current Debian root's
-            // glibc refuses to (KERRIGHED.md), so kerrighed-current's
-            // nodes stop after mounting their root.
+            // lenny's userland runs on 2.6.20, and so do static programs;
+            // a current Debian root's glibc refuses to (KERRIGHED.md), and
+            // such nodes stop after mounting their root.
             KernelKind::Kerrighed => NodesBoot::Kerrighed {
-                userland: profile.kernel.toolchain == Toolchain::Era,
+                userland: profile.kernel.toolchain == Toolchain::Era
+                    || profile.nodes.userland == Userland::Static,
+                session: profile.cluster.session,
+                nbmin: profile.cluster.nbmin,
             },
         }
     }
 
-    fn steps(self) -> &'static [Milestone] {
+    /// What each of `nodes` nodes must pass: the cluster starts only with
+    /// nbmin of them.
+    fn steps(self, nodes: u32) -> &'static [Milestone] {
         match self {
             NodesBoot::Stock => STOCK_NODE_STEPS,
-            NodesBoot::Kerrighed { userland: true } => KRG_NODE_STEPS,
-            NodesBoot::Kerrighed { userland: false } => KRG_KERNEL_STEPS,
+            NodesBoot::Kerrighed {
+                userland: false, ..
+            } => KRG_KERNEL_STEPS,
+            NodesBoot::Kerrighed { nbmin, .. } if nodes >= u32::from(nbmin) => KRG_NODE_STEPS,
+            NodesBoot::Kerrighed { .. } => KRG_NODE_STEPS.split_at(KRG_NODE_STEPS.len() - 1).0,
         }
     }
 
@@ -138,10 +151,14 @@ pub enum Milestone {
     KrgNodeId,
     /// A Kerrighed node: the kernel mounted its NFS root.
     RootMounted,
+    /// A Kerrighed node: kerrighed.ko loaded, with the profile's session.
+    KrgLoaded,
     /// A node: its NFS root is mounted and took a write.
     NfsRootRw,
     /// A node: a login prompt on its serial console.
     MultiUser,
+    /// A Kerrighed node: the cluster started with every node the test booted.
+    ClusterUp,
 }
 
 impl Milestone {
@@ -155,6 +172,8 @@ impl Milestone {
             Milestone::Tipc => "TIPC up",
             Milestone::KrgNodeId => "Kerrighed node id",
             Milestone::RootMounted => "NFS root mounted",
+            Milestone::KrgLoaded => "Kerrighed loaded",
+            Milestone::ClusterUp => "cluster up",
             Milestone::NfsRootRw => "NFS root mounted rw",
             Milestone::MultiUser => "multi-user (login prompt)",
         }
@@ -178,8 +197,10 @@ const KRG_NODE_STEPS: &[Milestone] = &[
     Milestone::Tipc,
     Milestone::KrgNodeId,
     Milestone::RootMounted,
+    Milestone::KrgLoaded,
     Milestone::NfsRootRw,
     Milestone::MultiUser,
+    Milestone::ClusterUp,
 ];
 /// The Kerrighed kernel's own steps: up to the root it mounts.
 const KRG_KERNEL_STEPS: &[Milestone] = KRG_NODE_STEPS.split_at(7).0;
@@ -375,13 +396,17 @@ impl Run<'_> {
                 uplink: None,
                 cluster: (node_mac(n), self.hub.port(), port),
             };
-            self.power_on(spec, self.test.nodes_boot.steps())?;
+            self.power_on(spec, self.test.nodes_boot.steps(self.test.nodes))?;
         }
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
 
         let leases = self.check_cluster_link()?;
         self.check_uplink()?;
-        let reports = self.test.nodes_boot.steps().contains(&Milestone::NfsRootRw);
+        let reports = self
+            .test
+            .nodes_boot
+            .steps(self.test.nodes)
+            .contains(&Milestone::NfsRootRw);
         if self.test.nodes > 0 && reports {
             self.check_reports_on_node1(&leases)?;
         }
@@ -531,6 +556,13 @@ impl Run<'_> {
                 Milestone::RootMounted => console
                     .find(kernel_at, "VFS: Mounted root (nfs")
                     .map(|f| from_word(&f.line, "VFS:")),
+                Milestone::KrgLoaded => console
+                    .find(kernel_at, "Kerrighed session ID")
+                    .filter(|_| console.find(kernel_at, "Kerrighed... loaded!").is_some())
+                    .map(|f| from_word(&f.line, "Kerrighed session ID")),
+                Milestone::ClusterUp => console
+                    .find(kernel_at, "Kerrighed is running on ")
+                    .map(|f| from_word(&f.line, "Kerrighed is running on ")),
                 Milestone::NfsRootRw => console
                     .find(kernel_at, "krgiso: node ")
                     .map(|f| from_marker(&f.line)),
@@ -637,6 +669,24 @@ impl Run<'_> {
                 let id = t.detail(Milestone::KrgNodeId);
                 if id != lease.octets()[3].to_string() {
                     bail!("{name} leased {lease} but Kerrighed gave it node id {id}");
+                }
+            }
+            if let NodesBoot::Kerrighed { session, .. } = self.test.nodes_boot {
+                if t.steps.contains(&Milestone::KrgLoaded) {
+                    let said = t.detail(Milestone::KrgLoaded);
+                    if said.rsplit(':').next().map(str::trim) != Some(&session.to_string()) {
+                        bail!("{name} joined Kerrighed session \"{said}\", not the profile's {session}");
+                    }
+                }
+            }
+            if t.steps.contains(&Milestone::ClusterUp) {
+                let said = t.detail(Milestone::ClusterUp);
+                let all = format!("Kerrighed is running on {} nodes", self.test.nodes);
+                if !said.starts_with(&all) {
+                    bail!(
+                        "{name}: \"{said}\": the cluster did not start with all {} nodes",
+                        self.test.nodes
+                    );
                 }
             }
             leases.push((name.clone(), lease));
@@ -836,25 +886,40 @@ mod tests {
         let smoke = NodesBoot::of(&load("smoke"));
         assert_eq!(smoke, NodesBoot::Stock);
         assert_eq!(smoke.machine().program(), "qemu-system-x86_64");
-        assert!(smoke.steps().contains(&Milestone::MultiUser));
-        assert!(!smoke.steps().contains(&Milestone::Tipc));
-        // lenny's userland runs on 2.6.20; current Debian's does not.
-        let era = NodesBoot::of(&load("kerrighed"));
-        assert_eq!(era, NodesBoot::Kerrighed { userland: true });
-        assert!(era.steps().contains(&Milestone::MultiUser));
-        let current = NodesBoot::of(&load("kerrighed-current"));
-        assert_eq!(current, NodesBoot::Kerrighed { userland: false });
-        assert_eq!(current.machine().program(), "qemu-system-i386");
-        assert_eq!(current.steps().last(), Some(&Milestone::RootMounted));
-        for steps in [era.steps(), current.steps()] {
+        assert!(smoke.steps(2).contains(&Milestone::MultiUser));
+        assert!(!smoke.steps(2).contains(&Milestone::Tipc));
+        // lenny's userland runs on 2.6.20, and so does the static one.
+        for name in ["kerrighed", "kerrighed-current"] {
+            let krg = NodesBoot::of(&load(name));
+            assert_eq!(
+                krg,
+                NodesBoot::Kerrighed {
+                    userland: true,
+                    session: 1,
+                    nbmin: 2
+                },
+                "{name}"
+            );
+            assert_eq!(krg.machine().program(), "qemu-system-i386");
             for m in [
                 Milestone::Tipc,
                 Milestone::KrgNodeId,
                 Milestone::RootMounted,
+                Milestone::KrgLoaded,
+                Milestone::NfsRootRw,
+                Milestone::MultiUser,
             ] {
-                assert!(steps.contains(&m), "{m:?}");
+                assert!(krg.steps(1).contains(&m), "{name}: {m:?}");
             }
+            // nbmin = 2: one node alone never starts the cluster.
+            assert!(!krg.steps(1).contains(&Milestone::ClusterUp));
+            assert_eq!(krg.steps(2).last(), Some(&Milestone::ClusterUp));
         }
+        // A Debian root of today on the 2.6.20 kernel: up to its root.
+        let mut glibc = load("kerrighed-current");
+        glibc.nodes.userland = Userland::Debian;
+        let bare = NodesBoot::of(&glibc);
+        assert_eq!(bare.steps(2).last(), Some(&Milestone::RootMounted));
     }
 
     #[test]

@@ -1,0 +1,549 @@
+//! The nodes' static userland (`[nodes] userland = "static"`): a 2.6.20
+//! node cannot run current glibc (it refuses kernels older than 3.2 and
+//! calls system calls 2.6.20 lacks), so its programs are built static
+//! against musl, in the build root, from Debian's source packages: busybox
+//! (init, shell, mount, networking, login) and dropbear (ssh). The kernel
+//! stage adds Kerrighed's tools, built the same way.
+//!
+//! Nothing is installed on the host and the build root is not changed:
+//! apt reads a private sources list (a `deb-src` line for `[nodes]` suite
+//! and mirror) and keeps its lists in the work dir; the source packages
+//! are kept in the download cache, so a rebuild downloads nothing.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::chroot::{Chroot, ExtraBind, CHROOT_PATH};
+use crate::engine::Layout;
+use crate::files;
+use crate::kernel_config;
+use crate::profile::RootSpec;
+use crate::shell::StageShell;
+
+/// Where the build root sees the work dir, the nodes root being built, the
+/// source package cache and the compiler cache.
+pub const WORK_INSIDE: &str = "/usr/src/krgiso-userland";
+const ROOT_INSIDE: &str = "/krgiso/nodes-root";
+const SOURCES_INSIDE: &str = "/var/cache/krgiso-sources";
+pub const CCACHE_INSIDE: &str = "/var/cache/krgiso-ccache";
+/// The kernel's user-space headers (linux/, asm/, …) for musl, which ships
+/// none: links into the build root's linux-libc-dev.
+pub const KHEADERS_INSIDE: &str = "/usr/src/krgiso-userland/kheaders";
+/// The musl compiler Debian's musl-tools provides.
+pub const MUSL_CC: &str = "musl-gcc";
+
+/// The busybox options krgiso sets over `make defconfig`.
+const BUSYBOX_CONFIG: &str = "\
+# static: nothing to load at run time on a 2.6.20 node
+CONFIG_STATIC=y
+# its own crypt (musl's Debian build has none): login checks $6$ hashes
+CONFIG_USE_BB_CRYPT=y
+CONFIG_USE_BB_CRYPT_SHA=y
+";
+
+/// dropbear's build options: key logins only (musl's Debian build has no
+/// crypt()), and a PATH that has Kerrighed's tools.
+const DROPBEAR_OPTIONS: &str = "\
+/* krgiso: the nodes' ssh server */
+#define DROPBEAR_SVR_PASSWORD_AUTH 0
+#define DEFAULT_PATH \"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"
+#define DEFAULT_ROOT_PATH \"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"
+";
+
+/// Builds the static userland of `spec` into `out` (a fresh directory),
+/// compiling in `build_root`.
+pub fn build(
+    shell: &StageShell,
+    layout: &Layout,
+    spec: &RootSpec,
+    build_root: &Path,
+    out: &Path,
+) -> Result<()> {
+    let work = layout.build.join("userland-work");
+    files::remove_tree(&work)?;
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let sources = layout.downloads.join("debsrc").join(&spec.suite);
+    fs::create_dir_all(&sources)
+        .with_context(|| format!("creating the source package cache {}", sources.display()))?;
+
+    shell.step("the base of the nodes root: directories, devices, accounts");
+    base_files(out)?;
+
+    let mut binds = vec![
+        ExtraBind {
+            host: work.clone(),
+            inside: WORK_INSIDE.into(),
+        },
+        ExtraBind {
+            host: out.to_owned(),
+            inside: ROOT_INSIDE.into(),
+        },
+        ExtraBind {
+            host: sources.clone(),
+            inside: SOURCES_INSIDE.into(),
+        },
+    ];
+    let ccache = compiler_cache(build_root, layout, &mut binds)?;
+    let mut chroot = Chroot::enter(build_root, &spec.arch, &binds, shell)?;
+    if ccache {
+        use_compiler_cache(&mut chroot);
+    }
+    require_musl(&chroot)?;
+    kernel_headers(&chroot)?;
+
+    shell.step(&format!(
+        "the source packages {} of {} from {}",
+        spec.packages.join(", "),
+        spec.suite,
+        spec.mirror
+    ));
+    let apt = apt_options(&work, spec)?;
+    let apt_args = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["apt-get".to_owned(), "-q".to_owned()];
+        args.extend(apt.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |args: Vec<String>, dir: &str| -> Result<()> {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        shell.run(chroot.cmd_in(dir, &args, false))
+    };
+    run(apt_args(&["update"]), "/")?;
+    let jobs = jobs();
+    for pkg in &spec.packages {
+        let mut download = vec!["source", "--download-only"];
+        download.push(pkg);
+        run(apt_args(&download), SOURCES_INSIDE)?;
+        let uris = chroot.read(
+            &apt_args(&["source", "--print-uris", pkg])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )?;
+        let dsc = dsc_of(&uris)
+            .with_context(|| format!("apt-get source found no .dsc for {pkg}:\n{uris}"))?;
+        let tree = format!("{WORK_INSIDE}/{pkg}");
+        run(
+            vec![
+                "dpkg-source".into(),
+                "-x".into(),
+                format!("{SOURCES_INSIDE}/{dsc}"),
+                tree.clone(),
+            ],
+            WORK_INSIDE,
+        )?;
+        match pkg.as_str() {
+            "busybox" => busybox(shell, &chroot, &work.join(pkg), &tree, &jobs)?,
+            "dropbear" => dropbear(shell, &chroot, &work.join(pkg), &tree, &jobs, out)?,
+            other => bail!("no static recipe for `{other}` (profile [nodes] packages)"),
+        }
+    }
+    drop(chroot);
+
+    require_static(out)?;
+    files::remove_tree(&work)
+}
+
+/// Every program in a static userland root must start without a dynamic
+/// loader: one that asks for one would not run on the node.
+pub fn require_static(root: &Path) -> Result<()> {
+    let dynamic = dynamic_programs(root)?;
+    if !dynamic.is_empty() {
+        bail!(
+            "the static nodes root has programs that need a dynamic loader (they would not start on a node): {}",
+            dynamic
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `-jN`, every core.
+pub fn jobs() -> String {
+    format!(
+        "-j{}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
+}
+
+/// Binds the compiler cache when the build root has ccache; says whether.
+pub fn compiler_cache(
+    build_root: &Path,
+    layout: &Layout,
+    binds: &mut Vec<ExtraBind>,
+) -> Result<bool> {
+    if !build_root.join("usr/lib/ccache").is_dir() {
+        return Ok(false);
+    }
+    let cache = &layout.compiler_cache;
+    fs::create_dir_all(cache)
+        .with_context(|| format!("creating the compiler cache {}", cache.display()))?;
+    binds.push(ExtraBind {
+        host: cache.clone(),
+        inside: CCACHE_INSIDE.into(),
+    });
+    Ok(true)
+}
+
+/// Every compiler the chroot runs goes through the compiler cache.
+pub fn use_compiler_cache(chroot: &mut Chroot) {
+    chroot.set_env("PATH", &format!("/usr/lib/ccache:{CHROOT_PATH}"));
+    chroot.set_env("CCACHE_DIR", CCACHE_INSIDE);
+}
+
+fn require_musl(chroot: &Chroot) -> Result<()> {
+    match chroot.read(&["sh", "-c", "command -v \"$1\"", "sh", MUSL_CC]) {
+        Ok(path) if !path.is_empty() => Ok(()),
+        _ => bail!(
+            "{MUSL_CC} is not in the build root: add musl-tools (and dpkg-dev) to [buildroot] packages"
+        ),
+    }
+}
+
+/// Links the build root's kernel headers where musl builds look (see
+/// [`KHEADERS_INSIDE`]); the directory is inside the work dir.
+pub fn kernel_headers(chroot: &Chroot) -> Result<()> {
+    let multiarch = chroot.read(&["gcc", "-print-multiarch"])?;
+    let script = "mkdir -p \"$1\" && cd \"$1\" && \
+                  for d in linux asm-generic mtd; do ln -sfn /usr/include/$d $d; done && \
+                  ln -sfn /usr/include/$2/asm asm";
+    chroot.run(&["sh", "-c", script, "sh", KHEADERS_INSIDE, multiarch.trim()])
+}
+
+/// The musl compiler's flags: size over speed, the kernel headers.
+pub fn musl_cflags() -> String {
+    format!("-Os -isystem {KHEADERS_INSIDE}")
+}
+
+/// apt options that read a private sources list (deb-src of `[nodes]`)
+/// and keep the lists in the work dir: the build root is not changed.
+fn apt_options(work: &Path, spec: &RootSpec) -> Result<Vec<String>> {
+    let lists = work.join("apt-lists");
+    fs::create_dir_all(lists.join("partial"))?;
+    fs::write(
+        work.join("sources.list"),
+        format!(
+            "deb-src {} {} {}\n",
+            spec.mirror,
+            spec.suite,
+            spec.components.join(" ")
+        ),
+    )?;
+    fs::create_dir_all(work.join("sources.list.d"))?;
+    fs::create_dir_all(work.join("apt-cache/archives/partial"))?;
+    Ok([
+        format!("Dir::Etc::SourceList={WORK_INSIDE}/sources.list"),
+        format!("Dir::Etc::SourceParts={WORK_INSIDE}/sources.list.d"),
+        format!("Dir::State::Lists={WORK_INSIDE}/apt-lists"),
+        format!("Dir::Cache={WORK_INSIDE}/apt-cache"),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_owned(), o])
+    .collect())
+}
+
+/// The `.dsc` file name in `apt-get source --print-uris` output: lines
+/// `'URI' NAME SIZE HASH`.
+pub fn dsc_of(uris: &str) -> Option<String> {
+    uris.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .find(|name| name.ends_with(".dsc"))
+        .map(str::to_owned)
+}
+
+fn busybox(shell: &StageShell, chroot: &Chroot, host: &Path, tree: &str, jobs: &str) -> Result<()> {
+    let cc = format!("CC={MUSL_CC}");
+    let flags = format!("EXTRA_CFLAGS={}", musl_cflags());
+    let make = |what: &str, args: &[&str], answer: bool| -> Result<()> {
+        shell.step(what);
+        shell.run(chroot.cmd_in(tree, args, answer))
+    };
+    make(
+        "busybox: defconfig",
+        &["make", "defconfig", &cc, "HOSTCC=gcc"],
+        false,
+    )?;
+    let config = host.join(".config");
+    let text = fs::read_to_string(&config).context("busybox's defconfig left no .config")?;
+    fs::write(&config, kernel_config::merge(&text, BUSYBOX_CONFIG))?;
+    make(
+        "busybox: oldconfig",
+        &["make", "oldconfig", &cc, "HOSTCC=gcc"],
+        true,
+    )?;
+    let resolved = fs::read_to_string(&config)?;
+    let dropped = kernel_config::dropped(BUSYBOX_CONFIG, &resolved);
+    if !dropped.is_empty() {
+        bail!("busybox's config dropped {}", dropped.join(", "));
+    }
+    make(
+        "busybox: build, static against musl",
+        &["make", jobs, &cc, "HOSTCC=gcc", &flags],
+        false,
+    )?;
+    let prefix = format!("CONFIG_PREFIX={ROOT_INSIDE}");
+    make(
+        "busybox: install with its applet links",
+        &["make", "install", &cc, "HOSTCC=gcc", &flags, &prefix],
+        false,
+    )
+}
+
+fn dropbear(
+    shell: &StageShell,
+    chroot: &Chroot,
+    host: &Path,
+    tree: &str,
+    jobs: &str,
+    out: &Path,
+) -> Result<()> {
+    fs::write(host.join("localoptions.h"), DROPBEAR_OPTIONS)?;
+    let cc = format!("CC={MUSL_CC}");
+    let cflags = format!("CFLAGS={}", musl_cflags());
+    let make = |what: &str, args: &[&str]| -> Result<()> {
+        shell.step(what);
+        shell.run(chroot.cmd_in(tree, args, false))
+    };
+    make(
+        "dropbear: configure for musl",
+        &[
+            "./configure",
+            &cc,
+            &cflags,
+            "--enable-static",
+            "--disable-zlib",
+            "--disable-lastlog",
+            "--disable-utmp",
+            "--disable-utmpx",
+            "--disable-wtmp",
+            "--disable-wtmpx",
+            "--disable-pututline",
+            "--disable-pututxline",
+        ],
+    )?;
+    make(
+        "dropbear: build, static against musl",
+        &[
+            "make",
+            jobs,
+            "PROGRAMS=dropbear dbclient dropbearkey scp",
+            "MULTI=1",
+            "STATIC=1",
+        ],
+    )?;
+    shell.step("dropbear: install (one program, its names as links)");
+    let multi = out.join("usr/sbin/dropbearmulti");
+    fs::create_dir_all(out.join("usr/sbin"))?;
+    fs::create_dir_all(out.join("usr/bin"))?;
+    fs::copy(host.join("dropbearmulti"), &multi).context("installing dropbearmulti")?;
+    fs::set_permissions(&multi, fs::Permissions::from_mode(0o755))?;
+    for (link, target) in [
+        ("usr/sbin/dropbear", "dropbearmulti"),
+        ("usr/bin/dbclient", "../sbin/dropbearmulti"),
+        ("usr/bin/ssh", "../sbin/dropbearmulti"),
+        ("usr/bin/dropbearkey", "../sbin/dropbearmulti"),
+        ("usr/bin/scp", "../sbin/dropbearmulti"),
+    ] {
+        let path = out.join(link);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(target, &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// What a root needs before its programs: the directories, the two devices
+/// the kernel opens before init runs (2.6.20 has no devtmpfs), root's
+/// account, and the host name Kerrighed reads at boot.
+fn base_files(out: &Path) -> Result<()> {
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "usr/local/bin",
+        "usr/local/sbin",
+        "etc",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "var/run",
+        "var/log",
+        "var/lib",
+        "root",
+        "home",
+        "config",
+        "lib",
+    ] {
+        fs::create_dir_all(out.join(dir))?;
+    }
+    fs::set_permissions(out.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    fs::set_permissions(out.join("root"), fs::Permissions::from_mode(0o700))?;
+    for (path, text, mode) in [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+            0o644,
+        ),
+        (
+            "etc/group",
+            "root:x:0:\nshadow:x:42:\nnogroup:x:65534:\n",
+            0o644,
+        ),
+        (
+            "etc/shadow",
+            "root:*:20000:0:99999:7:::\nnobody:*:20000:0:99999:7:::\n",
+            0o640,
+        ),
+        ("etc/shells", "/bin/sh\n", 0o644),
+        ("etc/hostname", "krgiso\n", 0o644),
+    ] {
+        let file = out.join(path);
+        fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode))?;
+    }
+    // dropbear makes each node's host keys at first use, in RAM.
+    std::os::unix::fs::symlink("/var/run/dropbear", out.join("etc/dropbear"))?;
+    for (name, major, minor, mode) in [("console", 5, 1, 0o600), ("null", 1, 3, 0o666)] {
+        mknod_char(&out.join("dev").join(name), major, minor, mode)?;
+    }
+    Ok(())
+}
+
+fn mknod_char(path: &Path, major: u32, minor: u32, mode: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; makedev has no preconditions.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | mode,
+            libc::makedev(major, minor),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating the device {}", path.display()));
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Programs under `root` that ask for a dynamic loader (an ELF
+/// `PT_INTERP`): they would not start on a static-userland node.
+pub fn dynamic_programs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let meta = fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                let bytes =
+                    fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                if has_interpreter(&bytes) {
+                    found.push(path.strip_prefix(root).unwrap_or(&path).to_owned());
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether an ELF file has a `PT_INTERP` program header (32- or 64-bit,
+/// little-endian).
+pub fn has_interpreter(bytes: &[u8]) -> bool {
+    if bytes.len() < 52 || !bytes.starts_with(b"\x7fELF") || bytes[5] != 1 {
+        return false;
+    }
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(|b| u64::from_le_bytes(b) as usize)
+    };
+    let (phoff, phentsize, phnum) = match bytes[4] {
+        1 => (u32_at(28), u16_at(42), u16_at(44)),
+        2 => (u64_at(32), u16_at(54), u16_at(56)),
+        _ => return false,
+    };
+    let (Some(phoff), Some(size), Some(num)) = (phoff, phentsize, phnum) else {
+        return false;
+    };
+    const PT_INTERP: usize = 3;
+    (0..num).any(|i| u32_at(phoff + i * size) == Some(PT_INTERP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dsc_is_found_in_apt_print_uris() {
+        let uris = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0-4%2bdeb12u1.dsc' busybox_1.35.0-4+deb12u1.dsc 2323 SHA256:aa\n\
+                    'http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0.orig.tar.bz2' busybox_1.35.0.orig.tar.bz2 2485495 SHA256:bb\n";
+        assert_eq!(
+            dsc_of(uris).as_deref(),
+            Some("busybox_1.35.0-4+deb12u1.dsc")
+        );
+        assert_eq!(dsc_of("Reading package lists...\n"), None);
+    }
+
+    /// A minimal 32-bit ELF header with one program header of `kind`.
+    fn elf32(kind: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 52 + 32];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 1; // 32-bit
+        b[5] = 1; // little-endian
+        b[28..32].copy_from_slice(&52u32.to_le_bytes()); // e_phoff
+        b[42..44].copy_from_slice(&32u16.to_le_bytes()); // e_phentsize
+        b[44..46].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        b[52..56].copy_from_slice(&kind.to_le_bytes()); // p_type
+        b
+    }
+
+    #[test]
+    fn a_program_that_needs_a_loader_is_found() {
+        assert!(has_interpreter(&elf32(3)));
+        assert!(!has_interpreter(&elf32(1)), "PT_LOAD only: static");
+        assert!(!has_interpreter(b"#!/bin/sh\necho hi\n"));
+        let t = tempfile::tempdir().unwrap();
+        for (name, bytes, mode) in [
+            ("bin/busybox", elf32(1), 0o755),
+            ("usr/bin/dynamic", elf32(3), 0o755),
+            ("lib/libx.so", elf32(3), 0o644),
+            ("etc/init.d/rcS", b"#!/bin/sh\n".to_vec(), 0o755),
+        ] {
+            let path = t.path().join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, bytes).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        assert_eq!(
+            dynamic_programs(t.path()).unwrap(),
+            [PathBuf::from("usr/bin/dynamic")]
+        );
+    }
+}
