@@ -288,6 +288,11 @@ pub(crate) fn milestone_timings(report: &Report) -> Timings {
                     | Milestone::NfsRootRw
                     | Milestone::MultiUser
                     | Milestone::ClusterUp
+                    | Milestone::KrgNodes
+                    | Milestone::OneProcessSpace
+                    | Milestone::MigratedAway
+                    | Milestone::MigratedBack
+                    | Milestone::ClusterCpus
             )
         })
         .map(|r| {

@@ -103,7 +103,8 @@ impl Stage for Kernel {
     }
     fn recipe(&self) -> u32 {
         // 2: System.map staged; kerrighed.ko checked; toolchains.
-        2
+        // 3: a static nodes userland gets static tools, no glibc ones.
+        3
     }
     fn needs_root(&self) -> bool {
         true

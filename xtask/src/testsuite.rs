@@ -82,8 +82,13 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-kernel-krg",
-        about: "the real Kerrighed kernel (kerrighed-current, from the pre-download dir): build, outputs, PXE boot of 2.6.20-krg, a bad patch named, warm rebuild",
+        about: "the real Kerrighed kernel (kerrighed-current, from the pre-download dir): build, outputs, static userland, a bad patch named, warm rebuild",
         check: e2e_krg::kernel_krg,
+    },
+    EndToEnd {
+        name: "e2e-boot-krg",
+        about: "`qemu --nodes 2` on kerrighed-current: two 2.6.20-krg nodes form a Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo",
+        check: e2e_krg::boot_krg,
     },
     EndToEnd {
         name: "e2e-build",

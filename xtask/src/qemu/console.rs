@@ -156,8 +156,15 @@ impl Console {
         let from = self.position();
         // The markers are typed split in two, so the echo of the typed
         // line never matches them; only the command's output does.
+        // A command sent to the background ends with `&`, which is its
+        // separator already (`&;` would be a syntax error).
+        let then = if command.trim_end().ends_with('&') {
+            " "
+        } else {
+            "; "
+        };
         self.send(&format!(
-            "echo KRGISO-OUT''PUT-BEGIN; {command}; echo KRGISO-OUT''PUT-END\n"
+            "echo KRGISO-OUT''PUT-BEGIN; {command}{then}echo KRGISO-OUT''PUT-END\n"
         ))?;
         let begin = self.wait_text(from, "KRGISO-OUTPUT-BEGIN", until)?;
         let end = self.wait_text(begin, "KRGISO-OUTPUT-END", until)?;

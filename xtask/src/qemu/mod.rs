@@ -10,6 +10,7 @@
 pub mod console;
 pub mod frame;
 pub mod hub;
+mod ssi;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -159,6 +160,16 @@ pub enum Milestone {
     MultiUser,
     /// A Kerrighed node: the cluster started with every node the test booted.
     ClusterUp,
+    /// The cluster: `krgadm nodes` lists every node online.
+    KrgNodes,
+    /// The cluster: a job started on one node is listed, same PID, on another.
+    OneProcessSpace,
+    /// The cluster: `migrate` moved the job to the other node, still counting.
+    MigratedAway,
+    /// The cluster: `migrate` brought it back.
+    MigratedBack,
+    /// The cluster: one node's /proc/cpuinfo lists every node's processor.
+    ClusterCpus,
 }
 
 impl Milestone {
@@ -174,6 +185,11 @@ impl Milestone {
             Milestone::RootMounted => "NFS root mounted",
             Milestone::KrgLoaded => "Kerrighed loaded",
             Milestone::ClusterUp => "cluster up",
+            Milestone::KrgNodes => "krgadm nodes: all online",
+            Milestone::OneProcessSpace => "one process space",
+            Milestone::MigratedAway => "process migrated away",
+            Milestone::MigratedBack => "process migrated back",
+            Milestone::ClusterCpus => "cluster-wide /proc/cpuinfo",
             Milestone::NfsRootRw => "NFS root mounted rw",
             Milestone::MultiUser => "multi-user (login prompt)",
         }
@@ -410,6 +426,14 @@ impl Run<'_> {
         if self.test.nodes > 0 && reports {
             self.check_reports_on_node1(&leases)?;
         }
+        let cluster = self
+            .test
+            .nodes_boot
+            .steps(self.test.nodes)
+            .contains(&Milestone::ClusterUp);
+        if cluster && self.test.nodes >= 2 {
+            self.prove_single_system_image(&leases)?;
+        }
         let report = Report {
             firmware: format!("{:?}", self.test.firmware),
             accel: accel_name(self.accel).to_owned(),
@@ -570,6 +594,12 @@ impl Run<'_> {
                     .find_text(kernel_at, "login: ")
                     .map(|_| String::new()),
                 Milestone::MultiUser => None,
+                // Checked by the single-system-image proof, not watched for.
+                Milestone::KrgNodes
+                | Milestone::OneProcessSpace
+                | Milestone::MigratedAway
+                | Milestone::MigratedBack
+                | Milestone::ClusterCpus => None,
             };
             let Some(detail) = found else { break };
             if m == Milestone::NfsRootRw && !detail.contains("rw=ok") {

@@ -1,0 +1,264 @@
+//! The single-system-image proof, once a Kerrighed cluster of two or more
+//! nodes is up: logged in as the cluster user on two nodes' serial
+//! consoles, the test checks what a Kerrighed user relies on, each step a
+//! milestone that can fail:
+//!
+//! - `krgadm nodes` on node A lists every node booted as online;
+//! - one process space: a job started on A is listed by `ps -e` on B with
+//!   the same PID;
+//! - migration: `migrate PID <B>` moves that job (a loop that writes, every
+//!   second, its PID, a counter and the node it runs on — as it sees itself
+//!   in `/proc/nodes/self` — to a file in the shared root) to B, where it
+//!   goes on counting; `migrate PID <A>` brings it back;
+//! - one machine: A's `/proc/cpuinfo` lists every node's processor.
+//!
+//! Only programs a lenny node has too are used (sh, ps, setsid, readlink,
+//! grep, cat, mv, sleep, kill and Kerrighed's tools), so the proof holds for
+//! the `kerrighed` profile's userland as for the static one.
+//!
+//! Kerrighed's rules (KERRIGHED.md): only a process with a cluster-wide PID
+//! moves, so the job starts in a session of its own (`setsid`) after
+//! `krgcapset -d +CAN_MIGRATE`; and where a process runs is what it reads
+//! in `/proc/nodes/self` (`ps` is cluster-wide).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{Milestone, Reached, Run};
+
+/// Where the job records itself, in the cluster user's home (shared root).
+const RECORD: &str = ".krgiso-ssi";
+
+/// What the job last wrote: its PID, its counter, the node it ran on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub pid: u32,
+    pub count: u64,
+    pub node: String,
+}
+
+impl Record {
+    /// `8618981 27 node131`, possibly among kernel messages on the console.
+    pub fn parse(text: &str) -> Option<Record> {
+        text.lines().rev().find_map(|line| {
+            let mut words = line.split_whitespace();
+            let record = Record {
+                pid: words.next()?.parse().ok()?,
+                count: words.next()?.parse().ok()?,
+                node: words.next().filter(|n| n.starts_with("node"))?.to_owned(),
+            };
+            words.next().is_none().then_some(record)
+        })
+    }
+}
+
+/// Whether `krgadm nodes` output says every id is online (`131:online`).
+pub fn all_online(listing: &str, ids: &[u8]) -> bool {
+    ids.iter().all(|id| {
+        listing
+            .split_whitespace()
+            .any(|w| w == format!("{id}:online"))
+    })
+}
+
+impl Run<'_> {
+    /// The proof above on the first two nodes (vms 1 and 2).
+    pub(super) fn prove_single_system_image(
+        &mut self,
+        leases: &[(String, Ipv4Addr)],
+    ) -> Result<()> {
+        let ids: Vec<u8> = leases.iter().map(|(_, ip)| ip.octets()[3]).collect();
+        let (a, b) = (1, 2);
+        let (id_a, id_b) = (ids[0], ids[1]);
+        let (user, password) = self.test.login.clone();
+        let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
+        for vm in [a, b] {
+            self.vms[vm]
+                .vm
+                .console
+                .login(&user, &password, until)
+                .with_context(|| format!("logging in on {}'s serial console", self.name(vm)))?;
+        }
+
+        let listing = self.on(a, "krgadm nodes", until)?;
+        if !all_online(&listing, &ids) {
+            bail!(
+                "`krgadm nodes` on {} does not list every node ({ids:?}) online: {listing:?}",
+                self.name(a)
+            );
+        }
+        self.record(
+            a,
+            Milestone::KrgNodes,
+            listing.split_whitespace().collect::<Vec<_>>().join(" "),
+        );
+
+        let file = format!("/home/{user}/{RECORD}");
+        let job = format!(
+            "i=0; while :; do i=$((i+1)); echo \"$$ $i $(readlink /proc/nodes/self)\" > {file}.new; mv {file}.new {file}; sleep 1; done"
+        );
+        // krgcapset -d changes what its parent (the login shell) hands on to
+        // the processes it starts from now on: run it in that shell itself.
+        self.on(a, "krgcapset -d +CAN_MIGRATE", until)?;
+        self.on(
+            a,
+            &format!("rm -f {file}; setsid sh -c '{job}' </dev/null >/dev/null 2>&1 &"),
+            until,
+        )?;
+        let first = self.wait_record(a, &file, until, |r| r.node == format!("node{id_a}"))?;
+        let pid = first.pid;
+
+        // -e -o: every process, and its arguments, with busybox's ps and
+        // with procps' (lenny), whose plain ps shows only the terminal's.
+        let ps = self.on(b, "ps -e -o pid,args", until)?;
+        let listed = ps.lines().any(|l| {
+            l.split_whitespace().next() == Some(&pid.to_string()) && l.contains("i=0; while")
+        });
+        if !listed {
+            bail!(
+                "the job {pid} started on {} is not listed by ps on {}:\n{ps}",
+                self.name(a),
+                self.name(b)
+            );
+        }
+        self.record(
+            b,
+            Milestone::OneProcessSpace,
+            format!("pid {pid} from {} listed here", self.name(a)),
+        );
+
+        let mut last = first;
+        for (target, label) in [
+            (id_b, Milestone::MigratedAway),
+            (id_a, Milestone::MigratedBack),
+        ] {
+            self.on(b, &format!("migrate {pid} {target}"), until)?;
+            let before = last.count;
+            let moved = self
+                .wait_record(b, &file, until, |r| {
+                    r.pid == pid && r.node == format!("node{target}") && r.count > before
+                })
+                .with_context(|| {
+                    format!(
+                        "after `migrate {pid} {target}`, the job never said it ran on node{target}"
+                    )
+                })?;
+            self.record(
+                b,
+                label,
+                format!(
+                    "pid {pid} on node{target}, counter {} -> {}",
+                    last.count, moved.count
+                ),
+            );
+            last = moved;
+        }
+
+        let cpus = self.on(a, "grep -c ^processor /proc/cpuinfo", until)?;
+        let seen: usize = cpus
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().parse().ok())
+            .with_context(|| format!("no processor count from /proc/cpuinfo: {cpus:?}"))?;
+        let booted = leases.len();
+        if seen != booted {
+            bail!(
+                "/proc/cpuinfo on {} lists {seen} processors, not the {booted} of the cluster's nodes (one each)",
+                self.name(a)
+            );
+        }
+        self.record(
+            a,
+            Milestone::ClusterCpus,
+            format!("/proc/cpuinfo lists {seen} processors"),
+        );
+        self.on(a, &format!("kill {pid}"), until)?;
+        Ok(())
+    }
+
+    fn name(&self, vm: usize) -> String {
+        self.vms[vm].vm.spec.name.clone()
+    }
+
+    /// Runs `command` in the session logged in on `vm`'s console.
+    fn on(&self, vm: usize, command: &str, until: Instant) -> Result<String> {
+        self.vms[vm]
+            .vm
+            .console
+            .run(command, until)
+            .with_context(|| format!("running `{command}` on {}", self.name(vm)))
+    }
+
+    /// Reads the job's record (from `vm`) until `wanted` holds. The NFS
+    /// client may show the old file for a few seconds: it is read again.
+    fn wait_record(
+        &self,
+        vm: usize,
+        file: &str,
+        until: Instant,
+        wanted: impl Fn(&Record) -> bool,
+    ) -> Result<Record> {
+        let give_up = (Instant::now() + Duration::from_secs(90)).min(until);
+        let mut seen = None;
+        loop {
+            let text = self.on(vm, &format!("cat {file}"), until)?;
+            if let Some(record) = Record::parse(&text) {
+                if wanted(&record) {
+                    return Ok(record);
+                }
+                seen = Some(record);
+            }
+            if Instant::now() > give_up {
+                bail!("the job's record in {file} stayed {seen:?}");
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    fn record(&mut self, vm: usize, milestone: Milestone, detail: String) {
+        let name = self.name(vm);
+        self.say(&name, &format!("{}: {detail}", milestone.label()));
+        let since_power_on = self.vms[vm].vm.seconds();
+        let since_start = self.started.elapsed().as_secs_f64();
+        self.vms[vm].reached.push(Reached {
+            vm: name,
+            milestone,
+            label: milestone.label(),
+            since_power_on,
+            since_start,
+            detail,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jobs_record_is_read_among_console_noise() {
+        let text = "send_kerrighed_signal: 8684548 (migrate) -> 8618981 (sh)\n8618981 37 node132";
+        assert_eq!(
+            Record::parse(text),
+            Some(Record {
+                pid: 8618981,
+                count: 37,
+                node: "node132".into()
+            })
+        );
+        assert_eq!(
+            Record::parse("cat: can't open '/home/krg/.krgiso-ssi'"),
+            None
+        );
+        assert_eq!(Record::parse("8618981 37 node132 extra"), None);
+    }
+
+    #[test]
+    fn every_node_must_be_online_in_krgadm_nodes() {
+        assert!(all_online("131:online\n132:online\n", &[131, 132]));
+        assert!(!all_online("131:online\n132:present\n", &[131, 132]));
+        assert!(!all_online("131:online\n", &[131, 132]));
+    }
+}
