@@ -160,6 +160,8 @@ pub enum Milestone {
     MultiUser,
     /// A Kerrighed node: the cluster started with every node the test booted.
     ClusterUp,
+    /// A Kerrighed node: node1's cluster key opens an ssh session on it.
+    SshFromNode1,
     /// The cluster: `krgadm nodes` lists every node online.
     KrgNodes,
     /// The cluster: a job started on one node is listed, same PID, on another.
@@ -185,6 +187,7 @@ impl Milestone {
             Milestone::RootMounted => "NFS root mounted",
             Milestone::KrgLoaded => "Kerrighed loaded",
             Milestone::ClusterUp => "cluster up",
+            Milestone::SshFromNode1 => "ssh from node1",
             Milestone::KrgNodes => "krgadm nodes: all online",
             Milestone::OneProcessSpace => "one process space",
             Milestone::MigratedAway => "process migrated away",
@@ -595,7 +598,8 @@ impl Run<'_> {
                     .map(|_| String::new()),
                 Milestone::MultiUser => None,
                 // Checked by the single-system-image proof, not watched for.
-                Milestone::KrgNodes
+                Milestone::SshFromNode1
+                | Milestone::KrgNodes
                 | Milestone::OneProcessSpace
                 | Milestone::MigratedAway
                 | Milestone::MigratedBack
@@ -761,12 +765,15 @@ impl Run<'_> {
 
     /// Logs in on node1's console and lists what the nodes wrote into the
     /// exported root: each node's file must be there.
-    fn check_reports_on_node1(&self, leases: &[(String, Ipv4Addr)]) -> Result<()> {
-        let console = &self.vms[0].vm.console;
-        let (user, password) = &self.test.login;
+    /// Logged in on node1's console: every node's file is under the
+    /// export; and, for Kerrighed nodes, node1's cluster key opens an ssh
+    /// session on each (their sshd runs on 2.6.20).
+    fn check_reports_on_node1(&mut self, leases: &[(String, Ipv4Addr)]) -> Result<()> {
+        let (user, password) = self.test.login.clone();
         let until = (Instant::now() + Duration::from_secs(120)).min(self.deadline);
+        let console = &self.vms[0].vm.console;
         console
-            .login(user, password, until)
+            .login(&user, &password, until)
             .context("logging in on node1's serial console")?;
         let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
         let listed = console.run(&format!("ls -1 {dir}"), until)?;
@@ -776,11 +783,33 @@ impl Run<'_> {
                 bail!("{name} wrote {dir}/{ip} in its NFS root, but node1 does not see it (listed: {listed:?})");
             }
         }
-        let _ = console.send("exit\n");
         self.say(
             "node1",
             &format!("sees every node's file in {dir}: the NFS root is rw"),
         );
+        let mut ssh = Vec::new();
+        if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. }) {
+            for (i, (name, ip)) in leases.iter().enumerate() {
+                let said = console.run(
+                    &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} uname -nr"),
+                    until,
+                )?;
+                let release = crate::kernel::KRG_RELEASE;
+                if !said.contains(release) {
+                    bail!("node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}");
+                }
+                let line = said
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains(release))
+                    .unwrap_or("");
+                ssh.push((i + 1, line.trim().to_owned()));
+            }
+        }
+        let _ = self.vms[0].vm.console.send("exit\n");
+        for (vm, detail) in ssh {
+            self.record(vm, Milestone::SshFromNode1, detail);
+        }
         Ok(())
     }
 

@@ -217,7 +217,7 @@ impl Run<'_> {
         }
     }
 
-    fn record(&mut self, vm: usize, milestone: Milestone, detail: String) {
+    pub(super) fn record(&mut self, vm: usize, milestone: Milestone, detail: String) {
         let name = self.name(vm);
         self.say(&name, &format!("{}: {detail}", milestone.label()));
         let since_power_on = self.vms[vm].vm.seconds();
