@@ -16,10 +16,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Layout, Stamp};
+use crate::engine::Stamp;
 use crate::files;
 use crate::interrupt::Cleanup;
-use crate::pipeline;
+use crate::layout::Layout;
+use crate::stages;
 
 /// What to measure, where.
 pub struct Bench {
@@ -271,7 +272,7 @@ impl Bench {
 
     fn stamps(&self) -> BTreeMap<String, Stamp> {
         let layout = self.layout();
-        pipeline::BUILD
+        stages::BUILD
             .iter()
             .filter_map(|s| Some((s.to_string(), Stamp::load(&layout.stamp(s))?)))
             .collect()
@@ -279,7 +280,7 @@ impl Bench {
 
     /// The kernel stage's output files with their modification times.
     fn kernel_outputs(&self) -> Result<BTreeMap<PathBuf, SystemTime>> {
-        let dir = crate::kernel::staged_dir(&self.layout());
+        let dir = self.layout().staged_kernel();
         let mut out = BTreeMap::new();
         for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let e = e?;

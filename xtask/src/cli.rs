@@ -10,13 +10,13 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use crate::bench::Bench;
-use crate::engine::{Engine, Layout, RunOptions, State};
+use crate::engine::{Engine, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
 use crate::interrupt::{self, Interrupted};
-use crate::iso;
-use crate::pipeline::{self, BuildContext};
+use crate::layout::Layout;
 use crate::profile::{self, KernelKind, Profile};
 use crate::qemu::{BootTest, QemuAccel, QemuFirmware};
+use crate::stages::{self, BuildContext};
 use crate::testsuite;
 use crate::usb::{self, Sysfs, UsbOptions};
 
@@ -93,7 +93,7 @@ pub enum Command {
     /// Remove a stage's outputs and stamp (downloads are kept)
     Clean {
         /// The stage to clean
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(pipeline::BUILD))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(stages::BUILD))]
         stage: Option<String>,
         /// Remove the whole build dir and the image (never the download cache)
         #[arg(long, conflicts_with = "stage")]
@@ -209,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
         .map(std::path::absolute)
         .transpose()?;
     let layout = Layout::new(&project, build_dir.as_deref());
-    let engine = pipeline::engine(BuildContext {
+    let engine = stages::engine(BuildContext {
         profile: profile.clone(),
         profile_path: profile_path.clone(),
         layout,
@@ -222,12 +222,12 @@ fn run(cli: Cli) -> Result<()> {
         install_host_tools: true,
     };
     let stages: &[&str] = match &cli.command {
-        Command::Build => pipeline::BUILD,
+        Command::Build => stages::BUILD,
         Command::Packages => &["packages"],
         Command::Kernel => &["kernel"],
         Command::Node1 => &["node1"],
-        Command::Allbutkernel => pipeline::ALL_BUT_KERNEL,
-        Command::Iso => pipeline::ISO,
+        Command::Allbutkernel => stages::ALL_BUT_KERNEL,
+        Command::Iso => stages::ISO,
         Command::Status => return status(&engine, &cli.profile),
         Command::Clean { stage, all } => {
             return clean(&engine, stage.as_deref(), *all, cli.dry_run)
@@ -279,7 +279,7 @@ fn run(cli: Cli) -> Result<()> {
             allow_file,
             data,
         } => {
-            let (image, checksum) = iso::image_paths(&engine.layout, &profile.iso);
+            let (image, checksum) = engine.layout.image(&profile.iso);
             let layout = &engine.layout;
             return usb::write(&UsbOptions {
                 device: device.clone(),
@@ -411,7 +411,7 @@ fn clean(engine: &Engine, stage: Option<&str>, all: bool, dry_run: bool) -> Resu
         (None, true) => engine.stage_names(),
         _ => bail!(
             "say what to clean: a stage ({}) or --all",
-            pipeline::BUILD.join(", ")
+            stages::BUILD.join(", ")
         ),
     };
     if dry_run {

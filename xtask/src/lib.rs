@@ -1,36 +1,36 @@
 //! krgiso: a `cargo xtask` pipeline that builds a bootable live USB/ISO image
-//! for a Kerrighed single-system-image cluster. See README.md and DESIGN.md.
+//! for a Kerrighed single-system-image cluster. See README.md and DESIGN.md;
+//! docs/source-tree.md says which module is which.
 
-pub mod bench;
-pub mod chroot;
+// The command line, and where things live.
 pub mod cli;
-pub mod e2e;
-pub mod e2e_image;
-pub mod e2e_krg;
-pub mod e2e_usb;
+pub mod layout;
+pub mod profile;
+
+// The stage engine and the four stages, in pipeline order.
 pub mod engine;
+pub mod stages;
+
+// What the stages and commands share: running commands, chroots, host
+// tools, files, Ctrl-C, downloads and tarballs.
+pub mod chroot;
 pub mod fetch;
 pub mod files;
-#[cfg(test)]
-mod golden;
 pub mod host;
 pub mod interrupt;
-pub mod iso;
-pub mod kernel;
-pub mod kernel_config;
-pub mod kernel_patches;
-pub mod modules_makefile;
-pub mod node1;
-pub mod packages;
-pub mod pipeline;
-pub mod profile;
-pub mod qemu;
 pub mod shell;
-pub mod test_http;
-pub mod testsuite;
 pub mod unpack;
+
+// node1's rendered files, and the commands beyond the build.
+pub mod bench;
+pub mod node1;
+pub mod qemu;
 pub mod usb;
-pub mod userland;
+
+// `cargo xtask test`: its parts and fixtures.
+#[cfg(test)]
+mod golden;
+pub mod testsuite;
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@ use std::fs;
 
 use common::{snapshot, Record, Sandbox};
 use xtask::engine::{Action, RunOptions, StageFailed, State};
-use xtask::pipeline::{ALL_BUT_KERNEL, BUILD, ISO};
+use xtask::stages::{ALL_BUT_KERNEL, BUILD, ISO};
 
 const OPTS: RunOptions = RunOptions {
     force: false,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use xshell::cmd;
-use xtask::engine::{Engine, Inputs, Layout, Output, RunOptions, Stage, StageRun};
+use xtask::engine::{Engine, Inputs, Output, RunOptions, Stage, StageRun};
 use xtask::interrupt::{self, Cleanup, Interrupted};
+use xtask::layout::Layout;
 
 const CHILD_ENV: &str = "KRGISO_INTERRUPT_TEST_DIR";
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use tar::{EntryType, Header};
-use xtask::modules_makefile::{use_bash, ShellLine};
+use xtask::stages::kernel::makefile_shell::{use_bash, ShellLine};
 use xtask::unpack::unpack;
 
 /// A tar entry written with a raw header, so the test can say things a

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
+use crate::layout::Layout;
 use crate::profile::Cluster;
 use crate::shell::StageShell;
 
@@ -31,8 +32,12 @@ pub struct Credentials {
 impl Credentials {
     /// Decides the credentials, reusing what an earlier run of this build
     /// dir made (so rebuilding the image keeps the same password and key).
-    pub fn for_build(cluster: &Cluster, build: &Path, shell: &StageShell) -> Result<Credentials> {
-        let dir = build.join("credentials.d");
+    pub fn for_build(
+        cluster: &Cluster,
+        layout: &Layout,
+        shell: &StageShell,
+    ) -> Result<Credentials> {
+        let dir = layout.credentials_dir();
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let sh = shell.sh();
@@ -41,7 +46,7 @@ impl Credentials {
             Some(hash) => (hash.clone(), None),
             None if !cluster.authorized_keys.is_empty() => ("!".to_owned(), None),
             None => {
-                let saved = build.join("credentials");
+                let saved = layout.credentials();
                 let password = match read_saved_password(&saved, &cluster.user) {
                     Some(p) => p,
                     None => {

@@ -10,16 +10,8 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use crate::layout::{tftp_dir, EXPORT_DIR, NODES_TREE, TFTP_DIR};
 use crate::profile::{Cluster, KernelKind, Network};
-
-/// Where node1 keeps what it serves.
-pub const EXPORT_DIR: &str = "/srv/krgiso/nodes";
-pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
-
-/// The TFTP root inside a root filesystem or layer at `root`.
-pub fn tftp_dir(root: &Path) -> PathBuf {
-    root.join(TFTP_DIR.trim_start_matches('/'))
-}
 
 /// The files the nodes boot over TFTP, as the kernel stage staged them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +148,7 @@ pub fn cluster_env(net: &Network) -> String {
         a.prefix,
         a.network(),
         if net.gateway { "yes" } else { "no" },
-        crate::iso::NODES_TREE
+        NODES_TREE
     )
 }
 
@@ -202,12 +194,8 @@ pub fn hosts(net: &Network) -> String {
 }
 
 /// Every file, with the path it takes in its root.
-pub fn node1_files(
-    net: &Network,
-    cluster: &Cluster,
-    boot: &BootFiles,
-) -> Vec<(&'static str, String)> {
-    vec![
+pub fn node1_files(net: &Network, cluster: &Cluster, boot: &BootFiles) -> Vec<(PathBuf, String)> {
+    let mut files: Vec<(PathBuf, String)> = [
         ("etc/krgiso/dnsmasq-full.conf", dnsmasq_full(net)),
         ("etc/krgiso/dnsmasq-proxy.conf", dnsmasq_proxy()),
         ("etc/krgiso/cluster.env", cluster_env(net)),
@@ -218,20 +206,25 @@ pub fn node1_files(
             uplink_network(),
         ),
         ("etc/hosts", hosts(net)),
-        (
-            "srv/krgiso/tftp/pxelinux.cfg/default",
-            pxelinux_default(net, cluster, boot),
-        ),
     ]
+    .into_iter()
+    .map(|(path, text)| (path.into(), text))
+    .collect();
+    files.push((
+        tftp_dir(Path::new("")).join("pxelinux.cfg/default"),
+        pxelinux_default(net, cluster, boot),
+    ));
+    files
 }
 
-pub fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(&'static str, String)> {
-    vec![
+pub fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, String)> {
+    let files = vec![
         ("etc/kerrighed_nodes", kerrighed_nodes(cluster)),
         ("etc/default/kerrighed", default_kerrighed()),
         ("etc/fstab", nodes_fstab()),
         ("etc/hosts", hosts(net)),
-    ]
+    ];
+    files.into_iter().map(|(p, t)| (p.into(), t)).collect()
 }
 
 #[cfg(test)]
@@ -251,8 +244,11 @@ mod tests {
         BootFiles::for_release(p.kernel.kind, release)
     }
 
-    fn golden(profile: &str, root: &str, path: &str, text: &str) {
-        crate::golden::check(&format!("node1/golden/{profile}/{root}/{path}"), text);
+    fn golden(profile: &str, root: &str, path: &Path, text: &str) {
+        crate::golden::check(
+            &format!("node1/golden/{profile}/{root}/{}", path.display()),
+            text,
+        );
     }
 
     #[test]
@@ -260,10 +256,10 @@ mod tests {
         for name in ["kerrighed", "smoke"] {
             let p = profile(name);
             for (path, text) in node1_files(&p.network, &p.cluster, &boot(&p)) {
-                golden(name, "node1", path, &text);
+                golden(name, "node1", &path, &text);
             }
             for (path, text) in nodes_files(&p.network, &p.cluster) {
-                golden(name, "nodes", path, &text);
+                golden(name, "nodes", &path, &text);
             }
         }
     }

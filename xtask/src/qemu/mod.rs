@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::engine::Layout;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
-use crate::node1::{accounts, render};
+use crate::layout::Layout;
+use crate::node1::accounts;
 use crate::profile::{KernelKind, Network, Profile, Toolchain, Userland};
 use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
@@ -294,12 +294,12 @@ impl BootTest {
         nodes: u32,
         firmware: Firmware,
     ) -> Result<BootTest> {
-        let (iso, _) = crate::iso::image_paths(layout, &profile.iso);
+        let (iso, _) = layout.image(&profile.iso);
         if !iso.is_file() {
             bail!(
                 "no image at {}: {}",
                 iso.display(),
-                crate::iso::MAKE_THE_IMAGE
+                crate::layout::NO_IMAGE_HINT
             );
         }
         let nodes_boot = NodesBoot::of(profile);
@@ -335,7 +335,7 @@ impl BootTest {
             timeout: Duration::from_secs(900),
             keep: false,
             network: profile.network.clone(),
-            export_dir: render::EXPORT_DIR.to_owned(),
+            export_dir: crate::layout::EXPORT_DIR.to_owned(),
             login: (user, password),
             nodes_boot,
         })
@@ -794,7 +794,7 @@ impl Run<'_> {
                     &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} uname -nr"),
                     until,
                 )?;
-                let release = crate::kernel::KRG_RELEASE;
+                let release = crate::stages::kernel::KRG_RELEASE;
                 if !said.contains(release) {
                     bail!("node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}");
                 }

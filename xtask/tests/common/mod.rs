@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)]
-pub use xtask::test_http as http;
+pub use xtask::testsuite::http;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use xshell::cmd;
-use xtask::engine::{Engine, Inputs, Layout, Output, OutputKind, Stage, StageRun};
-use xtask::pipeline;
+use xtask::engine::{Engine, Inputs, Output, OutputKind, Stage, StageRun};
+use xtask::layout::Layout;
 use xtask::profile::Profile;
+use xtask::stages;
 
 /// A temporary krgiso project: profiles/, overlay/, kernel-configs/ copied
 /// from the real one, and a build dir beside them.
@@ -67,14 +68,14 @@ impl Sandbox {
 
     pub fn engine_with(&self, profile: &str, record: &Record, offline: bool) -> Engine {
         let layout = self.layout();
-        let cx = Arc::new(pipeline::BuildContext {
+        let cx = Arc::new(stages::BuildContext {
             profile: self.profile(profile),
             profile_path: self.profile_path(profile),
             layout: layout.clone(),
             offline,
             sources_dir: None,
         });
-        let stages = pipeline::stages(&cx)
+        let stages = stages::stages(&cx)
             .into_iter()
             .map(|real| {
                 Box::new(StandIn {

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::chroot::{Chroot, ExtraBind, CHROOT_PATH};
-use crate::engine::Layout;
 use crate::files;
-use crate::kernel_config;
+use crate::layout::Layout;
 use crate::profile::RootSpec;
 use crate::shell::StageShell;
+use crate::stages::kconfig;
 
 /// Where the build root sees the work dir, the nodes root being built, the
 /// source package cache and the compiler cache.
@@ -62,7 +62,7 @@ pub fn build(
     build_root: &Path,
     out: &Path,
 ) -> Result<()> {
-    let work = layout.build.join("userland-work");
+    let work = layout.userland_work();
     files::remove_tree(&work)?;
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let sources = layout.downloads.join("debsrc").join(&spec.suite);
@@ -273,14 +273,14 @@ fn busybox(shell: &StageShell, chroot: &Chroot, host: &Path, tree: &str, jobs: &
     )?;
     let config = host.join(".config");
     let text = fs::read_to_string(&config).context("busybox's defconfig left no .config")?;
-    fs::write(&config, kernel_config::merge(&text, BUSYBOX_CONFIG))?;
+    fs::write(&config, kconfig::merge(&text, BUSYBOX_CONFIG))?;
     make(
         "busybox: oldconfig",
         &["make", "oldconfig", &cc, "HOSTCC=gcc"],
         true,
     )?;
     let resolved = fs::read_to_string(&config)?;
-    let dropped = kernel_config::dropped(BUSYBOX_CONFIG, &resolved);
+    let dropped = kconfig::dropped(BUSYBOX_CONFIG, &resolved);
     if !dropped.is_empty() {
         bail!("busybox's config dropped {}", dropped.join(", "));
     }

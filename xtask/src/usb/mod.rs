@@ -559,7 +559,7 @@ struct Image {
 
 impl Image {
     fn open(path: &Path, checksum: &Path) -> Result<Image> {
-        let build = crate::iso::MAKE_THE_IMAGE;
+        let build = crate::layout::NO_IMAGE_HINT;
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -13,14 +13,15 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
-use crate::e2e::{check_shell, no_mounts_under, xtask_binary, Timings};
-use crate::e2e_image::milestone_timings;
-use crate::engine::{Layout, Stamp};
-use crate::kernel::{self, KRG_RELEASE};
-use crate::kernel_config::{self, Setting};
+use super::smoke::{check_shell, no_mounts_under, xtask_binary, Timings};
+use crate::engine::Stamp;
+use crate::layout::Layout;
 use crate::profile::{self, Profile};
 use crate::qemu::{BootTest, Milestone, QemuFirmware};
 use crate::shell::StageShell;
+use crate::stages::kconfig::{self, Setting};
+use crate::stages::kernel::{self, KRG_RELEASE};
+use crate::testsuite::image::milestone_timings;
 
 const PROFILE: &str = "kerrighed-current";
 
@@ -100,7 +101,7 @@ pub fn kernel_krg(project: &Path) -> Result<Timings> {
         "build (cold, what was not built)".to_owned(),
         t.elapsed().as_secs_f64(),
     ));
-    for stage in crate::pipeline::BUILD {
+    for stage in crate::stages::BUILD {
         timings.push((format!("  {stage} stage"), run.stage_seconds(stage)?));
     }
     let cold_kernel = run.stage_seconds("kernel")?;
@@ -187,7 +188,7 @@ pub fn boot_krg(project: &Path) -> Result<Timings> {
 /// root.
 fn check_outputs(run: &KrgRun) -> Result<()> {
     let layout = run.layout();
-    let staged = kernel::staged_dir(&layout);
+    let staged = layout.staged_kernel();
     let version = kernel::bzimage_release(&staged.join(format!("vmlinuz-{KRG_RELEASE}")))?;
     ensure!(
         version.starts_with(&format!("{KRG_RELEASE} ")),
@@ -195,11 +196,11 @@ fn check_outputs(run: &KrgRun) -> Result<()> {
     );
 
     let fragment = fs::read_to_string(project_file(run, "kernel-configs/krg-2.6.20.config"))?;
-    let config = kernel_config::parse(&fs::read_to_string(
+    let config = kconfig::parse(&fs::read_to_string(
         staged.join(format!("config-{KRG_RELEASE}")),
     )?);
     let mut wrong = Vec::new();
-    for (symbol, wanted) in kernel_config::parse(&fragment) {
+    for (symbol, wanted) in kconfig::parse(&fragment) {
         let got = config.get(&symbol);
         let ok = match &wanted {
             Setting::NotSet => matches!(got, None | Some(Setting::NotSet)),
@@ -261,7 +262,7 @@ fn check_outputs(run: &KrgRun) -> Result<()> {
             .with_context(|| format!("{program} is not in the nodes root"))?;
         ensure!(is_elf_i386(&bytes), "{program} is not an i386 program");
     }
-    let dynamic = crate::userland::dynamic_programs(&nodes)?;
+    let dynamic = crate::stages::userland::dynamic_programs(&nodes)?;
     ensure!(
         dynamic.is_empty(),
         "programs in the static nodes root need a dynamic loader: {dynamic:?}"

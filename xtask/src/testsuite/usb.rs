@@ -14,15 +14,16 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
+use super::smoke::{check_shell, xtask_binary, Timings};
 use crate::chroot::{self, SystemMounts};
-use crate::e2e::{check_shell, xtask_binary, Timings};
-use crate::engine::{sha256_hex, Layout};
+use crate::engine::sha256_hex;
 use crate::fetch::human_bytes;
 use crate::files;
 use crate::host::{self, HostTool};
-use crate::iso;
+use crate::layout::Layout;
 use crate::profile::{self, Profile};
 use crate::shell::StageShell;
+use crate::stages::iso;
 use crate::usb::{DataPartition, DATA_LABEL, MBR_ENTRY3};
 
 const MIB: u64 = 1 << 20;
@@ -155,7 +156,7 @@ struct SyntheticImage {
 impl SyntheticImage {
     fn make(s: &StageShell, project: &Path, work: &Path, build: &Path) -> Result<SyntheticImage> {
         let smoke = Profile::load(&profile::resolve("smoke", project)?)?;
-        let (path, checksum) = iso::image_paths(&Layout::new(project, Some(build)), &smoke.iso);
+        let (path, checksum) = Layout::new(project, Some(build)).image(&smoke.iso);
         let tree = work.join("tree");
         fs::create_dir_all(tree.join("isolinux"))?;
         fs::create_dir_all(tree.join("boot"))?;

@@ -7,10 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
-use crate::e2e;
-use crate::e2e_image;
-use crate::e2e_krg;
-use crate::e2e_usb;
+pub mod http;
+pub mod image;
+pub mod krg;
+pub mod smoke;
+pub mod usb;
+
 use crate::host;
 use crate::shell::StageShell;
 
@@ -46,79 +48,79 @@ const PARTS: &[Part] = &[
 struct EndToEnd {
     name: &'static str,
     about: &'static str,
-    check: fn(&Path) -> Result<e2e::Timings>,
+    check: fn(&Path) -> Result<smoke::Timings>,
 }
 
 const END_TO_END: &[EndToEnd] = &[
     EndToEnd {
         name: "e2e-packages",
         about: "the smoke packages stage for real (root, Debian mirror)",
-        check: e2e::packages,
+        check: smoke::packages,
     },
     EndToEnd {
         name: "e2e-kernel-stock",
         about: "the smoke kernel stage: stock kernel + NFS initramfs",
-        check: e2e::kernel_stock,
+        check: smoke::kernel_stock,
     },
     EndToEnd {
         name: "e2e-node1",
         about: "the smoke node1 stage: layers, TFTP root, accounts",
-        check: e2e::node1_layers,
+        check: smoke::node1_layers,
     },
     EndToEnd {
         name: "e2e-node1-netns",
         about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP",
-        check: e2e::node1_netns,
+        check: smoke::node1_netns,
     },
     EndToEnd {
         name: "e2e-i386-chroot",
         about: "an i386 root entered as the stages do sees an i686 machine",
-        check: e2e::i386_chroot,
+        check: smoke::i386_chroot,
     },
     EndToEnd {
         name: "e2e-kernel-kerrighed",
         about: "the kerrighed kernel flow with stand-in sources and toolchain",
-        check: e2e::kernel_standin,
+        check: smoke::kernel_standin,
     },
     EndToEnd {
         name: "e2e-kernel-krg",
         about: "the real Kerrighed kernel (kerrighed-current, from the pre-download dir): build, outputs, static userland, a bad patch named, warm rebuild",
-        check: e2e_krg::kernel_krg,
+        check: krg::kernel_krg,
     },
     EndToEnd {
         name: "e2e-boot-krg",
         about: "`qemu --nodes 2` on kerrighed-current: two 2.6.20-krg nodes form a Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo",
-        check: e2e_krg::boot_krg,
+        check: krg::boot_krg,
     },
     EndToEnd {
         name: "e2e-build",
         about: "the smoke `build` to the ISO: El Torito BIOS + UEFI, MBR, contents, sha256, Ctrl-C keeps the image",
-        check: e2e_image::build_and_image,
+        check: image::build_and_image,
     },
     EndToEnd {
         name: "e2e-usb",
         about: "`usb`: refusals on loop devices (not removable, mounted, too small), write + read-back, --data",
-        check: e2e_usb::usb,
+        check: usb::usb,
     },
     EndToEnd {
         name: "e2e-boot-bios",
         about: "`qemu --nodes 2`: node1 from the ISO (SeaBIOS), two nodes PXE-boot into the NFS root",
-        check: e2e_image::boot_bios,
+        check: image::boot_bios,
     },
     EndToEnd {
         name: "e2e-boot-uefi",
         about: "`usb --data` to a stick file, node1 boots it under OVMF (UEFI), nodes root on KRGISO-DATA, one PXE node",
-        check: e2e_image::boot_uefi_stick,
+        check: image::boot_uefi_stick,
     },
     EndToEnd {
         name: "e2e-boot-interrupt",
         about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM",
-        check: e2e_image::boot_interrupted,
+        check: image::boot_interrupted,
     },
     EndToEnd {
         name: "e2e-bench-quick",
         about: "`bench --quick`: a no-op build runs nothing, iso after an overlay change leaves the kernel alone",
-        check: e2e_image::bench_quick,
+        check: image::bench_quick,
     },
 ];
 

@@ -13,26 +13,24 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::chroot::{Chroot, ExtraBind};
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
-use crate::pipeline::BuildContext;
+use crate::layout::Root;
 use crate::profile::{InstallMethod, RootSpec, Userland};
 use crate::shell::{log_tail, StageShell};
-use crate::userland;
-
-pub const NODE1_ROOT: &str = "node1-root";
-pub const NODES_ROOT: &str = "nodes-root";
-/// Where `toolchain = "current"` compiles the kernel; never in the image.
-pub const BUILD_ROOT: &str = "build-root";
+use crate::stages::root_kernels::installed_kernels;
+use crate::stages::userland;
+use crate::stages::BuildContext;
 
 pub struct Packages(pub Arc<BuildContext>);
 
 /// One root to build: which output, which profile section.
 struct RootJob<'a> {
+    root: Root,
     output: &'static str,
-    /// Its directory under `roots/`.
+    /// Its name in messages (its directory under `roots/`).
     dir: &'static str,
     section: &'static str,
     spec: &'a RootSpec,
@@ -48,8 +46,9 @@ impl Packages {
             .roots()
             .into_iter()
             .map(|(section, spec)| RootJob {
-                output: output_of(section).0,
-                dir: output_of(section).1,
+                root: Root::of_section(section),
+                output: Root::of_section(section).product().name,
+                dir: Root::of_section(section).name(),
                 section,
                 spec,
                 initramfs: section == "node1",
@@ -65,21 +64,6 @@ impl Packages {
             .downloads
             .join("debs")
             .join(format!("{}-{}", spec.suite, spec.arch))
-    }
-}
-
-/// Where a root (`node1`, `nodes` or `build`) is built.
-pub fn root_dir(layout: &Layout, which: &str) -> PathBuf {
-    layout.build.join("roots").join(which)
-}
-
-/// The output that holds the root of a profile section, and its directory
-/// under `roots/`.
-fn output_of(section: &str) -> (&'static str, &'static str) {
-    match section {
-        "node1" => (NODE1_ROOT, "node1"),
-        "nodes" => (NODES_ROOT, "nodes"),
-        _ => (BUILD_ROOT, "build"),
     }
 }
 
@@ -139,7 +123,7 @@ impl Stage for Packages {
         let layout = &self.0.layout;
         self.jobs()
             .iter()
-            .map(|job| Output::dir(job.output, root_dir(layout, job.dir)))
+            .map(|job| Output::dir(job.output, layout.root(job.root)))
             .collect()
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
@@ -156,7 +140,7 @@ impl Stage for Packages {
             let dir = if run.previous(job.output).is_some() && run.unchanged(&keys) {
                 run.step(&format!("the {} root is unchanged: kept", job.dir));
                 run.keep(job.output)?;
-                root_dir(&self.0.layout, job.dir)
+                self.0.layout.root(job.root)
             } else {
                 let dir = run.output(job.output)?.to_owned();
                 if static_userland {
@@ -172,7 +156,7 @@ impl Stage for Packages {
                 }
                 dir
             };
-            if job.output == BUILD_ROOT {
+            if job.root == Root::Build {
                 compiler_root = Some(dir);
             }
         }
@@ -283,7 +267,7 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
     // or by the kernel stage (the nodes' NFS-root one).
     run_explained(shell, chroot.cmd(&args).env("INITRD", "No"), job)?;
     if job.initramfs && dir.join("usr/sbin/update-initramfs").exists() {
-        for version in crate::kernel::installed_kernels(dir) {
+        for version in installed_kernels(dir) {
             shell.step(&format!("make the {section} initramfs for {version}"));
             run_explained(
                 shell,
@@ -417,7 +401,7 @@ fn explain(log: &str, section: &str, spec: &RootSpec) -> Option<String> {
     if log.contains("No space left on device") {
         return Some(format!(
             "the disk is full while building the {} root: free some space where the build dir is, then rerun",
-            output_of(section).1
+            Root::of_section(section).name()
         ));
     }
     if log.contains("No such script") {
@@ -479,7 +463,7 @@ fn explain(log: &str, section: &str, spec: &RootSpec) -> Option<String> {
     if release_failed || unreachable.iter().any(|m| log.contains(m)) {
         return Some(format!(
             "cannot reach the mirror {mirror} for the {} root ([{section}] mirror): check the URL and the network",
-            output_of(section).1
+            Root::of_section(section).name()
         ));
     }
     None

@@ -4,10 +4,22 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::engine::{Engine, Layout, Stage};
+use crate::engine::{Engine, Stage};
 use crate::fetch::SourcesLock;
+use crate::layout::Layout;
 use crate::profile::Profile;
-use crate::{iso::Iso, kernel::Kernel, node1::Node1, packages::Packages};
+pub mod iso;
+pub mod kconfig;
+pub mod kernel;
+pub mod node1;
+pub mod packages;
+pub mod root_kernels;
+pub mod userland;
+
+use iso::Iso;
+use kernel::Kernel;
+use node1::Node1;
+use packages::Packages;
 
 /// `build`: everything, in order, skipping what is up to date.
 pub const BUILD: &[&str] = &["packages", "kernel", "node1", "iso"];

@@ -13,13 +13,12 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::cmd;
 
 use crate::chroot;
-use crate::engine::Layout;
 use crate::files;
 use crate::host;
-use crate::node1::render;
-use crate::pipeline::{self, BuildContext};
+use crate::layout::Layout;
 use crate::profile::{self, Profile};
 use crate::shell::StageShell;
+use crate::stages::{self, BuildContext};
 
 /// What an end-to-end check measured: (what, seconds).
 pub type Timings = Vec<(String, f64)>;
@@ -75,7 +74,7 @@ impl SmokeRun {
 
     /// The release of the kernel the kernel stage staged.
     pub(crate) fn release(&self) -> Result<String> {
-        let path = crate::kernel::staged_dir(&self.layout()).join("release");
+        let path = self.layout().staged_kernel().join("release");
         Ok(fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .trim()
@@ -92,7 +91,7 @@ impl SmokeRun {
             offline: false,
             sources_dir: None,
         });
-        let tools: Vec<_> = pipeline::stages(&cx)
+        let tools: Vec<_> = stages::stages(&cx)
             .iter()
             .flat_map(|st| st.host_tools())
             .collect();
@@ -532,7 +531,7 @@ fn tarball(name: &str, entries: &[(&str, &str, u32)]) -> Result<Vec<u8>> {
 /// The smoke profile with the kerrighed kernel, its sources served by `server`.
 fn standin_profile(
     run: &SmokeRun,
-    server: &crate::test_http::TestServer,
+    server: &crate::testsuite::http::TestServer,
     pins: (&str, &str),
     fragment: &Path,
 ) -> Result<String> {
@@ -628,14 +627,14 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
             ),
         ],
     )?;
-    let server = crate::test_http::TestServer::start()?;
+    let server = crate::testsuite::http::TestServer::start()?;
     server.route(
         "/linux-2.6.20.tar.bz2",
-        crate::test_http::Route::file(&linux),
+        crate::testsuite::http::Route::file(&linux),
     );
     server.route(
         "/kerrighed-2.4.1.tar.gz",
-        crate::test_http::Route::file(&krg),
+        crate::testsuite::http::Route::file(&krg),
     );
     let pins = (
         crate::engine::sha256_hex(&linux),
@@ -715,14 +714,14 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
         expected.join("\n")
     );
 
-    for path in crate::kernel::KRG_INSTALLED
+    for path in crate::stages::kernel::KRG_INSTALLED
         .iter()
-        .chain(crate::kernel::KRG_SERVICE_FILES)
+        .chain(crate::stages::kernel::KRG_SERVICE_FILES)
     {
         ensure!(root.join(path).exists(), "{path} is not in the nodes root");
     }
     let staged = build.join("kernel");
-    let version = crate::kernel::bzimage_release(&staged.join("vmlinuz-2.6.20-krg"))?;
+    let version = crate::stages::kernel::bzimage_release(&staged.join("vmlinuz-2.6.20-krg"))?;
     ensure!(
         version == "2.6.20-krg (stand-in built with gcc-4.1) #1",
         "the staged kernel is not the one built: {version:?}"
@@ -874,7 +873,7 @@ pub fn node1_layers(project: &Path) -> Result<Timings> {
     let secs = t.elapsed().as_secs_f64();
     let (n1, nd) = (run.build.join("node1/node1"), run.build.join("node1/nodes"));
     let release = run.release()?;
-    let tftp = render::tftp_dir(&n1);
+    let tftp = crate::layout::tftp_dir(&n1);
     for name in [
         "pxelinux.0".to_owned(),
         "ldlinux.c32".to_owned(),
@@ -1151,7 +1150,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
             "ip netns exec {cl} curl -sS --max-time 60 -o {fetched} {url}"
         ))?;
         ensure!(
-            fs::read(&fetched)? == fs::read(render::tftp_dir(&layer).join(&name))?,
+            fs::read(&fetched)? == fs::read(crate::layout::tftp_dir(&layer).join(&name))?,
             "{name} fetched by TFTP differs from the one in the TFTP root"
         );
     }
@@ -1191,7 +1190,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         handed.trim().is_empty(),
         "node1 handed out leases in proxy mode: {handed}"
     );
-    let pxe = fs::read_to_string(render::tftp_dir(&merged).join("pxelinux.cfg/default"))?;
+    let pxe = fs::read_to_string(crate::layout::tftp_dir(&merged).join("pxelinux.cfg/default"))?;
     ensure!(
         pxe.contains("nfsroot=192.168.77."),
         "in proxy mode the nodes are not sent to node1's address on that subnet:\n{pxe}"

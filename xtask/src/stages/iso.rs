@@ -11,21 +11,20 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::chroot::Stack;
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::fetch::{human_bytes, sha256_of};
 use crate::files;
 use crate::host::HostTool;
-use crate::kernel::KERNEL;
-use crate::node1::CONFIG;
-use crate::packages::{root_dir, NODE1_ROOT, NODES_ROOT};
-use crate::pipeline::BuildContext;
+use crate::layout::{
+    Root, IMAGE, IMAGE_CHECKSUM, LAYERS, NODE1_ROOT, NODES_ROOT, NODES_TREE, STAGED_KERNEL,
+};
 use crate::profile::{Compression, IsoSpec};
 use crate::shell::StageShell;
+use crate::stages::root_kernels::newest_kernel;
+use crate::stages::BuildContext;
 
 /// Where the nodes root is in the live system (node1's boot service copies
 /// it from there into RAM or onto KRGISO-DATA).
-pub const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
-
 pub struct Iso(pub Arc<BuildContext>);
 
 /// Never in an image: kernel file systems, scratch, caches, logs.
@@ -87,32 +86,32 @@ impl Stage for Iso {
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [iso]", &self.0.profile.iso);
-        inputs.output_of("packages", NODE1_ROOT);
-        inputs.output_of("packages", NODES_ROOT);
-        inputs.output_of("kernel", KERNEL);
-        inputs.output_of("node1", CONFIG);
+        inputs.output_of(NODE1_ROOT);
+        inputs.output_of(NODES_ROOT);
+        inputs.output_of(STAGED_KERNEL);
+        inputs.output_of(LAYERS);
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
         let BuildContext {
             profile, layout, ..
         } = &*self.0;
-        let (image, checksum) = image_paths(layout, &profile.iso);
+        let (image, checksum) = layout.image(&profile.iso);
         vec![
-            Output::file("image", image),
-            Output::file("checksum", checksum),
+            Output::file(IMAGE.name, image),
+            Output::file(IMAGE_CHECKSUM.name, checksum),
         ]
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         let cx = &self.0;
-        let build = &cx.layout.build;
+        let layout = &cx.layout;
         let spec = &cx.profile.iso;
-        let staging = build.join("iso-tree");
+        let staging = layout.iso_tree();
         files::remove_tree(&staging)?;
         for dir in ["live", "isolinux", "boot/grub", "EFI/BOOT"] {
             fs::create_dir_all(staging.join(dir))?;
         }
-        let stacks = build.join("iso-stacks");
+        let stacks = layout.iso_stacks();
 
         // One squashfs holds both roots: the nodes root inside the live
         // system, where mksquashfs stores each file the two share (kernel
@@ -121,20 +120,16 @@ impl Stage for Iso {
         run.step(&format!(
             "squash the node1 root with the nodes root at /{NODES_TREE} (each with its layer): live/filesystem.squashfs"
         ));
-        let view = |root: &str, at: &Path| {
-            Stack::mount(
-                &[&build.join("node1").join(root), &root_dir(&cx.layout, root)],
-                at,
-            )
-        };
-        let node1_view = view("node1", &stacks.join("node1"))?;
+        let view =
+            |root: Root, at: &Path| Stack::mount(&[&layout.layer(root), &layout.root(root)], at);
+        let node1_view = view(Root::Node1, &stacks.join(Root::Node1.name()))?;
         let nodes_at = node1_view.target.join(NODES_TREE);
         if !nodes_at.is_dir() {
             bail!(
                 "the node1 layer has no /{NODES_TREE} to hold the nodes root: run `cargo xtask node1`"
             );
         }
-        let nodes_view = view("nodes", &nodes_at)?;
+        let nodes_view = view(Root::Nodes, &nodes_at)?;
         squash(
             run.shell,
             &node1_view.target,
@@ -146,7 +141,7 @@ impl Stage for Iso {
         files::remove_tree(&stacks)?;
 
         run.step("the live kernel and initramfs, BIOS and UEFI boot");
-        let (vmlinuz, initrd) = live_kernel(&root_dir(&cx.layout, "node1"))?;
+        let (vmlinuz, initrd) = live_kernel(&layout.root(Root::Node1))?;
         fs::copy(&vmlinuz, staging.join("live/vmlinuz")).context("copying the live kernel")?;
         fs::copy(&initrd, staging.join("live/initrd.img")).context("copying the live initramfs")?;
         for (from, name) in [
@@ -164,16 +159,16 @@ impl Stage for Iso {
         efi_boot(run.shell, &staging, &grub_cfg)?;
 
         run.step("the hybrid ISO (BIOS + UEFI, MBR + GPT)");
-        let image = run.output("image")?.to_owned();
+        let image = run.output(IMAGE.name)?.to_owned();
         hybrid_iso(run.shell, &spec.volume, &staging, &image)?;
         files::remove_tree(&staging)?;
 
         let sum = sha256_of(&image)?;
         let name = &spec.output;
-        fs::write(run.output("checksum")?, format!("{sum}  {name}\n"))
+        fs::write(run.output(IMAGE_CHECKSUM.name)?, format!("{sum}  {name}\n"))
             .context("writing the checksum")?;
         let size = fs::metadata(&image)?.len();
-        let final_path = cx.layout.out.join(name);
+        let final_path = layout.out.join(name);
         run.shell.note(&format!(
             "{} {} sha256 {sum}",
             final_path.display(),
@@ -187,17 +182,6 @@ impl Stage for Iso {
         );
         Ok(())
     }
-}
-
-/// Where the image and its `.sha256` land: `out/<[iso] output>` and beside it.
-/// What to do when there is no image yet.
-pub const MAKE_THE_IMAGE: &str = "run `cargo xtask build` (or `cargo xtask iso`)";
-
-pub fn image_paths(layout: &Layout, spec: &IsoSpec) -> (PathBuf, PathBuf) {
-    (
-        layout.out.join(&spec.output),
-        layout.out.join(format!("{}.sha256", spec.output)),
-    )
 }
 
 /// The hybrid image of `tree` (which holds isolinux/isolinux.bin and
@@ -252,7 +236,7 @@ fn squash(shell: &StageShell, from: &Path, to: &Path, spec: &IsoSpec) -> Result<
 
 /// The node1 root's newest kernel and its initramfs (made with live-boot in).
 fn live_kernel(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let release = crate::kernel::newest_kernel(root, "node1")?;
+    let release = newest_kernel(root, "node1")?;
     let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
     let initrd = root.join(format!("boot/initrd.img-{release}"));
     if !initrd.exists() {
@@ -343,7 +327,7 @@ mod tests {
     use super::*;
 
     fn golden(name: &str, text: &str) {
-        crate::golden::check(&format!("iso-golden/{name}"), text);
+        crate::golden::check(&format!("stages/iso-golden/{name}"), text);
     }
 
     #[test]

@@ -20,62 +20,8 @@ use crate::chroot;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
+use crate::layout::{Layout, Product};
 use crate::shell::{log_tail, StageShell};
-
-/// Where everything lives.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    /// The krgiso checkout: profiles/, overlay/, kernel-configs/.
-    pub project: PathBuf,
-    /// Stage outputs, stamps and logs (`./build`, or `--build-dir`).
-    pub build: PathBuf,
-    /// Where the image lands (`./out`, or `<build-dir>/out`).
-    pub out: PathBuf,
-    /// Download cache, beside the build dir; shared by all profiles, kept by `clean --all`.
-    pub downloads: PathBuf,
-    /// The compiler cache (ccache) the kernel is built with, beside the
-    /// build dir: kept by `clean kernel` and `clean --all`, so a rebuild
-    /// of the kernel compiles only what changed.
-    pub compiler_cache: PathBuf,
-}
-
-impl Layout {
-    /// The default layout under `project`, or one around an explicit build dir.
-    pub fn new(project: &Path, build_dir: Option<&Path>) -> Layout {
-        match build_dir {
-            None => Layout {
-                project: project.to_owned(),
-                build: project.join("build"),
-                out: project.join("out"),
-                downloads: project.join("downloads"),
-                compiler_cache: project.join("ccache"),
-            },
-            Some(build) => Layout {
-                project: project.to_owned(),
-                build: build.to_owned(),
-                out: build.join("out"),
-                downloads: build.parent().unwrap_or(Path::new(".")).join("downloads"),
-                compiler_cache: build.parent().unwrap_or(Path::new(".")).join("ccache"),
-            },
-        }
-    }
-
-    pub fn logs(&self) -> PathBuf {
-        self.build.join("logs")
-    }
-    pub fn log(&self, stage: &str) -> PathBuf {
-        self.logs().join(format!("{stage}.log"))
-    }
-    pub fn stamp(&self, stage: &str) -> PathBuf {
-        self.build.join("stamps").join(format!("{stage}.json"))
-    }
-    /// A path shown relative to the project when it is inside it.
-    pub fn show(&self, path: &Path) -> String {
-        path.strip_prefix(&self.project)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| path.display().to_string())
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
@@ -204,8 +150,8 @@ impl<'a> Inputs<'a> {
 
     /// An output of an earlier stage. The digest is that output's generation:
     /// it changes each time the earlier stage rebuilds it.
-    pub fn output_of(&mut self, stage: &'static str, output: &'static str) {
-        self.upstream.push((stage, output));
+    pub fn output_of(&mut self, product: Product) {
+        self.upstream.push((product.stage, product.name));
     }
 }
 

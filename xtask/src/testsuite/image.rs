@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
-use crate::e2e::{check_shell, no_mounts_under, SmokeRun, Timings};
+use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 use crate::engine::Stamp;
 use crate::fetch::sha256_of;
 use crate::qemu::{BootTest, Milestone, QemuFirmware, Report};
@@ -29,7 +29,7 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
         t.elapsed().as_secs_f64(),
     )];
     let layout = run.layout();
-    for stage in crate::pipeline::BUILD {
+    for stage in crate::stages::BUILD {
         let path = layout.stamp(stage);
         let stamp = Stamp::load(&path)
             .with_context(|| format!("no stamp {} after the build", path.display()))?;
@@ -123,7 +123,7 @@ fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -
     let listing = cmd!(sh, "unsquashfs -l {squashfs}").quiet().read();
     crate::files::remove_tree(&tmp)?;
     let listing = listing?;
-    let nodes = format!("squashfs-root/{}", crate::iso::NODES_TREE);
+    let nodes = format!("squashfs-root/{}", crate::layout::NODES_TREE);
     for path in [
         "etc/debian_version",
         "usr/local/sbin/krgiso-node-report",
@@ -132,7 +132,7 @@ fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -
         ensure!(
             listing.lines().any(|l| l == format!("{nodes}/{path}")),
             "the live root has no nodes root at /{}: {path} is missing",
-            crate::iso::NODES_TREE
+            crate::layout::NODES_TREE
         );
     }
     ensure!(

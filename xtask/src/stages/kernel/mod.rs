@@ -17,6 +17,9 @@
 //! dir, so a rebuild after `clean kernel` or a config change compiles only
 //! what changed.
 
+pub mod makefile_shell;
+pub mod patches;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,21 +27,21 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::chroot::{Chroot, ExtraBind};
-use crate::engine::{Inputs, Layout, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::fetch::{self, Cache, FetchOptions};
 use crate::files;
 use crate::host::HostTool;
-use crate::kernel_config;
-use crate::kernel_patches::PatchSet;
-use crate::modules_makefile::{self, ShellLine};
-use crate::packages::{root_dir, BUILD_ROOT, NODES_ROOT};
-use crate::pipeline::BuildContext;
+use crate::layout::{Root, BUILD_ROOT, NODES_ROOT, STAGED_KERNEL};
 use crate::profile::{KernelKind, Toolchain, Userland};
 use crate::shell::StageShell;
+use crate::stages::kconfig;
+use crate::stages::root_kernels::newest_kernel;
+use crate::stages::userland;
+use crate::stages::BuildContext;
 use crate::unpack;
-use crate::userland;
+use makefile_shell::ShellLine;
+use patches::PatchSet;
 
-pub const KERNEL: &str = "kernel";
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
 pub const KRG_RELEASE: &str = "2.6.20-krg";
 /// Where the sources sit inside the build chroot (a bind mount of the work dir).
@@ -66,20 +69,14 @@ pub const KRG_SERVICE_FILES: &[&str] = &["etc/init.d/kerrighed", "etc/default/ke
 
 pub struct Kernel(pub Arc<BuildContext>);
 
-/// Where the kernel stage leaves the node kernel (and its initrd, config,
-/// System.map, release) for node1's TFTP root.
-pub fn staged_dir(layout: &Layout) -> PathBuf {
-    layout.build.join("kernel")
-}
-
 impl Kernel {
     fn nodes_root(&self) -> PathBuf {
-        root_dir(&self.0.layout, "nodes")
+        self.0.layout.root(Root::Nodes)
     }
     /// Scratch space for the kerrighed tree: seen as /usr/src in the
     /// chroot, so a gigabyte of objects never lands in a root.
     fn work_dir(&self) -> PathBuf {
-        self.0.layout.build.join("kernel-work")
+        self.0.layout.kernel_work()
     }
     fn toolchain(&self) -> Toolchain {
         self.0.profile.kernel.toolchain
@@ -135,17 +132,20 @@ impl Stage for Kernel {
                 inputs.tree(&self.0.layout.project.join(patches))?;
             }
             if self.toolchain() == Toolchain::Current {
-                inputs.output_of("packages", BUILD_ROOT);
+                inputs.output_of(BUILD_ROOT);
             }
         }
-        inputs.output_of("packages", NODES_ROOT);
+        inputs.output_of(NODES_ROOT);
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::dir(KERNEL, staged_dir(&self.0.layout))]
+        vec![Output::dir(
+            STAGED_KERNEL.name,
+            self.0.layout.staged_kernel(),
+        )]
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
-        let out = run.output(KERNEL)?.to_owned();
+        let out = run.output(STAGED_KERNEL.name)?.to_owned();
         let release = match self.0.profile.kernel.kind {
             KernelKind::Kerrighed => self.build_kerrighed(run.shell, &out)?,
             KernelKind::Stock => self.stage_stock(run.shell, &out)?,
@@ -186,8 +186,11 @@ impl Kernel {
             .context("keeping the resolved config")?;
         shell.step(&format!(
             "kernel config verified: {}",
-            cx.layout
-                .show(&staged_dir(&cx.layout).join(format!("config-{KRG_RELEASE}")))
+            cx.layout.show(
+                &cx.layout
+                    .staged_kernel()
+                    .join(format!("config-{KRG_RELEASE}"))
+            )
         ));
         build.build_and_install()?;
         drop(build);
@@ -247,7 +250,7 @@ impl Kernel {
             // for musl (the first one's configure is for the kernel's gcc).
             unpack::unpack_named(krg, &work.join(MUSL_TREES))?;
         }
-        for line in modules_makefile::use_bash(&tree)? {
+        for line in makefile_shell::use_bash(&tree)? {
             shell.note(&line.describe());
             if matches!(line, ShellLine::PatternNotFound { .. }) {
                 eprintln!("{}", line.describe());
@@ -287,7 +290,7 @@ impl Kernel {
                 host: self.nodes_root(),
                 inside: DESTDIR.into(),
             });
-            (root_dir(&cx.layout, "build"), "build root", "buildroot")
+            (cx.layout.root(Root::Build), "build root", "buildroot")
         } else {
             (self.nodes_root(), "nodes root", "nodes")
         };
@@ -562,7 +565,7 @@ impl KrgBuild<'_> {
         let config_path = self.tree.join("kernel/.config");
         let defconfig = fs::read_to_string(&config_path)
             .with_context(|| format!("make defconfig left no {}", config_path.display()))?;
-        fs::write(&config_path, kernel_config::merge(&defconfig, fragment))
+        fs::write(&config_path, kconfig::merge(&defconfig, fragment))
             .context("writing the merged .config")?;
         self.shell.run(self.chroot.cmd_in(
             &self.dir,
@@ -570,7 +573,7 @@ impl KrgBuild<'_> {
             true,
         ))?;
         let resolved = fs::read_to_string(&config_path).context("reading the resolved .config")?;
-        let dropped = kernel_config::dropped(fragment, &resolved);
+        let dropped = kconfig::dropped(fragment, &resolved);
         if !dropped.is_empty() {
             // The work dir stays after a failure: the config can be read there.
             bail!(
@@ -711,35 +714,6 @@ impl std::fmt::Display for CacheStats {
     }
 }
 
-/// The kernels a root has (in /boot with their modules), oldest first by
-/// version.
-pub fn installed_kernels(root: &Path) -> Vec<String> {
-    let mut releases: Vec<String> = fs::read_dir(root.join("lib/modules"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|r| root.join(format!("boot/vmlinuz-{r}")).exists())
-        .collect();
-    releases.sort_by_key(|r| version_key(r));
-    releases
-}
-
-/// The newest kernel (by version) a root has; `section` names the root and
-/// its profile section in the error.
-pub fn newest_kernel(root: &Path, section: &str) -> Result<String> {
-    installed_kernels(root).pop().with_context(|| {
-        format!("the {section} root has no kernel: add a kernel package (e.g. linux-image-amd64) to [{section}] packages")
-    })
-}
-
-fn version_key(release: &str) -> Vec<u64> {
-    release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect()
-}
-
 /// Shell-variable config text (`KEY=value` lines) with these keys set.
 fn set_shell_vars(text: &str, vars: &[(&str, &str)]) -> String {
     let mut out = String::new();
@@ -832,22 +806,5 @@ mod tests {
             CacheStats::parse("").to_string(),
             "0 of 0 compilations reused (0%)"
         );
-    }
-
-    #[test]
-    fn the_newest_kernel_wins_by_version_not_by_name() {
-        let t = tempfile::tempdir().unwrap();
-        for r in ["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-28-amd64"] {
-            fs::create_dir_all(t.path().join("lib/modules").join(r)).unwrap();
-            fs::create_dir_all(t.path().join("boot")).unwrap();
-            fs::write(t.path().join(format!("boot/vmlinuz-{r}")), "k").unwrap();
-        }
-        fs::create_dir_all(t.path().join("lib/modules/7.0.0-no-vmlinuz")).unwrap();
-        assert_eq!(newest_kernel(t.path(), "nodes").unwrap(), "6.1.0-10-amd64");
-        let empty = tempfile::tempdir().unwrap();
-        assert!(newest_kernel(empty.path(), "nodes")
-            .unwrap_err()
-            .to_string()
-            .contains("has no kernel"));
     }
 }

@@ -1,0 +1,255 @@
+//! Where everything lives: every path in the build dir, and the outputs
+//! one stage makes for the next. Stages find each other's work here, never
+//! in each other's modules.
+//!
+//! ```text
+//! build/
+//!   roots/node1, roots/nodes, roots/build   packages: the root filesystems
+//!   kernel/                                 kernel: the node kernel, staged
+//!   kernel-work/, userland-work/            kernel, packages: scratch, never in the image
+//!   node1/node1, node1/nodes                node1: the layers over each root
+//!   credentials, credentials.d/             node1: the cluster user's password and key
+//!   stamps/<stage>.json, logs/<stage>.log   the engine
+//!   qemu/                                   the boot test
+//! out/<image>.iso, out/<image>.iso.sha256   iso
+//! downloads/, ccache/                       beside the build dir, kept by clean --all
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::profile::IsoSpec;
+
+/// Where everything lives.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The krgiso checkout: profiles/, overlay/, kernel-configs/.
+    pub project: PathBuf,
+    /// Stage outputs, stamps and logs (`./build`, or `--build-dir`).
+    pub build: PathBuf,
+    /// Where the image lands (`./out`, or `<build-dir>/out`).
+    pub out: PathBuf,
+    /// Download cache, beside the build dir; shared by all profiles, kept by `clean --all`.
+    pub downloads: PathBuf,
+    /// The compiler cache (ccache) the kernel is built with, beside the
+    /// build dir: kept by `clean kernel` and `clean --all`, so a rebuild
+    /// of the kernel compiles only what changed.
+    pub compiler_cache: PathBuf,
+}
+
+/// An output one stage makes and later stages read: the stage that makes
+/// it and its name in that stage's stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Product {
+    pub stage: &'static str,
+    pub name: &'static str,
+}
+
+/// packages: node1's root filesystem.
+pub const NODE1_ROOT: Product = Product {
+    stage: "packages",
+    name: "node1-root",
+};
+/// packages: the nodes' root filesystem (exported by node1 over NFS).
+pub const NODES_ROOT: Product = Product {
+    stage: "packages",
+    name: "nodes-root",
+};
+/// packages: where `toolchain = "current"` compiles the kernel; never in the image.
+pub const BUILD_ROOT: Product = Product {
+    stage: "packages",
+    name: "build-root",
+};
+/// kernel: the node kernel, its initrd, config, System.map and release.
+pub const STAGED_KERNEL: Product = Product {
+    stage: "kernel",
+    name: "kernel",
+};
+/// node1: the layers laid over the node1 and nodes roots.
+pub const LAYERS: Product = Product {
+    stage: "node1",
+    name: "config",
+};
+/// iso: the image and its `.sha256`.
+pub const IMAGE: Product = Product {
+    stage: "iso",
+    name: "image",
+};
+pub const IMAGE_CHECKSUM: Product = Product {
+    stage: "iso",
+    name: "checksum",
+};
+
+/// The root filesystems the packages stage builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Root {
+    Node1,
+    Nodes,
+    Build,
+}
+
+impl Root {
+    /// The root a profile section (`node1`, `nodes`, `buildroot`) describes.
+    pub fn of_section(section: &str) -> Root {
+        match section {
+            "node1" => Root::Node1,
+            "nodes" => Root::Nodes,
+            _ => Root::Build,
+        }
+    }
+    /// Its name: its directory under `roots/` and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Root::Node1 => "node1",
+            Root::Nodes => "nodes",
+            Root::Build => "build",
+        }
+    }
+    pub fn product(self) -> Product {
+        match self {
+            Root::Node1 => NODE1_ROOT,
+            Root::Nodes => NODES_ROOT,
+            Root::Build => BUILD_ROOT,
+        }
+    }
+}
+
+/// Inside node1's root: where the nodes root sits in the live image.
+pub const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
+/// Inside node1's root: the TFTP root the nodes boot from.
+pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
+/// Inside node1's root: what node1 exports to the nodes over NFS.
+pub const EXPORT_DIR: &str = "/srv/krgiso/nodes";
+/// What to do when there is no image yet.
+pub const NO_IMAGE_HINT: &str = "run `cargo xtask build` (or `cargo xtask iso`)";
+
+/// The TFTP root inside a root filesystem or layer at `root`.
+pub fn tftp_dir(root: &Path) -> PathBuf {
+    root.join(TFTP_DIR.trim_start_matches('/'))
+}
+
+impl Layout {
+    /// The default layout under `project`, or one around an explicit build dir.
+    pub fn new(project: &Path, build_dir: Option<&Path>) -> Layout {
+        match build_dir {
+            None => Layout {
+                project: project.to_owned(),
+                build: project.join("build"),
+                out: project.join("out"),
+                downloads: project.join("downloads"),
+                compiler_cache: project.join("ccache"),
+            },
+            Some(build) => Layout {
+                project: project.to_owned(),
+                build: build.to_owned(),
+                out: build.join("out"),
+                downloads: build.parent().unwrap_or(Path::new(".")).join("downloads"),
+                compiler_cache: build.parent().unwrap_or(Path::new(".")).join("ccache"),
+            },
+        }
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.build.join("logs")
+    }
+    pub fn log(&self, stage: &str) -> PathBuf {
+        self.logs().join(format!("{stage}.log"))
+    }
+    pub fn stamps(&self) -> PathBuf {
+        self.build.join("stamps")
+    }
+    pub fn stamp(&self, stage: &str) -> PathBuf {
+        self.stamps().join(format!("{stage}.json"))
+    }
+    /// The lock one run at a time holds on the build dir.
+    pub fn lock(&self) -> PathBuf {
+        self.build.join(".lock")
+    }
+    /// Where a root filesystem is built.
+    pub fn root(&self, root: Root) -> PathBuf {
+        self.build.join("roots").join(root.name())
+    }
+    /// Where the kernel stage leaves the node kernel (and its initrd,
+    /// config, System.map, release) for node1's TFTP root.
+    pub fn staged_kernel(&self) -> PathBuf {
+        self.build.join("kernel")
+    }
+    /// Where the kernel's sources are unpacked and built; never in the image.
+    pub fn kernel_work(&self) -> PathBuf {
+        self.build.join("kernel-work")
+    }
+    /// Where the static nodes userland is compiled; never in the image.
+    pub fn userland_work(&self) -> PathBuf {
+        self.build.join("userland-work")
+    }
+    /// The node1 stage's layers: `node1/` over node1's root, `nodes/` over the nodes'.
+    pub fn layers(&self) -> PathBuf {
+        self.build.join("node1")
+    }
+    /// The layer over a root.
+    pub fn layer(&self, root: Root) -> PathBuf {
+        self.layers().join(root.name())
+    }
+    /// The cluster user's password, readable by root only.
+    pub fn credentials(&self) -> PathBuf {
+        self.build.join("credentials")
+    }
+    /// The cluster user's generated secrets, kept between node1 runs.
+    pub fn credentials_dir(&self) -> PathBuf {
+        self.build.join("credentials.d")
+    }
+    /// The iso stage's scratch: the ISO tree and the stacked roots.
+    pub fn iso_tree(&self) -> PathBuf {
+        self.build.join("iso-tree")
+    }
+    pub fn iso_stacks(&self) -> PathBuf {
+        self.build.join("iso-stacks")
+    }
+    /// The image and its `.sha256`.
+    pub fn image(&self, spec: &IsoSpec) -> (PathBuf, PathBuf) {
+        (
+            self.out.join(&spec.output),
+            self.out.join(format!("{}.sha256", spec.output)),
+        )
+    }
+    /// The boot test's consoles, captures and report.
+    pub fn qemu(&self) -> PathBuf {
+        self.build.join("qemu")
+    }
+    /// A path shown relative to the project when it is inside it.
+    pub fn show(&self, path: &Path) -> String {
+        path.strip_prefix(&self.project)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_build_dir_keeps_downloads_and_the_compiler_cache_beside_it() {
+        let layout = Layout::new(Path::new("/p"), Some(Path::new("/b/e2e")));
+        assert_eq!(layout.out, Path::new("/b/e2e/out"));
+        assert_eq!(layout.downloads, Path::new("/b/downloads"));
+        assert_eq!(layout.compiler_cache, Path::new("/b/ccache"));
+        let default = Layout::new(Path::new("/p"), None);
+        assert_eq!(default.build, Path::new("/p/build"));
+        assert_eq!(default.out, Path::new("/p/out"));
+    }
+
+    #[test]
+    fn each_section_names_its_own_root_and_product() {
+        for (section, dir, product) in [
+            ("node1", "node1", NODE1_ROOT),
+            ("nodes", "nodes", NODES_ROOT),
+            ("buildroot", "build", BUILD_ROOT),
+        ] {
+            let root = Root::of_section(section);
+            assert_eq!(root.product(), product);
+            let layout = Layout::new(Path::new("/p"), None);
+            assert_eq!(layout.root(root), Path::new("/p/build/roots").join(dir));
+        }
+        assert_eq!(tftp_dir(Path::new("/r")), Path::new("/r/srv/krgiso/tftp"));
+    }
+}

@@ -1,0 +1,146 @@
+//! The node1 stage: the overlays and the config files rendered from the
+//! profile (dnsmasq, exports, pxelinux.cfg, kerrighed_nodes, network), and
+//! the boot-time service that brings up DHCP + TFTP + NFS by itself.
+
+use std::sync::Arc;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::files;
+use crate::host::HostTool;
+use crate::layout::{tftp_dir, Root, LAYERS, NODE1_ROOT, NODES_ROOT, NODES_TREE, STAGED_KERNEL};
+use crate::node1::{accounts, render};
+use crate::profile::Userland;
+use crate::stages::BuildContext;
+
+pub struct Node1(pub Arc<BuildContext>);
+
+impl Stage for Node1 {
+    fn name(&self) -> &'static str {
+        "node1"
+    }
+    fn about(&self) -> &'static str {
+        "apply the overlays and render node1's PXE, DHCP and NFS configuration"
+    }
+    fn needs_root(&self) -> bool {
+        true
+    }
+    fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
+        inputs.value("profile [network]", &self.0.profile.network);
+        inputs.value("profile [cluster]", &self.0.profile.cluster);
+        inputs.value("profile kernel.kind", &self.0.profile.kernel.kind);
+        inputs.tree(&self.0.layout.project.join("overlay"))?;
+        inputs.output_of(NODE1_ROOT);
+        inputs.output_of(NODES_ROOT);
+        inputs.output_of(STAGED_KERNEL);
+        Ok(())
+    }
+    fn outputs(&self) -> Vec<Output> {
+        vec![Output::dir(LAYERS.name, self.0.layout.layers())]
+    }
+    fn host_tools(&self) -> Vec<HostTool> {
+        vec![
+            HostTool::new("ssh-keygen", "openssh-client"),
+            HostTool::new("openssl", "openssl"),
+        ]
+    }
+    fn run(&self, run: &mut StageRun) -> Result<()> {
+        let cx = &self.0;
+        let out = run.output(LAYERS.name)?.to_owned();
+        let (node1, nodes) = (out.join(Root::Node1.name()), out.join(Root::Nodes.name()));
+        let overlay = cx.layout.project.join("overlay");
+        let mut overlays = vec![
+            ("common", &node1),
+            ("common", &nodes),
+            ("node1", &node1),
+            ("nodes", &nodes),
+        ];
+        // busybox init, its boot script and login shells' profile.
+        if cx.profile.nodes.userland == Userland::Static {
+            overlays.push(("nodes-static", &nodes));
+        }
+        let mut names: Vec<String> = overlays
+            .iter()
+            .map(|(o, _)| format!("overlay/{o}"))
+            .collect();
+        names.dedup();
+        run.step(&format!("apply {}", names.join(", ")));
+        for (from, to) in overlays {
+            files::copy_tree(&overlay.join(from), to)?;
+        }
+
+        // Where the iso stage puts the nodes root inside the live system.
+        fs::create_dir_all(node1.join(NODES_TREE))?;
+
+        run.step("render the configuration of node1 and the nodes");
+        let kernel = cx.layout.staged_kernel();
+        let release = fs::read_to_string(kernel.join("release"))
+            .context("the kernel stage left no release file: run `cargo xtask kernel`")?;
+        let boot = render::BootFiles::for_release(cx.profile.kernel.kind, release.trim());
+        let (net, cluster) = (&cx.profile.network, &cx.profile.cluster);
+        for (layer, files) in [
+            (&node1, render::node1_files(net, cluster, &boot)),
+            (&nodes, render::nodes_files(net, cluster)),
+        ] {
+            for (path, text) in files {
+                write_file(&layer.join(path), text.as_bytes())?;
+            }
+        }
+
+        run.step("the TFTP root: pxelinux and the node kernel");
+        let tftp = tftp_dir(&node1);
+        let root = cx.layout.root(Root::Node1);
+        for (from, name) in [
+            (root.join("usr/lib/PXELINUX/pxelinux.0"), "pxelinux.0"),
+            (
+                root.join("usr/lib/syslinux/modules/bios/ldlinux.c32"),
+                "ldlinux.c32",
+            ),
+        ] {
+            if !from.exists() {
+                bail!("{} is not in the node1 root: add pxelinux and syslinux-common to [node1] packages", from.display());
+            }
+            fs::copy(&from, tftp.join(name)).with_context(|| format!("copying {name}"))?;
+        }
+        for name in std::iter::once(&boot.kernel).chain(boot.initrd.as_ref()) {
+            fs::copy(kernel.join(name), tftp.join(name))
+                .with_context(|| format!("copying {name} from the kernel stage"))?;
+        }
+
+        run.step(&format!(
+            "the cluster user `{}` and its ssh key",
+            cluster.user
+        ));
+        let creds = accounts::Credentials::for_build(cluster, &cx.layout, run.shell)?;
+        accounts::add_user(&root, &node1, &creds, cluster)?;
+        accounts::add_user(&cx.layout.root(Root::Nodes), &nodes, &creds, cluster)?;
+        if let Some(password) = &creds.generated_password {
+            run.shell.note(&format!(
+                "the cluster user {} got a generated password (kept in build/credentials)",
+                creds.user
+            ));
+            eprintln!(
+                "==> node1: log in as `{}` with password `{password}` (no password or key in the profile; kept in {})",
+                creds.user,
+                cx.layout.credentials().display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A rendered file, mode 0644.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = fs::remove_file(path);
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("chmod {}", path.display()))
+}
