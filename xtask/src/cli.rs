@@ -209,29 +209,8 @@ fn run(cli: Cli) -> Result<()> {
         .map(std::path::absolute)
         .transpose()?;
     let layout = Layout::new(&project, build_dir.as_deref());
-    let engine = stages::engine(BuildContext {
-        profile: profile.clone(),
-        profile_path: profile_path.clone(),
-        layout,
-        offline: cli.offline,
-        sources_dir: sources_dir.clone(),
-    });
-    let options = RunOptions {
-        force: cli.force,
-        verbose: cli.verbose,
-        install_host_tools: true,
-    };
-    let stages: &[&str] = match &cli.command {
-        Command::Build => stages::BUILD,
-        Command::Packages => &["packages"],
-        Command::Kernel => &["kernel"],
-        Command::Node1 => &["node1"],
-        Command::Allbutkernel => stages::ALL_BUT_KERNEL,
-        Command::Iso => stages::ISO,
-        Command::Status => return status(&engine, &cli.profile),
-        Command::Clean { stage, all } => {
-            return clean(&engine, stage.as_deref(), *all, cli.dry_run)
-        }
+    // Commands that need only the layout and the profile: no stages.
+    match &cli.command {
         Command::Fetch { lock_new } => {
             let options = FetchOptions {
                 offline: cli.offline,
@@ -239,13 +218,7 @@ fn run(cli: Cli) -> Result<()> {
                 sources_dir,
                 ..FetchOptions::default()
             };
-            return fetch_sources(
-                &profile,
-                &profile_path,
-                &engine.layout,
-                &options,
-                cli.dry_run,
-            );
+            return fetch_sources(&profile, &profile_path, &layout, &options, cli.dry_run);
         }
         Command::Qemu {
             nodes,
@@ -255,7 +228,7 @@ fn run(cli: Cli) -> Result<()> {
             firmware,
             stick,
         } => {
-            let test = BootTest::for_build(&profile, &engine.layout, *nodes, *firmware)?;
+            let test = BootTest::for_build(&profile, &layout, *nodes, *firmware)?;
             let test = BootTest {
                 stick: stick.as_deref().map(std::path::absolute).transpose()?,
                 keep: *keep,
@@ -279,8 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             allow_file,
             data,
         } => {
-            let (image, checksum) = engine.layout.image(&profile.iso);
-            let layout = &engine.layout;
+            let (image, checksum) = layout.image(&profile.iso);
             return usb::write(&UsbOptions {
                 device: device.clone(),
                 image: image.clone(),
@@ -303,7 +275,6 @@ fn run(cli: Cli) -> Result<()> {
             .map(|_| ());
         }
         Command::Bench { quick } => {
-            let layout = &engine.layout;
             let bench = Bench {
                 exe: std::env::current_exe()?,
                 project: project.clone(),
@@ -324,7 +295,36 @@ fn run(cli: Cli) -> Result<()> {
             bench.run()?;
             return Ok(());
         }
-        Command::Test { .. } => unreachable!("handled above"),
+        _ => {}
+    }
+    let engine = stages::engine(BuildContext {
+        profile,
+        profile_path,
+        layout,
+        offline: cli.offline,
+        sources_dir,
+    });
+    let options = RunOptions {
+        force: cli.force,
+        verbose: cli.verbose,
+        install_host_tools: true,
+    };
+    let stages: &[&str] = match &cli.command {
+        Command::Build => stages::BUILD,
+        Command::Packages => &["packages"],
+        Command::Kernel => &["kernel"],
+        Command::Node1 => &["node1"],
+        Command::Allbutkernel => stages::ALL_BUT_KERNEL,
+        Command::Iso => stages::ISO,
+        Command::Status => return status(&engine, &cli.profile),
+        Command::Clean { stage, all } => {
+            return clean(&engine, stage.as_deref(), *all, cli.dry_run)
+        }
+        Command::Test { .. }
+        | Command::Fetch { .. }
+        | Command::Qemu { .. }
+        | Command::Usb { .. }
+        | Command::Bench { .. } => unreachable!("handled above"),
     };
     if cli.dry_run {
         let plan = engine.plan(stages, cli.force)?;
@@ -351,8 +351,7 @@ fn fetch_sources(
     options: &FetchOptions,
     dry_run: bool,
 ) -> Result<()> {
-    let lock_path = SourcesLock::beside(profile_path);
-    let mut lock = SourcesLock::load(&lock_path)?;
+    let mut lock = SourcesLock::of_profile(profile_path)?;
     let cache = Cache::new(&layout.downloads);
     if dry_run {
         println!("would fetch into {}:", cache.dir.display());

@@ -89,6 +89,11 @@ impl SourcesLock {
             .join("sources.lock")
     }
 
+    /// The pins of a profile's sources, from the `sources.lock` beside it.
+    pub fn of_profile(profile: &Path) -> Result<SourcesLock> {
+        SourcesLock::load(&SourcesLock::beside(profile))
+    }
+
     /// Reads the lock; a missing file is an empty lock.
     pub fn load(path: &Path) -> Result<SourcesLock> {
         let pins = match fs::read_to_string(path) {

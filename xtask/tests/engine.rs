@@ -89,6 +89,21 @@ fn an_overlay_change_makes_node1_and_iso_stale_but_not_kernel_or_packages() {
     record.clear();
     engine.run(BUILD, OPTS).unwrap();
     assert_eq!(record.runs(), ["node1", "iso"]);
+    // Planned once each; read again only by the stages that run (an
+    // earlier stage may have changed what they use), never by those skipped.
+    let read = |stage: &str| {
+        record
+            .inputs_read()
+            .into_iter()
+            .find(|(s, _)| s == stage)
+            .map_or(0, |(_, n)| n)
+    };
+    assert_eq!(
+        [read("packages"), read("kernel"), read("node1"), read("iso")],
+        [1, 1, 2, 2],
+        "{:?}",
+        record.inputs_read()
+    );
 
     // A new file and a removed file are changes too, and are named.
     fs::write(sb.project().join("overlay/nodes/new-file"), "x").unwrap();

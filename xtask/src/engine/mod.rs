@@ -665,26 +665,29 @@ impl Engine {
 
         let _lock = BuildLock::acquire(&self.layout.build)?;
         self.release_stale()?;
+        // The stamps as they are now; each stage that runs replaces its own.
+        let mut stamps = self.load_stamps();
         let mut timings = Vec::new();
         for step in &plan.steps {
+            if !matches!(step.action, Action::Run(_)) {
+                // Up to date when planned, and nothing it uses runs before it.
+                continue;
+            }
             let stage = self.stage(step.stage)?;
             // Decide again now: an earlier stage may have kept its outputs.
-            let stamps = self.load_stamps();
             let current = self.current(stage, &stamps)?;
             let state = self.state_of(stage, &current, stamps.get(stage.name()));
-            let forced = options.force && matches!(step.action, Action::Run(_));
-            if state == State::Done && !forced {
-                if matches!(step.action, Action::Run(_)) {
-                    eprintln!("==> {}: up to date after all", stage.name());
-                }
+            if state == State::Done && !options.force {
+                eprintln!("==> {}: up to date after all", stage.name());
                 continue;
             }
             if !current.unresolved.is_empty() {
                 let (up, out) = current.unresolved[0];
                 bail!("{} needs {up}/{out}, which is missing", stage.name());
             }
-            let seconds = self.run_stage(stage, current, stamps.get(stage.name()), options)?;
-            timings.push((stage.name(), seconds));
+            let stamp = self.run_stage(stage, current, stamps.get(stage.name()), options)?;
+            timings.push((stage.name(), stamp.seconds));
+            stamps.insert(stage.name(), stamp);
         }
         Ok(timings)
     }
@@ -695,7 +698,7 @@ impl Engine {
         current: Current,
         old: Option<&Stamp>,
         options: RunOptions,
-    ) -> Result<f64> {
+    ) -> Result<Stamp> {
         interrupt::check()?;
         let name = stage.name();
         let started = Instant::now();
@@ -805,7 +808,7 @@ impl Engine {
         let json = serde_json::to_vec_pretty(&stamp).context("encoding the stamp")?;
         files::write_atomic(&stamp_path, &json)?;
         eprintln!("==> {name}: done in {seconds:.1}s");
-        Ok(seconds)
+        Ok(stamp)
     }
 
     /// A run killed with SIGKILL leaves processes in its chroots and mounts

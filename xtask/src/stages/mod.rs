@@ -42,7 +42,7 @@ pub struct BuildContext {
 
 impl BuildContext {
     pub fn sources_lock(&self) -> anyhow::Result<SourcesLock> {
-        SourcesLock::load(&SourcesLock::beside(&self.profile_path))
+        SourcesLock::of_profile(&self.profile_path)
     }
 }
 

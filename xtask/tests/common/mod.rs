@@ -102,6 +102,8 @@ pub struct Record {
 struct RecordInner {
     runs: Vec<String>,
     fail: Option<String>,
+    /// How many times each stage's inputs were read (hashed).
+    inputs_read: std::collections::BTreeMap<String, usize>,
 }
 
 impl Record {
@@ -110,7 +112,14 @@ impl Record {
         self.inner.lock().unwrap().runs.clone()
     }
     pub fn clear(&self) {
-        self.inner.lock().unwrap().runs.clear();
+        let mut r = self.inner.lock().unwrap();
+        r.runs.clear();
+        r.inputs_read.clear();
+    }
+    /// How many times each stage's inputs were read since the last clear.
+    pub fn inputs_read(&self) -> Vec<(String, usize)> {
+        let r = self.inner.lock().unwrap();
+        r.inputs_read.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
     /// Make `stage` fail halfway through its next runs (None: stop failing).
     pub fn fail(&self, stage: Option<&str>) {
@@ -137,6 +146,14 @@ impl Stage for StandIn {
         self.real.preflight()
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
+        *self
+            .record
+            .inner
+            .lock()
+            .unwrap()
+            .inputs_read
+            .entry(self.name().to_owned())
+            .or_default() += 1;
         self.real.inputs(inputs)
     }
     fn outputs(&self) -> Vec<Output> {
