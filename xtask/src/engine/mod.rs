@@ -5,321 +5,40 @@
 //! sibling paths and renamed into place, so an interrupted stage leaves
 //! nothing that looks finished.
 
+mod inputs;
+mod lock;
+mod plan;
+mod stage;
+mod stamp;
+
+pub use inputs::{hash_reader, sha256_hex, Inputs};
+pub use plan::{Action, Plan, PlanStep, State};
+pub use stage::{Output, OutputKind, Stage, StageRun};
+pub use stamp::{OutputRecord, Stamp};
+
+use inputs::{inputs_digest, output_key};
+use lock::BuildLock;
+use stamp::STAMP_FORMAT;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::chroot;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
-use crate::layout::{Layout, Product};
+use crate::layout::Layout;
 use crate::shell::{log_tail, StageShell};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    Dir,
-    File,
-}
-
-/// Something a stage produces, by name (`nodes-root`) and place.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub name: &'static str,
-    pub path: PathBuf,
-    pub kind: OutputKind,
-}
-
-impl Output {
-    pub fn dir(name: &'static str, path: PathBuf) -> Output {
-        Output {
-            name,
-            path,
-            kind: OutputKind::Dir,
-        }
-    }
-    pub fn file(name: &'static str, path: PathBuf) -> Output {
-        Output {
-            name,
-            path,
-            kind: OutputKind::File,
-        }
-    }
-}
-
-/// One step of the pipeline.
-pub trait Stage {
-    /// The user's word for it: `packages`, `kernel`, `node1`, `iso`.
-    fn name(&self) -> &'static str;
-    /// One line: what it does.
-    fn about(&self) -> &'static str;
-    /// Bump when the stage's own code changes what it produces.
-    fn recipe(&self) -> u32 {
-        1
-    }
-    fn needs_root(&self) -> bool {
-        false
-    }
-    /// Checks that need no tools and no root (a conflicting option, say),
-    /// run before anything else so a run that cannot work stops at once.
-    fn preflight(&self) -> Result<()> {
-        Ok(())
-    }
-    /// Host programs the stage runs (checked, and installed on Debian, before it starts).
-    fn host_tools(&self) -> Vec<HostTool> {
-        Vec::new()
-    }
-    /// Declares what the stage reads. Called for every status and plan: keep it cheap.
-    fn inputs(&self, inputs: &mut Inputs) -> Result<()>;
-    fn outputs(&self) -> Vec<Output>;
-    /// Produces every output at `run.output(name)` (or keeps the previous one).
-    fn run(&self, run: &mut StageRun) -> Result<()>;
-}
-
-/// What a stage reads, each with a digest. Keys name the input the way a
-/// user would look for it: `profile [nodes]`, `file overlay/node1/etc/motd`.
-pub struct Inputs<'a> {
-    layout: &'a Layout,
-    digests: BTreeMap<String, String>,
-    upstream: Vec<(&'static str, &'static str)>,
-}
-
-impl<'a> Inputs<'a> {
-    fn new(layout: &'a Layout) -> Inputs<'a> {
-        Inputs {
-            layout,
-            digests: BTreeMap::new(),
-            upstream: Vec::new(),
-        }
-    }
-
-    /// A value, typically a profile section: `inputs.value("profile [nodes]", &p.nodes)`.
-    pub fn value(&mut self, key: &str, value: &impl Serialize) {
-        let bytes = serde_json::to_vec(value).unwrap_or_else(|e| e.to_string().into_bytes());
-        self.digests.insert(key.to_owned(), sha256_hex(&bytes));
-    }
-
-    /// A file's content and mode. A missing file is an input too ("missing").
-    pub fn file(&mut self, path: &Path) -> Result<()> {
-        let key = format!("file {}", self.layout.show(path));
-        let digest = match fs::symlink_metadata(path) {
-            Ok(meta) => entry_digest(path, &meta)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        self.digests.insert(key, digest);
-        Ok(())
-    }
-
-    /// Every file, symlink and directory under `dir`, one input each, so a
-    /// change names the file that changed.
-    pub fn tree(&mut self, dir: &Path) -> Result<()> {
-        let shown = self.layout.show(dir);
-        if !dir.exists() {
-            self.digests
-                .insert(format!("tree {shown}"), "missing".to_owned());
-            return Ok(());
-        }
-        self.digests
-            .insert(format!("tree {shown}"), "present".to_owned());
-        let mut stack = vec![dir.to_owned()];
-        while let Some(d) = stack.pop() {
-            let entries = fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?;
-            for entry in entries {
-                let entry = entry.with_context(|| format!("reading {}", d.display()))?;
-                let path = entry.path();
-                let meta = fs::symlink_metadata(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let kind = if meta.is_dir() { "dir" } else { "file" };
-                let key = format!("{kind} {}", self.layout.show(&path));
-                self.digests.insert(key, entry_digest(&path, &meta)?);
-                if meta.is_dir() {
-                    stack.push(path);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// An output of an earlier stage. The digest is that output's generation:
-    /// it changes each time the earlier stage rebuilds it.
-    pub fn output_of(&mut self, product: Product) {
-        self.upstream.push((product.stage, product.name));
-    }
-}
-
-fn entry_digest(path: &Path, meta: &fs::Metadata) -> Result<String> {
-    let mode = meta.permissions().mode() & 0o7777;
-    let mut h = Sha256::new();
-    if meta.file_type().is_symlink() {
-        let target = fs::read_link(path).with_context(|| format!("reading {}", path.display()))?;
-        h.update(b"symlink\0");
-        h.update(target.as_os_str().as_encoded_bytes());
-    } else if meta.is_dir() {
-        h.update(format!("dir {mode:o}").as_bytes());
-    } else {
-        h.update(format!("file {mode:o}\0").as_bytes());
-        hash_reader(&mut h, path)?;
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-/// Feeds a file's bytes into a hasher, a block at a time.
-pub fn hash_reader(h: &mut Sha256, path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        h.update(&buf[..n]);
-    }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Written after a stage completed: what it was built from and what it made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Stamp {
-    pub format: u32,
-    pub stage: String,
-    pub digest: String,
-    pub inputs: BTreeMap<String, String>,
-    pub outputs: BTreeMap<String, OutputRecord>,
-    pub finished_unix: u64,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputRecord {
-    pub path: PathBuf,
-    /// Changes each time the output is rebuilt; later stages depend on it.
-    pub generation: String,
-    pub bytes: u64,
-    pub files: u64,
-}
-
-const STAMP_FORMAT: u32 = 1;
-
-impl Stamp {
-    pub fn load(path: &Path) -> Option<Stamp> {
-        let text = fs::read(path).ok()?;
-        serde_json::from_slice::<Stamp>(&text)
-            .ok()
-            .filter(|s| s.format == STAMP_FORMAT)
-    }
-}
 
 /// What an interrupted or failed run may have left beside an output: its
 /// partial build and the previous version set aside while swapping.
 fn remove_leftovers(output: &Output) -> Result<()> {
     files::remove_tree(&files::sibling(&output.path, "partial"))?;
     files::remove_tree(&files::sibling(&output.path, "old"))
-}
-
-/// The input key under which a stage records an earlier stage's output.
-fn output_key(stage: &str, output: &str) -> String {
-    format!("output {stage}/{output}")
-}
-
-fn inputs_digest(inputs: &BTreeMap<String, String>) -> String {
-    let mut h = Sha256::new();
-    for (k, v) in inputs {
-        h.update(k.as_bytes());
-        h.update(b"\0");
-        h.update(v.as_bytes());
-        h.update(b"\n");
-    }
-    hex::encode(h.finalize())
-}
-
-/// A stage's state as `status` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    Done,
-    /// Built, but not from what it would be built from now.
-    Stale(Vec<String>),
-    /// Never built (or its stamp was removed).
-    Missing,
-}
-
-impl State {
-    pub fn label(&self) -> &'static str {
-        match self {
-            State::Done => "done",
-            State::Stale(_) => "stale",
-            State::Missing => "missing",
-        }
-    }
-}
-
-/// What a command would do with one stage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Run(Vec<String>),
-    UpToDate,
-    /// Cannot run: an input was never built. The text says what to run.
-    Blocked(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct PlanStep {
-    pub stage: &'static str,
-    pub action: Action,
-}
-
-/// What a command would do, stage by stage, and what it would use as-is.
-#[derive(Debug, Clone, Default)]
-pub struct Plan {
-    pub steps: Vec<PlanStep>,
-    /// Earlier stages used as they are although they are stale.
-    pub warnings: Vec<String>,
-}
-
-impl Plan {
-    /// The first stage that cannot run, and why, as one sentence.
-    pub fn blocked(&self) -> Option<String> {
-        self.steps.iter().find_map(|s| match &s.action {
-            Action::Blocked(why) => Some(format!("{} {why}", s.stage)),
-            _ => None,
-        })
-    }
-
-    pub fn will_run(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.steps
-            .iter()
-            .filter(|s| matches!(s.action, Action::Run(_)))
-            .map(|s| s.stage)
-    }
-
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        for step in &self.steps {
-            let (what, why) = match &step.action {
-                Action::Run(reasons) => ("run", reasons.join("; ")),
-                Action::UpToDate => ("skip", "up to date".to_owned()),
-                Action::Blocked(why) => ("blocked", why.clone()),
-            };
-            let _ = writeln!(s, "  {:<9} {:<8} {}", step.stage, what, why);
-        }
-        for w in &self.warnings {
-            let _ = writeln!(s, "  warning: {w}");
-        }
-        s
-    }
 }
 
 /// How to run.
@@ -350,59 +69,6 @@ fn because(causes: &[String]) -> String {
         .iter()
         .map(|c| format!("\n  caused by: {c}"))
         .collect()
-}
-
-/// The handle a running stage gets: where to put outputs, how to run commands.
-pub struct StageRun<'a> {
-    pub shell: &'a StageShell,
-    pub layout: &'a Layout,
-    outputs: BTreeMap<&'static str, (PathBuf, PathBuf)>,
-    kept: BTreeSet<&'static str>,
-    inputs: &'a BTreeMap<String, String>,
-    previous_inputs: Option<&'a BTreeMap<String, String>>,
-}
-
-impl StageRun<'_> {
-    /// Where to build output `name`. Renamed into place when the stage succeeds.
-    pub fn output(&self, name: &str) -> Result<&Path> {
-        self.outputs
-            .get(name)
-            .map(|(partial, _)| partial.as_path())
-            .with_context(|| format!("internal: the stage declares no output `{name}`"))
-    }
-
-    /// The output as the previous successful run left it, if any.
-    pub fn previous(&self, name: &str) -> Option<&Path> {
-        let (_, dest) = self.outputs.get(name)?;
-        dest.exists().then_some(dest.as_path())
-    }
-
-    /// Leave output `name` as the previous run made it (it did not need rebuilding).
-    pub fn keep(&mut self, name: &'static str) -> Result<()> {
-        if self.previous(name).is_none() {
-            bail!("internal: cannot keep `{name}`: there is no previous one");
-        }
-        self.kept.insert(name);
-        Ok(())
-    }
-
-    pub fn step(&self, what: &str) {
-        self.shell.step(what);
-    }
-
-    /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
-    /// the stage's recipe are what they were when the previous run
-    /// succeeded: an output made only from them can be kept.
-    pub fn unchanged(&self, keys: &[&str]) -> bool {
-        let Some(prev) = self.previous_inputs else {
-            return false;
-        };
-        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
-        keys.iter()
-            .copied()
-            .chain(recipe.map(String::as_str))
-            .all(|k| self.inputs.get(k).is_some_and(|v| prev.get(k) == Some(v)))
-    }
 }
 
 /// The stages of a pipeline, in order, over one layout.
@@ -860,40 +526,4 @@ fn new_generation(digest: &str, output: &str) -> String {
         .unwrap_or(0);
     sha256_hex(format!("{digest} {output} {nanos} {}", std::process::id()).as_bytes())[..16]
         .to_owned()
-}
-
-/// One krgiso at a time per build dir: `build/.lock`, held with flock(2).
-struct BuildLock {
-    _file: fs::File,
-}
-
-impl BuildLock {
-    fn acquire(build: &Path) -> Result<BuildLock> {
-        use std::os::fd::AsRawFd;
-        fs::create_dir_all(build)
-            .with_context(|| format!("creating the build dir {}", build.display()))?;
-        let path = build.join(".lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // A lock let go a moment ago can still be held for a few
-        // milliseconds by a child forked meanwhile (it holds a copy of the
-        // descriptor until it execs): give that time to pass. A run that
-        // really holds the lock holds it far longer.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        // SAFETY: flock on a descriptor we own.
-        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            if Instant::now() > deadline {
-                bail!(
-                    "another krgiso run is using the build dir {}: wait for it to finish (or stop it)",
-                    build.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(BuildLock { _file: file })
-    }
 }

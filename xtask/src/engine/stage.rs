@@ -1,0 +1,126 @@
+//! What a stage is to the engine: its declarations (name, inputs,
+//! outputs, host tools) and the run it is handed (its shell, where to put
+//! each output, what changed since its last run).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::Inputs;
+use crate::host::HostTool;
+use crate::layout::Layout;
+use crate::shell::StageShell;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Dir,
+    File,
+}
+
+/// Something a stage produces, by name (`nodes-root`) and place.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub name: &'static str,
+    pub path: PathBuf,
+    pub kind: OutputKind,
+}
+
+impl Output {
+    pub fn dir(name: &'static str, path: PathBuf) -> Output {
+        Output {
+            name,
+            path,
+            kind: OutputKind::Dir,
+        }
+    }
+    pub fn file(name: &'static str, path: PathBuf) -> Output {
+        Output {
+            name,
+            path,
+            kind: OutputKind::File,
+        }
+    }
+}
+
+/// One step of the pipeline.
+pub trait Stage {
+    /// The user's word for it: `packages`, `kernel`, `node1`, `iso`.
+    fn name(&self) -> &'static str;
+    /// One line: what it does.
+    fn about(&self) -> &'static str;
+    /// Bump when the stage's own code changes what it produces.
+    fn recipe(&self) -> u32 {
+        1
+    }
+    fn needs_root(&self) -> bool {
+        false
+    }
+    /// Checks that need no tools and no root (a conflicting option, say),
+    /// run before anything else so a run that cannot work stops at once.
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Host programs the stage runs (checked, and installed on Debian, before it starts).
+    fn host_tools(&self) -> Vec<HostTool> {
+        Vec::new()
+    }
+    /// Declares what the stage reads. Called for every status and plan: keep it cheap.
+    fn inputs(&self, inputs: &mut Inputs) -> Result<()>;
+    fn outputs(&self) -> Vec<Output>;
+    /// Produces every output at `run.output(name)` (or keeps the previous one).
+    fn run(&self, run: &mut StageRun) -> Result<()>;
+}
+
+/// The handle a running stage gets: where to put outputs, how to run commands.
+pub struct StageRun<'a> {
+    pub shell: &'a StageShell,
+    pub layout: &'a Layout,
+    pub(super) outputs: BTreeMap<&'static str, (PathBuf, PathBuf)>,
+    pub(super) kept: BTreeSet<&'static str>,
+    pub(super) inputs: &'a BTreeMap<String, String>,
+    pub(super) previous_inputs: Option<&'a BTreeMap<String, String>>,
+}
+
+impl StageRun<'_> {
+    /// Where to build output `name`. Renamed into place when the stage succeeds.
+    pub fn output(&self, name: &str) -> Result<&Path> {
+        self.outputs
+            .get(name)
+            .map(|(partial, _)| partial.as_path())
+            .with_context(|| format!("internal: the stage declares no output `{name}`"))
+    }
+
+    /// The output as the previous successful run left it, if any.
+    pub fn previous(&self, name: &str) -> Option<&Path> {
+        let (_, dest) = self.outputs.get(name)?;
+        dest.exists().then_some(dest.as_path())
+    }
+
+    /// Leave output `name` as the previous run made it (it did not need rebuilding).
+    pub fn keep(&mut self, name: &'static str) -> Result<()> {
+        if self.previous(name).is_none() {
+            bail!("internal: cannot keep `{name}`: there is no previous one");
+        }
+        self.kept.insert(name);
+        Ok(())
+    }
+
+    pub fn step(&self, what: &str) {
+        self.shell.step(what);
+    }
+
+    /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
+    /// the stage's recipe are what they were when the previous run
+    /// succeeded: an output made only from them can be kept.
+    pub fn unchanged(&self, keys: &[&str]) -> bool {
+        let Some(prev) = self.previous_inputs else {
+            return false;
+        };
+        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
+        keys.iter()
+            .copied()
+            .chain(recipe.map(String::as_str))
+            .all(|k| self.inputs.get(k).is_some_and(|v| prev.get(k) == Some(v)))
+    }
+}
