@@ -794,7 +794,7 @@ impl Run<'_> {
                     &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} uname -nr"),
                     until,
                 )?;
-                let release = crate::stages::kernel::KRG_RELEASE;
+                let release = crate::stages::kernel::krg::KRG_RELEASE;
                 if !said.contains(release) {
                     bail!("node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}");
                 }

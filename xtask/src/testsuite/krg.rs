@@ -20,7 +20,7 @@ use crate::profile::{self, Profile};
 use crate::qemu::{BootTest, Milestone, QemuFirmware};
 use crate::shell::StageShell;
 use crate::stages::kconfig::{self, Setting};
-use crate::stages::kernel::{self, KRG_RELEASE};
+use crate::stages::kernel::krg::{self, KRG_RELEASE};
 use crate::testsuite::image::milestone_timings;
 
 const PROFILE: &str = "kerrighed-current";
@@ -189,7 +189,7 @@ pub fn boot_krg(project: &Path) -> Result<Timings> {
 fn check_outputs(run: &KrgRun) -> Result<()> {
     let layout = run.layout();
     let staged = layout.staged_kernel();
-    let version = kernel::bzimage_release(&staged.join(format!("vmlinuz-{KRG_RELEASE}")))?;
+    let version = krg::bzimage_release(&staged.join(format!("vmlinuz-{KRG_RELEASE}")))?;
     ensure!(
         version.starts_with(&format!("{KRG_RELEASE} ")),
         "the staged kernel says {version:?}, not {KRG_RELEASE}"

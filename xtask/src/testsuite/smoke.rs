@@ -714,14 +714,14 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
         expected.join("\n")
     );
 
-    for path in crate::stages::kernel::KRG_INSTALLED
+    for path in crate::stages::kernel::krg::KRG_INSTALLED
         .iter()
-        .chain(crate::stages::kernel::KRG_SERVICE_FILES)
+        .chain(crate::stages::kernel::krg::KRG_SERVICE_FILES)
     {
         ensure!(root.join(path).exists(), "{path} is not in the nodes root");
     }
     let staged = build.join("kernel");
-    let version = crate::stages::kernel::bzimage_release(&staged.join("vmlinuz-2.6.20-krg"))?;
+    let version = crate::stages::kernel::krg::bzimage_release(&staged.join("vmlinuz-2.6.20-krg"))?;
     ensure!(
         version == "2.6.20-krg (stand-in built with gcc-4.1) #1",
         "the staged kernel is not the one built: {version:?}"
