@@ -429,3 +429,26 @@ fn a_makefile_without_the_line_gives_a_warning_and_stays_as_it_was() {
         without
     );
 }
+
+#[test]
+fn bytes_that_are_not_utf8_survive_the_shell_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = kerrighed_tree(tmp.path(), MODULES_MAKEFILE_IN);
+    let target = tree.join("modules/Makefile.in");
+    // A Latin-1 author name before the line and a stray byte after it.
+    let mut original = b"# Copyright Ren\xe9 Lottiaux\n".to_vec();
+    original.extend_from_slice(MODULES_MAKEFILE_IN.as_bytes());
+    original.extend_from_slice(b"# \xff end\n");
+    fs::write(&target, &original).unwrap();
+    let report = use_bash(&tree).unwrap();
+    assert!(
+        matches!(&report[..], [ShellLine::Patched { was, .. }] if was == "/bin/sh"),
+        "{report:?}"
+    );
+    let at = original
+        .windows(15)
+        .position(|w| w == b"SHELL = /bin/sh")
+        .unwrap();
+    let expected = [&original[..at], b"SHELL = /bin/bash", &original[at + 15..]].concat();
+    assert_eq!(fs::read(&target).unwrap(), expected);
+}

@@ -59,20 +59,21 @@ pub fn use_bash(tree: &Path) -> Result<Vec<ShellLine>> {
 }
 
 fn patch_file(file: &Path) -> Result<ShellLine> {
+    // Bytes, not text: a Makefile may hold bytes that are not UTF-8
+    // (a Latin-1 name in a comment); everything but the value is kept as is.
     let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
     let file_buf = file.to_owned();
-    let Some(value) = find_value(&text) else {
+    let Some(value) = find_value(&bytes) else {
         return Ok(ShellLine::PatternNotFound { file: file_buf });
     };
-    let was = text[value.clone()].to_owned();
-    let bashism = text.contains(" == ");
+    let was = String::from_utf8_lossy(&bytes[value.clone()]).into_owned();
+    let bashism = bytes.windows(4).any(|w| w == b" == ");
     if was == "/bin/bash" || (was == "@SHELL@" && !bashism) {
         return Ok(ShellLine::AlreadyCorrect { file: file_buf });
     }
-    let patched = format!("{}/bin/bash{}", &text[..value.start], &text[value.end..]);
+    let patched = [&bytes[..value.start], b"/bin/bash", &bytes[value.end..]].concat();
     let mode = fs::metadata(file)?.permissions();
-    crate::files::write_atomic(file, patched.as_bytes())?;
+    crate::files::write_atomic(file, &patched)?;
     fs::set_permissions(file, mode)
         .with_context(|| format!("keeping the mode of {}", file.display()))?;
     Ok(ShellLine::Patched {
@@ -84,28 +85,40 @@ fn patch_file(file: &Path) -> Result<ShellLine> {
 /// Where the value of the first `SHELL = value`, `SHELL=value` or
 /// `SHELL := value` outside a recipe stands (its first word only: a
 /// trailing comment stays).
-fn find_value(text: &str) -> Option<std::ops::Range<usize>> {
+fn find_value(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    let blank = |b: &u8| b.is_ascii_whitespace();
+    let skip_blanks = |s: &[u8]| -> usize { s.iter().take_while(|b| blank(b)).count() };
     let mut offset = 0;
-    for line in text.split_inclusive('\n') {
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
         let start = offset;
         offset += line.len();
-        if line.starts_with('\t') {
+        if line.first() == Some(&b'\t') {
             continue; // a recipe line, not an assignment
         }
-        let Some(rest) = line.trim_start().strip_prefix("SHELL") else {
+        let mut at = skip_blanks(line);
+        let Some(rest) = line[at..].strip_prefix(b"SHELL") else {
             continue;
         };
-        let rest = rest.trim_start();
-        let Some(value) = rest.strip_prefix(":=").or_else(|| rest.strip_prefix('=')) else {
+        at += 5;
+        at += skip_blanks(rest);
+        let rest = &line[at..];
+        let op = if rest.starts_with(b":=") {
+            2
+        } else if rest.starts_with(b"=") {
+            1
+        } else {
             continue; // SHELLFLAGS, SHELL_PATH, ...
         };
-        let value = value.trim_start();
-        let word = value.split_whitespace().next()?;
-        if word.starts_with('#') {
+        at += op;
+        at += skip_blanks(&line[at..]);
+        let word = line[at..].iter().take_while(|b| !blank(b)).count();
+        if word == 0 {
+            return None;
+        }
+        if line[at] == b'#' {
             continue;
         }
-        let at = start + (line.len() - value.len());
-        return Some(at..at + word.len());
+        return Some(start + at..start + at + word);
     }
     None
 }
@@ -116,8 +129,12 @@ mod tests {
 
     #[test]
     fn finds_only_a_real_assignment() {
-        let text = "# Makefile\nSHELLFLAGS = -e\n\tSHELL=x\nSHELL  :=  sh  # old\nall:\n";
-        assert_eq!(&text[find_value(text).unwrap()], "sh");
-        assert!(find_value("all:\n\techo SHELL = /bin/sh\n").is_none());
+        let text = b"# Makefile\nSHELLFLAGS = -e\n\tSHELL=x\nSHELL  :=  sh  # old\nall:\n";
+        assert_eq!(&text[find_value(text).unwrap()], b"sh");
+        assert!(find_value(b"all:\n\techo SHELL = /bin/sh\n").is_none());
+        assert_eq!(
+            &b"SHELL=/bin/sh"[find_value(b"SHELL=/bin/sh").unwrap()],
+            b"/bin/sh"
+        );
     }
 }
