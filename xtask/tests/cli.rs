@@ -36,11 +36,16 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-fn build_dir_args(dir: &Path) -> Vec<String> {
-    vec![
-        "--build-dir".into(),
-        dir.join("build").display().to_string(),
-    ]
+/// xtask with `--build-dir DIR/build`, then `args`; not run yet.
+fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.arg("--build-dir").arg(dir.join("build")).args(args);
+    command
+}
+
+/// xtask run with `--build-dir DIR/build`, then `args`.
+fn xtask_in(dir: &Path, args: &[&str]) -> Output {
+    command_in(dir, args).output().expect("running xtask")
 }
 
 #[test]
@@ -82,14 +87,7 @@ fn dry_run_prints_the_plan_and_changes_nothing_on_disk() {
         snapshot(&project.join("overlay")),
     );
     for profile in ["kerrighed", "smoke"] {
-        let mut args = build_dir_args(tmp.path());
-        args.extend([
-            "--profile".into(),
-            profile.into(),
-            "--dry-run".into(),
-            "build".into(),
-        ]);
-        let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = xtask_in(tmp.path(), &["--profile", profile, "--dry-run", "build"]);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
         for stage in ["packages", "kernel", "node1", "iso"] {
@@ -103,9 +101,7 @@ fn dry_run_prints_the_plan_and_changes_nothing_on_disk() {
         }
         assert!(stdout.contains("nothing was run (--dry-run)"), "{stdout}");
     }
-    let mut args = build_dir_args(tmp.path());
-    args.extend(["--dry-run".into(), "clean".into(), "--all".into()]);
-    assert!(xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    assert!(xtask_in(tmp.path(), &["--dry-run", "clean", "--all"])
         .status
         .success());
     let after = (
@@ -119,9 +115,7 @@ fn dry_run_prints_the_plan_and_changes_nothing_on_disk() {
 #[test]
 fn dry_run_of_iso_without_a_build_says_what_to_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = build_dir_args(tmp.path());
-    args.extend(["--dry-run".into(), "iso".into()]);
-    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = xtask_in(tmp.path(), &["--dry-run", "iso"]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stdout.contains("blocked"), "{stdout}");
@@ -134,12 +128,7 @@ fn dry_run_of_iso_without_a_build_says_what_to_run() {
 /// `xtask --build-dir TMP/build --profile smoke ARGS` with no image built:
 /// one line saying where it looked and what to run.
 fn refused_for_want_of_an_image(tmp: &Path, command: &[&str]) {
-    let mut args = build_dir_args(tmp);
-    args.push("--profile".into());
-    args.push("smoke".into());
-    args.extend(command.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = xtask(&args);
+    let out = xtask_in(tmp, &[&["--profile", "smoke"], command].concat());
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(
@@ -161,9 +150,6 @@ fn qemu_without_an_image_says_to_build_one_in_one_line() {
 fn usb_without_an_image_says_to_build_one_and_refuses_a_character_device() {
     let tmp = tempfile::tempdir().unwrap();
     refused_for_want_of_an_image(tmp.path(), &["usb", "/dev/null"]);
-    let mut args = build_dir_args(tmp.path());
-    args.extend(["--profile", "smoke", "usb", "/dev/null"].map(String::from));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let image = tmp.path().join("build/out/krgiso-smoke.iso");
 
     // With an image, /dev/null is refused before anything is written.
@@ -175,7 +161,7 @@ fn usb_without_an_image_says_to_build_one_and_refuses_a_character_device() {
         format!("{sum}  krgiso-smoke.iso\n"),
     )
     .unwrap();
-    let out = xtask(&args);
+    let out = xtask_in(tmp.path(), &["--profile", "smoke", "usb", "/dev/null"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -188,9 +174,7 @@ fn usb_without_an_image_says_to_build_one_and_refuses_a_character_device() {
 #[test]
 fn a_stage_whose_inputs_were_never_built_is_refused_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = build_dir_args(tmp.path());
-    args.extend(["--profile".into(), "smoke".into(), "kernel".into()]);
-    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = xtask_in(tmp.path(), &["--profile", "smoke", "kernel"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(
@@ -223,9 +207,7 @@ fn a_bad_profile_is_reported_with_file_key_and_line() {
 #[test]
 fn status_of_a_fresh_build_dir_lists_every_stage_missing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = build_dir_args(tmp.path());
-    args.push("status".into());
-    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = xtask_in(tmp.path(), &["status"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     for stage in ["packages", "kernel", "node1", "iso"] {
@@ -251,9 +233,7 @@ fn clean_needs_a_target_and_never_touches_the_download_cache() {
     std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
     std::fs::write(&cache, "cached").unwrap();
     std::fs::create_dir_all(tmp.path().join("build/logs")).unwrap();
-    let mut args = build_dir_args(tmp.path());
-    args.extend(["clean".into(), "--all".into()]);
-    let out = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = xtask_in(tmp.path(), &["clean", "--all"]);
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(!tmp.path().join("build").exists());
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), "cached");
@@ -292,15 +272,12 @@ fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     let tmp = tempfile::tempdir().unwrap();
     let profile =
         profile_with_local_sources(tmp.path(), &server, &xtask::engine::sha256_hex(&linux));
+    let profile = profile.display().to_string();
     let run = |extra: &[&str]| {
-        let mut args = build_dir_args(tmp.path());
-        args.extend([
-            "--profile".into(),
-            profile.display().to_string(),
-            "fetch".into(),
-        ]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        xtask_in(
+            tmp.path(),
+            &[&["--profile", &profile, "fetch"], extra].concat(),
+        )
     };
 
     let out = run(&[]);
@@ -374,16 +351,9 @@ fn a_pre_download_dir_from_the_environment_feeds_an_offline_fetch() {
     std::fs::create_dir_all(&tarballs).unwrap();
     std::fs::write(tarballs.join("linux-2.6.20.tar.bz2"), &linux).unwrap();
     std::fs::write(tarballs.join("kerrighed-2.4.1.tar.gz"), &krg).unwrap();
+    let profile = profile.display().to_string();
     let fetch = |env_dir: &Path| {
-        let mut args = build_dir_args(tmp.path());
-        args.extend([
-            "--profile".into(),
-            profile.display().to_string(),
-            "--offline".into(),
-            "fetch".into(),
-        ]);
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(&args)
+        command_in(tmp.path(), &["--profile", &profile, "--offline", "fetch"])
             .env("KRGISO_SOURCES_DIR", env_dir)
             .output()
             .expect("running xtask")
