@@ -9,7 +9,10 @@ use xshell::cmd;
 
 pub mod http;
 pub mod image;
+pub mod kernel;
 pub mod krg;
+pub mod node1;
+pub mod packages;
 pub mod smoke;
 pub mod usb;
 
@@ -55,32 +58,32 @@ const END_TO_END: &[EndToEnd] = &[
     EndToEnd {
         name: "e2e-packages",
         about: "the smoke packages stage for real (root, Debian mirror)",
-        check: smoke::packages,
+        check: packages::packages,
     },
     EndToEnd {
         name: "e2e-kernel-stock",
         about: "the smoke kernel stage: stock kernel + NFS initramfs",
-        check: smoke::kernel_stock,
+        check: kernel::kernel_stock,
     },
     EndToEnd {
         name: "e2e-node1",
         about: "the smoke node1 stage: layers, TFTP root, accounts",
-        check: smoke::node1_layers,
+        check: node1::node1_layers,
     },
     EndToEnd {
         name: "e2e-node1-netns",
         about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP",
-        check: smoke::node1_netns,
+        check: node1::node1_netns,
     },
     EndToEnd {
         name: "e2e-i386-chroot",
         about: "an i386 root entered as the stages do sees an i686 machine",
-        check: smoke::i386_chroot,
+        check: kernel::i386_chroot,
     },
     EndToEnd {
         name: "e2e-kernel-kerrighed",
         about: "the kerrighed kernel flow with stand-in sources and toolchain",
-        check: smoke::kernel_standin,
+        check: kernel::kernel_standin,
     },
     EndToEnd {
         name: "e2e-kernel-krg",

@@ -1,0 +1,365 @@
+//! e2e-node1 (the node1 stage's layers) and e2e-node1-netns (node1's boot
+//! service in network namespaces: full and proxy DHCP, TFTP).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use xshell::cmd;
+
+use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
+use crate::chroot;
+use crate::files;
+use crate::host;
+use crate::shell::StageShell;
+
+/// The node1 stage for real on the smoke build: what its layers hold, and
+/// that the roots under them are left as they were.
+pub fn node1_layers(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let s = check_shell(project, "e2e-node1")?;
+    let passwd_before = fs::read(run.root("node1").join("etc/passwd"))?;
+    let t = Instant::now();
+    run.xtask(&s, &["node1"])?;
+    let secs = t.elapsed().as_secs_f64();
+    let (n1, nd) = (run.build.join("node1/node1"), run.build.join("node1/nodes"));
+    let release = run.release()?;
+    let tftp = crate::layout::tftp_dir(&n1);
+    for name in [
+        "pxelinux.0".to_owned(),
+        "ldlinux.c32".to_owned(),
+        "pxelinux.cfg/default".to_owned(),
+        format!("vmlinuz-{release}"),
+        format!("initrd.img-{release}"),
+    ] {
+        ensure!(tftp.join(&name).is_file(), "the TFTP root lacks {name}");
+    }
+    let pxe = fs::read_to_string(tftp.join("pxelinux.cfg/default"))?;
+    ensure!(
+        pxe.contains(&format!("KERNEL vmlinuz-{release}")),
+        "pxelinux.cfg/default names another kernel:\n{pxe}"
+    );
+    for (layer, file) in [
+        (&n1, "etc/exports"),
+        (&n1, "etc/krgiso/dnsmasq-full.conf"),
+        (&nd, "etc/kerrighed_nodes"),
+        (&nd, "etc/fstab"),
+    ] {
+        ensure!(
+            layer.join(file).is_file(),
+            "{} lacks {file}",
+            layer.display()
+        );
+    }
+    let user = &run.profile.cluster.user;
+    for layer in [&n1, &nd] {
+        let passwd = fs::read_to_string(layer.join("etc/passwd"))?;
+        ensure!(
+            passwd.lines().any(|l| l.starts_with(&format!("{user}:x:"))),
+            "{user} missing from {}",
+            layer.display()
+        );
+        let shadow = fs::read_to_string(layer.join("etc/shadow"))?;
+        let hash = shadow
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .and_then(|l| l.split(':').nth(1));
+        ensure!(
+            hash.is_some_and(|h| h.starts_with("$6$")),
+            "{user} has no password hash in {}",
+            layer.display()
+        );
+    }
+    let creds = run.build.join("credentials");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&creds)?.permissions()) & 0o777;
+    ensure!(
+        mode == 0o600,
+        "build/credentials has mode {mode:o}, not 600"
+    );
+    ensure!(
+        fs::read(run.root("node1").join("etc/passwd"))? == passwd_before,
+        "the node1 stage changed the node1 root"
+    );
+    ensure!(
+        fs::read_link(n1.join("etc/systemd/system/dnsmasq.service"))? == Path::new("/dev/null"),
+        "Debian's dnsmasq.service is not masked"
+    );
+    Ok(vec![("node1".to_owned(), secs)])
+}
+
+/// Network namespaces this check makes, and deletes (with every process
+/// left in them) however it ends. Loopback-only: no address outside them
+/// is ever contacted.
+struct Netns {
+    names: Vec<String>,
+    pid_files: Vec<PathBuf>,
+}
+
+impl Netns {
+    fn add(&mut self, s: &StageShell, name: &str) -> Result<()> {
+        let sh = s.sh();
+        let _ = cmd!(sh, "ip netns del {name}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run();
+        s.run(cmd!(sh, "ip netns add {name}"))?;
+        self.names.push(name.to_owned());
+        s.run(cmd!(sh, "ip netns exec {name} ip link set lo up"))
+    }
+
+    /// A veth pair: `a` in namespace `na`, `b` in `nb`, both up.
+    fn link(&self, s: &StageShell, (na, a): (&str, &str), (nb, b): (&str, &str)) -> Result<()> {
+        let sh = s.sh();
+        s.run(cmd!(
+            sh,
+            "ip link add {a} netns {na} type veth peer name {b} netns {nb}"
+        ))?;
+        s.run(cmd!(sh, "ip -n {na} link set {a} up"))?;
+        s.run(cmd!(sh, "ip -n {nb} link set {b} up"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for pid_file in &self.pid_files {
+            if let Some(pid) = fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // SAFETY: a daemon this check started.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        for name in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// A DHCP client on `iface` in namespace `ns`: the lease it got, if any.
+fn client_lease(
+    s: &StageShell,
+    ns: &str,
+    iface: &str,
+    script: &Path,
+    tries: &str,
+) -> Result<Option<String>> {
+    let sh = s.sh();
+    let lease = script.with_extension("lease");
+    let _ = fs::remove_file(&lease);
+    let got = cmd!(
+        sh,
+        "ip netns exec {ns} udhcpc -i {iface} -n -q -t {tries} -T 1 -s {script}"
+    )
+    .ignore_status()
+    .quiet()
+    .ignore_stdout()
+    .ignore_stderr()
+    .output()?;
+    s.note(&format!("udhcpc on {ns}/{iface}: {}", got.status));
+    Ok(fs::read_to_string(&lease)
+        .ok()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty()))
+}
+
+/// node1's boot-time service for real, in network namespaces: the node1
+/// root (its layer stacked over it with overlayfs, writes going to a
+/// scratch dir) chrooted in a namespace joined to a client by a bridge.
+/// Full DHCP: the client gets a lease in the range and fetches pxelinux.0
+/// and the kernel by TFTP; node1's other link gets no lease. Then with a
+/// foreign DHCP server on the link first: node1 comes up in proxy mode and
+/// hands out no lease. (This host's kernel has no nfsd: the NFS export is
+/// checked by the QEMU boot test, where node1 runs its own kernel.)
+pub fn node1_netns(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::new(project)?;
+    let s = check_shell(project, "e2e-netns")?;
+    host::ensure_tools(
+        &[
+            host::HostTool::new("udhcpc", "udhcpc"),
+            host::HostTool::new("dnsmasq", "dnsmasq-base"),
+            host::HostTool::new("curl", "curl"),
+        ],
+        true,
+        s.log_path(),
+    )?;
+    let t = Instant::now();
+    let layer = run.build.join("node1/node1");
+    ensure!(
+        layer.join("usr/local/sbin/krgiso-node1").exists(),
+        "run the node1 stage first (e2e-node1)"
+    );
+    let work = project.join("build/e2e/netns");
+    chroot::release_stale(&work, &chroot::SystemMounts)?;
+    files::remove_tree(&work)?;
+    let merged = work.join("node1");
+    for dir in ["upper", "ovl-work", "node1"] {
+        fs::create_dir_all(work.join(dir))?;
+    }
+    let sh = s.sh();
+    let lower = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        layer.display(),
+        run.root("node1").display(),
+        work.join("upper").display(),
+        work.join("ovl-work").display()
+    );
+    s.run(cmd!(sh, "mount -t overlay krgiso-e2e -o {lower} {merged}"))?;
+    let merged_for_cleanup = merged.clone();
+    let _overlay =
+        crate::interrupt::Cleanup::register("unmount the e2e node1 overlay", move || {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&merged_for_cleanup)
+                .status();
+        });
+    let mounts =
+        chroot::ChrootMounts::set_up(&merged, &[], std::sync::Arc::new(chroot::SystemMounts))?;
+
+    let (n1, sw, cl, other, foreign) = (
+        "krgiso-e2e-n1",
+        "krgiso-e2e-sw",
+        "krgiso-e2e-cl",
+        "krgiso-e2e-ot",
+        "krgiso-e2e-fg",
+    );
+    let mut ns = Netns {
+        names: Vec::new(),
+        pid_files: Vec::new(),
+    };
+    for name in [n1, sw, cl, other, foreign] {
+        ns.add(&s, name)?;
+    }
+    s.run(cmd!(sh, "ip -n {sw} link add br0 type bridge"))?;
+    s.run(cmd!(sh, "ip -n {sw} link set br0 up"))?;
+    for (peer, iface, port) in [
+        (n1, "eth-cl", "p-n1"),
+        (cl, "eth0", "p-cl"),
+        (foreign, "eth0", "p-fg"),
+    ] {
+        ns.link(&s, (peer, iface), (sw, port))?;
+        s.run(cmd!(sh, "ip -n {sw} link set {port} master br0"))?;
+    }
+    ns.link(&s, (n1, "eth-ot"), (other, "eth0"))?;
+    s.run(cmd!(sh, "ip -n {n1} addr add 192.0.2.1/24 dev eth-ot"))?;
+    ns.pid_files.push(merged.join("run/krgiso/dnsmasq.pid"));
+
+    let client_script = work.join("client.sh");
+    fs::write(
+        &client_script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) echo \"$ip\" > {} ;; esac\nexit 0\n",
+            client_script.with_extension("lease").display()
+        ),
+    )?;
+    fs::set_permissions(
+        &client_script,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let start_node1 = |s: &StageShell| -> Result<String> {
+        let sh = s.sh();
+        let out = cmd!(sh, "ip netns exec {n1} chroot {merged} env KRGISO_NFS=no KRGISO_CLUSTER_IFACE=eth-cl /usr/local/sbin/krgiso-node1 start")
+            .ignore_status()
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        s.note(&text);
+        ensure!(out.status.success(), "krgiso-node1 start failed:\n{text}");
+        Ok(fs::read_to_string(merged.join("run/krgiso/status")).unwrap_or_default())
+    };
+
+    s.step("full DHCP: no other server on the cluster link");
+    let status = start_node1(&s)?;
+    ensure!(
+        status.contains("iface=eth-cl")
+            && status.contains("dhcp=full")
+            && status.contains("tftp=ok"),
+        "status: {status}"
+    );
+    let lease = client_lease(&s, cl, "eth0", &client_script, "5")?
+        .context("the client got no lease from node1")?;
+    let ip: std::net::Ipv4Addr = lease
+        .parse()
+        .with_context(|| format!("a lease that is not an address: {lease}"))?;
+    ensure!(
+        run.profile.network.dhcp_range.contains(ip),
+        "the lease {ip} is outside the profile's range"
+    );
+    s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
+    let release = run.release()?;
+    for name in [
+        "pxelinux.0".to_owned(),
+        "ldlinux.c32".to_owned(),
+        format!("vmlinuz-{release}"),
+    ] {
+        let fetched = work.join(format!("tftp-{name}"));
+        let url = format!("tftp://{}/{name}", run.profile.network.address.addr);
+        s.run(cmd!(
+            sh,
+            "ip netns exec {cl} curl -sS --max-time 60 -o {fetched} {url}"
+        ))?;
+        ensure!(
+            fs::read(&fetched)? == fs::read(crate::layout::tftp_dir(&layer).join(&name))?,
+            "{name} fetched by TFTP differs from the one in the TFTP root"
+        );
+    }
+    let stray = client_lease(&s, other, "eth0", &client_script, "2")?;
+    ensure!(
+        stray.is_none(),
+        "node1 gave a lease on a link that is not the cluster link: {stray:?}"
+    );
+    s.run(cmd!(
+        sh,
+        "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
+    ))?;
+    let _ = fs::remove_file(merged.join("run/krgiso/dnsmasq.leases"));
+
+    s.step("proxy DHCP: another server answers on the cluster link first");
+    s.run(cmd!(
+        sh,
+        "ip -n {foreign} addr add 192.168.77.1/24 dev eth0"
+    ))?;
+    let (fleases, fpid) = (work.join("foreign.leases"), work.join("foreign.pid"));
+    ns.pid_files.push(fpid.clone());
+    s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-leasefile={fleases} --pid-file={fpid}"))?;
+    let status = start_node1(&s)?;
+    ensure!(
+        status.contains("dhcp=proxy"),
+        "node1 did not choose proxy DHCP with another server on the link: {status}"
+    );
+    let _ = cmd!(sh, "ip -n {cl} addr flush dev eth0").quiet().run();
+    let lease = client_lease(&s, cl, "eth0", &client_script, "5")?
+        .context("the client got no lease at all")?;
+    ensure!(
+        lease.starts_with("192.168.77."),
+        "the client's lease {lease} did not come from the other server"
+    );
+    let handed = fs::read_to_string(merged.join("run/krgiso/dnsmasq.leases")).unwrap_or_default();
+    ensure!(
+        handed.trim().is_empty(),
+        "node1 handed out leases in proxy mode: {handed}"
+    );
+    let pxe = fs::read_to_string(crate::layout::tftp_dir(&merged).join("pxelinux.cfg/default"))?;
+    ensure!(
+        pxe.contains("nfsroot=192.168.77."),
+        "in proxy mode the nodes are not sent to node1's address on that subnet:\n{pxe}"
+    );
+    s.run(cmd!(
+        sh,
+        "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
+    ))?;
+
+    drop(ns);
+    drop(mounts);
+    s.run(cmd!(sh, "umount {merged}"))?;
+    _overlay.dismiss();
+    no_mounts_under(&work)?;
+    Ok(vec![(
+        "node1 boot service in namespaces (full, proxy)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    )])
+}
