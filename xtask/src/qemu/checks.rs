@@ -1,0 +1,220 @@
+//! What the boot test asserts once the VMs are up: node1's status line,
+//! the leases and TFTP reads on the cluster link, no DHCP server from node1
+//! on the uplink, and every node's file in node1's export.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::frame::{Mac, Packet};
+
+use super::milestone::{Milestone, NodesBoot};
+use super::{Run, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
+
+impl Run<'_> {
+    /// Every node's lease came from node1, in the range; no one else served
+    /// DHCP on the cluster link.
+    pub(super) fn check_cluster_link(&self) -> Result<Vec<(String, Ipv4Addr)>> {
+        let seen = self.hub.seen();
+        let rogue: Vec<String> = seen
+            .iter()
+            .filter_map(|s| match &s.packet {
+                Packet::Dhcp {
+                    sender,
+                    from_server: true,
+                    ..
+                } if *sender != NODE1_CLUSTER => Some(sender.to_string()),
+                _ => None,
+            })
+            .collect();
+        if !rogue.is_empty() {
+            bail!("a DHCP server other than node1 answered on the cluster link: {rogue:?}");
+        }
+        let mut leases = Vec::new();
+        for t in self.vms.iter().skip(1) {
+            let name = &t.vm.spec.name;
+            let lease: Ipv4Addr = t
+                .detail(Milestone::Lease)
+                .parse()
+                .with_context(|| format!("{name}: no lease address seen"))?;
+            if !self.test.network.dhcp_range.contains(lease) {
+                bail!(
+                    "{name} got {lease}, outside the profile's DHCP range {}-{}",
+                    self.test.network.dhcp_range.start,
+                    self.test.network.dhcp_range.end
+                );
+            }
+            if t.steps.contains(&Milestone::NfsRootRw) {
+                let said = t.detail(Milestone::NfsRootRw);
+                if !said.contains(&format!("address={lease} ")) {
+                    bail!("{name} leased {lease} but reports another address: {said}");
+                }
+            }
+            if t.steps.contains(&Milestone::KrgNodeId) {
+                // KRG_AUTONODEID: the id is the last octet of the address.
+                let id = t.detail(Milestone::KrgNodeId);
+                if id != lease.octets()[3].to_string() {
+                    bail!("{name} leased {lease} but Kerrighed gave it node id {id}");
+                }
+            }
+            if let NodesBoot::Kerrighed { session, .. } = self.test.nodes_boot {
+                if t.steps.contains(&Milestone::KrgLoaded) {
+                    let said = t.detail(Milestone::KrgLoaded);
+                    if said.rsplit(':').next().map(str::trim) != Some(&session.to_string()) {
+                        bail!("{name} joined Kerrighed session \"{said}\", not the profile's {session}");
+                    }
+                }
+            }
+            if t.steps.contains(&Milestone::ClusterUp) {
+                let said = t.detail(Milestone::ClusterUp);
+                let all = format!("Kerrighed is running on {} nodes", self.test.nodes);
+                if !said.starts_with(&all) {
+                    bail!(
+                        "{name}: \"{said}\": the cluster did not start with all {} nodes",
+                        self.test.nodes
+                    );
+                }
+            }
+            leases.push((name.clone(), lease));
+        }
+        Ok(leases)
+    }
+
+    /// node1 served no DHCP on the uplink (and the capture did see node1
+    /// there: its own DHCP request to QEMU's server).
+    pub(super) fn check_uplink(&self) -> Result<()> {
+        let path = self.test.dir.join("node1-uplink.pcap");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut asked = false;
+        for f in super::frame::pcap_frames(&bytes)? {
+            if let Some(Packet::Dhcp {
+                sender,
+                from_server,
+                ..
+            }) = super::frame::parse(f)
+            {
+                if sender == NODE1_UPLINK && from_server {
+                    bail!(
+                        "node1 sent DHCP server traffic on the uplink (see {})",
+                        path.display()
+                    );
+                }
+                asked |= sender == NODE1_UPLINK && !from_server;
+            }
+        }
+        if !asked {
+            bail!(
+                "the uplink capture {} has no DHCP request from node1: is the uplink up?",
+                path.display()
+            );
+        }
+        self.say(
+            "node1",
+            "served no DHCP on the uplink (its capture checked)",
+        );
+        Ok(())
+    }
+
+    /// Logs in on node1's console and lists what the nodes wrote into the
+    /// exported root: each node's file must be there.
+    /// Logged in on node1's console: every node's file is under the
+    /// export; and, for Kerrighed nodes, node1's cluster key opens an ssh
+    /// session on each (their sshd runs on 2.6.20).
+    pub(super) fn check_reports_on_node1(&mut self, leases: &[(String, Ipv4Addr)]) -> Result<()> {
+        let (user, password) = self.test.login.clone();
+        let until = (Instant::now() + Duration::from_secs(120)).min(self.deadline);
+        let console = &self.vms[0].vm.console;
+        console
+            .login(&user, &password, until)
+            .context("logging in on node1's serial console")?;
+        let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
+        let listed = console.run(&format!("ls -1 {dir}"), until)?;
+        let listed: Vec<&str> = listed.lines().map(str::trim).collect();
+        for (name, ip) in leases {
+            if !listed.contains(&ip.to_string().as_str()) {
+                bail!("{name} wrote {dir}/{ip} in its NFS root, but node1 does not see it (listed: {listed:?})");
+            }
+        }
+        self.say(
+            "node1",
+            &format!("sees every node's file in {dir}: the NFS root is rw"),
+        );
+        let mut ssh = Vec::new();
+        if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. }) {
+            for (i, (name, ip)) in leases.iter().enumerate() {
+                let said = console.run(
+                    &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} uname -nr"),
+                    until,
+                )?;
+                let release = crate::stages::kernel::krg::KRG_RELEASE;
+                if !said.contains(release) {
+                    bail!("node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}");
+                }
+                let line = said
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains(release))
+                    .unwrap_or("");
+                ssh.push((i + 1, line.trim().to_owned()));
+            }
+        }
+        let _ = self.vms[0].vm.console.send("exit\n");
+        for (vm, detail) in ssh {
+            self.record(vm, Milestone::SshFromNode1, detail);
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn tftp_read(
+    seen: &[super::hub::Seen],
+    mac: Mac,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<String> {
+    seen.iter().find_map(|s| match &s.packet {
+        Packet::TftpRead { sender, file, .. } if *sender == mac && wanted(file) => {
+            Some(file.clone())
+        }
+        _ => None,
+    })
+}
+
+/// node1's status line must say: full DHCP, TFTP and NFS up.
+pub(super) fn check_node1_status(line: &str) -> Result<()> {
+    let fields: BTreeMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect();
+    let mut wrong = Vec::new();
+    for (key, want) in [("dhcp", "full"), ("tftp", "ok"), ("nfs", "ok")] {
+        match fields.get(key) {
+            Some(v) if *v == want => {}
+            Some(v) => wrong.push(format!("{key}={v} (want {key}={want})")),
+            None => wrong.push(format!("no {key}= field")),
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("node1 is not ready: {} in \"{line}\"", wrong.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node1_status_must_say_full_dhcp_tftp_and_nfs() {
+        let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok nfs=ok nodes=ram";
+        check_node1_status(ok).unwrap();
+        let proxy = ok.replace("dhcp=full", "dhcp=proxy");
+        let e = check_node1_status(&proxy).unwrap_err().to_string();
+        assert!(e.contains("dhcp=proxy (want dhcp=full)"), "{e}");
+        let broken = "krgiso: node1 iface=ens4 dhcp=full tftp=FAILED(no pxelinux.0)";
+        let e = check_node1_status(broken).unwrap_err().to_string();
+        assert!(e.contains("tftp=FAILED(no pxelinux.0)"), "{e}");
+        assert!(e.contains("no nfs= field"), "{e}");
+    }
+}
