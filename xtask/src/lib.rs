@@ -1,5 +1,5 @@
 //! krgiso: a `cargo xtask` pipeline that builds a bootable live USB/ISO image
-//! for a Kerrighed single-system-image cluster. See README.md and DESIGN.md;
+//! for a Kerrighed single-system-image cluster. See README.md;
 //! docs/source-tree.md says which module is which.
 
 // The command line, and where things live.
