@@ -1,10 +1,11 @@
 //! One krgiso run at a time per build dir.
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::layout::Layout;
 
 /// One krgiso at a time per build dir: `build/.lock`, held with flock(2).
 pub(super) struct BuildLock {
@@ -12,11 +13,12 @@ pub(super) struct BuildLock {
 }
 
 impl BuildLock {
-    pub(super) fn acquire(build: &Path) -> Result<BuildLock> {
+    pub(super) fn acquire(layout: &Layout) -> Result<BuildLock> {
         use std::os::fd::AsRawFd;
+        let build = &layout.build;
         fs::create_dir_all(build)
             .with_context(|| format!("creating the build dir {}", build.display()))?;
-        let path = build.join(".lock");
+        let path = layout.lock();
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

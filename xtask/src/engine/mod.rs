@@ -329,7 +329,7 @@ impl Engine {
         let tools: Vec<HostTool> = to_run.iter().flat_map(|s| s.host_tools()).collect();
         host::ensure_tools(&tools, options.install_host_tools, &self.layout.log("host"))?;
 
-        let _lock = BuildLock::acquire(&self.layout.build)?;
+        let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;
         // The stamps as they are now; each stage that runs replaces its own.
         let mut stamps = self.load_stamps();
@@ -492,14 +492,14 @@ impl Engine {
     /// Removes a stage's outputs and stamp. Stages that use its outputs become stale.
     pub fn clean(&self, name: &str) -> Result<()> {
         let stage = self.stage(name)?;
-        let _lock = BuildLock::acquire(&self.layout.build)?;
+        let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;
         self.remove_stage(stage)
     }
 
     /// Removes every stage's outputs and the build dir. The download cache stays.
     pub fn clean_all(&self) -> Result<()> {
-        let _lock = BuildLock::acquire(&self.layout.build)?;
+        let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;
         for stage in &self.stages {
             self.remove_stage(stage.as_ref())?;

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::Inputs;
 use crate::host::HostTool;
 use crate::layout::Layout;
 use crate::shell::StageShell;
+
+use super::Inputs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {

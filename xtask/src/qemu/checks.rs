@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::frame::{Mac, Packet};
-
 use super::milestone::{Milestone, NodesBoot};
 use super::{Run, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
 

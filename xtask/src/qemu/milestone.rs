@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::vm::{Machine, Vm};
 use crate::profile::{KernelKind, Profile, Toolchain, Userland};
+
+use super::vm::{Machine, Vm};
 
 /// The steps a VM goes through, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

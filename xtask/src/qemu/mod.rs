@@ -120,7 +120,7 @@ impl BootTest {
         }
         host::ensure_tools(&tools, true, &layout.log("qemu"))?;
         let user = profile.cluster.user.clone();
-        let saved = layout.build.join("credentials");
+        let saved = layout.credentials();
         let password = match std::env::var("KRGISO_PASSWORD") {
             Ok(p) => p,
             Err(_) => accounts::read_saved_password(&saved, &user).with_context(|| {
@@ -135,7 +135,7 @@ impl BootTest {
         Ok(BootTest {
             iso,
             stick: None,
-            dir: layout.build.join("qemu"),
+            dir: layout.qemu(),
             nodes,
             firmware,
             accel: Accel::Tcg,

@@ -1,13 +1,10 @@
-//! The krgiso pipeline: the four stages of DESIGN.md over one profile, and
-//! which stages each command runs.
+//! The krgiso pipeline: the four stages over one profile, in order
+//! (packages, kernel, node1, iso), and which stages each command runs.
+//!
+//! A stage module depends on the engine, on `layout` (where every other
+//! stage's outputs are) and on the shared steps here (`userland`,
+//! `kconfig`, `root_kernels`), never on another stage.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::engine::{Engine, Stage};
-use crate::fetch::SourcesLock;
-use crate::layout::Layout;
-use crate::profile::Profile;
 pub mod iso;
 pub mod kconfig;
 pub mod kernel;
@@ -20,6 +17,14 @@ use iso::Iso;
 use kernel::Kernel;
 use node1::Node1;
 use packages::Packages;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::engine::{Engine, Stage};
+use crate::fetch::SourcesLock;
+use crate::layout::Layout;
+use crate::profile::Profile;
 
 /// `build`: everything, in order, skipping what is up to date.
 pub const BUILD: &[&str] = &["packages", "kernel", "node1", "iso"];

@@ -8,11 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use xshell::cmd;
 
-use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 use crate::chroot;
 use crate::files;
-use crate::profile::{self};
+use crate::profile;
 use crate::shell::StageShell;
+
+use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 
 /// The stand-in kerrighed tree: configure and Makefiles that record every
 /// call, and the stand-in toolchain (make, gcc-4.1) for the nodes root.

@@ -9,11 +9,12 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
-use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 use crate::chroot;
 use crate::files;
 use crate::host;
 use crate::shell::StageShell;
+
+use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 
 /// The node1 stage for real on the smoke build: what its layers hold, and
 /// that the roots under them are left as they were.

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::cmd;
 
-use super::smoke::{check_shell, host_state, listing, no_mounts_under, SmokeRun, Timings};
 use crate::chroot;
 use crate::files;
-use crate::profile::{self};
+use crate::profile;
 use crate::shell::StageShell;
+
+use super::smoke::{check_shell, host_state, listing, no_mounts_under, SmokeRun, Timings};
 
 /// The packages stage for real: both roots, their package sets, a clean
 /// host, a no-op rerun, a rerun from the .deb cache, and a SIGKILL midway.

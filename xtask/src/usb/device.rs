@@ -2,7 +2,7 @@
 //! read from sysfs, mountinfo and /proc/swaps (fake trees in tests).
 
 use std::fmt;
-use std::fs::{self};
+use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 

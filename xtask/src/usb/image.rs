@@ -10,11 +10,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
-use super::device::file_name;
 use crate::fetch::human_bytes;
-use crate::interrupt::{self};
-use crate::shell::{self};
+use crate::interrupt;
+use crate::shell;
 
+use super::device::file_name;
 use super::{BLOCK, SECTOR};
 
 /// The image and the sha256 its `.sha256` file promises.

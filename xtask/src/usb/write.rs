@@ -9,12 +9,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::data::{DataPartition, DATA_LABEL, MBR_ENTRY3};
-use super::device::{file_name, DevNum};
-use super::image::{hash_stream, ByteBar, Image};
 use crate::fetch::human_bytes;
 use crate::interrupt::{self, Interrupted};
 
+use super::data::{DataPartition, DATA_LABEL, MBR_ENTRY3};
+use super::device::{file_name, DevNum};
+use super::image::{hash_stream, ByteBar, Image};
 use super::{UsbTarget, BLKFLSBUF, BLKRRPART, BLOCK, SYNC_EVERY};
 
 pub(super) fn open_for_writing(target: &UsbTarget, image_len: u64) -> Result<File> {

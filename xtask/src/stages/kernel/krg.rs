@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::patches::PatchSet;
 use crate::chroot::Chroot;
 use crate::shell::StageShell;
 use crate::stages::kconfig;
 use crate::stages::userland;
 
+use super::patches::PatchSet;
 use super::{DESTDIR, PATCHES_INSIDE};
 
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
