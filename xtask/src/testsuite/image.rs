@@ -20,7 +20,7 @@ use crate::qemu::{BootTest, Milestone, QemuFirmware, Report};
 
 /// `cargo xtask build` of the smoke profile, then the image's contents.
 pub fn build_and_image(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-build")?;
     let t = Instant::now();
     run.xtask(&s, &["build"])?;
@@ -242,7 +242,7 @@ pub fn boot_bios(project: &Path) -> Result<Timings> {
 /// from an emulated USB stick; node1 must put the nodes' root on the stick's
 /// KRGISO-DATA partition, and a node must boot from it.
 pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-boot-uefi")?;
     let stick = run.build.join("usb-stick.img");
     let _ = fs::remove_file(&stick);
@@ -271,7 +271,7 @@ pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
 }
 
 fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let report = BootTest::for_build(&run.profile, &run.layout(), nodes, firmware)?.run()?;
     Ok(milestone_timings(&report))
 }
@@ -309,7 +309,7 @@ pub(crate) fn milestone_timings(report: &Report) -> Timings {
 /// machines it fails with an internal error), Ctrl-C exits 130 and no QEMU
 /// is left running.
 pub fn boot_interrupted(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let t = Instant::now();
     let mut child = run
         .command(&["qemu", "--nodes", "0", "--accel", "kvm"])
@@ -387,7 +387,7 @@ pub fn boot_interrupted(project: &Path) -> Result<Timings> {
 /// and iso only and leaves the kernel's outputs alone (the bench fails
 /// otherwise). Timings are reported, not asserted: the machine is noisy.
 pub fn bench_quick(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-bench-quick")?;
     run.xtask(&s, &["bench", "--quick"])?;
     let path = run.build.join("bench/quick.json");

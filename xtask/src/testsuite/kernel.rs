@@ -87,7 +87,7 @@ fn standin_profile(
 /// failure at make leaves no stamp and a rerun completes, that a dropped
 /// config symbol is named, and where the outputs land.
 pub fn kernel_standin(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-kernel")?;
     let mut timings = Vec::new();
     let base = project.join("build/e2e/krg");
@@ -295,7 +295,7 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
 /// The stock kind of the kernel stage, for real, in the smoke build: the
 /// nodes root's kernel and an initramfs that carries the NFS boot script.
 pub fn kernel_stock(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-kernel-stock")?;
     let t = Instant::now();
     run.xtask(&s, &["kernel"])?;

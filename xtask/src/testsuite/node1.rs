@@ -19,7 +19,7 @@ use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 /// The node1 stage for real on the smoke build: what its layers hold, and
 /// that the roots under them are left as they were.
 pub fn node1_layers(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-node1")?;
     let passwd_before = fs::read(run.root("node1").join("etc/passwd"))?;
     let t = Instant::now();
@@ -177,7 +177,7 @@ fn client_lease(
 /// hands out no lease. (This host's kernel has no nfsd: the NFS export is
 /// checked by the QEMU boot test, where node1 runs its own kernel.)
 pub fn node1_netns(project: &Path) -> Result<Timings> {
-    let run = SmokeRun::new(project)?;
+    let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-netns")?;
     host::ensure_tools(
         &[

@@ -41,6 +41,18 @@ impl SmokeRun {
         })
     }
 
+    /// The smoke build `e2e-packages` left, which the later parts reuse.
+    pub fn built(project: &Path) -> Result<SmokeRun> {
+        let run = SmokeRun::new(project)?;
+        let stamp = run.layout().stamp("packages");
+        ensure!(
+            stamp.is_file(),
+            "this part reuses the smoke build e2e-packages leaves in {}, and there is none: run `cargo xtask test --only e2e-packages` first",
+            run.build.display()
+        );
+        Ok(run)
+    }
+
     pub(crate) fn layout(&self) -> Layout {
         Layout::new(&self.project, Some(&self.build))
     }
