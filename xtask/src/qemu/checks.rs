@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::boot_time::{self, BootTime};
 use super::frame::{Mac, Packet};
 use super::milestone::{Milestone, NodesBoot};
 use super::{Run, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
@@ -121,32 +122,54 @@ impl Run<'_> {
     /// Logged in on node1's console: every node's file is under the
     /// export; and, for Kerrighed nodes, node1's cluster key opens an ssh
     /// session on each (their sshd runs on 2.6.20).
-    pub(super) fn check_reports_on_node1(&mut self, leases: &[(String, Ipv4Addr)]) -> Result<()> {
+    /// Logged in on node1's serial console: every node's file in the
+    /// export (when the nodes write one), where node1's boot went and
+    /// where one node's went (systemd nodes, over ssh), and with a
+    /// Kerrighed profile an ssh session on every node with the cluster key.
+    pub(super) fn session_on_node1(
+        &mut self,
+        leases: &[(String, Ipv4Addr)],
+        reports: bool,
+    ) -> Result<()> {
         let (user, password) = self.test.login.clone();
-        let until = (Instant::now() + Duration::from_secs(120)).min(self.deadline);
+        let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
         let console = &self.vms[0].vm.console;
         console
             .login(&user, &password, until)
             .context("logging in on node1's serial console")?;
-        let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
-        let listed = console.run(&format!("ls -1 {dir}"), until)?;
-        let listed: Vec<&str> = listed.lines().map(str::trim).collect();
-        for (name, ip) in leases {
-            if !listed.contains(&ip.to_string().as_str()) {
-                bail!("{name} wrote {dir}/{ip} in its NFS root, but node1 does not see it (listed: {listed:?})");
+        if reports {
+            let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
+            let listed = console.run(&format!("ls -1 {dir}"), until)?;
+            let listed: Vec<&str> = listed.lines().map(str::trim).collect();
+            for (name, ip) in leases {
+                if !listed.contains(&ip.to_string().as_str()) {
+                    bail!("{name} wrote {dir}/{ip} in its NFS root, but node1 does not see it (listed: {listed:?})");
+                }
             }
+            self.say(
+                "node1",
+                &format!("sees every node's file in {dir}: the NFS root is rw"),
+            );
         }
-        self.say(
-            "node1",
-            &format!("sees every node's file in {dir}: the NFS root is rw"),
-        );
+        let ssh_to = |ip: &Ipv4Addr, command: &str| {
+            format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} {command}")
+        };
+        let mut boot_times = vec![("node1".to_owned(), boot_time::NODE1_DIR.to_owned())];
+        if let (NodesBoot::Stock, Some((name, ip))) = (self.test.nodes_boot, leases.first()) {
+            let dir = format!("{}/{}/{ip}", self.test.export_dir, boot_time::NODES_DIR);
+            boot_times.push((name.clone(), dir));
+        }
+        let boot_times: Vec<(String, Option<BootTime>)> = boot_times
+            .into_iter()
+            .map(|(vm, dir)| {
+                let output = console.run(&boot_time::read_command(&dir), until)?;
+                Ok((vm, BootTime::from_output(&output)))
+            })
+            .collect::<Result<_>>()?;
         let mut ssh = Vec::new();
         if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. }) {
             for (i, (name, ip)) in leases.iter().enumerate() {
-                let said = console.run(
-                    &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} uname -nr"),
-                    until,
-                )?;
+                let said = console.run(&ssh_to(ip, "uname -nr"), until)?;
                 let release = crate::stages::kernel::krg::KRG_RELEASE;
                 if !said.contains(release) {
                     bail!("node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}");
@@ -160,6 +183,30 @@ impl Run<'_> {
             }
         }
         let _ = self.vms[0].vm.console.send("exit\n");
+        for (vm, boot) in boot_times {
+            match boot {
+                Some(boot) => {
+                    let unfinished = if boot.unfinished.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; still starting: {}", boot.unfinished.join(" "))
+                    };
+                    let summary = match boot.summary.as_str() {
+                        "" => "not finished",
+                        summary => summary,
+                    };
+                    self.say(
+                        &vm,
+                        &format!("boot: {summary}; slowest: {}{unfinished}", boot.top(3)),
+                    );
+                    self.boot_times.insert(vm, boot);
+                }
+                None => self.say(
+                    &vm,
+                    "boot: no systemd-analyze record (krgiso-boot-time did not run)",
+                ),
+            }
+        }
         for (vm, detail) in ssh {
             self.record(vm, Milestone::SshFromNode1, detail);
         }

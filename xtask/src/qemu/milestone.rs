@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::profile::{KernelKind, Profile, Toolchain, Userland};
 
+use super::boot_time::BootTime;
 use super::vm::{Machine, Vm};
 
 /// The steps a VM goes through, in order.
@@ -182,6 +183,9 @@ pub struct Report {
     pub node1_status: String,
     pub leases: BTreeMap<String, String>,
     pub seconds: f64,
+    /// Where each VM's boot went, as its init measured it (node1, and one
+    /// node when the nodes run systemd).
+    pub boot_times: BTreeMap<String, BootTime>,
 }
 
 /// One VM and how far it got.

@@ -7,6 +7,7 @@
 //! (node1 sees the file each node wrote) and reached multi-user, and that
 //! node1 served no DHCP on the uplink.
 
+mod boot_time;
 mod checks;
 pub mod console;
 pub mod frame;
@@ -15,6 +16,7 @@ mod milestone;
 mod ssi;
 pub mod vm;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
+pub use boot_time::BootTime;
 use checks::{check_node1_status, tftp_read};
 use milestone::{
     first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
@@ -89,6 +92,7 @@ struct Run<'a> {
     accel: Accel,
     hub: Hub,
     vms: Vec<Tracked>,
+    boot_times: BTreeMap<String, BootTime>,
 }
 
 impl BootTest {
@@ -170,6 +174,7 @@ impl BootTest {
             accel: self.accel,
             hub,
             vms: Vec::new(),
+            boot_times: BTreeMap::new(),
         };
         println!(
             "booting {} as node1 ({:?}, {}) with {} PXE node(s); logs in {}",
@@ -233,9 +238,7 @@ impl Run<'_> {
             .nodes_boot
             .steps(self.test.nodes)
             .contains(&Milestone::NfsRootRw);
-        if self.test.nodes > 0 && reports {
-            self.check_reports_on_node1(&leases)?;
-        }
+        self.session_on_node1(&leases, self.test.nodes > 0 && reports)?;
         let cluster = self
             .test
             .nodes_boot
@@ -255,6 +258,7 @@ impl Run<'_> {
                 .map(|(vm, ip)| (vm.clone(), ip.to_string()))
                 .collect(),
             seconds: self.started.elapsed().as_secs_f64(),
+            boot_times: std::mem::take(&mut self.boot_times),
         };
         files::write_atomic(
             &self.test.dir.join("report.json"),
