@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use xshell::{Cmd, Shell};
 
 use crate::interrupt::{self, ChildGuard, Interrupted};
@@ -26,6 +26,11 @@ pub struct CommandFailed {
     pub log: PathBuf,
 }
 
+/// A command stopped because another branch of the same stage failed.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped: another part of this stage failed")]
+pub struct Stopped;
+
 /// The shell a stage runs its commands in.
 pub struct StageShell {
     /// Files compiled since the last step (kbuild's `  CC` lines, libtool's).
@@ -36,6 +41,10 @@ pub struct StageShell {
     progress: Progress,
     /// Copy command output to the terminal as well (`-v`).
     tee: bool,
+    /// A branch's name, in front of each of its log lines.
+    branch: Option<String>,
+    /// Set when a branch failed: the stage's other branches stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StageShell {
@@ -54,7 +63,35 @@ impl StageShell {
             log_path: log_path.to_owned(),
             progress: Progress::new(name, tee),
             tee,
+            branch: None,
+            stop: Arc::default(),
         })
+    }
+
+    /// A shell for work that runs beside the stage's other work, on another
+    /// thread: it logs into the same log, each line marked `[name]`, and
+    /// has a spinner line of its own.
+    pub fn branch(&self, name: &str) -> Result<StageShell> {
+        Ok(StageShell {
+            compiled: Arc::default(),
+            sh: Shell::new().context("starting a shell")?,
+            log: self.log.clone(),
+            log_path: self.log_path.clone(),
+            progress: self.progress.branch(name),
+            tee: self.tee,
+            branch: Some(name.to_owned()),
+            stop: self.stop.clone(),
+        })
+    }
+
+    /// Stops the stage's other branches: a command of theirs that is
+    /// running is terminated, and the next one does not start ([`Stopped`]).
+    pub fn stop_branches(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The xshell `Shell` to build commands with: `cmd!(s.sh(), "tool {arg}")`.
@@ -118,6 +155,9 @@ impl StageShell {
         fail_on_error: bool,
     ) -> Result<bool> {
         interrupt::check()?;
+        if self.stopped() {
+            return Err(Stopped.into());
+        }
         let line = cmd.to_string();
         self.write_log(&format!("$ {line}"));
         let mut command: Command = cmd.into();
@@ -143,7 +183,7 @@ impl StageShell {
             }
             None => stdout.map(|o| self.pump(o, collect.cloned())),
         };
-        let status = child.wait().context("waiting for a command")?;
+        let status = self.wait(&mut child)?;
         for pump in [stdout_pump, stderr].into_iter().flatten() {
             let _ = pump.join();
         }
@@ -154,6 +194,9 @@ impl StageShell {
         ));
         if interrupt::is_interrupted() {
             return Err(Interrupted.into());
+        }
+        if !status.success() && self.stopped() {
+            return Err(Stopped.into());
         }
         if !status.success() && fail_on_error {
             return Err(CommandFailed {
@@ -166,6 +209,35 @@ impl StageShell {
         Ok(status.success())
     }
 
+    /// Waits for a command; when the stage's branches are told to stop,
+    /// terminates its process group (killed after 5 s).
+    fn wait(&self, child: &mut std::process::Child) -> Result<ExitStatus> {
+        if self.branch.is_none() {
+            return child.wait().context("waiting for a command");
+        }
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for a command")? {
+                return Ok(status);
+            }
+            if self.stopped() {
+                let pgid = child.id() as i32;
+                let signal = match stopping {
+                    None => libc::SIGTERM,
+                    Some(t) if t.elapsed() > Duration::from_secs(5) => libc::SIGKILL,
+                    Some(_) => 0,
+                };
+                if signal != 0 {
+                    // SAFETY: kill(2) with a negative pid signals the
+                    // command's own process group.
+                    unsafe { libc::kill(-pgid, signal) };
+                }
+                stopping.get_or_insert_with(Instant::now);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Copies a child's output stream into the log, line by line.
     fn pump(
         &self,
@@ -173,6 +245,7 @@ impl StageShell {
         collect: Option<Arc<Mutex<String>>>,
     ) -> std::thread::JoinHandle<()> {
         let log = self.log.clone();
+        let mark = self.mark();
         let bar = self.progress.bar.clone();
         let tee = self.tee;
         let compiled = self.compiled.clone();
@@ -183,7 +256,7 @@ impl StageShell {
                 let text = String::from_utf8_lossy(&buf);
                 let text = text.trim_end_matches(['\n', '\r']);
                 if let Ok(mut f) = log.lock() {
-                    let _ = writeln!(f, "{text}");
+                    let _ = writeln!(f, "{mark}{text}");
                 }
                 if let Some(Ok(mut all)) = collect.as_ref().map(|c| c.lock()) {
                     all.push_str(text);
@@ -195,7 +268,7 @@ impl StageShell {
                     compiled.load(std::sync::atomic::Ordering::Relaxed)
                 };
                 if tee {
-                    eprintln!("{text}");
+                    eprintln!("{mark}{text}");
                 } else if let Some(bar) = &bar {
                     match count {
                         0 => bar.set_message(last_words(text, 70)),
@@ -210,8 +283,15 @@ impl StageShell {
 
     fn write_log(&self, line: &str) {
         if let Ok(mut f) = self.log.lock() {
-            let _ = writeln!(f, "{line}");
+            let _ = writeln!(f, "{}{line}", self.mark());
         }
+    }
+
+    /// What a branch's log lines start with.
+    fn mark(&self) -> String {
+        self.branch
+            .as_ref()
+            .map_or_else(String::new, |b| format!("[{b}] "))
     }
 
     /// Stops the spinner; call when the stage is over.
@@ -261,12 +341,19 @@ fn last_words(line: &str, max: usize) -> String {
 pub struct Progress {
     name: String,
     bar: Option<ProgressBar>,
+    /// Holds the spinner lines of the stage and its branches together.
+    lines: Option<MultiProgress>,
 }
 
 impl Progress {
     pub fn new(name: &str, plain: bool) -> Progress {
-        let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new_spinner();
+        let lines = (!plain && std::io::stderr().is_terminal()).then(MultiProgress::new);
+        Progress::on(name, lines)
+    }
+
+    fn on(name: &str, lines: Option<MultiProgress>) -> Progress {
+        let bar = lines.as_ref().map(|lines| {
+            let bar = lines.add(ProgressBar::new_spinner());
             let style = ProgressStyle::with_template(
                 "{spinner:.cyan} {prefix:.bold} {elapsed:>4} {wide_msg:.dim}",
             )
@@ -279,7 +366,13 @@ impl Progress {
         Progress {
             name: name.to_owned(),
             bar,
+            lines,
         }
+    }
+
+    /// A spinner line of its own for a branch, `stage[branch]`.
+    fn branch(&self, branch: &str) -> Progress {
+        Progress::on(&format!("{}[{branch}]", self.name), self.lines.clone())
     }
 
     pub fn step(&self, what: &str) {
@@ -359,6 +452,70 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("[exit status 0 after"), "{text}");
+    }
+
+    /// Two branches on two threads at once: one log, every line of each
+    /// marked with its branch, each command's output whole.
+    #[test]
+    fn branches_log_into_the_stage_log_each_line_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        let branches = [s.branch("a").unwrap(), s.branch("b").unwrap()];
+        std::thread::scope(|scope| {
+            for b in branches {
+                scope.spawn(move || {
+                    b.step("count");
+                    b.run(cmd!(
+                        b.sh(),
+                        "sh -c 'for i in 1 2 3 4 5; do echo line$i; done'"
+                    ))
+                    .unwrap();
+                    b.finish();
+                });
+            }
+        });
+        let text = fs::read_to_string(s.log_path()).unwrap();
+        for b in ["a", "b"] {
+            assert!(text.contains(&format!("[{b}] ==> count")), "{text}");
+            for i in 1..=5 {
+                assert!(text.contains(&format!("[{b}] line{i}\n")), "{text}");
+            }
+        }
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("[a] ") || l.starts_with("[b] ")),
+            "{text}"
+        );
+    }
+
+    /// A branch that fails stops its sibling's running command, and the
+    /// sibling says it was stopped, not that its command failed.
+    #[test]
+    fn a_failing_branch_stops_the_other_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        let (slow, failing) = (s.branch("slow").unwrap(), s.branch("failing").unwrap());
+        let started = Instant::now();
+        let slow_result = std::thread::scope(|scope| {
+            let slow = scope.spawn(move || slow.run(cmd!(slow.sh(), "sleep 30")));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(failing.run(cmd!(failing.sh(), "false")).is_err());
+            failing.stop_branches();
+            slow.join().unwrap()
+        });
+        let err = slow_result.unwrap_err();
+        assert!(err.is::<Stopped>(), "{err:#}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // Nothing more starts on that stage's branches.
+        let after = s.branch("late").unwrap();
+        assert!(after
+            .run(cmd!(after.sh(), "true"))
+            .unwrap_err()
+            .is::<Stopped>());
     }
 
     #[test]

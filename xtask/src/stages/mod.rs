@@ -5,6 +5,7 @@
 //! stage's outputs are) and on the shared steps here (`userland`,
 //! `kconfig`, `root_kernels`), never on another stage.
 
+pub mod initramfs;
 pub mod iso;
 pub mod kconfig;
 pub mod kernel;

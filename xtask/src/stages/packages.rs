@@ -6,20 +6,22 @@
 
 use std::collections::HashSet;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
-use crate::chroot::{Chroot, ExtraBind};
+use crate::chroot::{self, Chroot, ExtraBind, SystemMounts};
 use crate::engine::{Inputs, Output, Stage, StageRun};
 use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
 use crate::layout::Root;
 use crate::profile::{InstallMethod, RootSpec, Userland};
-use crate::shell::{log_tail, StageShell};
+use crate::shell::{log_tail, StageShell, Stopped};
+use crate::stages::initramfs;
 use crate::stages::root_kernels::installed_kernels;
 use crate::stages::userland;
 use crate::stages::BuildContext;
@@ -56,14 +58,76 @@ impl Packages {
             .collect()
     }
 
-    /// Where a suite's .debs are kept between builds: shared by debootstrap
+    /// Where a root's .debs are kept between builds: used by debootstrap
     /// (`--cache-dir`) and apt (bind-mounted as /var/cache/apt/archives).
-    fn deb_cache(&self, spec: &RootSpec) -> PathBuf {
-        self.0
-            .layout
-            .downloads
-            .join("debs")
-            .join(format!("{}-{}", spec.suite, spec.arch))
+    /// One per root: the roots are built at the same time, and two apts
+    /// cannot share one archives directory (its lock).
+    fn deb_cache(&self, job: &RootJob) -> Result<PathBuf> {
+        let debs = self.0.layout.downloads.join("debs");
+        let suite = format!("{}-{}", job.spec.suite, job.spec.arch);
+        let cache = debs.join(format!("{suite}-{}", job.dir));
+        if !cache.exists() {
+            // A cache from before there was one per root: start from it.
+            fs::create_dir_all(&cache)
+                .with_context(|| format!("creating the .deb cache {}", cache.display()))?;
+            for e in fs::read_dir(debs.join(&suite))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.path().extension().is_some_and(|x| x == "deb") {
+                    let _ = fs::hard_link(e.path(), cache.join(e.file_name()));
+                }
+            }
+        }
+        fs::create_dir_all(cache.join("partial"))
+            .with_context(|| format!("creating the .deb cache {}", cache.display()))?;
+        Ok(cache)
+    }
+
+    /// Builds the roots of one chain in order (a static nodes root is
+    /// compiled in the build root, so it follows it); `Some(dir)` is a root
+    /// to build into `dir`, `None` one kept as it was.
+    fn build_chain(&self, shell: &StageShell, chain: &[(RootJob, Option<PathBuf>)]) -> Result<()> {
+        let result = self.build_roots(shell, chain);
+        if let Err(e) = &result {
+            if !e.is::<Stopped>() {
+                shell.stop_branches();
+            }
+            // A command stopped halfway (debootstrap) may leave mounts in
+            // the root it was making: release them before the engine
+            // removes that partial output.
+            for dir in chain.iter().filter_map(|(_, partial)| partial.as_deref()) {
+                if let Err(e) = chroot::release_stale(dir, &SystemMounts) {
+                    shell.note(&format!("warning: {e:#}"));
+                }
+            }
+        }
+        result
+    }
+
+    fn build_roots(&self, shell: &StageShell, chain: &[(RootJob, Option<PathBuf>)]) -> Result<()> {
+        let mut compiler_root = None;
+        for (job, partial) in chain {
+            let dir = match partial {
+                None => self.0.layout.root(job.root),
+                Some(dir) if job.spec.userland == Userland::Static => {
+                    let compiler = compiler_root
+                        .as_deref()
+                        .context("internal: a static userland before the build root")?;
+                    userland::build(shell, &self.0.layout, job.spec, compiler, dir)?;
+                    dir.clone()
+                }
+                Some(dir) => {
+                    build_root(shell, job, dir, &self.deb_cache(job)?)?;
+                    dir.clone()
+                }
+            };
+            if job.root == Root::Build {
+                compiler_root = Some(dir);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -80,7 +144,8 @@ impl Stage for Packages {
     }
     fn recipe(&self) -> u32 {
         // 3: one initramfs per root (INITRD=No during apt).
-        3
+        // 4: node1's initramfs without network, graphics and sound modules.
+        4
     }
     fn needs_root(&self) -> bool {
         true
@@ -127,40 +192,48 @@ impl Stage for Packages {
             .collect()
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
-        // Where the build root is this run: rebuilt (its partial output) or kept.
-        let mut compiler_root = None;
+        // Which roots are kept and which are built, into their partial output.
+        let mut chains: [Vec<(RootJob, Option<PathBuf>)>; 2] = [Vec::new(), Vec::new()];
         for job in self.jobs() {
-            let static_userland = job.spec.userland == Userland::Static;
             // A static root is compiled in the build root: it follows it.
             let mut keys = vec![input_key(job.section)];
-            if static_userland {
+            if job.spec.userland == Userland::Static {
                 keys.push(input_key("buildroot"));
             }
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let dir = if run.previous(job.output).is_some() && run.unchanged(&keys) {
+            let partial = if run.previous(job.output).is_some() && run.unchanged(&keys) {
                 run.step(&format!("the {} root is unchanged: kept", job.dir));
                 run.keep(job.output)?;
-                self.0.layout.root(job.root)
+                None
             } else {
-                let dir = run.output(job.output)?.to_owned();
-                if static_userland {
-                    let compiler = compiler_root
-                        .as_deref()
-                        .context("internal: a static userland before the build root")?;
-                    userland::build(run.shell, &self.0.layout, job.spec, compiler, &dir)?;
-                } else {
-                    let cache = self.deb_cache(job.spec);
-                    fs::create_dir_all(cache.join("partial"))
-                        .with_context(|| format!("creating the .deb cache {}", cache.display()))?;
-                    build_root(run.shell, &job, &dir, &cache)?;
-                }
-                dir
+                Some(run.output(job.output)?.to_owned())
             };
-            if job.root == Root::Build {
-                compiler_root = Some(dir);
-            }
+            let chain = usize::from(job.root != Root::Node1);
+            chains[chain].push((job, partial));
         }
-        Ok(())
+        // node1's root beside the others (the build root, then the nodes'):
+        // two roots at once keep both cores busy (1.5x one at a time).
+        let branches = [run.shell.branch("node1")?, run.shell.branch("nodes")?];
+        let [node1, nodes] = std::thread::scope(|scope| {
+            let [first, second] = branches;
+            let [a, b] = &chains;
+            let node1 = scope.spawn(move || self.build_chain(&first, a));
+            let nodes = self.build_chain(&second, b);
+            [
+                node1
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the node1 root's builder panicked"))),
+                nodes,
+            ]
+        });
+        // Both have ended: Ctrl-C first, then the failure that stopped the
+        // other branch (not its being stopped).
+        match (node1, nodes) {
+            (Err(e), _) | (_, Err(e)) if e.is::<Interrupted>() => Err(e),
+            (Err(e), _) | (_, Err(e)) if !e.is::<Stopped>() => Err(e),
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        }
     }
 }
 
@@ -267,6 +340,17 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
     // or by the kernel stage (the nodes' NFS-root one).
     run_explained(shell, chroot.cmd(&args).env("INITRD", "No"), job)?;
     if job.initramfs && dir.join("usr/sbin/update-initramfs").exists() {
+        let hook = dir.join("etc/initramfs-tools").join(initramfs::HOOK);
+        files::write_atomic(
+            &hook,
+            initramfs::trim_hook(
+                "node1 boots from its stick: no network, graphics or sound modules in its initramfs",
+                initramfs::NODE1_UNNEEDED,
+            )
+            .as_bytes(),
+        )?;
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", hook.display()))?;
         for version in installed_kernels(dir) {
             shell.step(&format!("make the {section} initramfs for {version}"));
             run_explained(

@@ -22,6 +22,7 @@ pub mod makefile_shell;
 pub mod patches;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ use crate::host::HostTool;
 use crate::layout::{Root, BUILD_ROOT, NODES_ROOT, STAGED_KERNEL};
 use crate::profile::{KernelKind, Toolchain, Userland};
 use crate::shell::StageShell;
+use crate::stages::initramfs;
 use crate::stages::root_kernels::newest_kernel;
 use crate::stages::userland;
 use crate::stages::BuildContext;
@@ -85,7 +87,8 @@ impl Stage for Kernel {
     fn recipe(&self) -> u32 {
         // 2: System.map staged; kerrighed.ko checked; toolchains.
         // 3: a static nodes userland gets static tools, no glibc ones.
-        3
+        // 4: the stock kind's NFS initramfs without local file systems.
+        4
     }
     fn needs_root(&self) -> bool {
         true
@@ -374,6 +377,16 @@ impl Kernel {
             set_shell_vars(&text, &[("BOOT", "nfs"), ("MODULES", "netboot")]),
         )
         .context("writing the NFS initramfs settings")?;
+        let hook = conf.join(initramfs::HOOK);
+        fs::write(
+            &hook,
+            initramfs::trim_hook(
+                "a node's root is NFS: no local file system or RAID modules in its initramfs",
+                initramfs::NFS_NODE_UNNEEDED,
+            ),
+        )
+        .and_then(|()| fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)))
+        .context("writing the initramfs hook")?;
 
         let chroot = Chroot::enter(&root, &self.0.profile.nodes.arch, &[], shell)?;
         let initrd_inside = "/tmp/krgiso-initrd.img";
