@@ -44,6 +44,13 @@ pub struct Product {
     pub name: &'static str,
 }
 
+impl Product {
+    /// Its key among a later stage's inputs (the digest is its generation).
+    pub fn input_key(&self) -> String {
+        format!("output {}/{}", self.stage, self.name)
+    }
+}
+
 /// packages: node1's root filesystem.
 pub const NODE1_ROOT: Product = Product {
     stage: "packages",
@@ -115,6 +122,10 @@ impl Root {
 
 /// Inside node1's root: where the nodes root sits in the live image.
 pub const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
+/// Inside node1's root: the nodes' layer (what the node1 stage renders
+/// and overlays into the nodes root), which node1 lays over the nodes root
+/// at boot.
+pub const NODES_LAYER: &str = "usr/lib/krgiso/nodes-layer";
 /// Inside node1's root: the TFTP root the nodes boot from.
 pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
 /// Inside node1's root: what node1 exports to the nodes over NFS.
@@ -203,6 +214,10 @@ impl Layout {
     }
     pub fn iso_stacks(&self) -> PathBuf {
         self.build.join("iso-stacks")
+    }
+    /// The iso stage's image of the roots, kept while the roots are unchanged.
+    pub fn iso_roots(&self) -> PathBuf {
+        self.build.join("iso-roots")
     }
     /// The image and its `.sha256`.
     pub fn image(&self, spec: &IsoSpec) -> (PathBuf, PathBuf) {

@@ -121,8 +121,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The input key under which a stage records an earlier stage's output.
-pub(super) fn output_key(stage: &str, output: &str) -> String {
-    format!("output {stage}/{output}")
+pub(super) fn output_key(stage: &'static str, name: &'static str) -> String {
+    Product { stage, name }.input_key()
 }
 
 pub(super) fn inputs_digest(inputs: &BTreeMap<String, String>) -> String {

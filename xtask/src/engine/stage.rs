@@ -114,6 +114,18 @@ impl StageRun<'_> {
     /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
     /// the stage's recipe are what they were when the previous run
     /// succeeded: an output made only from them can be kept.
+    /// One digest of some of this run's inputs and the recipe: what a
+    /// cache the stage keeps between runs was made from.
+    pub fn digest_of(&self, keys: &[&str]) -> String {
+        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
+        let mut text = String::new();
+        for k in keys.iter().copied().chain(recipe.map(String::as_str)) {
+            let v = self.inputs.get(k).map_or("missing", String::as_str);
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        super::sha256_hex(text.as_bytes())
+    }
+
     pub fn unchanged(&self, keys: &[&str]) -> bool {
         let Some(prev) = self.previous_inputs else {
             return false;

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use crate::layout::{tftp_dir, EXPORT_DIR, NODES_TREE, TFTP_DIR};
+use crate::layout::{tftp_dir, EXPORT_DIR, NODES_LAYER, NODES_TREE, TFTP_DIR};
 use crate::profile::{Cluster, KernelKind, Network};
 
 /// The files the nodes boot over TFTP, as the kernel stage staged them.
@@ -142,13 +142,14 @@ pub fn uplink_network() -> String {
 pub fn cluster_env(net: &Network) -> String {
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\n",
+        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\n",
         net.cluster_iface,
         a.addr,
         a.prefix,
         a.network(),
         if net.gateway { "yes" } else { "no" },
-        NODES_TREE
+        NODES_TREE,
+        NODES_LAYER
     )
 }
 

@@ -1,7 +1,9 @@
-//! The iso stage: the node1 root (with its layer) as the live system's
-//! squashfs, with the nodes root (with its layer) inside it for node1 to
-//! copy out at boot, BIOS (isolinux) and UEFI (GRUB) boot, one hybrid ISO
-//! that boots from a USB stick either way, and its sha256.
+//! The iso stage: the live system in two squashfs images that live-boot
+//! stacks, the roots (node1's, with the nodes root inside it, which node1
+//! exports at boot) and the layers over them (node1's, and the nodes' that
+//! node1 lays over the nodes root at boot); BIOS (isolinux) and UEFI (GRUB)
+//! boot, one hybrid ISO that boots from a USB stick either way, and its
+//! sha256. The roots' image is kept while the roots are unchanged.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,15 +18,14 @@ use crate::fetch::{human_bytes, sha256_of};
 use crate::files;
 use crate::host::HostTool;
 use crate::layout::{
-    Root, IMAGE, IMAGE_CHECKSUM, LAYERS, NODE1_ROOT, NODES_ROOT, NODES_TREE, STAGED_KERNEL,
+    Root, IMAGE, IMAGE_CHECKSUM, LAYERS, NODE1_ROOT, NODES_LAYER, NODES_ROOT, NODES_TREE,
+    STAGED_KERNEL,
 };
 use crate::profile::{Compression, IsoSpec};
 use crate::shell::StageShell;
 use crate::stages::root_kernels::newest_kernel;
 use crate::stages::BuildContext;
 
-/// Where the nodes root is in the live system (node1's boot service copies
-/// it from there into RAM or onto KRGISO-DATA).
 pub struct Iso(pub Arc<BuildContext>);
 
 /// Never in an image: kernel file systems, scratch, caches, logs.
@@ -56,12 +57,70 @@ const DOCS: &[&str] = &[
     "usr/share/doc/*/examples",
 ];
 
+impl Iso {
+    /// The roots' image: node1's root with the nodes root at
+    /// /NODES_TREE, in one squashfs, where mksquashfs stores each file the
+    /// two share (kernel modules, libraries, most of Debian) once. Made
+    /// again only when a root changed: `iso` after an overlay change only
+    /// squashes the layers. Hard-linked into the ISO tree.
+    fn squash_roots(&self, run: &StageRun, to: &Path) -> Result<()> {
+        let cx = &self.0;
+        let layout = &cx.layout;
+        let kept = layout.iso_roots();
+        let image = kept.join("filesystem.squashfs");
+        let made_from = run.digest_of(&[
+            &NODE1_ROOT.input_key(),
+            &NODES_ROOT.input_key(),
+            "profile [iso]",
+        ]);
+        let key = kept.join("made-from");
+        if fs::read_to_string(&key).ok().as_deref() == Some(made_from.as_str()) && image.is_file() {
+            run.step("the roots are unchanged: their squashfs is reused");
+        } else {
+            run.step(&format!(
+                "squash the node1 root with the nodes root at /{NODES_TREE}: live/filesystem.squashfs"
+            ));
+            files::remove_tree(&kept)?;
+            fs::create_dir_all(&kept)?;
+            let stacks = layout.iso_stacks();
+            // node1's root gets the directory the nodes root is stacked on;
+            // an overlay needs two layers at least.
+            let mountpoint = stacks.join("mountpoint");
+            fs::create_dir_all(mountpoint.join(NODES_TREE))?;
+            let empty = stacks.join("empty");
+            fs::create_dir_all(&empty)?;
+            let node1_view = Stack::mount(
+                &[&mountpoint, &layout.root(Root::Node1)],
+                &stacks.join(Root::Node1.name()),
+            )?;
+            let nodes_view = Stack::mount(
+                &[&empty, &layout.root(Root::Nodes)],
+                &node1_view.target.join(NODES_TREE),
+            )?;
+            let partial = files::sibling(&image, "partial");
+            squash(run.shell, &node1_view.target, &partial, &cx.profile.iso)?;
+            drop(nodes_view);
+            drop(node1_view);
+            files::remove_tree(&stacks)?;
+            fs::rename(&partial, &image)?;
+            fs::write(&key, &made_from)?;
+        }
+        fs::hard_link(&image, to)
+            .or_else(|_| fs::copy(&image, to).map(drop))
+            .with_context(|| format!("putting {} in the ISO tree", image.display()))
+    }
+}
+
 impl Stage for Iso {
     fn name(&self) -> &'static str {
         "iso"
     }
     fn about(&self) -> &'static str {
         "pack the roots and the kernel into a hybrid BIOS + UEFI ISO"
+    }
+    fn recipe(&self) -> u32 {
+        // 2: the roots and the layers in two squashfs images.
+        2
     }
     fn needs_root(&self) -> bool {
         true
@@ -111,34 +170,27 @@ impl Stage for Iso {
         for dir in ["live", "isolinux", "boot/grub", "EFI/BOOT"] {
             fs::create_dir_all(staging.join(dir))?;
         }
-        let stacks = layout.iso_stacks();
-
-        // One squashfs holds both roots: the nodes root inside the live
-        // system, where mksquashfs stores each file the two share (kernel
-        // modules, libraries, most of Debian) once; node1 copies it out at
-        // boot. Two separate images carried everything twice.
+        // Two squashfs images, stacked by live-boot in the order
+        // live/filesystem.module gives: the roots, then the layers over them.
+        self.squash_roots(run, &staging.join("live/filesystem.squashfs"))?;
         run.step(&format!(
-            "squash the node1 root with the nodes root at /{NODES_TREE} (each with its layer): live/filesystem.squashfs"
+            "squash the layers, the nodes' at /{NODES_LAYER}: live/layers.squashfs"
         ));
-        let view =
-            |root: Root, at: &Path| Stack::mount(&[&layout.layer(root), &layout.root(root)], at);
-        let node1_view = view(Root::Node1, &stacks.join(Root::Node1.name()))?;
-        let nodes_at = node1_view.target.join(NODES_TREE);
-        if !nodes_at.is_dir() {
-            bail!(
-                "the node1 layer has no /{NODES_TREE} to hold the nodes root: run `cargo xtask node1`"
-            );
-        }
-        let nodes_view = view(Root::Nodes, &nodes_at)?;
+        let layers = layout.iso_stacks().join("layers");
+        files::remove_tree(&layers)?;
+        files::copy_tree(&layout.layer(Root::Node1), &layers)?;
+        files::copy_tree(&layout.layer(Root::Nodes), &layers.join(NODES_LAYER))?;
         squash(
             run.shell,
-            &node1_view.target,
-            &staging.join("live/filesystem.squashfs"),
+            &layers,
+            &staging.join("live/layers.squashfs"),
             spec,
         )?;
-        drop(nodes_view);
-        drop(node1_view);
-        files::remove_tree(&stacks)?;
+        files::remove_tree(&layout.iso_stacks())?;
+        fs::write(
+            staging.join("live/filesystem.module"),
+            "filesystem.squashfs\nlayers.squashfs\n",
+        )?;
 
         run.step("the live kernel and initramfs, BIOS and UEFI boot");
         let (vmlinuz, initrd) = live_kernel(&layout.root(Root::Node1))?;

@@ -76,6 +76,8 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
         .read()?;
     for (path, at_least) in [
         ("/live/filesystem.squashfs", 100 << 20),
+        ("/live/layers.squashfs", 1 << 10),
+        ("/live/filesystem.module", 10),
         ("/live/vmlinuz", 1 << 20),
         ("/live/initrd.img", 1 << 20),
         ("/isolinux/isolinux.bin", 1 << 10),
@@ -104,51 +106,70 @@ pub fn build_and_image(project: &Path) -> Result<Timings> {
     Ok(timings)
 }
 
-/// The live squashfs, read out of the ISO: node1's root with the nodes
-/// root inside; no kernels in /boot (they boot from outside the roots), no
-/// man pages (the profile leaves docs out).
+/// The live system's two squashfs images, read out of the ISO, stacked in
+/// that order by live-boot: the roots (node1's with the nodes root inside;
+/// no kernels in /boot, they boot from outside the roots; no man pages, the
+/// profile leaves docs out) and the layers (node1's, and the nodes' at
+/// NODES_LAYER, which node1 lays over the nodes root at boot).
 fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -> Result<()> {
     let sh = s.sh();
     let tmp = run.build.join("e2e-live");
     crate::files::remove_tree(&tmp)?;
     fs::create_dir_all(&tmp)?;
-    let squashfs = tmp.join("filesystem.squashfs");
-    cmd!(
-        sh,
-        "xorriso -osirrox on -indev {image} -extract /live/filesystem.squashfs {squashfs}"
-    )
-    .quiet()
-    .ignore_stderr()
-    .run()?;
-    let listing = cmd!(sh, "unsquashfs -l {squashfs}").quiet().read();
+    let read = |name: &str| -> Result<String> {
+        let file = tmp.join(name);
+        let inside = format!("/live/{name}");
+        cmd!(
+            sh,
+            "xorriso -osirrox on -indev {image} -extract {inside} {file}"
+        )
+        .quiet()
+        .ignore_stderr()
+        .run()?;
+        if name.ends_with(".squashfs") {
+            Ok(cmd!(sh, "unsquashfs -l {file}").quiet().read()?)
+        } else {
+            Ok(fs::read_to_string(&file)?)
+        }
+    };
+    let (roots, layers, module) = (
+        read("filesystem.squashfs"),
+        read("layers.squashfs"),
+        read("filesystem.module"),
+    );
     crate::files::remove_tree(&tmp)?;
-    let listing = listing?;
-    let nodes = format!("squashfs-root/{}", crate::layout::NODES_TREE);
-    for path in [
-        "etc/debian_version",
-        "usr/local/sbin/krgiso-node-report",
-        "etc/fstab",
-    ] {
-        ensure!(
-            listing.lines().any(|l| l == format!("{nodes}/{path}")),
-            "the live root has no nodes root at /{}: {path} is missing",
-            crate::layout::NODES_TREE
-        );
-    }
+    let (roots, layers, module) = (roots?, layers?, module?);
     ensure!(
+        module.split_whitespace().collect::<Vec<_>>() == ["filesystem.squashfs", "layers.squashfs"],
+        "live/filesystem.module does not stack the layers over the roots: {module:?}"
+    );
+    let has = |listing: &str, path: &str| {
         listing
             .lines()
-            .any(|l| l == "squashfs-root/usr/local/sbin/krgiso-node1"),
-        "the live root has no krgiso-node1"
+            .any(|l| l == format!("squashfs-root/{path}"))
+    };
+    let nodes = crate::layout::NODES_TREE;
+    ensure!(
+        has(&roots, &format!("{nodes}/etc/debian_version")),
+        "the roots' image has no nodes root at /{nodes}"
     );
-    let unwanted: Vec<&str> = listing
+    let layer = crate::layout::NODES_LAYER;
+    for path in [
+        "usr/local/sbin/krgiso-node1".to_owned(),
+        format!("{layer}/usr/local/sbin/krgiso-node-report"),
+        format!("{layer}/etc/fstab"),
+    ] {
+        ensure!(has(&layers, &path), "the layers' image has no /{path}");
+    }
+    let unwanted: Vec<&str> = roots
         .lines()
+        .chain(layers.lines())
         .filter(|l| l.contains("/boot/vmlinuz-") || l.contains("/usr/share/man/man"))
         .take(5)
         .collect();
     ensure!(
         unwanted.is_empty(),
-        "the live root has what it leaves out: {unwanted:?}"
+        "the live system has what it leaves out: {unwanted:?}"
     );
     Ok(())
 }
@@ -166,6 +187,8 @@ fn interrupted_iso_keeps_the_image(
     let stamp_before = fs::read(&stamp)?;
     let log = run.layout().log("iso");
     s.step("interrupt `xtask iso --force` while it squashes the roots");
+    // The roots' squashfs is kept while they are unchanged: make `iso` squash them.
+    crate::files::remove_tree(&run.layout().iso_roots())?;
     let mut child = run
         .command(&["--force", "iso"])
         .stdin(Stdio::null())
