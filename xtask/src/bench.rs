@@ -20,6 +20,7 @@ use crate::engine::Stamp;
 use crate::files;
 use crate::interrupt::Cleanup;
 use crate::layout::Layout;
+use crate::qemu::{BootTime, Milestone, UnitTime};
 use crate::stages;
 
 /// What to measure, where.
@@ -37,6 +38,9 @@ pub struct Bench {
     /// The kerrighed kind: its source tarballs are fetched too, and its
     /// kernel is rebuilt once more from a warm compiler cache.
     pub kerrighed: bool,
+    /// The boot tests' reports whose times the bench puts beside its own
+    /// (`build/qemu/report.json`, the UEFI test's); missing ones are skipped.
+    pub boot_reports: Vec<PathBuf>,
 }
 
 /// One measured command.
@@ -58,6 +62,137 @@ pub struct BenchReport {
     pub quick: bool,
     pub scenarios: Vec<Scenario>,
     pub image_bytes: Option<u64>,
+    /// Each speed target, with what was measured against it.
+    #[serde(default)]
+    pub targets: Vec<TargetRow>,
+    /// Where the boot tests' VMs spent their boot (systemd-analyze).
+    #[serde(default)]
+    pub boots: Vec<BootSummary>,
+}
+
+/// One target of the speed issue and what this machine measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub what: String,
+    pub target: f64,
+    pub measured: Option<f64>,
+    /// Where the measurement comes from.
+    pub source: String,
+}
+
+/// A VM's boot as its init measured it, from a boot test's report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootSummary {
+    pub vm: String,
+    pub firmware: String,
+    pub summary: String,
+    pub slowest: Vec<UnitTime>,
+}
+
+/// A boot test's `report.json`, the parts the bench reads.
+#[derive(Debug, Deserialize)]
+struct BootRun {
+    firmware: String,
+    reached: Vec<BootReached>,
+    #[serde(default)]
+    boot_times: BTreeMap<String, BootTime>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BootReached {
+    vm: String,
+    milestone: Milestone,
+    since_power_on: f64,
+}
+
+impl BootRun {
+    /// When `vm` reached `milestone`, since its power-on; for `None`, the
+    /// last of the nodes (every VM but node1).
+    fn reached(&self, vm: Option<&str>, milestone: Milestone) -> Option<f64> {
+        self.reached
+            .iter()
+            .filter(|r| r.milestone == milestone)
+            .filter(|r| vm.map_or(r.vm != "node1", |vm| r.vm == vm))
+            .map(|r| r.since_power_on)
+            .reduce(f64::max)
+    }
+}
+
+/// The targets (2-core machine, TCG) and what the scenarios and the boot
+/// tests measured.
+fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRow> {
+    let scenario = |name: &str| scenarios.iter().find(|s| s.name == name).map(|s| s.seconds);
+    let boot = |firmware: &str| boots.iter().find(|(_, b)| b.firmware == firmware);
+    let from_boot = |firmware: &str, vm: Option<&str>, milestone: Milestone| {
+        boot(firmware).map_or((None, "no boot test report".to_owned()), |(path, b)| {
+            (b.reached(vm, milestone), path.display().to_string())
+        })
+    };
+    let mut rows = Vec::new();
+    for (what, target, name) in [
+        ("cold build (download cache warm)", 60.0, "cold build"),
+        (
+            "iso after an overlay change",
+            5.0,
+            "iso after an overlay change",
+        ),
+    ] {
+        let measured = scenario(name);
+        let source = if measured.is_some() {
+            "this bench"
+        } else {
+            "full bench only"
+        };
+        rows.push(TargetRow {
+            what: what.into(),
+            target,
+            measured,
+            source: source.into(),
+        });
+    }
+    for (what, target, firmware, vm, milestone) in [
+        (
+            "node1 power-on to status line, BIOS, ISO",
+            40.0,
+            "Bios",
+            Some("node1"),
+            Milestone::Ready,
+        ),
+        (
+            "node1 power-on to status line, UEFI, stick",
+            45.0,
+            "Uefi",
+            Some("node1"),
+            Milestone::Ready,
+        ),
+        (
+            "PXE node power-on to multi-user (last node)",
+            60.0,
+            "Bios",
+            None,
+            Milestone::MultiUser,
+        ),
+    ] {
+        let (measured, source) = from_boot(firmware, vm, milestone);
+        rows.push(TargetRow {
+            what: what.into(),
+            target,
+            measured,
+            source,
+        });
+    }
+    rows
+}
+
+/// Reads the boot reports that exist.
+fn boot_runs(paths: &[PathBuf]) -> Vec<(PathBuf, BootRun)> {
+    paths
+        .iter()
+        .filter_map(|p| {
+            let run = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
+            Some((p.clone(), run))
+        })
+        .collect()
 }
 
 /// A file the overlay change adds to node1's layer (removed at the end).
@@ -161,7 +296,20 @@ impl Bench {
             .find(|e| e.path().extension().is_some_and(|x| x == "iso"))
             .and_then(|e| e.metadata().ok())
             .map(|m| m.len());
+        let boots = boot_runs(&self.boot_reports);
         let report = BenchReport {
+            targets: targets(&scenarios, &boots),
+            boots: boots
+                .iter()
+                .flat_map(|(_, run)| {
+                    run.boot_times.iter().map(|(vm, b)| BootSummary {
+                        vm: vm.clone(),
+                        firmware: run.firmware.clone(),
+                        summary: b.summary.clone(),
+                        slowest: b.slowest.iter().take(5).cloned().collect(),
+                    })
+                })
+                .collect(),
             profile: self.profile.display().to_string(),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mib: memory_mib(),
@@ -362,6 +510,36 @@ pub fn render_table(report: &BenchReport) -> String {
             crate::fetch::human_bytes(bytes)
         ));
     }
+    if !report.targets.is_empty() {
+        out.push_str(&format!(
+            "\n{:<46} {:>9} {:>7}  {}\n",
+            "target", "measured", "target", "met"
+        ));
+        for t in &report.targets {
+            let (measured, met) = match t.measured {
+                Some(m) => (format!("{m:.1}"), if m <= t.target { "yes" } else { "NO" }),
+                None => ("-".to_owned(), "-"),
+            };
+            out.push_str(&format!(
+                "{:<46} {measured:>9} {:>7.0}  {met} ({})\n",
+                t.what, t.target, t.source
+            ));
+        }
+    }
+    for b in &report.boots {
+        let slowest: Vec<String> = b
+            .slowest
+            .iter()
+            .map(|u| format!("{} {:.1}s", u.unit, u.seconds))
+            .collect();
+        out.push_str(&format!(
+            "\nboot of {} ({}): {}\n  slowest: {}\n",
+            b.vm,
+            b.firmware,
+            b.summary,
+            slowest.join(", ")
+        ));
+    }
     out
 }
 
@@ -394,6 +572,8 @@ mod tests {
                 },
             ],
             image_bytes: Some(300 << 20),
+            targets: Vec::new(),
+            boots: Vec::new(),
         };
         let table = render_table(&report);
         let row = |start: &str| {
@@ -410,5 +590,82 @@ mod tests {
         assert_eq!(row("no-op"), ["no-op", "build", "0.2"]);
         assert!(table.contains("2 cores, 24000 MiB"), "{table}");
         assert!(table.contains("300.0 MiB"), "{table}");
+    }
+
+    /// A report as the boot test writes it, read back by the bench: the
+    /// targets take node1's status line and the last node's login prompt.
+    #[test]
+    fn boot_targets_come_from_the_boot_tests_report() {
+        use crate::qemu::{Reached, Report};
+        let reached = |vm: &str, milestone, since_power_on| Reached {
+            vm: vm.into(),
+            milestone,
+            label: "",
+            since_power_on,
+            since_start: 0.0,
+            detail: String::new(),
+        };
+        let report = Report {
+            firmware: "Bios".into(),
+            accel: "tcg".into(),
+            nodes: 2,
+            reached: vec![
+                reached("node1", Milestone::KernelUp, 11.0),
+                reached("node1", Milestone::Ready, 38.5),
+                reached("node2", Milestone::MultiUser, 58.0),
+                reached("node3", Milestone::MultiUser, 61.5),
+            ],
+            node1_status: String::new(),
+            leases: BTreeMap::new(),
+            seconds: 120.0,
+            boot_times: BTreeMap::new(),
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("report.json");
+        fs::write(&path, serde_json::to_vec(&report).unwrap()).unwrap();
+        let boots = boot_runs(&[path, tmp.path().join("missing.json")]);
+        assert_eq!(boots.len(), 1);
+        let scenarios = [Scenario {
+            name: "iso after an overlay change".into(),
+            command: "cargo xtask iso".into(),
+            seconds: 4.2,
+            stages: BTreeMap::new(),
+        }];
+        let rows = targets(&scenarios, &boots);
+        let row = |what: &str| rows.iter().find(|r| r.what.starts_with(what)).unwrap();
+        assert_eq!(
+            row("node1 power-on to status line, BIOS").measured,
+            Some(38.5)
+        );
+        assert_eq!(row("node1 power-on to status line, UEFI").measured, None);
+        assert_eq!(row("PXE node").measured, Some(61.5));
+        assert_eq!(row("iso after").measured, Some(4.2));
+        assert_eq!(row("cold build").measured, None);
+        let table = render_table(&BenchReport {
+            profile: "smoke".into(),
+            cores: 2,
+            memory_mib: 1,
+            kernel: String::new(),
+            quick: true,
+            scenarios: scenarios.to_vec(),
+            image_bytes: None,
+            targets: rows,
+            boots: Vec::new(),
+        });
+        let line = |start: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            line("PXE node").contains("61.5") && line("PXE node").contains(" NO "),
+            "{table}"
+        );
+        assert!(
+            line("node1 power-on to status line, BIOS").contains(" yes "),
+            "{table}"
+        );
     }
 }

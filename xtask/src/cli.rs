@@ -287,6 +287,10 @@ fn run(cli: Cli) -> Result<()> {
                 quick: *quick,
                 cache: layout.downloads.clone(),
                 kerrighed: profile.kernel.kind == KernelKind::Kerrighed,
+                boot_reports: vec![
+                    layout.qemu().join("report.json"),
+                    layout.build.join("qemu-uefi/report.json"),
+                ],
             };
             if cli.dry_run {
                 println!("would bench in {}", bench.build.display());

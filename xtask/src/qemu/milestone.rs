@@ -13,7 +13,7 @@ use super::boot_time::BootTime;
 use super::vm::{Machine, Vm};
 
 /// The steps a VM goes through, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Milestone {
     /// node1: its kernel prints its banner.

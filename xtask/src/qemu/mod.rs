@@ -32,7 +32,7 @@ use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
-pub use boot_time::BootTime;
+pub use boot_time::{BootTime, UnitTime};
 use checks::{check_node1_status, tftp_read};
 use milestone::{
     first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
