@@ -129,6 +129,11 @@ impl VmSpec {
             ),
             "-serial".into(),
             "chardev:console".into(),
+            // A hardware RNG, as the machines a VM stands for have (RDRAND,
+            // a TPM): under TCG, without one, a fresh guest waits seconds
+            // for entropy before its first ssh-keygen (14 s on a node).
+            "-device".into(),
+            "virtio-rng-pci".into(),
         ];
         if self.firmware == Firmware::Uefi {
             a.extend(["-bios".into(), OVMF.into()]);
@@ -325,6 +330,7 @@ mod tests {
         assert!(line.contains("-accel tcg"), "{line}");
         assert!(line.contains("user,id=uplink,restrict=on"), "{line}");
         assert!(line.contains("virtio-net-pci,netdev=uplink,mac=52:54:00:77:ff:01"));
+        assert!(line.contains("-device virtio-rng-pci"), "{line}");
         assert!(line.contains("filter-dump,id=uplink-dump,netdev=uplink,file=/b/q/up.pcap"));
         assert!(line.contains("socket,id=cluster,udp=127.0.0.1:40000,localaddr=127.0.0.1:40001"));
         assert!(line.contains("e1000,netdev=cluster,mac=52:54:00:77:00:01"));
