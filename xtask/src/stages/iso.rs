@@ -176,17 +176,30 @@ impl Stage for Iso {
         run.step(&format!(
             "squash the layers, the nodes' at /{NODES_LAYER}: live/layers.squashfs"
         ));
-        let layers = layout.iso_stacks().join("layers");
-        files::remove_tree(&layers)?;
-        files::copy_tree(&layout.layer(Root::Node1), &layers)?;
-        files::copy_tree(&layout.layer(Root::Nodes), &layers.join(NODES_LAYER))?;
+        // Read-only views, as for the roots: owners and modes as the node1
+        // stage made them (the cluster user's home, its ssh key).
+        let stacks = layout.iso_stacks();
+        let mountpoint = stacks.join("layers-mountpoint");
+        fs::create_dir_all(mountpoint.join(NODES_LAYER))?;
+        let empty = stacks.join("empty");
+        fs::create_dir_all(&empty)?;
+        let node1_layer = Stack::mount(
+            &[&mountpoint, &layout.layer(Root::Node1)],
+            &stacks.join("layers"),
+        )?;
+        let nodes_layer = Stack::mount(
+            &[&empty, &layout.layer(Root::Nodes)],
+            &node1_layer.target.join(NODES_LAYER),
+        )?;
         squash(
             run.shell,
-            &layers,
+            &node1_layer.target,
             &staging.join("live/layers.squashfs"),
             spec,
         )?;
-        files::remove_tree(&layout.iso_stacks())?;
+        drop(nodes_layer);
+        drop(node1_layer);
+        files::remove_tree(&stacks)?;
         fs::write(
             staging.join("live/filesystem.module"),
             "filesystem.squashfs\nlayers.squashfs\n",

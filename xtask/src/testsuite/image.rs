@@ -161,6 +161,24 @@ fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -
     ] {
         ensure!(has(&layers, &path), "the layers' image has no /{path}");
     }
+    // Owners as the node1 stage made them: the cluster user's ssh key is
+    // its own (ssh refuses a key it cannot read, dropbear a foreign home).
+    let user = &run.profile.cluster.user;
+    let owners = read_owners(s, image, &tmp, "layers.squashfs")?;
+    for path in [
+        format!("home/{user}/.ssh"),
+        format!("{layer}/home/{user}/.ssh/authorized_keys"),
+    ] {
+        let owner = owners
+            .lines()
+            .find(|l| l.ends_with(&format!("squashfs-root/{path}")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .with_context(|| format!("the layers' image has no /{path}"))?;
+        ensure!(
+            !owner.starts_with("0/"),
+            "/{path} in the layers' image is owned by root ({owner}), not by {user}"
+        );
+    }
     let unwanted: Vec<&str> = roots
         .lines()
         .chain(layers.lines())
@@ -172,6 +190,30 @@ fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -
         "the live system has what it leaves out: {unwanted:?}"
     );
     Ok(())
+}
+
+/// `unsquashfs -lln` of one of the ISO's squashfs images: modes and
+/// numeric owners.
+fn read_owners(
+    s: &crate::shell::StageShell,
+    image: &Path,
+    tmp: &Path,
+    name: &str,
+) -> Result<String> {
+    let sh = s.sh();
+    fs::create_dir_all(tmp)?;
+    let file = tmp.join(name);
+    let inside = format!("/live/{name}");
+    cmd!(
+        sh,
+        "xorriso -osirrox on -indev {image} -extract {inside} {file}"
+    )
+    .quiet()
+    .ignore_stderr()
+    .run()?;
+    let listing = cmd!(sh, "unsquashfs -lln {file}").quiet().read();
+    crate::files::remove_tree(tmp)?;
+    Ok(listing?)
 }
 
 /// Ctrl-C while `iso` squashes the roots: the previous image and its stamp
