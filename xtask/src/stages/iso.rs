@@ -57,6 +57,37 @@ const DOCS: &[&str] = &[
     "usr/share/doc/*/examples",
 ];
 
+/// A read-only view of a tree with another tree at a path inside it (a
+/// node1 root or layer with the nodes' at NODES_TREE or NODES_LAYER):
+/// nothing copied, owners and modes as they are. Unmounted on drop, inner
+/// first (fields drop in declaration order).
+struct NestedView {
+    _inner: Stack,
+    outer: Stack,
+}
+
+impl NestedView {
+    fn mount(stacks: &Path, outer: &Path, at: &str, inner: &Path) -> Result<NestedView> {
+        // The outer tree gets the directory the inner one is stacked on; an
+        // overlay needs two layers at least.
+        let mountpoint = stacks.join("mountpoint");
+        files::remove_tree(&mountpoint)?;
+        fs::create_dir_all(mountpoint.join(at))?;
+        let empty = stacks.join("empty");
+        fs::create_dir_all(&empty)?;
+        let outer = Stack::mount(&[&mountpoint, outer], &stacks.join("view"))?;
+        let inner = Stack::mount(&[&empty, inner], &outer.target.join(at))?;
+        Ok(NestedView {
+            _inner: inner,
+            outer,
+        })
+    }
+
+    fn target(&self) -> &Path {
+        &self.outer.target
+    }
+}
+
 impl Iso {
     /// The roots' image: node1's root with the nodes root at
     /// /NODES_TREE, in one squashfs, where mksquashfs stores each file the
@@ -83,24 +114,15 @@ impl Iso {
             files::remove_tree(&kept)?;
             fs::create_dir_all(&kept)?;
             let stacks = layout.iso_stacks();
-            // node1's root gets the directory the nodes root is stacked on;
-            // an overlay needs two layers at least.
-            let mountpoint = stacks.join("mountpoint");
-            fs::create_dir_all(mountpoint.join(NODES_TREE))?;
-            let empty = stacks.join("empty");
-            fs::create_dir_all(&empty)?;
-            let node1_view = Stack::mount(
-                &[&mountpoint, &layout.root(Root::Node1)],
-                &stacks.join(Root::Node1.name()),
-            )?;
-            let nodes_view = Stack::mount(
-                &[&empty, &layout.root(Root::Nodes)],
-                &node1_view.target.join(NODES_TREE),
+            let view = NestedView::mount(
+                &stacks,
+                &layout.root(Root::Node1),
+                NODES_TREE,
+                &layout.root(Root::Nodes),
             )?;
             let partial = files::sibling(&image, "partial");
-            squash(run.shell, &node1_view.target, &partial, &cx.profile.iso)?;
-            drop(nodes_view);
-            drop(node1_view);
+            squash(run.shell, view.target(), &partial, &cx.profile.iso)?;
+            drop(view);
             files::remove_tree(&stacks)?;
             fs::rename(&partial, &image)?;
             fs::write(&key, &made_from)?;
@@ -179,26 +201,19 @@ impl Stage for Iso {
         // Read-only views, as for the roots: owners and modes as the node1
         // stage made them (the cluster user's home, its ssh key).
         let stacks = layout.iso_stacks();
-        let mountpoint = stacks.join("layers-mountpoint");
-        fs::create_dir_all(mountpoint.join(NODES_LAYER))?;
-        let empty = stacks.join("empty");
-        fs::create_dir_all(&empty)?;
-        let node1_layer = Stack::mount(
-            &[&mountpoint, &layout.layer(Root::Node1)],
-            &stacks.join("layers"),
-        )?;
-        let nodes_layer = Stack::mount(
-            &[&empty, &layout.layer(Root::Nodes)],
-            &node1_layer.target.join(NODES_LAYER),
+        let view = NestedView::mount(
+            &stacks,
+            &layout.layer(Root::Node1),
+            NODES_LAYER,
+            &layout.layer(Root::Nodes),
         )?;
         squash(
             run.shell,
-            &node1_layer.target,
+            view.target(),
             &staging.join("live/layers.squashfs"),
             spec,
         )?;
-        drop(nodes_layer);
-        drop(node1_layer);
+        drop(view);
         files::remove_tree(&stacks)?;
         fs::write(
             staging.join("live/filesystem.module"),

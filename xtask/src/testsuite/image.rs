@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -117,15 +117,7 @@ fn check_live_root(run: &SmokeRun, s: &crate::shell::StageShell, image: &Path) -
     crate::files::remove_tree(&tmp)?;
     fs::create_dir_all(&tmp)?;
     let read = |name: &str| -> Result<String> {
-        let file = tmp.join(name);
-        let inside = format!("/live/{name}");
-        cmd!(
-            sh,
-            "xorriso -osirrox on -indev {image} -extract {inside} {file}"
-        )
-        .quiet()
-        .ignore_stderr()
-        .run()?;
+        let file = extract(s, image, &tmp, name)?;
         if name.ends_with(".squashfs") {
             Ok(cmd!(sh, "unsquashfs -l {file}").quiet().read()?)
         } else {
@@ -201,6 +193,15 @@ fn read_owners(
     name: &str,
 ) -> Result<String> {
     let sh = s.sh();
+    let file = extract(s, image, tmp, name)?;
+    let listing = cmd!(sh, "unsquashfs -lln {file}").quiet().read();
+    crate::files::remove_tree(tmp)?;
+    Ok(listing?)
+}
+
+/// A file of the ISO's live/ directory, extracted into `tmp`.
+fn extract(s: &crate::shell::StageShell, image: &Path, tmp: &Path, name: &str) -> Result<PathBuf> {
+    let sh = s.sh();
     fs::create_dir_all(tmp)?;
     let file = tmp.join(name);
     let inside = format!("/live/{name}");
@@ -211,9 +212,7 @@ fn read_owners(
     .quiet()
     .ignore_stderr()
     .run()?;
-    let listing = cmd!(sh, "unsquashfs -lln {file}").quiet().read();
-    crate::files::remove_tree(tmp)?;
-    Ok(listing?)
+    Ok(file)
 }
 
 /// Ctrl-C while `iso` squashes the roots: the previous image and its stamp
