@@ -184,13 +184,23 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
     rows
 }
 
-/// Reads the boot reports that exist.
+/// Reads the boot reports that exist; one that cannot be read is said,
+/// not taken for a missing one.
 fn boot_runs(paths: &[PathBuf]) -> Vec<(PathBuf, BootRun)> {
     paths
         .iter()
         .filter_map(|p| {
-            let run = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
-            Some((p.clone(), run))
+            let bytes = fs::read(p).ok()?;
+            match serde_json::from_slice(&bytes) {
+                Ok(run) => Some((p.clone(), run)),
+                Err(e) => {
+                    eprintln!(
+                        "warning: bench: cannot read the boot report {}: {e}",
+                        p.display()
+                    );
+                    None
+                }
+            }
         })
         .collect()
 }
@@ -527,17 +537,12 @@ pub fn render_table(report: &BenchReport) -> String {
         }
     }
     for b in &report.boots {
-        let slowest: Vec<String> = b
-            .slowest
-            .iter()
-            .map(|u| format!("{} {:.1}s", u.unit, u.seconds))
-            .collect();
         out.push_str(&format!(
             "\nboot of {} ({}): {}\n  slowest: {}\n",
             b.vm,
             b.firmware,
             b.summary,
-            slowest.join(", ")
+            UnitTime::list(&b.slowest)
         ));
     }
     out

@@ -289,7 +289,7 @@ fn run(cli: Cli) -> Result<()> {
                 kerrighed: profile.kernel.kind == KernelKind::Kerrighed,
                 boot_reports: vec![
                     layout.qemu().join("report.json"),
-                    layout.build.join("qemu-uefi/report.json"),
+                    layout.qemu_uefi().join("report.json"),
                 ],
             };
             if cli.dry_run {

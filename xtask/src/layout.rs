@@ -230,6 +230,10 @@ impl Layout {
     pub fn qemu(&self) -> PathBuf {
         self.build.join("qemu")
     }
+    /// The UEFI boot test's (from a stick), beside the BIOS one's.
+    pub fn qemu_uefi(&self) -> PathBuf {
+        self.build.join("qemu-uefi")
+    }
     /// A path shown relative to the project when it is inside it.
     pub fn show(&self, path: &Path) -> String {
         path.strip_prefix(&self.project)

@@ -110,6 +110,18 @@ impl StageShell {
         self.progress.step(what);
     }
 
+    /// The last `n` lines this shell wrote into the log: a branch's own
+    /// (without its mark), not the other branches'.
+    pub fn own_log_tail(&self, n: usize) -> Vec<String> {
+        let mark = self.mark();
+        let mut own: Vec<String> = log_tail(&self.log_path, usize::MAX)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(mark.as_str()).map(str::to_owned))
+            .collect();
+        own.drain(..own.len().saturating_sub(n));
+        own
+    }
+
     /// A line for the log only.
     pub fn note(&self, line: &str) {
         self.write_log(line);
@@ -218,6 +230,11 @@ impl StageShell {
         let mut stopping: Option<Instant> = None;
         loop {
             if let Some(status) = child.try_wait().context("waiting for a command")? {
+                if stopping.is_some() {
+                    // What is left of the group would hold the output pipes.
+                    // SAFETY: kill(2) on the command's own process group.
+                    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                }
                 return Ok(status);
             }
             if self.stopped() {
@@ -486,6 +503,11 @@ mod tests {
                 .all(|l| l.starts_with("[a] ") || l.starts_with("[b] ")),
             "{text}"
         );
+        // What explains a branch's failure is read from its own lines.
+        let own = s.branch("a").unwrap().own_log_tail(3);
+        assert_eq!(own.len(), 3, "{own:?}");
+        assert!(own[0] == "line4" && own[1] == "line5", "{own:?}");
+        assert!(own[2].starts_with("[exit status 0"), "{own:?}");
     }
 
     /// A branch that fails stops its sibling's running command, and the

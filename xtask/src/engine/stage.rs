@@ -111,29 +111,33 @@ impl StageRun<'_> {
         self.shell.step(what);
     }
 
-    /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
-    /// the stage's recipe are what they were when the previous run
-    /// succeeded: an output made only from them can be kept.
     /// One digest of some of this run's inputs and the recipe: what a
     /// cache the stage keeps between runs was made from.
     pub fn digest_of(&self, keys: &[&str]) -> String {
-        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
-        let mut text = String::new();
-        for k in keys.iter().copied().chain(recipe.map(String::as_str)) {
-            let v = self.inputs.get(k).map_or("missing", String::as_str);
-            text.push_str(&format!("{k}={v}\n"));
-        }
-        super::sha256_hex(text.as_bytes())
+        let chosen = self
+            .with_recipe(keys)
+            .map(|k| {
+                let v = self.inputs.get(k).cloned().unwrap_or_default();
+                (k.to_owned(), v)
+            })
+            .collect();
+        super::inputs::inputs_digest(&chosen)
     }
 
+    /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
+    /// the stage's recipe are what they were when the previous run
+    /// succeeded: an output made only from them can be kept.
     pub fn unchanged(&self, keys: &[&str]) -> bool {
         let Some(prev) = self.previous_inputs else {
             return false;
         };
-        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
-        keys.iter()
-            .copied()
-            .chain(recipe.map(String::as_str))
+        self.with_recipe(keys)
             .all(|k| self.inputs.get(k).is_some_and(|v| prev.get(k) == Some(v)))
+    }
+
+    /// These keys and the recipe's.
+    fn with_recipe<'k>(&'k self, keys: &'k [&'k str]) -> impl Iterator<Item = &'k str> {
+        let recipe = self.inputs.keys().find(|k| k.starts_with("recipe "));
+        keys.iter().copied().chain(recipe.map(String::as_str))
     }
 }

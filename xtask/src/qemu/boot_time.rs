@@ -76,7 +76,7 @@ impl BootTime {
         BootTime {
             summary: time
                 .lines()
-                .find(|l| l.contains("Startup finished") || l.contains("="))
+                .find(|l| l.starts_with("Startup finished"))
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
@@ -88,12 +88,7 @@ impl BootTime {
 
     /// The slowest `n` units, as `unit 1.2s` words.
     pub fn top(&self, n: usize) -> String {
-        self.slowest
-            .iter()
-            .take(n)
-            .map(|u| format!("{} {:.1}s", u.unit, u.seconds))
-            .collect::<Vec<_>>()
-            .join(", ")
+        UnitTime::list(&self.slowest[..n.min(self.slowest.len())])
     }
 }
 
@@ -125,6 +120,15 @@ impl ChainLink {
 }
 
 impl UnitTime {
+    /// `unit 1.2s, unit 0.8s`.
+    pub fn list(units: &[UnitTime]) -> String {
+        units
+            .iter()
+            .map(|u| format!("{} {:.1}s", u.unit, u.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// `1min 2.345s foo.service`.
     fn parse(line: &str) -> Option<UnitTime> {
         let line = line.trim();

@@ -117,11 +117,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Logs in on node1's console and lists what the nodes wrote into the
-    /// exported root: each node's file must be there.
-    /// Logged in on node1's console: every node's file is under the
-    /// export; and, for Kerrighed nodes, node1's cluster key opens an ssh
-    /// session on each (their sshd runs on 2.6.20).
     /// Logged in on node1's serial console: every node's file in the
     /// export (when the nodes write one), where node1's boot went and
     /// where one node's went (systemd nodes, over ssh), and with a
@@ -154,18 +149,6 @@ impl Run<'_> {
         let ssh_to = |ip: &Ipv4Addr, command: &str| {
             format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} {command}")
         };
-        let mut boot_times = vec![("node1".to_owned(), boot_time::NODE1_DIR.to_owned())];
-        if let (NodesBoot::Stock, Some((name, ip))) = (self.test.nodes_boot, leases.first()) {
-            let dir = format!("{}/{}/{ip}", self.test.export_dir, boot_time::NODES_DIR);
-            boot_times.push((name.clone(), dir));
-        }
-        let boot_times: Vec<(String, Option<BootTime>)> = boot_times
-            .into_iter()
-            .map(|(vm, dir)| {
-                let output = console.run(&boot_time::read_command(&dir), until)?;
-                Ok((vm, BootTime::from_output(&output)))
-            })
-            .collect::<Result<_>>()?;
         let mut ssh = Vec::new();
         if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. }) {
             for (i, (name, ip)) in leases.iter().enumerate() {
@@ -182,6 +165,19 @@ impl Run<'_> {
                 ssh.push((i + 1, line.trim().to_owned()));
             }
         }
+        // Where the boots went: a measurement, never a reason to fail.
+        let mut boot_times = vec![("node1".to_owned(), boot_time::NODE1_DIR.to_owned())];
+        if let (NodesBoot::Stock, Some((name, ip))) = (self.test.nodes_boot, leases.first()) {
+            let dir = format!("{}/{}/{ip}", self.test.export_dir, boot_time::NODES_DIR);
+            boot_times.push((name.clone(), dir));
+        }
+        let boot_times: Vec<(String, Option<BootTime>)> = boot_times
+            .into_iter()
+            .map(|(vm, dir)| {
+                let output = console.run(&boot_time::read_command(&dir), until).ok();
+                (vm, output.as_deref().and_then(BootTime::from_output))
+            })
+            .collect();
         let _ = self.vms[0].vm.console.send("exit\n");
         for (vm, boot) in boot_times {
             match boot {
@@ -192,7 +188,7 @@ impl Run<'_> {
                         format!("; still starting: {}", boot.unfinished.join(" "))
                     };
                     let summary = match boot.summary.as_str() {
-                        "" => "not finished",
+                        "" => "not finished within 30 s of multi-user",
                         summary => summary,
                     };
                     self.say(
@@ -203,7 +199,7 @@ impl Run<'_> {
                 }
                 None => self.say(
                     &vm,
-                    "boot: no systemd-analyze record (krgiso-boot-time did not run)",
+                    "boot: no systemd-analyze record (krgiso-boot-time wrote none, or reading it failed)",
                 ),
             }
         }

@@ -20,7 +20,7 @@ use crate::host::HostTool;
 use crate::interrupt::Interrupted;
 use crate::layout::Root;
 use crate::profile::{InstallMethod, RootSpec, Userland};
-use crate::shell::{log_tail, StageShell, Stopped};
+use crate::shell::{StageShell, Stopped};
 use crate::stages::initramfs;
 use crate::stages::root_kernels::installed_kernels;
 use crate::stages::userland;
@@ -463,10 +463,12 @@ fn empty_dir(dir: &Path) -> Result<()> {
 /// log and puts what went wrong in the user's terms on top of the error.
 fn run_explained(shell: &StageShell, cmd: xshell::Cmd<'_>, job: &RootJob) -> Result<()> {
     shell.run(cmd).map_err(|err| {
-        if err.is::<Interrupted>() {
+        if err.is::<Interrupted>() || err.is::<Stopped>() {
             return err;
         }
-        let tail = log_tail(shell.log_path(), 80).join("\n");
+        // This root's lines only: the other root's build writes into the
+        // same log at the same time.
+        let tail = shell.own_log_tail(80).join("\n");
         match explain(&tail, job.section, job.spec) {
             Some(why) => err.context(why),
             None => err,

@@ -320,7 +320,7 @@ pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
         t.elapsed().as_secs_f64(),
     )];
     let mut test = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?;
-    test.dir = run.build.join("qemu-uefi");
+    test.dir = run.layout().qemu_uefi();
     test.stick = Some(stick.clone());
     let report = test.run();
     let _ = fs::remove_file(&stick);
