@@ -55,6 +55,8 @@ pub fn trim_hook(why: &str, unneeded: &[&str]) -> String {
          # krgiso: {why}\n\
          # Written by krgiso; mkinitramfs runs depmod after the hooks.\n\
          case \"$1\" in prereqs) exit 0 ;; esac\n\
+         # Only inside mkinitramfs: never on the running system.\n\
+         [ -n \"${{DESTDIR:-}}\" ] && [ -n \"${{version:-}}\" ] && [ -d \"$DESTDIR\" ] || exit 0\n\
          for dir in {dirs}; do\n\
          \x20   rm -rf \"${{DESTDIR}}/lib/modules/${{version}}/kernel/$dir\"\n\
          done\n\

@@ -69,14 +69,15 @@ struct NestedView {
 impl NestedView {
     fn mount(stacks: &Path, outer: &Path, at: &str, inner: &Path) -> Result<NestedView> {
         // The outer tree gets the directory the inner one is stacked on; an
-        // overlay needs two layers at least.
+        // overlay needs two layers at least. Both helpers go at the bottom:
+        // a merged directory takes its mode and owner from the top layer.
         let mountpoint = stacks.join("mountpoint");
         files::remove_tree(&mountpoint)?;
         fs::create_dir_all(mountpoint.join(at))?;
         let empty = stacks.join("empty");
         fs::create_dir_all(&empty)?;
-        let outer = Stack::mount(&[&mountpoint, outer], &stacks.join("view"))?;
-        let inner = Stack::mount(&[&empty, inner], &outer.target.join(at))?;
+        let outer = Stack::mount(&[outer, &mountpoint], &stacks.join("view"))?;
+        let inner = Stack::mount(&[inner, &empty], &outer.target.join(at))?;
         Ok(NestedView {
             _inner: inner,
             outer,
@@ -99,9 +100,12 @@ impl Iso {
         let layout = &cx.layout;
         let kept = layout.iso_roots();
         let image = kept.join("filesystem.squashfs");
+        // The kernel stage installs its modules and tools into the nodes
+        // root: a new kernel is a new nodes root too.
         let made_from = run.digest_of(&[
             &NODE1_ROOT.input_key(),
             &NODES_ROOT.input_key(),
+            &STAGED_KERNEL.input_key(),
             "profile [iso]",
         ]);
         let key = kept.join("made-from");
