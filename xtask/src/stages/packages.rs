@@ -47,13 +47,16 @@ impl Packages {
             .profile
             .roots()
             .into_iter()
-            .map(|(section, spec)| RootJob {
-                root: Root::of_section(section),
-                output: Root::of_section(section).product().name,
-                dir: Root::of_section(section).name(),
-                section,
-                spec,
-                initramfs: section == "node1",
+            .map(|(section, spec)| {
+                let root = Root::of_section(section);
+                RootJob {
+                    root,
+                    output: root.product().name,
+                    dir: root.name(),
+                    section,
+                    spec,
+                    initramfs: root == Root::Node1,
+                }
             })
             .collect()
     }
