@@ -146,7 +146,8 @@ impl Stage for Iso {
     }
     fn recipe(&self) -> u32 {
         // 2: the roots and the layers in two squashfs images.
-        2
+        // 3: boot menus count down 2 s, not 5.
+        3
     }
     fn needs_root(&self) -> bool {
         true
@@ -342,7 +343,8 @@ fn live_cmdline(toram: bool) -> String {
     s
 }
 
-/// BIOS: isolinux's menu. The first entry boots node1 after 5 seconds.
+/// BIOS: isolinux's menu. The first entry boots node1 after 2 seconds
+/// (node1 starts with nobody typing; a key press stops the count).
 pub fn isolinux_cfg(spec: &IsoSpec) -> String {
     format!(
         "SERIAL 0 115200\n\
@@ -350,7 +352,7 @@ pub fn isolinux_cfg(spec: &IsoSpec) -> String {
          UI menu.c32\n\
          MENU TITLE krgiso {volume}: Kerrighed cluster, node1\n\
          DEFAULT node1\n\
-         TIMEOUT 50\n\
+         TIMEOUT 20\n\
          \n\
          LABEL node1\n  MENU LABEL Start node1 (serves the cluster by itself)\n  KERNEL /live/vmlinuz\n  APPEND initrd=/live/initrd.img {}\n\
          \n\
@@ -372,7 +374,7 @@ pub fn grub_cfg(spec: &IsoSpec) -> String {
          terminal_output console serial\n\
          search --no-floppy --set=root --label {volume}\n\
          set default=0\n\
-         set timeout=5\n\
+         set timeout=2\n\
          \n\
          menuentry \"Start node1 (serves the cluster by itself)\" {{\n    linux /live/vmlinuz {}\n    initrd /live/initrd.img\n}}\n\
          menuentry \"Start node1, copied to RAM (the stick can be removed)\" {{\n    linux /live/vmlinuz {}\n    initrd /live/initrd.img\n}}\n\
