@@ -13,7 +13,25 @@ use std::path::{Path, PathBuf};
 use crate::layout::{tftp_dir, EXPORT_DIR, NODES_LAYER, NODES_TREE, TFTP_DIR};
 use crate::profile::{Cluster, KernelKind, Network};
 
-/// The files the nodes boot over TFTP, as the kernel stage staged them.
+/// What a node's PXE firmware loads by TFTP: iPXE, on top of the
+/// firmware's own network driver (UNDI). iPXE then fetches `BOOT_SCRIPT`,
+/// and the script the kernel and initramfs over HTTP. TFTP sends one block
+/// per round trip: between two machines under load it moved about
+/// 430 KB/s; iPXE's HTTP several MB/s (docs/node1-boot.md). Firmware that
+/// is iPXE already (QEMU's, many servers') skips this step.
+pub const BOOT_LOADER: &str = "undionly.kpxe";
+
+/// The iPXE script every node runs, in the TFTP root (and on the web).
+pub const BOOT_SCRIPT: &str = "boot.ipxe";
+
+/// The port node1's web server listens on (the boot files; the status page).
+pub const HTTP_PORT: u16 = 80;
+
+/// Who node1's web server runs as once it has its port (Debian's
+/// base-passwd has it on every system).
+pub const HTTP_USER: &str = "www-data";
+
+/// The files the nodes boot over HTTP, as the kernel stage staged them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootFiles {
     pub kind: KernelKind,
@@ -55,7 +73,10 @@ pub fn dnsmasq_full(net: &Network) -> String {
         s.push_str("# no gateway: the nodes get no default route\ndhcp-option=option:router\n");
     }
     s.push_str("dhcp-option=option:dns-server\n");
-    s.push_str("dhcp-boot=pxelinux.0\n");
+    s.push_str(&ipxe_lines("dhcp-boot="));
+    // iPXE's option 176 (no-pxedhcp): this server's offer is all there
+    // is, do not wait seconds for a proxy DHCP offer.
+    s.push_str("dhcp-option=tag:ipxe,encap:175,176,1\n");
     s.push_str(&tftp_lines());
     s.push_str("dhcp-leasefile=/run/krgiso/dnsmasq.leases\nlog-dhcp\n");
     s
@@ -71,10 +92,22 @@ pub fn dnsmasq_proxy() -> String {
     );
     s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
     s.push_str("dhcp-range=@PROXY_NET@,proxy\n");
-    s.push_str("pxe-service=x86PC,\"krgiso: boot a Kerrighed node\",pxelinux\n");
+    s.push_str(&ipxe_lines(
+        "pxe-service=x86PC,\"krgiso: boot a Kerrighed node\",",
+    ));
     s.push_str(&tftp_lines());
     s.push_str("log-dhcp\n");
     s
+}
+
+/// PXE firmware gets iPXE; iPXE (it sends DHCP option 175) gets the script.
+/// `boot` is how the mode names a boot file (`dhcp-boot=`, or in proxy mode
+/// `pxe-service=...,`), the name following it; tags go in front.
+fn ipxe_lines(boot: &str) -> String {
+    let (key, rest) = boot.split_once('=').unwrap_or((boot, ""));
+    format!(
+        "dhcp-match=set:ipxe,175\n{key}=tag:!ipxe,{rest}{BOOT_LOADER}\n{key}=tag:ipxe,{rest}{BOOT_SCRIPT}\n"
+    )
 }
 
 fn tftp_lines() -> String {
@@ -100,34 +133,34 @@ pub fn nfs_conf() -> String {
     format!("{HEADER}[nfsd]\nvers3=y\ntcp=y\nudp=y\n")
 }
 
-/// What every node boots: the kernel with its root on NFS from node1.
-pub fn pxelinux_default(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String {
+/// What every node boots, as an iPXE script: the kernel (and initramfs)
+/// from node1's web server, with its root on NFS from node1. A failed
+/// fetch (node1 still starting, a lost link) is retried every 5 s. In
+/// proxy mode the boot service puts node1's address on the foreign subnet
+/// in place of the profile's.
+pub fn ipxe_script(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String {
     let node1 = net.address.addr;
-    let mut append = vec![
+    let http = format!("http://{node1}/");
+    let mut args = vec![
         "root=/dev/nfs".to_owned(),
         format!("nfsroot={node1}:{EXPORT_DIR},v3,tcp"),
         "ip=dhcp".to_owned(),
         "rw".to_owned(),
     ];
-    match boot.kind {
-        KernelKind::Kerrighed => append.push(format!("session_id={}", cluster.session)),
-        KernelKind::Stock => {
-            if let Some(initrd) = &boot.initrd {
-                append.push(format!("initrd={initrd}"));
-            }
-        }
+    if boot.kind == KernelKind::Kerrighed {
+        args.push(format!("session_id={}", cluster.session));
     }
-    append.push("console=tty0".to_owned());
-    append.push("console=ttyS0,115200".to_owned());
-    let label = match boot.kind {
-        KernelKind::Kerrighed => "kerrighed",
-        KernelKind::Stock => "node",
-    };
+    args.push("console=tty0".to_owned());
+    args.push("console=ttyS0,115200".to_owned());
+    let initrd = boot
+        .initrd
+        .as_ref()
+        .map(|i| format!("initrd {http}{i} || goto failed\n"))
+        .unwrap_or_default();
     format!(
-        // SERIAL must come first (pxelinux ignores it anywhere else).
-        "SERIAL 0 115200\n# Rendered by krgiso from the profile.\nDEFAULT {label}\nPROMPT 0\nTIMEOUT 30\n\nLABEL {label}\n  KERNEL {}\n  APPEND {}\n",
+        "#!ipxe\n# Rendered by krgiso from the profile.\n:load\nkernel {http}{} {} || goto failed\n{initrd}boot || goto failed\n:failed\necho krgiso: could not load the node kernel from {node1}: trying again in 5 s\nsleep 5\ngoto load\n",
         boot.kernel,
-        append.join(" ")
+        args.join(" ")
     )
 }
 
@@ -142,7 +175,7 @@ pub fn uplink_network() -> String {
 pub fn cluster_env(net: &Network) -> String {
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\n",
+        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\n",
         net.cluster_iface,
         a.addr,
         a.prefix,
@@ -212,8 +245,8 @@ pub fn node1_files(net: &Network, cluster: &Cluster, boot: &BootFiles) -> Vec<(P
     .map(|(path, text)| (path.into(), text))
     .collect();
     files.push((
-        tftp_dir(Path::new("")).join("pxelinux.cfg/default"),
-        pxelinux_default(net, cluster, boot),
+        tftp_dir(Path::new("")).join(BOOT_SCRIPT),
+        ipxe_script(net, cluster, boot),
     ));
     files
 }
@@ -295,11 +328,8 @@ mod tests {
     #[test]
     fn the_kerrighed_boot_line_is_what_a_2_6_20_node_needs() {
         let p = profile("kerrighed");
-        let text = pxelinux_default(&p.network, &p.cluster, &boot(&p));
-        let append = text
-            .lines()
-            .find(|l| l.trim_start().starts_with("APPEND"))
-            .unwrap();
+        let text = ipxe_script(&p.network, &p.cluster, &boot(&p));
+        let append = text.lines().find(|l| l.starts_with("kernel ")).unwrap();
         for want in [
             "root=/dev/nfs",
             "nfsroot=10.77.0.1:/srv/krgiso/nodes,v3,tcp",
@@ -310,8 +340,12 @@ mod tests {
             assert!(append.contains(want), "{want} missing: {append}");
         }
         assert!(
-            !append.contains("initrd="),
-            "the kerrighed kernel has NIC and NFS built in"
+            append.starts_with("kernel http://10.77.0.1/vmlinuz-2.6.20-krg "),
+            "{append}"
+        );
+        assert!(
+            !text.contains("initrd"),
+            "the kerrighed kernel has NIC and NFS built in: {text}"
         );
     }
 

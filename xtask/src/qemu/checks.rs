@@ -223,14 +223,33 @@ pub(super) fn tftp_read(
     })
 }
 
-/// node1's status line must say: full DHCP, TFTP and NFS up.
+/// The first HTTP GET from `mac` for a path `wanted` accepts.
+pub(super) fn http_get(
+    seen: &[super::hub::Seen],
+    mac: Mac,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<String> {
+    seen.iter().find_map(|s| match &s.packet {
+        Packet::HttpGet { sender, path, .. } if *sender == mac && wanted(path) => {
+            Some(path.clone())
+        }
+        _ => None,
+    })
+}
+
+/// node1's status line must say: full DHCP, TFTP, HTTP and NFS up.
 pub(super) fn check_node1_status(line: &str) -> Result<()> {
     let fields: BTreeMap<&str, &str> = line
         .split_whitespace()
         .filter_map(|w| w.split_once('='))
         .collect();
     let mut wrong = Vec::new();
-    for (key, want) in [("dhcp", "full"), ("tftp", "ok"), ("nfs", "ok")] {
+    for (key, want) in [
+        ("dhcp", "full"),
+        ("tftp", "ok"),
+        ("http", "ok"),
+        ("nfs", "ok"),
+    ] {
         match fields.get(key) {
             Some(v) if *v == want => {}
             Some(v) => wrong.push(format!("{key}={v} (want {key}={want})")),
@@ -248,15 +267,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node1_status_must_say_full_dhcp_tftp_and_nfs() {
-        let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok nfs=ok nodes=ram";
+    fn node1_status_must_say_full_dhcp_tftp_http_and_nfs() {
+        let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok http=ok nfs=ok nodes=ram";
         check_node1_status(ok).unwrap();
+        let no_http = ok.replace("http=ok", "http=failed(see /run/krgiso/httpd.log)");
+        let e = check_node1_status(&no_http).unwrap_err().to_string();
+        assert!(e.contains("http=failed(see /run/krgiso/httpd.log)"), "{e}");
         let proxy = ok.replace("dhcp=full", "dhcp=proxy");
         let e = check_node1_status(&proxy).unwrap_err().to_string();
         assert!(e.contains("dhcp=proxy (want dhcp=full)"), "{e}");
-        let broken = "krgiso: node1 iface=ens4 dhcp=full tftp=FAILED(no pxelinux.0)";
+        let broken = "krgiso: node1 iface=ens4 dhcp=full tftp=FAILED(no boot.ipxe)";
         let e = check_node1_status(broken).unwrap_err().to_string();
-        assert!(e.contains("tftp=FAILED(no pxelinux.0)"), "{e}");
+        assert!(e.contains("tftp=FAILED(no boot.ipxe)"), "{e}");
         assert!(e.contains("no nfs= field"), "{e}");
     }
 }

@@ -47,9 +47,17 @@ pub enum Packet {
         from: Ipv4Addr,
         file: String,
     },
+    /// An HTTP GET to port 80 (the request line is in the frame's first
+    /// segment).
+    HttpGet {
+        sender: Mac,
+        from: Ipv4Addr,
+        path: String,
+    },
 }
 
-/// Reads a frame; `None` for anything that is not DHCP or a TFTP read.
+/// Reads a frame; `None` for anything that is not DHCP, a TFTP read or an
+/// HTTP GET.
 pub fn parse(frame: &[u8]) -> Option<Packet> {
     let sender = Mac(frame.get(6..12)?.try_into().ok()?);
     let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
@@ -58,12 +66,19 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
         ethertype = u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]);
         ip = ip.get(4..)?;
     }
-    if ethertype != 0x0800 || ip.first()? >> 4 != 4 || *ip.get(9)? != 17 {
+    if ethertype != 0x0800 || ip.first()? >> 4 != 4 {
         return None;
     }
     let header = usize::from(ip[0] & 0x0f) * 4;
-    let from = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let udp = ip.get(header..)?;
+    let from = Ipv4Addr::new(*ip.get(12)?, *ip.get(13)?, *ip.get(14)?, *ip.get(15)?);
+    match *ip.get(9)? {
+        17 => udp(sender, from, ip.get(header..)?),
+        6 => http_get(sender, from, ip.get(header..)?),
+        _ => None,
+    }
+}
+
+fn udp(sender: Mac, from: Ipv4Addr, udp: &[u8]) -> Option<Packet> {
     let source_port = u16::from_be_bytes([*udp.first()?, *udp.get(1)?]);
     let dest_port = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
     let payload = udp.get(8..)?;
@@ -102,6 +117,21 @@ fn dhcp(sender: Mac, from_server: bool, bootp: &[u8]) -> Option<Packet> {
         message,
         client,
         your_address,
+    })
+}
+
+fn http_get(sender: Mac, from: Ipv4Addr, tcp: &[u8]) -> Option<Packet> {
+    let dest_port = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
+    let offset = usize::from(tcp.get(12)? >> 4) * 4;
+    let request = tcp.get(offset..)?.strip_prefix(b"GET ")?;
+    if dest_port != 80 {
+        return None;
+    }
+    let end = request.iter().position(|&b| b == b' ' || b == b'\r')?;
+    Some(Packet::HttpGet {
+        sender,
+        from,
+        path: String::from_utf8_lossy(&request[..end]).into_owned(),
     })
 }
 
@@ -217,6 +247,32 @@ pub(crate) mod tests {
         f
     }
 
+    /// An Ethernet + IPv4 + TCP frame (a 20-byte header with 12 bytes of
+    /// options, as Linux sends) around `payload`.
+    pub(crate) fn tcp_frame(
+        sender: Mac,
+        from: Ipv4Addr,
+        ports: (u16, u16),
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend(sender.0);
+        f.extend([0x08, 0x00]);
+        let total = u16::try_from(20 + 32 + payload.len()).unwrap();
+        f.extend([0x45, 0]);
+        f.extend(total.to_be_bytes());
+        f.extend([0, 0, 0, 0, 64, 6, 0, 0]);
+        f.extend(from.octets());
+        f.extend([10, 77, 0, 1]);
+        f.extend(ports.0.to_be_bytes());
+        f.extend(ports.1.to_be_bytes());
+        f.extend([0u8; 8]);
+        f.extend([8 << 4, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        f.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        f.extend(payload);
+        f
+    }
+
     /// A BOOTP message with the DHCP message-type option (and a padding
     /// byte and a hostname option before it, as real servers send).
     pub(crate) fn bootp(op: u8, client: Mac, yiaddr: Ipv4Addr, message: u8) -> Vec<u8> {
@@ -291,6 +347,34 @@ pub(crate) mod tests {
         let mut data = vec![0, 3, 0, 1];
         data.extend([0u8; 16]);
         assert_eq!(parse(&udp_frame(NODE2, from, (49152, 69), &data)), None);
+    }
+
+    #[test]
+    fn reads_the_path_of_an_http_get() {
+        let from = Ipv4Addr::new(10, 77, 0, 150);
+        let get = b"GET /vmlinuz-6.1.0-50-amd64 HTTP/1.0\r\nHost: 10.77.0.1\r\n\r\n";
+        assert_eq!(
+            parse(&tcp_frame(NODE2, from, (49153, 80), get)),
+            Some(Packet::HttpGet {
+                sender: NODE2,
+                from,
+                path: "/vmlinuz-6.1.0-50-amd64".into()
+            })
+        );
+        // The answer, another port, a bare ACK and a POST are not GETs.
+        let reply = b"HTTP/1.0 200 OK\r\n\r\nGET /x HTTP/1.0";
+        assert_eq!(parse(&tcp_frame(NODE1, from, (80, 49153), reply)), None);
+        assert_eq!(parse(&tcp_frame(NODE2, from, (49153, 8080), get)), None);
+        assert_eq!(parse(&tcp_frame(NODE2, from, (49153, 80), b"")), None);
+        assert_eq!(
+            parse(&tcp_frame(NODE2, from, (49153, 80), b"POST / HTTP/1.0\r\n")),
+            None
+        );
+        // A request line cut off by the snap length has no end: not read.
+        assert_eq!(
+            parse(&tcp_frame(NODE2, from, (49153, 80), b"GET /vmlin")),
+            None
+        );
     }
 
     #[test]

@@ -22,9 +22,9 @@ pub enum Milestone {
     Ready,
     /// A node: a DHCP ACK from node1 for its MAC.
     Lease,
-    /// A node: pxelinux runs (it asks for ldlinux.c32 over TFTP).
-    Pxelinux,
-    /// A node: it asks for the kernel over TFTP.
+    /// A node: iPXE runs (it asks for its boot script over TFTP).
+    BootScript,
+    /// A node: iPXE asks node1's web server for the kernel.
     KernelLoaded,
     /// A node: the kernel runs.
     NodeKernelUp,
@@ -62,8 +62,8 @@ impl Milestone {
             Milestone::KernelUp | Milestone::NodeKernelUp => "kernel up",
             Milestone::Ready => "status line",
             Milestone::Lease => "lease from node1",
-            Milestone::Pxelinux => "pxelinux loaded",
-            Milestone::KernelLoaded => "kernel loaded over TFTP",
+            Milestone::BootScript => "iPXE asked for its script",
+            Milestone::KernelLoaded => "kernel asked for over HTTP",
             Milestone::Tipc => "TIPC up",
             Milestone::KrgNodeId => "Kerrighed node id",
             Milestone::RootMounted => "NFS root mounted",
@@ -85,7 +85,7 @@ pub(super) const NODE1_STEPS: &[Milestone] = &[Milestone::KernelUp, Milestone::R
 
 pub(super) const STOCK_NODE_STEPS: &[Milestone] = &[
     Milestone::Lease,
-    Milestone::Pxelinux,
+    Milestone::BootScript,
     Milestone::KernelLoaded,
     Milestone::NodeKernelUp,
     Milestone::NfsRootRw,
@@ -94,7 +94,7 @@ pub(super) const STOCK_NODE_STEPS: &[Milestone] = &[
 
 pub(super) const KRG_NODE_STEPS: &[Milestone] = &[
     Milestone::Lease,
-    Milestone::Pxelinux,
+    Milestone::BootScript,
     Milestone::KernelLoaded,
     Milestone::NodeKernelUp,
     Milestone::Tipc,

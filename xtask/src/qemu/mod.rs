@@ -27,13 +27,14 @@ use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
 use crate::layout::Layout;
 use crate::node1::accounts;
+use crate::node1::render::BOOT_SCRIPT;
 use crate::profile::{Network, Profile};
 use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
 pub use boot_time::{BootTime, UnitTime};
-use checks::{check_node1_status, tftp_read};
+use checks::{check_node1_status, http_get, tftp_read};
 use milestone::{
     first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
 };
@@ -381,8 +382,8 @@ impl Run<'_> {
                     }
                     _ => None,
                 }),
-                Milestone::Pxelinux => tftp_read(seen, mac, |f| f.ends_with("ldlinux.c32")),
-                Milestone::KernelLoaded => tftp_read(seen, mac, |f| f.contains("vmlinuz")),
+                Milestone::BootScript => tftp_read(seen, mac, |f| f.ends_with(BOOT_SCRIPT)),
+                Milestone::KernelLoaded => http_get(seen, mac, |f| f.contains("vmlinuz")),
                 Milestone::Tipc => console
                     .find(kernel_at, "TIPC: Activated")
                     .map(|f| from_word(&f.line, "TIPC:")),

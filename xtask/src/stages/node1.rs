@@ -1,5 +1,5 @@
 //! The node1 stage: the overlays and the config files rendered from the
-//! profile (dnsmasq, exports, pxelinux.cfg, kerrighed_nodes, network), and
+//! profile (dnsmasq, exports, boot.ipxe, kerrighed_nodes, network), and
 //! the boot-time service that brings up DHCP + TFTP + NFS by itself.
 
 use std::sync::Arc;
@@ -29,6 +29,10 @@ impl Stage for Node1 {
     }
     fn needs_root(&self) -> bool {
         true
+    }
+    fn recipe(&self) -> u32 {
+        // 2: the nodes boot iPXE and fetch their kernel over HTTP.
+        2
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);
@@ -92,20 +96,21 @@ impl Stage for Node1 {
             }
         }
 
-        run.step("the TFTP root: pxelinux and the node kernel");
+        run.step("the boot files: iPXE and the node kernel");
         let tftp = tftp_dir(&node1);
         let root = cx.layout.root(Root::Node1);
-        for (from, name) in [
-            (root.join("usr/lib/PXELINUX/pxelinux.0"), "pxelinux.0"),
-            (
-                root.join("usr/lib/syslinux/modules/bios/ldlinux.c32"),
-                "ldlinux.c32",
-            ),
-        ] {
-            if !from.exists() {
-                bail!("{} is not in the node1 root: add pxelinux and syslinux-common to [node1] packages", from.display());
-            }
-            fs::copy(&from, tftp.join(name)).with_context(|| format!("copying {name}"))?;
+        let loader = root.join("usr/lib/ipxe").join(render::BOOT_LOADER);
+        if !loader.exists() {
+            bail!(
+                "{} is not in the node1 root: add ipxe to [node1] packages",
+                loader.display()
+            );
+        }
+        fs::copy(&loader, tftp.join(render::BOOT_LOADER))
+            .with_context(|| format!("copying {}", render::BOOT_LOADER))?;
+        // node1 serves them to the nodes with busybox's httpd.
+        if !root.join("bin/busybox").exists() && !root.join("usr/bin/busybox").exists() {
+            bail!("busybox is not in the node1 root (its httpd serves the nodes' kernel): add busybox to [node1] packages");
         }
         for name in std::iter::once(&boot.kernel).chain(boot.initrd.as_ref()) {
             fs::copy(kernel.join(name), tftp.join(name))

@@ -14,6 +14,8 @@ use crate::files;
 use crate::host;
 use crate::shell::StageShell;
 
+use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT};
+
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 
 /// The node1 stage for real on the smoke build: what its layers hold, and
@@ -29,18 +31,20 @@ pub fn node1_layers(project: &Path) -> Result<Timings> {
     let release = run.release()?;
     let tftp = crate::layout::tftp_dir(&n1);
     for name in [
-        "pxelinux.0".to_owned(),
-        "ldlinux.c32".to_owned(),
-        "pxelinux.cfg/default".to_owned(),
+        BOOT_LOADER.to_owned(),
+        BOOT_SCRIPT.to_owned(),
         format!("vmlinuz-{release}"),
         format!("initrd.img-{release}"),
     ] {
         ensure!(tftp.join(&name).is_file(), "the TFTP root lacks {name}");
     }
-    let pxe = fs::read_to_string(tftp.join("pxelinux.cfg/default"))?;
+    let script = fs::read_to_string(tftp.join(BOOT_SCRIPT))?;
     ensure!(
-        pxe.contains(&format!("KERNEL vmlinuz-{release}")),
-        "pxelinux.cfg/default names another kernel:\n{pxe}"
+        script.contains(&format!(
+            "kernel http://{}/vmlinuz-{release} ",
+            run.profile.network.address.addr
+        )),
+        "{BOOT_SCRIPT} names another kernel:\n{script}"
     );
     for (layer, file) in [
         (&n1, "etc/exports"),
@@ -171,8 +175,17 @@ fn client_lease(
 /// node1's boot-time service for real, in network namespaces: the node1
 /// root (its layer stacked over it with overlayfs, writes going to a
 /// scratch dir) chrooted in a namespace joined to a client by a bridge.
-/// Full DHCP: the client gets a lease in the range and fetches pxelinux.0
-/// and the kernel by TFTP; node1's other link gets no lease. Then with a
+/// The URLs an iPXE script loads the kernel and initramfs from.
+fn boot_urls(script: &str) -> Vec<&str> {
+    script
+        .lines()
+        .filter(|l| l.starts_with("kernel ") || l.starts_with("initrd "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect()
+}
+
+/// Full DHCP: the client gets a lease in the range and fetches iPXE
+/// by TFTP and the kernel by HTTP; node1's other link gets no lease. Then with a
 /// foreign DHCP server on the link first: node1 comes up in proxy mode and
 /// hands out no lease. (This host's kernel has no nfsd: the NFS export is
 /// checked by the QEMU boot test, where node1 runs its own kernel.)
@@ -248,6 +261,15 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
     ns.link(&s, (n1, "eth-ot"), (other, "eth0"))?;
     s.run(cmd!(sh, "ip -n {n1} addr add 192.0.2.1/24 dev eth-ot"))?;
     ns.pid_files.push(merged.join("run/krgiso/dnsmasq.pid"));
+    ns.pid_files.push(merged.join("run/krgiso/httpd.pid"));
+    ns.pid_files.push(merged.join("run/krgiso/radvd.pid"));
+    // Whether node1's router advertiser runs: in full mode only.
+    let radvd_runs = || -> bool {
+        fs::read_to_string(merged.join("run/krgiso/radvd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
 
     let client_script = work.join("client.sh");
     fs::write(
@@ -278,7 +300,8 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
     ensure!(
         status.contains("iface=eth-cl")
             && status.contains("dhcp=full")
-            && status.contains("tftp=ok"),
+            && status.contains("tftp=ok")
+            && status.contains("http=ok"),
         "status: {status}"
     );
     let lease = client_lease(&s, cl, "eth0", &client_script, "5")?
@@ -292,22 +315,51 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
     );
     s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
     let release = run.release()?;
-    for name in [
-        "pxelinux.0".to_owned(),
-        "ldlinux.c32".to_owned(),
-        format!("vmlinuz-{release}"),
-    ] {
-        let fetched = work.join(format!("tftp-{name}"));
-        let url = format!("tftp://{}/{name}", run.profile.network.address.addr);
+    // What a node fetches, the way it fetches it: iPXE and its script by
+    // TFTP, the kernel and initramfs from the URLs in the script.
+    let script = fs::read_to_string(crate::layout::tftp_dir(&merged).join(BOOT_SCRIPT))?;
+    let urls = boot_urls(&script);
+    ensure!(
+        urls.len() == 2,
+        "{BOOT_SCRIPT} has no kernel and initramfs URLs:\n{script}"
+    );
+    let node1_ip = run.profile.network.address.addr;
+    let fetches = [BOOT_LOADER, BOOT_SCRIPT]
+        .map(|name| (name.to_owned(), format!("tftp://{node1_ip}/{name}")))
+        .into_iter()
+        .chain(
+            urls.iter()
+                .map(|u| (u.rsplit('/').next().unwrap_or(u).to_owned(), u.to_string())),
+        );
+    for (name, url) in fetches {
+        let fetched = work.join(format!("fetched-{name}"));
         s.run(cmd!(
             sh,
-            "ip netns exec {cl} curl -sS --max-time 60 -o {fetched} {url}"
+            "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {url}"
         ))?;
         ensure!(
             fs::read(&fetched)? == fs::read(crate::layout::tftp_dir(&layer).join(&name))?,
-            "{name} fetched by TFTP differs from the one in the TFTP root"
+            "{name} fetched from {url} differs from the one in the TFTP root"
         );
     }
+    let served = fs::read_to_string(merged.join("run/krgiso/httpd.log")).unwrap_or_default();
+    ensure!(
+        served.contains(&format!("vmlinuz-{release}")),
+        "node1's web server logged no request for the kernel:\n{served}"
+    );
+    let who = cmd!(sh, "ps -o user= -C busybox")
+        .quiet()
+        .ignore_status()
+        .read()?;
+    ensure!(
+        !who.is_empty() && who.lines().all(|u| u.trim() != "root"),
+        "node1's web server runs as root (or not at all): {who:?}"
+    );
+    ensure!(
+        radvd_runs(),
+        "node1 answers no IPv6 router solicitation on its own link (radvd): {}",
+        fs::read_to_string(merged.join("run/krgiso/radvd.log")).unwrap_or_default()
+    );
     let stray = client_lease(&s, other, "eth0", &client_script, "2")?;
     ensure!(
         stray.is_none(),
@@ -332,6 +384,10 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         status.contains("dhcp=proxy"),
         "node1 did not choose proxy DHCP with another server on the link: {status}"
     );
+    ensure!(
+        !radvd_runs(),
+        "node1 sends IPv6 router advertisements on a link that has a DHCP server of its own"
+    );
     let _ = cmd!(sh, "ip -n {cl} addr flush dev eth0").quiet().run();
     let lease = client_lease(&s, cl, "eth0", &client_script, "5")?
         .context("the client got no lease at all")?;
@@ -344,11 +400,21 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         handed.trim().is_empty(),
         "node1 handed out leases in proxy mode: {handed}"
     );
-    let pxe = fs::read_to_string(crate::layout::tftp_dir(&merged).join("pxelinux.cfg/default"))?;
+    let script = fs::read_to_string(crate::layout::tftp_dir(&merged).join(BOOT_SCRIPT))?;
+    let urls = boot_urls(&script);
     ensure!(
-        pxe.contains("nfsroot=192.168.77."),
-        "in proxy mode the nodes are not sent to node1's address on that subnet:\n{pxe}"
+        script.contains("nfsroot=192.168.77.")
+            && !urls.is_empty()
+            && urls.iter().all(|u| u.starts_with("http://192.168.77.")),
+        "in proxy mode the nodes are not sent to node1's address on that subnet:\n{script}"
     );
+    let kernel_url = urls[0];
+    s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
+    let fetched = work.join("fetched-proxy-kernel");
+    s.run(cmd!(
+        sh,
+        "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {kernel_url}"
+    ))?;
     s.run(cmd!(
         sh,
         "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
