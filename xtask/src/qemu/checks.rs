@@ -210,31 +210,29 @@ impl Run<'_> {
     }
 }
 
-pub(super) fn tftp_read(
+/// The first file `mac` asked for, by TFTP or HTTP as `by` says, that
+/// `wanted` accepts.
+pub(super) fn fetched(
     seen: &[super::hub::Seen],
     mac: Mac,
+    by: Fetch,
     wanted: impl Fn(&str) -> bool,
 ) -> Option<String> {
-    seen.iter().find_map(|s| match &s.packet {
-        Packet::TftpRead { sender, file, .. } if *sender == mac && wanted(file) => {
-            Some(file.clone())
-        }
-        _ => None,
+    seen.iter().find_map(|s| {
+        let (sender, name) = match (&s.packet, by) {
+            (Packet::TftpRead { sender, file, .. }, Fetch::Tftp) => (sender, file),
+            (Packet::HttpGet { sender, path, .. }, Fetch::Http) => (sender, path),
+            _ => return None,
+        };
+        (*sender == mac && wanted(name)).then(|| name.clone())
     })
 }
 
-/// The first HTTP GET from `mac` for a path `wanted` accepts.
-pub(super) fn http_get(
-    seen: &[super::hub::Seen],
-    mac: Mac,
-    wanted: impl Fn(&str) -> bool,
-) -> Option<String> {
-    seen.iter().find_map(|s| match &s.packet {
-        Packet::HttpGet { sender, path, .. } if *sender == mac && wanted(path) => {
-            Some(path.clone())
-        }
-        _ => None,
-    })
+/// How a node fetched a file from node1.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Fetch {
+    Tftp,
+    Http,
 }
 
 /// node1's status line must say: full DHCP, TFTP, HTTP and NFS up.

@@ -223,54 +223,52 @@ pub fn pcap_frames(bytes: &[u8]) -> Result<Vec<&[u8]>> {
 pub(crate) mod tests {
     use super::*;
 
-    /// An Ethernet + IPv4 + UDP frame around `payload`.
+    /// An Ethernet + IPv4 frame from `from` to `to` around `l4`, a
+    /// transport header and its payload.
+    fn ip_frame(sender: Mac, (from, to): (Ipv4Addr, Ipv4Addr), protocol: u8, l4: &[u8]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend(sender.0);
+        f.extend([0x08, 0x00, 0x45, 0]);
+        f.extend(u16::try_from(20 + l4.len()).unwrap().to_be_bytes());
+        f.extend([0, 0, 0, 0, 64, protocol, 0, 0]);
+        f.extend(from.octets());
+        f.extend(to.octets());
+        f.extend(l4);
+        f
+    }
+
+    /// An Ethernet + IPv4 + UDP broadcast around `payload`.
     pub(crate) fn udp_frame(
         sender: Mac,
         from: Ipv4Addr,
         ports: (u16, u16),
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut f = vec![0xff; 6];
-        f.extend(sender.0);
-        f.extend([0x08, 0x00]);
-        let total = u16::try_from(20 + 8 + payload.len()).unwrap();
-        f.extend([0x45, 0, 0, 0]);
-        f[16..18].copy_from_slice(&total.to_be_bytes());
-        f.extend([0, 0, 0, 0, 64, 17, 0, 0]);
-        f.extend(from.octets());
-        f.extend([255, 255, 255, 255]);
-        f.extend(ports.0.to_be_bytes());
-        f.extend(ports.1.to_be_bytes());
-        f.extend(u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
-        f.extend([0, 0]);
-        f.extend(payload);
-        f
+        let mut udp = Vec::new();
+        udp.extend(ports.0.to_be_bytes());
+        udp.extend(ports.1.to_be_bytes());
+        udp.extend(u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+        udp.extend([0, 0]);
+        udp.extend(payload);
+        ip_frame(sender, (from, Ipv4Addr::BROADCAST), 17, &udp)
     }
 
-    /// An Ethernet + IPv4 + TCP frame (a 20-byte header with 12 bytes of
-    /// options, as Linux sends) around `payload`.
+    /// An Ethernet + IPv4 + TCP frame to node1 (a 20-byte header with 12
+    /// bytes of options, as Linux sends) around `payload`.
     pub(crate) fn tcp_frame(
         sender: Mac,
         from: Ipv4Addr,
         ports: (u16, u16),
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut f = vec![0xff; 6];
-        f.extend(sender.0);
-        f.extend([0x08, 0x00]);
-        let total = u16::try_from(20 + 32 + payload.len()).unwrap();
-        f.extend([0x45, 0]);
-        f.extend(total.to_be_bytes());
-        f.extend([0, 0, 0, 0, 64, 6, 0, 0]);
-        f.extend(from.octets());
-        f.extend([10, 77, 0, 1]);
-        f.extend(ports.0.to_be_bytes());
-        f.extend(ports.1.to_be_bytes());
-        f.extend([0u8; 8]);
-        f.extend([8 << 4, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
-        f.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
-        f.extend(payload);
-        f
+        let mut tcp = Vec::new();
+        tcp.extend(ports.0.to_be_bytes());
+        tcp.extend(ports.1.to_be_bytes());
+        tcp.extend([0u8; 8]);
+        tcp.extend([8 << 4, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        tcp.extend([1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        tcp.extend(payload);
+        ip_frame(sender, (from, Ipv4Addr::new(10, 77, 0, 1)), 6, &tcp)
     }
 
     /// A BOOTP message with the DHCP message-type option (and a padding

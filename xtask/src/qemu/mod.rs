@@ -34,7 +34,7 @@ use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
 pub use boot_time::{BootTime, UnitTime};
-use checks::{check_node1_status, http_get, tftp_read};
+use checks::{check_node1_status, fetched, Fetch};
 use milestone::{
     first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
 };
@@ -382,8 +382,12 @@ impl Run<'_> {
                     }
                     _ => None,
                 }),
-                Milestone::BootScript => tftp_read(seen, mac, |f| f.ends_with(BOOT_SCRIPT)),
-                Milestone::KernelLoaded => http_get(seen, mac, |f| f.contains("vmlinuz")),
+                Milestone::BootScript => {
+                    fetched(seen, mac, Fetch::Tftp, |f| f.ends_with(BOOT_SCRIPT))
+                }
+                Milestone::KernelLoaded => {
+                    fetched(seen, mac, Fetch::Http, |f| f.contains("vmlinuz"))
+                }
                 Milestone::Tipc => console
                     .find(kernel_at, "TIPC: Activated")
                     .map(|f| from_word(&f.line, "TIPC:")),
