@@ -67,6 +67,11 @@ pub fn dnsmasq_full(net: &Network) -> String {
         net.dhcp_range.end,
         net.address.netmask()
     );
+    // No ping before an offer: dnsmasq waits 3 s for an answer, one new
+    // client after the other (24 nodes: the last one 72 s). The link is
+    // node1's own (it found no other DHCP server on it) and the range is
+    // the profile's, for the nodes.
+    s.push_str("no-ping\n");
     if net.gateway {
         let _ = writeln!(s, "dhcp-option=option:router,{}", net.address.addr);
     } else {
