@@ -41,6 +41,9 @@ use milestone::{
 pub use milestone::{Milestone, NodesBoot, Reached, Report};
 pub use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
+/// What a Linux kernel prints when it stops for good.
+const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+
 /// node1's NICs: the uplink, and its end of the cluster link.
 const NODE1_UPLINK: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0xff, 0x01]);
 
@@ -355,6 +358,16 @@ impl Run<'_> {
         let t = &self.vms[i];
         let mac = t.vm.spec.cluster.0;
         let console = &t.vm.console;
+        // A panicked kernel never gets further, and QEMU stays up: stop now
+        // rather than at the deadline.
+        if let Some(f) = console.find(t.kernel_at, KERNEL_PANIC) {
+            bail!(
+                "{} panicked before \"{}\": {}",
+                t.vm.spec.name,
+                t.next().map_or("the end", Milestone::label),
+                from_word(&f.line, KERNEL_PANIC)
+            );
+        }
         let mut new = Vec::new();
         // Where this boot's kernel banner ends: later lines are searched
         // from there (also in this pass, once the banner is found).
