@@ -78,7 +78,7 @@ pub fn dnsmasq_full(net: &Network) -> String {
         s.push_str("# no gateway: the nodes get no default route\ndhcp-option=option:router\n");
     }
     s.push_str("dhcp-option=option:dns-server\n");
-    s.push_str(&ipxe_lines("dhcp-boot="));
+    s.push_str(&ipxe_lines("dhcp-boot", ""));
     // iPXE's option 176 (no-pxedhcp): this server's offer is all there
     // is, do not wait seconds for a proxy DHCP offer.
     s.push_str("dhcp-option=tag:ipxe,encap:175,176,1\n");
@@ -98,7 +98,8 @@ pub fn dnsmasq_proxy() -> String {
     s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
     s.push_str("dhcp-range=@PROXY_NET@,proxy\n");
     s.push_str(&ipxe_lines(
-        "pxe-service=x86PC,\"krgiso: boot a Kerrighed node\",",
+        "pxe-service",
+        "x86PC,\"krgiso: boot a Kerrighed node\",",
     ));
     s.push_str(&tftp_lines());
     s.push_str("log-dhcp\n");
@@ -106,12 +107,11 @@ pub fn dnsmasq_proxy() -> String {
 }
 
 /// PXE firmware gets iPXE; iPXE (it sends DHCP option 175) gets the script.
-/// `boot` is how the mode names a boot file (`dhcp-boot=`, or in proxy mode
-/// `pxe-service=...,`), the name following it; tags go in front.
-fn ipxe_lines(boot: &str) -> String {
-    let (key, rest) = boot.split_once('=').unwrap_or((boot, ""));
+/// `key` is the option that names a boot file in this mode (`dhcp-boot`, or
+/// `pxe-service` in proxy mode) and `before` what precedes the file name.
+fn ipxe_lines(key: &str, before: &str) -> String {
     format!(
-        "dhcp-match=set:ipxe,175\n{key}=tag:!ipxe,{rest}{BOOT_LOADER}\n{key}=tag:ipxe,{rest}{BOOT_SCRIPT}\n"
+        "dhcp-match=set:ipxe,175\n{key}=tag:!ipxe,{before}{BOOT_LOADER}\n{key}=tag:ipxe,{before}{BOOT_SCRIPT}\n"
     )
 }
 
