@@ -172,9 +172,6 @@ fn client_lease(
         .filter(|l| !l.is_empty()))
 }
 
-/// node1's boot-time service for real, in network namespaces: the node1
-/// root (its layer stacked over it with overlayfs, writes going to a
-/// scratch dir) chrooted in a namespace joined to a client by a bridge.
 /// The URLs an iPXE script loads the kernel and initramfs from.
 fn boot_urls(script: &str) -> Vec<&str> {
     script
@@ -184,9 +181,12 @@ fn boot_urls(script: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Full DHCP: the client gets a lease in the range and fetches iPXE
-/// by TFTP and the kernel by HTTP; node1's other link gets no lease. Then with a
-/// foreign DHCP server on the link first: node1 comes up in proxy mode and
+/// node1's boot-time service for real, in network namespaces: the node1
+/// root (its layer stacked over it with overlayfs, writes going to a
+/// scratch dir) chrooted in a namespace joined to a client by a bridge.
+/// Full DHCP: the client gets a lease in the range and fetches iPXE and its
+/// script by TFTP and the kernel by HTTP; node1's other link gets no
+/// lease. Then with a foreign DHCP server on the link first: node1 comes up in proxy mode and
 /// hands out no lease. (This host's kernel has no nfsd: the NFS export is
 /// checked by the QEMU boot test, where node1 runs its own kernel.)
 pub fn node1_netns(project: &Path) -> Result<Timings> {
