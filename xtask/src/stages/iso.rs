@@ -147,7 +147,8 @@ impl Stage for Iso {
     fn recipe(&self) -> u32 {
         // 2: the roots and the layers in two squashfs images.
         // 3: boot menus count down 2 s, not 5.
-        3
+        // 4: zstd level 3, not 6.
+        4
     }
     fn needs_root(&self) -> bool {
         true
@@ -293,8 +294,9 @@ fn squash(shell: &StageShell, from: &Path, to: &Path, spec: &IsoSpec) -> Result<
         .unwrap_or(1)
         .to_string();
     let comp: &[&str] = match spec.compression {
-        // Level 6: most of zstd's size gain for a fraction of level 15's time.
-        Compression::Zstd => &["-comp", "zstd", "-Xcompression-level", "6"],
+        // Level 3, zstd's own default: the smoke roots in 1.8 s and 6% larger
+        // than level 6's (4.3 s); level 15 takes many times as long.
+        Compression::Zstd => &["-comp", "zstd", "-Xcompression-level", "3"],
         Compression::Xz => &["-comp", "xz"],
     };
     let mut patterns: Vec<&str> = EXCLUDED.to_vec();

@@ -327,9 +327,19 @@ pub fn kernel_stock(project: &Path) -> Result<Timings> {
         listing.lines().any(|l| l.ends_with("scripts/nfs")),
         "the staged initramfs has no scripts/nfs"
     );
+    for needed in ["/e1000.ko", "/virtio_net.ko", "/nfs.ko", "/nfsv3.ko"] {
+        ensure!(
+            listing.lines().any(|l| l.ends_with(needed)),
+            "the staged initramfs has no {needed}"
+        );
+    }
     ensure!(
-        listing.lines().any(|l| l.contains("/e1000")),
-        "the staged initramfs has no network drivers (e1000)"
+        !listing.lines().any(|l| l.contains("/kernel/fs/ext4/")),
+        "the staged initramfs has local file systems (ext4)"
+    );
+    ensure!(
+        fs::read(&initrd)?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        "the staged initramfs is not zstd-compressed (is zstd in [nodes] packages?)"
     );
     no_mounts_under(&run.build)?;
     Ok(vec![("kernel, stock kind".to_owned(), secs)])

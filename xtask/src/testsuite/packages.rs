@@ -273,7 +273,65 @@ fn check_roots(run: &SmokeRun, s: &StageShell) -> Result<()> {
             "policy-rc.d left in the {which} root"
         );
     }
+    check_node1_initramfs(run, s)?;
     s.note("both roots checked");
+    Ok(())
+}
+
+/// node1's initramfs, made with krgiso's module hook and live-boot's hook
+/// wrapped: zstd, the live-boot scripts, what a boot from a CD or stick
+/// needs, and no network driver.
+fn check_node1_initramfs(run: &SmokeRun, s: &StageShell) -> Result<()> {
+    let root = run.root("node1");
+    let images: Vec<String> = fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("initrd.img-"))
+        .collect();
+    ensure!(
+        images.len() == 1,
+        "node1's /boot holds {images:?}, not one initramfs"
+    );
+    let image = format!("/boot/{}", images[0]);
+    let magic = fs::read(root.join(image.trim_start_matches('/')))?;
+    ensure!(
+        magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        "node1's initramfs is not zstd-compressed (is zstd in [node1] packages?)"
+    );
+    let sh = s.sh();
+    let listing = cmd!(sh, "chroot {root} lsinitramfs {image}").read()?;
+    for needed in [
+        "scripts/live",
+        "/squashfs.ko",
+        "/isofs.ko",
+        "/overlay.ko",
+        "/sr_mod.ko",
+        "/usb-storage.ko",
+        "/ahci.ko",
+        "/vfat.ko",
+    ] {
+        ensure!(
+            listing.lines().any(|l| l.ends_with(needed)),
+            "node1's initramfs has no {needed}"
+        );
+    }
+    let net: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("/kernel/drivers/net/"))
+        .take(3)
+        .collect();
+    ensure!(
+        net.is_empty(),
+        "node1's initramfs has network drivers: {net:?}"
+    );
+    let hook = fs::read_to_string(root.join("usr/share/initramfs-tools/hooks/live"))?;
+    ensure!(
+        hook.contains("prereqs")
+            && root
+                .join("usr/share/initramfs-tools/live-hook.distrib")
+                .is_file(),
+        "live-boot's initramfs hook is not wrapped"
+    );
     Ok(())
 }
 

@@ -22,7 +22,6 @@ pub mod makefile_shell;
 pub mod patches;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -367,34 +366,15 @@ impl Kernel {
         let root = self.nodes_root();
         let release = newest_kernel(&root, "nodes")?;
         shell.step(&format!("initramfs for an NFS root ({release})"));
-        let conf = root.join("tmp/krgiso-initramfs");
-        files::remove_tree(&conf)?;
-        files::copy_tree(&root.join("etc/initramfs-tools"), &conf)?;
-        let conf_file = conf.join("initramfs.conf");
-        let text = fs::read_to_string(&conf_file).unwrap_or_default();
-        fs::write(
-            &conf_file,
-            set_shell_vars(&text, &[("BOOT", "nfs"), ("MODULES", "netboot")]),
-        )
-        .context("writing the NFS initramfs settings")?;
-        let hook = conf.join(initramfs::HOOK);
-        fs::write(
-            &hook,
-            initramfs::trim_hook(
-                "a node's root is NFS: no local file system or RAID modules in its initramfs",
-                initramfs::NFS_NODE_UNNEEDED,
-            ),
-        )
-        .and_then(|()| fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)))
-        .context("writing the initramfs hook")?;
-
+        let conf =
+            initramfs::ConfDir::write(&root, &[("BOOT", "nfs")], &initramfs::NFS_NODE_MODULES)?;
         let chroot = Chroot::enter(&root, &self.0.profile.nodes.arch, &[], shell)?;
         let initrd_inside = "/tmp/krgiso-initrd.img";
         chroot
             .run(&[
                 "mkinitramfs",
                 "-d",
-                "/tmp/krgiso-initramfs",
+                initramfs::CONF_DIR,
                 "-o",
                 initrd_inside,
                 &release,
@@ -416,49 +396,7 @@ impl Kernel {
             out.join(format!("vmlinuz-{release}")),
         )
         .context("staging the kernel for TFTP")?;
-        files::remove_tree(&conf)?;
+        drop(conf);
         Ok(release)
-    }
-}
-
-/// Shell-variable config text (`KEY=value` lines) with these keys set.
-fn set_shell_vars(text: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    let mut done = Vec::new();
-    for line in text.lines() {
-        let key = line.split('=').next().unwrap_or("").trim();
-        match vars
-            .iter()
-            .find(|(k, _)| *k == key && !line.trim_start().starts_with('#'))
-        {
-            Some((k, v)) => {
-                out.push_str(&format!("{k}={v}\n"));
-                done.push(*k);
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    for (k, v) in vars {
-        if !done.contains(k) {
-            out.push_str(&format!("{k}={v}\n"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn initramfs_settings_are_set_in_place_or_added() {
-        let conf = "# comment\nMODULES=most\n#BOOT=local\nBUSYBOX=auto\n";
-        assert_eq!(
-            set_shell_vars(conf, &[("BOOT", "nfs"), ("MODULES", "netboot")]),
-            "# comment\nMODULES=netboot\n#BOOT=local\nBUSYBOX=auto\nBOOT=nfs\n"
-        );
     }
 }
