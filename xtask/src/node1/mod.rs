@@ -6,3 +6,4 @@
 
 pub mod accounts;
 pub mod render;
+pub mod status;

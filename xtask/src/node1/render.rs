@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::layout::{tftp_dir, EXPORT_DIR, NODES_LAYER, NODES_TREE, TFTP_DIR};
-use crate::profile::{Cluster, KernelKind, Network};
+use crate::profile::{Cluster, KernelKind, Network, StatusSpec};
 
 /// What a node's PXE firmware loads by TFTP: iPXE, on top of the
 /// firmware's own network driver (UNDI). iPXE then fetches `BOOT_SCRIPT`,
@@ -177,17 +177,18 @@ pub fn uplink_network() -> String {
 }
 
 /// The values the boot service reads (shell syntax).
-pub fn cluster_env(net: &Network) -> String {
+pub fn cluster_env(net: &Network, status: &StatusSpec) -> String {
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\n",
+        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
         net.cluster_iface,
         a.addr,
         a.prefix,
         a.network(),
         if net.gateway { "yes" } else { "no" },
         NODES_TREE,
-        NODES_LAYER
+        NODES_LAYER,
+        status.listen.as_str()
     )
 }
 
@@ -233,11 +234,16 @@ pub fn hosts(net: &Network) -> String {
 }
 
 /// Every file, with the path it takes in its root.
-pub fn node1_files(net: &Network, cluster: &Cluster, boot: &BootFiles) -> Vec<(PathBuf, String)> {
+pub fn node1_files(
+    net: &Network,
+    cluster: &Cluster,
+    status: &StatusSpec,
+    boot: &BootFiles,
+) -> Vec<(PathBuf, String)> {
     let mut files: Vec<(PathBuf, String)> = [
         ("etc/krgiso/dnsmasq-full.conf", dnsmasq_full(net)),
         ("etc/krgiso/dnsmasq-proxy.conf", dnsmasq_proxy()),
-        ("etc/krgiso/cluster.env", cluster_env(net)),
+        ("etc/krgiso/cluster.env", cluster_env(net, status)),
         ("etc/exports", exports(net)),
         ("etc/nfs.conf.d/krgiso.conf", nfs_conf()),
         (
@@ -294,7 +300,7 @@ mod tests {
     fn every_rendered_file_matches_its_golden_file_for_both_profiles() {
         for name in ["kerrighed", "smoke"] {
             let p = profile(name);
-            for (path, text) in node1_files(&p.network, &p.cluster, &boot(&p)) {
+            for (path, text) in node1_files(&p.network, &p.cluster, &p.status, &boot(&p)) {
                 golden(name, "node1", &path, &text);
             }
             for (path, text) in nodes_files(&p.network, &p.cluster) {

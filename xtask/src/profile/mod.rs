@@ -36,6 +36,35 @@ pub struct Profile {
     pub network: Network,
     pub cluster: Cluster,
     pub iso: IsoSpec,
+    /// node1's status page.
+    #[serde(default)]
+    pub status: StatusSpec,
+}
+
+/// node1's status page (`[status]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSpec {
+    /// Where it answers: the cluster link only (default), or every link.
+    #[serde(default)]
+    pub listen: Listen,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listen {
+    #[default]
+    Cluster,
+    All,
+}
+
+impl Listen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listen::Cluster => "cluster",
+            Listen::All => "all",
+        }
+    }
 }
 
 /// One debootstrapped root filesystem.

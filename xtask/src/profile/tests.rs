@@ -183,6 +183,19 @@ fn the_smoke_profile_is_the_same_image_with_a_stock_kernel() {
 }
 
 #[test]
+fn the_status_page_listens_on_the_cluster_link_unless_told() {
+    assert_eq!(shipped("smoke").status.listen, Listen::Cluster);
+    let text = smoke_text() + "\n[status]\nlisten = \"all\"\n";
+    let p = Profile::parse(&text, Path::new("profiles/edited.toml")).unwrap();
+    assert_eq!(p.status.listen, Listen::All);
+    let text = smoke_text() + "\n[status]\nlisten = \"everywhere\"\n";
+    let err = Profile::parse(&text, Path::new("profiles/edited.toml")).unwrap_err();
+    assert_eq!(err.key, "status.listen");
+    assert_eq!(err.line, line_of_text(&text, "everywhere"));
+    assert!(err.message.contains("`cluster`"), "{}", err.message);
+}
+
+#[test]
 fn an_unknown_key_is_named_with_its_line() {
     let err = error_after("gateway = false", "gateway = false\ngatway = true");
     let text = smoke_text().replacen("gateway = false", "gateway = false\ngatway = true", 1);

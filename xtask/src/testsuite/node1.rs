@@ -15,6 +15,7 @@ use crate::host;
 use crate::shell::StageShell;
 
 use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT};
+use crate::node1::status::StatusReport;
 
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 
@@ -172,6 +173,105 @@ fn client_lease(
         .filter(|l| !l.is_empty()))
 }
 
+/// node1's status page, from the client on the cluster link: the client's
+/// row with its lease and the four boot files it fetched, node1's services
+/// up; the page shows the row. From the other link (routed to node1's
+/// cluster address, which Linux would answer there), nothing, but for
+/// node1's firewall rule.
+fn check_status_page(
+    s: &StageShell,
+    merged: &Path,
+    (n1, client, other): (&str, &str, &str),
+    lease: &str,
+    node1_ip: std::net::Ipv4Addr,
+) -> Result<()> {
+    s.step("the status page: the client's lease and boot files, nothing from another link");
+    let sh = s.sh();
+    let node1_ip = node1_ip.to_string();
+    let json = cmd!(
+        sh,
+        "ip netns exec {client} curl -sS --fail --max-time 20 http://{node1_ip}/status.json"
+    )
+    .read()?;
+    let report = StatusReport::parse(&json)?;
+    ensure!(
+        report.node1.mode == "full" && report.node1.iface == "eth-cl",
+        "status.json says mode {} on {}",
+        report.node1.mode,
+        report.node1.iface
+    );
+    let services = &report.node1.services;
+    ensure!(
+        services.dhcp == "up" && services.tftp == "up" && services.http == "up",
+        "status.json: services {services:?}"
+    );
+    let mac = cmd!(sh, "ip netns exec {client} cat /sys/class/net/eth0/address").read()?;
+    let node = report
+        .node(lease)
+        .with_context(|| format!("status.json has no row for the client {lease}:\n{json}"))?;
+    ensure!(
+        node.mac == mac.trim() && !node.lease_at.is_empty(),
+        "status.json: the client's row has MAC {:?} (it is {:?}) and lease time {:?}",
+        node.mac,
+        mac.trim(),
+        node.lease_at
+    );
+    ensure!(
+        node.pxe.boot_loader && node.pxe.boot_script && node.pxe.kernel && node.pxe.initrd,
+        "status.json: the client fetched all four boot files, the page says {:?}",
+        node.pxe
+    );
+    ensure!(
+        json.lines()
+            .all(|l| !l.contains("password") && !l.contains("PRIVATE KEY")),
+        "status.json shows a secret"
+    );
+    let page = cmd!(
+        sh,
+        "ip netns exec {client} curl -sS --fail --max-time 20 http://{node1_ip}/"
+    )
+    .read()?;
+    ensure!(
+        page.contains(&format!(">{lease}<")) && page.contains("<title>krgiso cluster</title>"),
+        "the status page has no row for {lease}:\n{page}"
+    );
+
+    s.run(cmd!(sh, "ip -n {other} addr add 192.0.2.2/24 dev eth0"))?;
+    s.run(cmd!(
+        sh,
+        "ip -n {other} route add {node1_ip}/32 via 192.0.2.1"
+    ))?;
+    let from_other = || {
+        cmd!(
+            sh,
+            "ip netns exec {other} curl -sS --max-time 3 http://{node1_ip}/status.json"
+        )
+        .quiet()
+        .ignore_status()
+        .output()
+    };
+    let outside = from_other()?;
+    ensure!(
+        !outside.status.success() && outside.stdout.is_empty(),
+        "the status page answered a request from outside the cluster link: {}",
+        String::from_utf8_lossy(&outside.stdout)
+    );
+    // The control: without node1's firewall rule the same request is
+    // answered (Linux takes it for its address on any link), so the rule is
+    // what keeps the page off that link, not the route.
+    s.run(cmd!(
+        sh,
+        "ip netns exec {n1} chroot {merged} nft delete table inet krgiso_http"
+    ))?;
+    let unguarded = from_other()?;
+    ensure!(
+        unguarded.status.success() && StatusReport::parse(&String::from_utf8_lossy(&unguarded.stdout)).is_ok(),
+        "without the firewall rule the request from the other link got no page either: the check above proves nothing"
+    );
+    s.note("status.json: the client's row complete; nothing answered from the other link");
+    Ok(())
+}
+
 /// The URLs an iPXE script loads the kernel and initramfs from.
 fn boot_urls(script: &str) -> Vec<&str> {
     script
@@ -283,9 +383,10 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         &client_script,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let start_node1 = |s: &StageShell| -> Result<String> {
+    let start_node1_listening = |s: &StageShell, listen: &str| -> Result<String> {
         let sh = s.sh();
-        let out = cmd!(sh, "ip netns exec {n1} chroot {merged} env KRGISO_NFS=no KRGISO_CLUSTER_IFACE=eth-cl /usr/local/sbin/krgiso-node1 start")
+        let listen = format!("KRGISO_STATUS_LISTEN={listen}");
+        let out = cmd!(sh, "ip netns exec {n1} chroot {merged} env KRGISO_NFS=no KRGISO_CLUSTER_IFACE=eth-cl {listen} /usr/local/sbin/krgiso-node1 start")
             .ignore_status()
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -294,6 +395,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         ensure!(out.status.success(), "krgiso-node1 start failed:\n{text}");
         Ok(fs::read_to_string(merged.join("run/krgiso/status")).unwrap_or_default())
     };
+    let start_node1 = |s: &StageShell| start_node1_listening(s, "cluster");
 
     s.step("full DHCP: no other server on the cluster link");
     let status = start_node1(&s)?;
@@ -364,6 +466,24 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
     ensure!(
         stray.is_none(),
         "node1 gave a lease on a link that is not the cluster link: {stray:?}"
+    );
+    check_status_page(&s, &merged, (n1, cl, other), &lease, node1_ip)?;
+    s.run(cmd!(
+        sh,
+        "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
+    ))?;
+    s.step("the status page with listen = \"all\": answers on the other link too");
+    start_node1_listening(&s, "all")?;
+    let json = cmd!(
+        sh,
+        "ip netns exec {other} curl -sS --fail --max-time 10 http://192.0.2.1/status.json"
+    )
+    .read()?;
+    let report = StatusReport::parse(&json)?;
+    ensure!(
+        report.node1.status_page == "all",
+        "the status page does not say it listens everywhere: {}",
+        report.node1.status_page
     );
     s.run(cmd!(
         sh,

@@ -1,0 +1,266 @@
+//! node1's status page as the tests read it: `/status.json`, made by
+//! `overlay/node1/usr/local/lib/krgiso/krgiso-status` at each request (busybox
+//! httpd runs it), parsed into these types.
+
+use serde::Deserialize;
+
+/// Where the status program is in node1's root.
+pub const STATUS_PROGRAM: &str = "usr/local/lib/krgiso/krgiso-status";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusReport {
+    pub node1: Node1Status,
+    pub nodes: Vec<NodeStatus>,
+    /// The last events of dnsmasq's log (leases, TFTP transfers).
+    pub log: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Node1Status {
+    /// `full` or `proxy` DHCP.
+    pub mode: String,
+    pub iface: String,
+    pub address: String,
+    pub serves_from: String,
+    /// `ram` or `disk:DEVICE`.
+    pub nodes_root: String,
+    pub nodes_root_free_kib: Option<u64>,
+    pub uptime_s: Option<u64>,
+    /// `cluster` or `all`.
+    pub status_page: String,
+    pub services: Services,
+    pub status_line: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Services {
+    pub dhcp: String,
+    pub tftp: String,
+    pub http: String,
+    pub nfs: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeStatus {
+    pub ip: String,
+    pub mac: String,
+    pub hostname: String,
+    pub lease_at: String,
+    pub pxe: PxeSteps,
+    pub nfs_mounted: bool,
+    pub reachable: bool,
+    pub load: String,
+    pub memory: String,
+    pub reported_at: String,
+    pub krg_node_id: String,
+    pub krg_session: String,
+}
+
+/// What node1 saw the node fetch: iPXE and its script (TFTP), kernel and
+/// initramfs (HTTP, or TFTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct PxeSteps {
+    pub boot_loader: bool,
+    pub boot_script: bool,
+    pub kernel: bool,
+    pub initrd: bool,
+}
+
+impl StatusReport {
+    pub fn parse(json: &str) -> anyhow::Result<StatusReport> {
+        serde_json::from_str(json).map_err(|e| anyhow::anyhow!("status.json: {e}:\n{json}"))
+    }
+
+    pub fn node(&self, ip: &str) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|n| n.ip == ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::net::TcpListener;
+    use std::process::Command;
+
+    /// The status program run on fixtures shaped like the real files
+    /// (dnsmasq's log and lease table, httpd's -vv log, the nodes'
+    /// reports): each node has a row with what its sources say, the JSON
+    /// parses, and the page shows the same rows, escaped.
+    #[test]
+    fn the_status_program_gathers_each_nodes_facts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (run, export) = (t.join("run"), t.join("export"));
+        let reports = export.join("var/lib/krgiso/nodes");
+        fs::create_dir_all(&run).unwrap();
+        fs::create_dir_all(&reports).unwrap();
+        // Loopback addresses stand for the nodes: the program probes them.
+        fs::write(
+            t.join("cluster.env"),
+            format!(
+                "ADDRESS=127.0.0.1\nPREFIX=8\nEXPORT_DIR={}\nTFTP_DIR={}\nBOOT_LOADER=undionly.kpxe\nBOOT_SCRIPT=boot.ipxe\nHTTP_PORT=80\nSTATUS_LISTEN=cluster\n",
+                export.display(),
+                t.display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            run.join("node1.env"),
+            "MODE=full\nIFACE=ens5\nSERVE=127.0.0.1\nNODES=ram\n",
+        )
+        .unwrap();
+        fs::write(run.join("status"), "krgiso: node1 iface=ens5 dhcp=full\n").unwrap();
+        fs::write(
+            run.join("dnsmasq.leases"),
+            "1796092481 52:54:00:77:00:02 127.0.0.2 node2 01:52:54:00:77:00:02\n\
+             1796092482 52:54:00:77:00:03 127.0.0.3 * 01:52:54:00:77:00:03\n",
+        )
+        .unwrap();
+        fs::write(
+            run.join("dnsmasq.log"),
+            "Nov 30 12:33:16 dnsmasq-dhcp[24791]: 3044131650 DHCPDISCOVER(ens5) 52:54:00:77:00:02 \n\
+             Nov 30 12:33:16 dnsmasq-dhcp[24791]: 3044131650 sent size:  4 option: 51 lease-time  12h\n\
+             Nov 30 12:33:17 dnsmasq-dhcp[24791]: 3044131650 DHCPACK(ens5) 127.0.0.2 52:54:00:77:00:02 node2\n\
+             Nov 30 12:33:18 dnsmasq-tftp[24791]: sent /srv/krgiso/tftp/undionly.kpxe to 127.0.0.2\n\
+             Nov 30 12:33:18 dnsmasq-tftp[24791]: sent /srv/krgiso/tftp/boot.ipxe to 127.0.0.2\n\
+             Nov 30 12:33:19 dnsmasq-dhcp[24791]: 3044131651 DHCPACK(ens5) 127.0.0.3 52:54:00:77:00:03 <b>\"x\"\n",
+        )
+        .unwrap();
+        fs::write(
+            run.join("httpd.log"),
+            "127.0.0.2:51020: url:/vmlinuz-6.1.0-50-amd64\n127.0.0.2:51020: response:200\n\
+             127.0.0.2:51022: url:/initrd.img-6.1.0-50-amd64\n",
+        )
+        .unwrap();
+        fs::write(
+            reports.join("127.0.0.2"),
+            "node2 127.0.0.2 6.1.0-50-amd64 2026-11-30T12:34:00Z\nhostname=node2\nload=0.12 0.05 0.01\nmem=812 MiB free of 983 MiB\nreported=2026-11-30T12:35:00Z\n",
+        )
+        .unwrap();
+        // node2 answers on "its ssh port"; nothing listens on 127.0.0.3's.
+        let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        let program = crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM);
+        let run_it = |args: &[&str]| {
+            let out = Command::new("bash")
+                .arg(&program)
+                .args(args)
+                .env("KRGISO_ENV", t.join("cluster.env"))
+                .env("KRGISO_RUN", &run)
+                .env("KRGISO_SSH_PORT", &port)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let json = run_it(&["json"]);
+        let report = StatusReport::parse(&json).unwrap();
+        assert_eq!(report.node1.mode, "full");
+        assert_eq!(report.node1.iface, "ens5");
+        assert_eq!(report.node1.nodes_root, "ram");
+        assert_eq!(report.node1.status_page, "cluster");
+        assert!(report.node1.nodes_root_free_kib.is_some());
+        assert_eq!(
+            report
+                .nodes
+                .iter()
+                .map(|n| n.ip.as_str())
+                .collect::<Vec<_>>(),
+            ["127.0.0.2", "127.0.0.3"]
+        );
+        let n2 = report.node("127.0.0.2").unwrap();
+        assert_eq!(n2.mac, "52:54:00:77:00:02");
+        assert_eq!(n2.hostname, "node2");
+        assert_eq!(n2.lease_at, "Nov 30 12:33:17");
+        assert_eq!(
+            n2.pxe,
+            PxeSteps {
+                boot_loader: true,
+                boot_script: true,
+                kernel: true,
+                initrd: true
+            }
+        );
+        assert!(n2.reachable);
+        assert_eq!(n2.load, "0.12 0.05 0.01");
+        assert_eq!(n2.memory, "812 MiB free of 983 MiB");
+        let n3 = report.node("127.0.0.3").unwrap();
+        assert_eq!(n3.hostname, "", "a lease without a name has none");
+        assert!(!n3.reachable && !n3.nfs_mounted);
+        assert!(!n3.pxe.boot_loader && !n3.pxe.kernel);
+        // The log: its events, not log-dhcp's option dumps; quotes kept.
+        assert!(report
+            .log
+            .iter()
+            .any(|l| l.contains("DHCPACK(ens5) 127.0.0.2")));
+        assert!(report.log.iter().any(|l| l.ends_with("<b>\"x\"")));
+        assert!(!report.log.iter().any(|l| l.contains("lease-time")));
+
+        let page = run_it(&["html"]);
+        assert!(page.contains("<td class=\"ip\">127.0.0.2</td>"), "{page}");
+        assert!(page.contains("52:54:00:77:00:03"));
+        assert!(
+            page.contains("&lt;b&gt;&quot;x&quot;"),
+            "log lines are escaped"
+        );
+        assert!(!page.contains("<b>\"x\""));
+        assert!(page.contains("http-equiv=\"refresh\""));
+        drop(listener);
+    }
+
+    /// As busybox httpd runs it: for /status.json (interpreter of *.json,
+    /// the file as argument) and as cgi-bin/index.cgi, with a CGI header.
+    #[test]
+    fn as_a_cgi_it_says_what_it_sends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        fs::write(t.join("cluster.env"), "ADDRESS=127.0.0.1\nPREFIX=8\n").unwrap();
+        let program = crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM);
+        let cgi = t.join("cgi-bin");
+        fs::create_dir_all(&cgi).unwrap();
+        std::os::unix::fs::symlink(&program, cgi.join("index.cgi")).unwrap();
+        for (args, program, header) in [
+            (
+                vec!["status.json"],
+                program.clone(),
+                "Content-Type: application/json\r\n",
+            ),
+            (
+                vec![],
+                cgi.join("index.cgi"),
+                "Content-Type: text/html; charset=utf-8\r\n",
+            ),
+        ] {
+            let out = Command::new(&program)
+                .args(&args)
+                .env("KRGISO_ENV", t.join("cluster.env"))
+                .env("KRGISO_RUN", t.join("run"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            assert!(text.starts_with(header), "{text}");
+            let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+            if header.contains("json") {
+                let report = StatusReport::parse(body).unwrap();
+                assert!(report.nodes.is_empty());
+                assert_eq!(report.node1.mode, "unknown");
+            } else {
+                assert!(body.contains("Nodes (0)"));
+            }
+        }
+    }
+}
