@@ -81,7 +81,26 @@ mod tests {
     use super::*;
     use std::fs;
     use std::net::TcpListener;
+    use std::path::Path;
     use std::process::Command;
+
+    /// What the status program (or a link to it) prints, run as httpd or a
+    /// person runs it, on the settings and run directory under `t`.
+    fn status_output(program: &Path, args: &[&str], t: &Path, ssh_port: &str) -> String {
+        let out = Command::new(program)
+            .args(args)
+            .env("KRGISO_ENV", t.join("cluster.env"))
+            .env("KRGISO_RUN", t.join("run"))
+            .env("KRGISO_SSH_PORT", ssh_port)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
 
     /// The status program run on fixtures shaped like the real files
     /// (dnsmasq's log and lease table, httpd's -vv log, the nodes'
@@ -91,7 +110,11 @@ mod tests {
     fn the_status_program_gathers_each_nodes_facts() {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let (run, export) = (t.join("run"), t.join("export"));
+        let (run, export, tftp) = (t.join("run"), t.join("export"), t.join("tftp"));
+        fs::create_dir_all(&tftp).unwrap();
+        for f in ["vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"] {
+            fs::write(tftp.join(f), "boot file").unwrap();
+        }
         let reports = export.join("var/lib/krgiso/nodes");
         fs::create_dir_all(&run).unwrap();
         fs::create_dir_all(&reports).unwrap();
@@ -101,7 +124,7 @@ mod tests {
             format!(
                 "ADDRESS=127.0.0.1\nPREFIX=8\nEXPORT_DIR={}\nTFTP_DIR={}\nBOOT_LOADER=undionly.kpxe\nBOOT_SCRIPT=boot.ipxe\nHTTP_PORT=80\nSTATUS_LISTEN=cluster\n",
                 export.display(),
-                t.display()
+                tftp.display()
             ),
         )
         .unwrap();
@@ -130,7 +153,8 @@ mod tests {
         fs::write(
             run.join("httpd.log"),
             "127.0.0.2:51020: url:/vmlinuz-6.1.0-50-amd64\n127.0.0.2:51020: response:200\n\
-             127.0.0.2:51022: url:/initrd.img-6.1.0-50-amd64\n",
+             127.0.0.2:51022: url:/initrd.img-6.1.0-50-amd64\n\
+             127.0.0.9:40000: url:/status.json\n127.0.0.1:40002: url:/\n",
         )
         .unwrap();
         fs::write(
@@ -144,22 +168,7 @@ mod tests {
         let program = crate::project_root()
             .join("overlay/node1")
             .join(STATUS_PROGRAM);
-        let run_it = |args: &[&str]| {
-            let out = Command::new("bash")
-                .arg(&program)
-                .args(args)
-                .env("KRGISO_ENV", t.join("cluster.env"))
-                .env("KRGISO_RUN", &run)
-                .env("KRGISO_SSH_PORT", &port)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        };
+        let run_it = |args: &[&str]| status_output(&program, args, t, &port);
         let json = run_it(&["json"]);
         let report = StatusReport::parse(&json).unwrap();
         assert_eq!(report.node1.mode, "full");
@@ -240,18 +249,7 @@ mod tests {
                 "Content-Type: text/html; charset=utf-8\r\n",
             ),
         ] {
-            let out = Command::new(&program)
-                .args(&args)
-                .env("KRGISO_ENV", t.join("cluster.env"))
-                .env("KRGISO_RUN", t.join("run"))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8(out.stdout).unwrap();
+            let text = status_output(&program, &args, t, "22");
             assert!(text.starts_with(header), "{text}");
             let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
             if header.contains("json") {

@@ -185,10 +185,16 @@ fn the_smoke_profile_is_the_same_image_with_a_stock_kernel() {
 #[test]
 fn the_status_page_listens_on_the_cluster_link_unless_told() {
     assert_eq!(shipped("smoke").status.listen, Listen::Cluster);
-    let text = smoke_text() + "\n[status]\nlisten = \"all\"\n";
+    let without: String =
+        smoke_text()
+            .replacen("[status]", "", 1)
+            .replacen("listen = \"cluster\"", "", 1);
+    let p = Profile::parse(&without, Path::new("profiles/edited.toml")).unwrap();
+    assert_eq!(p.status.listen, Listen::Cluster, "the default");
+    let text = smoke_text().replacen("listen = \"cluster\"", "listen = \"all\"", 1);
     let p = Profile::parse(&text, Path::new("profiles/edited.toml")).unwrap();
     assert_eq!(p.status.listen, Listen::All);
-    let text = smoke_text() + "\n[status]\nlisten = \"everywhere\"\n";
+    let text = smoke_text().replacen("listen = \"cluster\"", "listen = \"everywhere\"", 1);
     let err = Profile::parse(&text, Path::new("profiles/edited.toml")).unwrap_err();
     assert_eq!(err.key, "status.listen");
     assert_eq!(err.line, line_of_text(&text, "everywhere"));

@@ -1,6 +1,7 @@
 //! What the boot test asserts once the VMs are up: node1's status line,
 //! the leases and TFTP reads on the cluster link, no DHCP server from node1
-//! on the uplink, and every node's file in node1's export.
+//! on the uplink, every node's file in node1's export, and node1's status
+//! page (its JSON, and the page in Chromium).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -9,9 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::boot_time::{self, BootTime};
+use super::browser;
 use super::frame::{Mac, Packet};
 use super::milestone::{Milestone, NodesBoot};
-use super::{Run, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
+use super::{Run, Screenshot, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
+use crate::files;
+use crate::node1::status::StatusReport;
 
 impl Run<'_> {
     /// Every node's lease came from node1, in the range; no one else served
@@ -146,6 +150,18 @@ impl Run<'_> {
                 &format!("sees every node's file in {dir}: the NFS root is rw"),
             );
         }
+        // The status page, asked of node1's web server on node1 (its
+        // busybox is the client there): the JSON and the page.
+        let console = &self.vms[0].vm.console;
+        let status_page = if reports {
+            let url = format!("http://{}/", self.test.network.address.addr);
+            Some((
+                console.run(&format!("busybox wget -qO- {url}status.json"), until)?,
+                console.run(&format!("busybox wget -qO- {url}"), until)?,
+            ))
+        } else {
+            None
+        };
         let ssh_to = |ip: &Ipv4Addr, command: &str| {
             format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} {command}")
         };
@@ -206,6 +222,113 @@ impl Run<'_> {
         for (vm, detail) in ssh {
             self.record(vm, Milestone::SshFromNode1, detail);
         }
+        if let Some((json, page)) = status_page {
+            self.check_status_page(leases, &json, &page)?;
+        }
+        Ok(())
+    }
+
+    /// node1's status page lists every node with what the test saw: its
+    /// MAC and lease, the boot script, kernel and initramfs it fetched, its
+    /// NFS root mounted, reachable; on Kerrighed nodes the node id. Then
+    /// Chromium renders the page node1 served: a screenshot, and the same
+    /// rows in the text it shows.
+    fn check_status_page(
+        &mut self,
+        leases: &[(String, Ipv4Addr)],
+        json: &str,
+        page: &str,
+    ) -> Result<()> {
+        let dir = &self.test.dir;
+        files::write_atomic(&dir.join("status.json"), json.as_bytes())?;
+        files::write_atomic(&dir.join("status.html"), page.as_bytes())?;
+        let report = StatusReport::parse(json)?;
+        let password = &self.test.login.1;
+        if !password.is_empty()
+            && (json.contains(password.as_str()) || page.contains(password.as_str()))
+        {
+            bail!("node1's status page shows the cluster user's password");
+        }
+        let mut rows = Vec::new();
+        for (i, (name, ip)) in leases.iter().enumerate() {
+            let mac = self.vms[i + 1].vm.spec.cluster.0.to_string();
+            let row = report.node(&ip.to_string()).with_context(|| {
+                format!(
+                    "node1's status page has no row for {name} ({ip}): see {}",
+                    dir.join("status.json").display()
+                )
+            })?;
+            let mut missing = Vec::new();
+            let checks = [
+                (row.mac == mac, "its MAC"),
+                (!row.lease_at.is_empty(), "its lease time"),
+                (row.pxe.boot_script, "the boot script fetched"),
+                (row.pxe.kernel, "the kernel fetched"),
+                (row.pxe.initrd, "the initramfs fetched"),
+                (row.nfs_mounted, "its NFS root mounted"),
+                (row.reachable, "reachable"),
+            ];
+            for (ok, what) in checks {
+                if !ok {
+                    missing.push(what);
+                }
+            }
+            if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. })
+                && row.krg_node_id != ip.octets()[3].to_string()
+            {
+                missing.push("its Kerrighed node id");
+            }
+            if !missing.is_empty() {
+                bail!(
+                    "node1's status page does not show {name} ({ip}) with {}: {row:?}",
+                    missing.join(", ")
+                );
+            }
+            rows.push((ip.to_string(), mac));
+        }
+        self.say(
+            "node1",
+            &format!(
+                "status page: every node with its lease, boot files, NFS root ({} in {})",
+                "status.json",
+                dir.display()
+            ),
+        );
+        let chromium = std::process::Command::new(browser::CHROMIUM)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !chromium && self.test.screenshot == Screenshot::IfInstalled {
+            self.say(
+                "node1",
+                "status page: no screenshot (chromium is not installed)",
+            );
+            return Ok(());
+        }
+        let html = dir.join("status.html");
+        let png = dir.join("status.png");
+        let text = browser::render(&format!("file://{}", html.display()), &png, dir)?;
+        let mut absent: Vec<&str> = ["krgiso cluster: node1", "DHCP mode full"]
+            .into_iter()
+            .filter(|t| !text.contains(t))
+            .collect();
+        for (ip, mac) in &rows {
+            for t in [ip, mac] {
+                if !text.contains(t.as_str()) {
+                    absent.push(t);
+                }
+            }
+        }
+        if !absent.is_empty() {
+            bail!("Chromium's rendering of the status page lacks {absent:?}: it shows {text:?}");
+        }
+        self.say(
+            "node1",
+            &format!(
+                "status page rendered by Chromium, every node in it: {}",
+                png.display()
+            ),
+        );
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! node1 served no DHCP on the uplink.
 
 mod boot_time;
+pub mod browser;
 mod checks;
 pub mod console;
 pub mod frame;
@@ -17,7 +18,7 @@ mod ssi;
 pub mod vm;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -86,6 +87,16 @@ pub struct BootTest {
     pub login: (String, String),
     /// What the nodes boot, and so which milestones they must pass.
     pub nodes_boot: NodesBoot,
+    /// Whether Chromium renders node1's status page into a screenshot.
+    pub screenshot: Screenshot,
+}
+
+/// The status page in a browser: always in `cargo xtask test` (which
+/// installs Chromium), when Chromium is there for `cargo xtask qemu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screenshot {
+    Required,
+    IfInstalled,
 }
 
 /// The running test: the VMs, the link, the clock.
@@ -153,6 +164,21 @@ impl BootTest {
             export_dir: crate::layout::EXPORT_DIR.to_owned(),
             login: (user, password),
             nodes_boot,
+            screenshot: Screenshot::IfInstalled,
+        })
+    }
+
+    /// The test as `cargo xtask test` runs it: Chromium installed if it is
+    /// missing, and the status page's screenshot required.
+    pub fn with_screenshot(self, log: &Path) -> Result<BootTest> {
+        host::ensure_tools(
+            &[HostTool::new(browser::CHROMIUM, browser::CHROMIUM_PACKAGE)],
+            true,
+            log,
+        )?;
+        Ok(BootTest {
+            screenshot: Screenshot::Required,
+            ..self
         })
     }
 

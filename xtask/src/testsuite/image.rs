@@ -336,7 +336,10 @@ pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
 
 fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
-    let report = BootTest::for_build(&run.profile, &run.layout(), nodes, firmware)?.run()?;
+    let layout = run.layout();
+    let report = BootTest::for_build(&run.profile, &layout, nodes, firmware)?
+        .with_screenshot(&layout.log("qemu"))?
+        .run()?;
     Ok(milestone_timings(&report))
 }
 

@@ -152,7 +152,10 @@ pub fn boot_krg(project: &Path) -> Result<Timings> {
         t.elapsed().as_secs_f64(),
     )];
     s.step("qemu --nodes 2: the Kerrighed cluster and the single-system-image proof");
-    let report = BootTest::for_build(&run.profile, &run.layout(), 2, QemuFirmware::Bios)?.run()?;
+    let layout = run.layout();
+    let report = BootTest::for_build(&run.profile, &layout, 2, QemuFirmware::Bios)?
+        .with_screenshot(&layout.log("qemu"))?
+        .run()?;
     for node in ["node2", "node3"] {
         let up = report
             .reached
