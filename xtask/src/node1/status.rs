@@ -162,7 +162,8 @@ mod tests {
             "node2 127.0.0.2 6.1.0-50-amd64 2026-11-30T12:34:00Z\nhostname=node2\nload=0.12 0.05 0.01\nmem=812 MiB free of 983 MiB\nreported=2026-11-30T12:35:00Z\n",
         )
         .unwrap();
-        // node2 answers on "its ssh port"; nothing listens on 127.0.0.3's.
+        // node2 accepts on "its ssh port"; node3 refuses (nothing listens
+        // there): both answered, both are reachable.
         let listener = TcpListener::bind("127.0.0.2:0").unwrap();
         let port = listener.local_addr().unwrap().port().to_string();
         let program = crate::project_root()
@@ -202,7 +203,8 @@ mod tests {
         assert_eq!(n2.memory, "812 MiB free of 983 MiB");
         let n3 = report.node("127.0.0.3").unwrap();
         assert_eq!(n3.hostname, "", "a lease without a name has none");
-        assert!(!n3.reachable && !n3.nfs_mounted);
+        assert!(n3.reachable, "a refused connection is an answer");
+        assert!(!n3.nfs_mounted);
         assert!(!n3.pxe.boot_loader && !n3.pxe.kernel);
         // The log: its events, not log-dhcp's option dumps; quotes kept.
         assert!(report

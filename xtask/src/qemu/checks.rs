@@ -153,10 +153,23 @@ impl Run<'_> {
         // The status page, asked of node1's web server on node1 (its
         // busybox is the client there): the JSON and the page.
         let console = &self.vms[0].vm.console;
+        // The page says what is true now: a node's ssh daemon or its NFS
+        // mount may come a few seconds after its login prompt, so it is
+        // asked again, every 3 s for up to 60 s, until every row is whole.
         let status_page = if reports {
             let url = format!("http://{}/", self.test.network.address.addr);
+            let settled = (Instant::now() + Duration::from_secs(60)).min(until);
+            let json = loop {
+                let json = console.run(&format!("busybox wget -qO- {url}status.json"), until)?;
+                let whole = StatusReport::parse(&json)
+                    .is_ok_and(|report| self.status_rows(leases, &report).is_ok());
+                if whole || Instant::now() >= settled {
+                    break json;
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            };
             Some((
-                console.run(&format!("busybox wget -qO- {url}status.json"), until)?,
+                json,
                 console.run(&format!("busybox wget -qO- {url}"), until)?,
             ))
         } else {
@@ -228,34 +241,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// node1's status page lists every node with what the test saw: its
-    /// MAC and lease, the boot script, kernel and initramfs it fetched, its
-    /// NFS root mounted, reachable; on Kerrighed nodes the node id. Then
-    /// Chromium renders the page node1 served: a screenshot, and the same
-    /// rows in the text it shows.
-    fn check_status_page(
-        &mut self,
+    /// Every node's row on the status page, whole: the test saw the node
+    /// do all of it. Its address and MAC, or what the row lacks.
+    fn status_rows(
+        &self,
         leases: &[(String, Ipv4Addr)],
-        json: &str,
-        page: &str,
-    ) -> Result<()> {
-        let dir = &self.test.dir;
-        files::write_atomic(&dir.join("status.json"), json.as_bytes())?;
-        files::write_atomic(&dir.join("status.html"), page.as_bytes())?;
-        let report = StatusReport::parse(json)?;
-        let password = &self.test.login.1;
-        if !password.is_empty()
-            && (json.contains(password.as_str()) || page.contains(password.as_str()))
-        {
-            bail!("node1's status page shows the cluster user's password");
-        }
+        report: &StatusReport,
+    ) -> Result<Vec<(String, String)>> {
         let mut rows = Vec::new();
         for (i, (name, ip)) in leases.iter().enumerate() {
             let mac = self.vms[i + 1].vm.spec.cluster.0.to_string();
             let row = report.node(&ip.to_string()).with_context(|| {
                 format!(
                     "node1's status page has no row for {name} ({ip}): see {}",
-                    dir.join("status.json").display()
+                    self.test.dir.join("status.json").display()
                 )
             })?;
             let mut missing = Vec::new();
@@ -290,6 +289,31 @@ impl Run<'_> {
             }
             rows.push((ip.to_string(), mac));
         }
+        Ok(rows)
+    }
+
+    /// node1's status page lists every node with what the test saw: its
+    /// MAC and lease, the boot script, kernel and initramfs it fetched, its
+    /// NFS root mounted, reachable; on Kerrighed nodes the node id. Then
+    /// Chromium renders the page node1 served: a screenshot, and the same
+    /// rows in the text it shows.
+    fn check_status_page(
+        &mut self,
+        leases: &[(String, Ipv4Addr)],
+        json: &str,
+        page: &str,
+    ) -> Result<()> {
+        let dir = &self.test.dir;
+        files::write_atomic(&dir.join("status.json"), json.as_bytes())?;
+        files::write_atomic(&dir.join("status.html"), page.as_bytes())?;
+        let report = StatusReport::parse(json)?;
+        let password = &self.test.login.1;
+        if !password.is_empty()
+            && (json.contains(password.as_str()) || page.contains(password.as_str()))
+        {
+            bail!("node1's status page shows the cluster user's password");
+        }
+        let rows = self.status_rows(leases, &report)?;
         self.say(
             "node1",
             &format!(
