@@ -32,8 +32,11 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked> {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let result = unpack_into(archive, &partial).and_then(|n| {
+    let result = unpack_into(archive, &partial).and_then(|(n, links)| {
         let top = single_top_dir(&partial)?;
+        if let Some(name) = &top {
+            check_links_without_top(archive, name, &links)?;
+        }
         match &top {
             Some(name) => files::replace_with(&partial.join(name), dest)?,
             None => files::replace_with(&partial, dest)?,
@@ -93,13 +96,17 @@ fn open(archive: &Path) -> Result<Box<dyn Read>> {
     })
 }
 
-fn unpack_into(archive: &Path, into: &Path) -> Result<usize> {
+/// Symlinks unpacked: (entry path, target).
+type Links = Vec<(PathBuf, PathBuf)>;
+
+fn unpack_into(archive: &Path, into: &Path) -> Result<(usize, Links)> {
     let mut tar = tar::Archive::new(open(archive)?);
     tar.set_preserve_permissions(false); // modes kept, but no setuid/setgid from a tarball
     tar.set_preserve_mtime(true);
     tar.set_overwrite(true);
     let shown = archive.display();
     let mut count = 0;
+    let mut links = Links::new();
     for entry in tar.entries().with_context(|| format!("reading {shown}"))? {
         interrupt::check()?;
         let mut entry = entry.with_context(|| format!("reading {shown} (is it truncated?)"))?;
@@ -116,6 +123,7 @@ fn unpack_into(archive: &Path, into: &Path) -> Result<usize> {
             EntryType::Symlink => {
                 let target = link_target(&entry).map_err(|why| refuse(&why))?;
                 check_symlink(&path, &target).map_err(|why| refuse(&why))?;
+                links.push((path.clone(), target));
             }
             EntryType::Link => {
                 let target = link_target(&entry).map_err(|why| refuse(&why))?;
@@ -142,7 +150,29 @@ fn unpack_into(archive: &Path, into: &Path) -> Result<usize> {
         }
         count += 1;
     }
-    Ok(count)
+    Ok((count, links))
+}
+
+/// The tree loses its top directory (`linux-2.6.20/`): a symlink that
+/// climbed to the archive's root (`top/x -> ..`, `top/x -> ../top/y`) would
+/// then point beside the destination. Each is checked again from where it
+/// ends up.
+fn check_links_without_top(archive: &Path, top: &str, links: &Links) -> Result<()> {
+    for (path, target) in links {
+        let inner: PathBuf = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .skip(1)
+            .collect();
+        if let Err(why) = check_symlink(&inner, target) {
+            bail!(
+                "refusing {}: entry `{}` {why} once the top directory `{top}/` is taken off",
+                archive.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn link_target<R: Read>(entry: &tar::Entry<R>) -> Result<PathBuf, String> {

@@ -199,6 +199,16 @@ fn every_dangerous_entry_is_refused_by_name_and_nothing_is_left() {
             link("top/sub/ln", EntryType::Symlink, "x/../../../y"),
             "follows a name",
         ),
+        // Inside the archive, but beside the destination once the top
+        // directory is taken off (found by tests/properties.rs).
+        (
+            link("top/up", EntryType::Symlink, ".."),
+            "once the top directory `top/` is taken off",
+        ),
+        (
+            link("top/sub/up", EntryType::Symlink, "../../top/ok"),
+            "once the top directory `top/` is taken off",
+        ),
         (
             link("top/hl", EntryType::Link, "/etc/shadow"),
             "is a hard link",
