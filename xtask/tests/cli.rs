@@ -261,6 +261,48 @@ fn profile_with_local_sources(
     path
 }
 
+/// The default profile's kerrighed tarball has no published sha256: its
+/// pin lives in sources.lock. Without one, `build` stops before any stage
+/// runs (here before it even asks for root), in seconds, naming the file
+/// and the command that pins it.
+#[test]
+fn a_build_with_an_unpinned_source_stops_before_any_stage_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("profiles/default-copy.toml");
+    std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
+    std::fs::copy(
+        xtask::project_root().join("profiles/kerrighed.toml"),
+        &profile,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = xtask_in(
+        tmp.path(),
+        &["--profile", &profile.display().to_string(), "build"],
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("kerrighed-2.4.1.tar.gz has no sha256 pin")
+            && stderr.contains("cargo xtask fetch --lock-new")
+            && stderr.contains("nothing was built"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("root"),
+        "it stopped before the root check: {stderr}"
+    );
+    assert!(
+        !tmp.path().join("build/stamps").exists() && !tmp.path().join("build/roots").exists(),
+        "a stage ran"
+    );
+}
+
 #[test]
 fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     use common::http::{Route, TestServer};

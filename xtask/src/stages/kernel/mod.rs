@@ -92,6 +92,37 @@ impl Stage for Kernel {
     fn needs_root(&self) -> bool {
         true
     }
+    /// A Kerrighed kernel is built from pinned sources only: a source
+    /// without a pin would stop this stage after the roots were built
+    /// (minutes), so a build says so before anything runs.
+    fn preflight(&self) -> Result<()> {
+        if !self.is_kerrighed() {
+            return Ok(());
+        }
+        let lock = self.0.sources_lock()?;
+        let mut unpinned = Vec::new();
+        for name in ["linux", "kerrighed"] {
+            let source = self.0.profile.source(name).with_context(|| {
+                format!(
+                    "the kerrighed kernel needs a [[sources]] entry named {name} in the profile"
+                )
+            })?;
+            if fetch::pin_of(source, &lock).is_none() {
+                unpinned.push(source.file.as_str());
+            }
+        }
+        if !unpinned.is_empty() {
+            bail!(
+                "{} {} no sha256 pin, neither in the profile nor in {}: run `cargo xtask fetch --lock-new` \
+(it downloads, shows each sha256 and pins it; check it against a copy you trust), or add `sha256 = \"...\"` \
+to its [[sources]] entry; nothing was built",
+                unpinned.join(" and "),
+                if unpinned.len() == 1 { "has" } else { "have" },
+                lock.path.display()
+            );
+        }
+        Ok(())
+    }
     fn host_tools(&self) -> Vec<HostTool> {
         vec![
             HostTool::new("chroot", "coreutils"),
