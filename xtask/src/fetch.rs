@@ -391,6 +391,50 @@ fn http_client(opts: &FetchOptions) -> Result<reqwest::blocking::Client> {
         .context("setting up the HTTP client")
 }
 
+/// Whether a Debian mirror has a suite: its `dists/SUITE/Release` answers
+/// (on disk for a `file://` mirror). Asked before a build starts, so a dead
+/// mirror or a misspelt suite stops it in seconds, not after other work.
+/// `Err` says why, in a few words.
+pub fn check_mirror(mirror: &str, suite: &str, timeout: Duration) -> Result<(), String> {
+    let base = mirror.trim_end_matches('/');
+    if let Some(path) = base.strip_prefix("file://") {
+        let release = Path::new(path).join("dists").join(suite).join("Release");
+        return if release.is_file() {
+            Ok(())
+        } else if Path::new(path).is_dir() {
+            Err(format!(
+                "has no suite `{suite}` ({} is missing)",
+                release.display()
+            ))
+        } else {
+            Err(format!("is not there ({path} is not a directory)"))
+        };
+    }
+    let url = format!("{base}/dists/{suite}/Release");
+    let opts = FetchOptions {
+        connect_timeout: timeout,
+        read_timeout: timeout,
+        ..FetchOptions::default()
+    };
+    let http = http_client(&opts).map_err(|e| format!("{e:#}"))?;
+    match http.get(&url).send() {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+            Err(format!("has no suite `{suite}` (404 for {url})"))
+        }
+        Ok(r) => Err(format!("answers {} for {url}", r.status())),
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(inner) = source {
+                why = inner.to_string();
+                source = inner.source();
+            }
+            Err(format!("does not answer ({why})"))
+        }
+    }
+}
+
 /// Why one try at one mirror failed.
 enum Failure {
     /// Worth another try at the same mirror (resuming what we have).
@@ -671,6 +715,41 @@ impl DownloadBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mirror with the suite, one without, one that refuses, one that
+    /// never answers, and file:// ones: each said in its own words.
+    #[test]
+    fn a_mirror_is_asked_for_its_suite_before_a_build() {
+        use crate::testsuite::http::{refused_url, Route, TestServer};
+        let server = TestServer::start().unwrap();
+        server.route(
+            "/debian/dists/bookworm/Release",
+            Route::file(b"Suite: bookworm\n"),
+        );
+        server.route("/silent/dists/bookworm/Release", Route::Silent);
+        let t = Duration::from_secs(2);
+        assert_eq!(check_mirror(&server.url("/debian/"), "bookworm", t), Ok(()));
+        let no_suite = check_mirror(&server.url("/debian"), "bookwurm", t).unwrap_err();
+        assert!(no_suite.contains("has no suite `bookwurm`"), "{no_suite}");
+        let refused = check_mirror(&refused_url().unwrap(), "bookworm", t).unwrap_err();
+        assert!(refused.starts_with("does not answer"), "{refused}");
+        let started = Instant::now();
+        let silent = check_mirror(&server.url("/silent"), "bookworm", t).unwrap_err();
+        assert!(silent.starts_with("does not answer"), "{silent}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("dists/bookworm")).unwrap();
+        fs::write(tmp.path().join("dists/bookworm/Release"), "x").unwrap();
+        let local = format!("file://{}", tmp.path().display());
+        assert_eq!(check_mirror(&local, "bookworm", t), Ok(()));
+        assert!(check_mirror(&local, "trixie", t)
+            .unwrap_err()
+            .contains("has no suite"));
+        assert!(check_mirror("file:///nonexistent/krgiso", "bookworm", t)
+            .unwrap_err()
+            .contains("is not there"));
+    }
 
     #[test]
     fn lock_file_round_trip_and_refuses_bad_sums() {

@@ -328,6 +328,9 @@ impl Engine {
         }
         let tools: Vec<HostTool> = to_run.iter().flat_map(|s| s.host_tools()).collect();
         host::ensure_tools(&tools, options.install_host_tools, &self.layout.log("host"))?;
+        for stage in &to_run {
+            stage.network_checks()?;
+        }
 
         let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;

@@ -62,6 +62,11 @@ pub trait Stage {
     fn preflight(&self) -> Result<()> {
         Ok(())
     }
+    /// Checks that ask the network (a mirror answers), run after every
+    /// stage's preflight, root and host tools, before any stage starts.
+    fn network_checks(&self) -> Result<()> {
+        Ok(())
+    }
     /// Host programs the stage runs (checked, and installed on Debian, before it starts).
     fn host_tools(&self) -> Vec<HostTool> {
         Vec::new()

@@ -15,6 +15,7 @@ use xshell::cmd;
 
 use crate::chroot::{self, Chroot, ExtraBind, SystemMounts};
 use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::fetch;
 use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
@@ -197,6 +198,30 @@ impl Stage for Packages {
         }
         Ok(())
     }
+    /// Every root's mirror has its suite: a dead mirror or a misspelt suite
+    /// stops the build in seconds, before a root is started.
+    fn network_checks(&self) -> Result<()> {
+        if self.0.offline {
+            return Ok(());
+        }
+        let mut asked = Vec::new();
+        for job in self.jobs() {
+            let (mirror, suite) = (&job.spec.mirror, &job.spec.suite);
+            if asked.contains(&(mirror, suite)) {
+                continue;
+            }
+            asked.push((mirror, suite));
+            if let Err(why) = fetch::check_mirror(mirror, suite, MIRROR_TIMEOUT) {
+                bail!(
+                    "the {} root's mirror {mirror} ([{}] mirror, suite {suite}) {why}: check the network, the mirror's address and [{}] suite; nothing was built",
+                    job.dir,
+                    job.section,
+                    job.section
+                );
+            }
+        }
+        Ok(())
+    }
     fn host_tools(&self) -> Vec<HostTool> {
         let mut tools = vec![
             HostTool::new("debootstrap", "debootstrap"),
@@ -371,6 +396,9 @@ fn provision(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Res
     ));
     finish_root(dir)
 }
+
+/// How long a mirror has to answer the check before a build.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Build-time settings, removed when the root is finished.
 const APT_BUILD_CONF: &str = "etc/apt/apt.conf.d/90krgiso-build";

@@ -177,6 +177,12 @@ fn expect_failure(run: &SmokeRun, s: &StageShell, profile: &Path, expected: &str
         !build.join("stamps/packages.json").exists(),
         "a failed packages run wrote a stamp"
     );
+    if expected.contains("mirror") || expected.contains("suite") {
+        ensure!(
+            !build.join("roots").exists(),
+            "a root was started although the mirror check failed"
+        );
+    }
     no_mounts_under(&build)?;
     let exe_clean = cmd!(
         sh,
@@ -214,12 +220,20 @@ fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
             "mirror = \"http://127.0.0.1:9/debian\"",
         )],
     )?;
+    // Both stop before any root is started, asked of the mirror up front.
     expect_failure(
         run,
         s,
         &dead_mirror,
-        "cannot reach the mirror http://127.0.0.1:9/debian",
-    )
+        "mirror http://127.0.0.1:9/debian ([node1] mirror, suite bookworm) does not answer",
+    )?;
+    // A misspelt suite: the mirror answers, without it.
+    let bad_suite = edited_profile(
+        run,
+        "bad-suite",
+        &[("suite = \"bookworm\"", "suite = \"bookwurm\"")],
+    )?;
+    expect_failure(run, s, &bad_suite, "has no suite `bookwurm`")
 }
 
 /// Both roots exist, hold the profile's packages, and carry none of the
