@@ -31,6 +31,17 @@ impl Sandbox {
         for sub in ["profiles", "overlay", "kernel-configs"] {
             copy_tree(&real.join(sub), &dir.path().join("project").join(sub));
         }
+        // The default profile's kerrighed tarball is pinned in sources.lock,
+        // as `fetch --lock-new` leaves it; without a pin the kernel stage's
+        // preflight stops every build.
+        fs::write(
+            dir.path().join("project/profiles/sources.lock"),
+            format!(
+                "[sha256]\n\"kerrighed-2.4.1.tar.gz\" = \"{}\"\n",
+                "cd".repeat(32)
+            ),
+        )
+        .unwrap();
         let motd = dir.path().join("project/overlay/node1/etc/motd");
         fs::create_dir_all(motd.parent().unwrap()).unwrap();
         fs::write(&motd, "welcome to node1\n").unwrap();
