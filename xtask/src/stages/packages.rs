@@ -110,20 +110,19 @@ impl Packages {
         result
     }
 
-    /// Debootstraps `job`'s root into `from` and copies it to `to`, for a
-    /// second root with the same bootstrap.
+    /// Debootstraps `job`'s root into `from` and copies it to `to`, for
+    /// `other`, a root with the same bootstrap.
     fn shared_bootstrap(
         &self,
         shell: &StageShell,
-        job: &RootJob,
-        from: &Path,
-        to: &Path,
+        (job, from): (&RootJob, &Path),
+        (other, to): (&RootJob, &Path),
     ) -> Result<()> {
         let result = self.deb_cache(job).and_then(|cache| {
             bootstrap(shell, job, from, &cache)?;
             shell.step(&format!(
-                "copy the {} root's bootstrap: the nodes root starts from the same one",
-                job.dir
+                "copy the {} root's bootstrap: the {} root starts from the same one",
+                job.dir, other.dir
             ));
             let sh = shell.sh();
             let (from_dir, to_dir) = (from.join("."), to.to_owned());
@@ -274,12 +273,12 @@ impl Stage for Packages {
         // two roots at once keep both cores busy (1.5x one at a time).
         let branches = [run.shell.branch("node1")?, run.shell.branch("nodes")?];
         // Except their bootstrap when it is the same: one debootstrap and a
-        // copy (0.3 s) take 18 s, two at once 24-27 s.
+        // copy (2-4 s) take 18-26 s, two at once 24-29 s.
         if let ([(first, Some(from)), ..], [(second, Some(to)), ..]) =
             (chains[0].as_slice(), chains[1].as_slice())
         {
             if same_bootstrap(first.spec, second.spec) {
-                self.shared_bootstrap(&branches[0], first, from, to)?;
+                self.shared_bootstrap(&branches[0], (first, from), (second, to))?;
                 chains[0][0].0.bootstrapped = true;
                 chains[1][0].0.bootstrapped = true;
             }
