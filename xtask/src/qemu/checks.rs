@@ -322,10 +322,7 @@ impl Run<'_> {
                 dir.display()
             ),
         );
-        let chromium = std::process::Command::new(browser::CHROMIUM)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let chromium = crate::host::find_program(browser::CHROMIUM).is_some();
         if !chromium && self.test.screenshot == Screenshot::IfInstalled {
             self.say(
                 "node1",

@@ -222,6 +222,14 @@ impl ConfDir {
     }
 }
 
+impl ConfDir {
+    /// The mkinitramfs command that makes the image at `output` (a path
+    /// inside the root) for kernel `version` with this configuration.
+    pub fn mkinitramfs<'a>(&self, output: &'a str, version: &'a str) -> [&'a str; 6] {
+        ["mkinitramfs", "-d", CONF_DIR, "-o", output, version]
+    }
+}
+
 impl Drop for ConfDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);

@@ -455,18 +455,7 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
         for version in installed_kernels(dir) {
             shell.step(&format!("make the {section} initramfs for {version}"));
             let output = format!("/boot/initrd.img-{version}");
-            run_explained(
-                shell,
-                chroot.cmd(&[
-                    "mkinitramfs",
-                    "-d",
-                    initramfs::CONF_DIR,
-                    "-o",
-                    &output,
-                    &version,
-                ]),
-                job,
-            )?;
+            run_explained(shell, chroot.cmd(&conf.mkinitramfs(&output, &version)), job)?;
         }
         drop(conf);
     }

@@ -173,6 +173,19 @@ fn client_lease(
         .filter(|l| !l.is_empty()))
 }
 
+/// `/status.json` from node1's web server at `host`, asked from network
+/// namespace `ns`: its text and what it says.
+fn status_json(s: &StageShell, ns: &str, host: &str) -> Result<(String, StatusReport)> {
+    let sh = s.sh();
+    let json = cmd!(
+        sh,
+        "ip netns exec {ns} curl -sS --fail --max-time 20 http://{host}/status.json"
+    )
+    .read()?;
+    let report = StatusReport::parse(&json)?;
+    Ok((json, report))
+}
+
 /// node1's status page, from the client on the cluster link: the client's
 /// row with its lease and the four boot files it fetched, node1's services
 /// up; the page shows the row. From the other link (routed to node1's
@@ -188,12 +201,7 @@ fn check_status_page(
     s.step("the status page: the client's lease and boot files, nothing from another link");
     let sh = s.sh();
     let node1_ip = node1_ip.to_string();
-    let json = cmd!(
-        sh,
-        "ip netns exec {client} curl -sS --fail --max-time 20 http://{node1_ip}/status.json"
-    )
-    .read()?;
-    let report = StatusReport::parse(&json)?;
+    let (json, report) = status_json(s, client, &node1_ip)?;
     ensure!(
         report.node1.mode == "full" && report.node1.iface == "eth-cl",
         "status.json says mode {} on {}",
@@ -474,12 +482,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
     ))?;
     s.step("the status page with listen = \"all\": answers on the other link too");
     start_node1_listening(&s, "all")?;
-    let json = cmd!(
-        sh,
-        "ip netns exec {other} curl -sS --fail --max-time 10 http://192.0.2.1/status.json"
-    )
-    .read()?;
-    let report = StatusReport::parse(&json)?;
+    let (_, report) = status_json(&s, other, "192.0.2.1")?;
     ensure!(
         report.node1.status_page == "all",
         "the status page does not say it listens everywhere: {}",

@@ -402,14 +402,7 @@ impl Kernel {
         let chroot = Chroot::enter(&root, &self.0.profile.nodes.arch, &[], shell)?;
         let initrd_inside = "/tmp/krgiso-initrd.img";
         chroot
-            .run(&[
-                "mkinitramfs",
-                "-d",
-                initramfs::CONF_DIR,
-                "-o",
-                initrd_inside,
-                &release,
-            ])
+            .run(&conf.mkinitramfs(initrd_inside, &release))
             .context("mkinitramfs failed: is initramfs-tools in [nodes] packages?")?;
         let listing = chroot.read(&["lsinitramfs", initrd_inside])?;
         drop(chroot);
