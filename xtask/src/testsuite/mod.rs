@@ -76,6 +76,11 @@ const END_TO_END: &[EndToEnd] = &[
         check: node1::node1_netns,
     },
     EndToEnd {
+        name: "e2e-pxe-crowd",
+        about: "24 PXE clients at once against node1's boot service in network namespaces: distinct leases, boot files by TFTP and HTTP, dnsmasq stays up",
+        check: node1::pxe_crowd,
+    },
+    EndToEnd {
         name: "e2e-i386-chroot",
         about: "an i386 root entered as the stages do sees an i686 machine",
         check: kernel::i386_chroot,

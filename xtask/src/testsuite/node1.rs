@@ -2,9 +2,10 @@
 //! service in network namespaces: full and proxy DHCP, TFTP).
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use xshell::cmd;
@@ -143,6 +144,145 @@ impl Drop for Netns {
         for name in self.names.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
+    }
+}
+
+/// node1's root chrooted in a network namespace, joined to a bridge in
+/// another: the root is the smoke build's node1 root with its layer
+/// stacked over it by overlayfs, writes going to a scratch dir under
+/// `build/e2e/NAME`. Everything it set up (daemons, namespaces, mounts) is
+/// undone when it drops, however the check ends.
+struct Node1Netns {
+    // Dropped in this order: the daemons and namespaces, the chroot's
+    // mounts, then the overlay.
+    ns: Netns,
+    mounts: chroot::ChrootMounts,
+    overlay: crate::interrupt::Cleanup,
+    work: PathBuf,
+    merged: PathBuf,
+    n1: &'static str,
+    sw: &'static str,
+}
+
+impl Node1Netns {
+    fn set_up(
+        run: &SmokeRun,
+        s: &StageShell,
+        name: &str,
+        (n1, sw): (&'static str, &'static str),
+    ) -> Result<Node1Netns> {
+        let layer = run.build.join("node1/node1");
+        ensure!(
+            layer.join("usr/local/sbin/krgiso-node1").exists(),
+            "run the node1 stage first (e2e-node1)"
+        );
+        let work = run.project.join("build/e2e").join(name);
+        chroot::release_stale(&work, &chroot::SystemMounts)?;
+        files::remove_tree(&work)?;
+        let merged = work.join("node1");
+        for dir in ["upper", "ovl-work", "node1"] {
+            fs::create_dir_all(work.join(dir))?;
+        }
+        let sh = s.sh();
+        let lower = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            layer.display(),
+            run.root("node1").display(),
+            work.join("upper").display(),
+            work.join("ovl-work").display()
+        );
+        s.run(cmd!(sh, "mount -t overlay krgiso-e2e -o {lower} {merged}"))?;
+        let merged_for_cleanup = merged.clone();
+        let overlay =
+            crate::interrupt::Cleanup::register("unmount the e2e node1 overlay", move || {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&merged_for_cleanup)
+                    .status();
+            });
+        let mounts =
+            chroot::ChrootMounts::set_up(&merged, &[], std::sync::Arc::new(chroot::SystemMounts))?;
+        let mut ns = Netns {
+            names: Vec::new(),
+            pid_files: ["dnsmasq", "httpd", "radvd"]
+                .iter()
+                .map(|d| merged.join(format!("run/krgiso/{d}.pid")))
+                .collect(),
+        };
+        for name in [n1, sw] {
+            ns.add(s, name)?;
+        }
+        s.run(cmd!(sh, "ip -n {sw} link add br0 type bridge"))?;
+        s.run(cmd!(sh, "ip -n {sw} link set br0 up"))?;
+        ns.link(s, (n1, "eth-cl"), (sw, "p-n1"))?;
+        s.run(cmd!(sh, "ip -n {sw} link set p-n1 master br0"))?;
+        Ok(Node1Netns {
+            ns,
+            mounts,
+            overlay,
+            work,
+            merged,
+            n1,
+            sw,
+        })
+    }
+
+    /// A new namespace `name` whose `eth0` is a port (`port`) of the bridge.
+    fn attach(&mut self, s: &StageShell, name: &str, port: &str) -> Result<()> {
+        self.ns.add(s, name)?;
+        self.ns.link(s, (name, "eth0"), (self.sw, port))?;
+        let sw = self.sw;
+        s.run(cmd!(s.sh(), "ip -n {sw} link set {port} master br0"))
+    }
+
+    /// `krgiso-node1 start` in node1's namespace, its cluster link eth-cl,
+    /// without NFS (this host's kernel has no nfsd); returns the status
+    /// line it wrote.
+    fn start(&self, s: &StageShell, listen: &str) -> Result<String> {
+        let sh = s.sh();
+        let (n1, merged) = (self.n1, &self.merged);
+        let listen = format!("KRGISO_STATUS_LISTEN={listen}");
+        let out = cmd!(sh, "ip netns exec {n1} chroot {merged} env KRGISO_NFS=no KRGISO_CLUSTER_IFACE=eth-cl {listen} /usr/local/sbin/krgiso-node1 start")
+            .ignore_status()
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        s.note(&text);
+        ensure!(out.status.success(), "krgiso-node1 start failed:\n{text}");
+        Ok(fs::read_to_string(self.merged.join("run/krgiso/status")).unwrap_or_default())
+    }
+
+    fn stop(&self, s: &StageShell) -> Result<()> {
+        let (n1, merged) = (self.n1, &self.merged);
+        s.run(cmd!(
+            s.sh(),
+            "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
+        ))
+    }
+
+    /// The pid of node1's daemon `name` if it is running.
+    fn daemon(&self, name: &str) -> Option<u32> {
+        fs::read_to_string(self.merged.join(format!("run/krgiso/{name}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
+
+    /// Takes it all down and checks that no mount is left under the work dir.
+    fn finish(self, s: &StageShell) -> Result<()> {
+        let Node1Netns {
+            ns,
+            mounts,
+            overlay,
+            work,
+            merged,
+            ..
+        } = self;
+        drop(ns);
+        drop(mounts);
+        s.run(cmd!(s.sh(), "umount {merged}"))?;
+        overlay.dismiss();
+        no_mounts_under(&work)
     }
 }
 
@@ -310,75 +450,24 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         s.log_path(),
     )?;
     let t = Instant::now();
-    let layer = run.build.join("node1/node1");
-    ensure!(
-        layer.join("usr/local/sbin/krgiso-node1").exists(),
-        "run the node1 stage first (e2e-node1)"
-    );
-    let work = project.join("build/e2e/netns");
-    chroot::release_stale(&work, &chroot::SystemMounts)?;
-    files::remove_tree(&work)?;
-    let merged = work.join("node1");
-    for dir in ["upper", "ovl-work", "node1"] {
-        fs::create_dir_all(work.join(dir))?;
-    }
-    let sh = s.sh();
-    let lower = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        layer.display(),
-        run.root("node1").display(),
-        work.join("upper").display(),
-        work.join("ovl-work").display()
-    );
-    s.run(cmd!(sh, "mount -t overlay krgiso-e2e -o {lower} {merged}"))?;
-    let merged_for_cleanup = merged.clone();
-    let _overlay =
-        crate::interrupt::Cleanup::register("unmount the e2e node1 overlay", move || {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&merged_for_cleanup)
-                .status();
-        });
-    let mounts =
-        chroot::ChrootMounts::set_up(&merged, &[], std::sync::Arc::new(chroot::SystemMounts))?;
-
-    let (n1, sw, cl, other, foreign) = (
+    let (n1, cl, other, foreign) = (
         "krgiso-e2e-n1",
-        "krgiso-e2e-sw",
         "krgiso-e2e-cl",
         "krgiso-e2e-ot",
         "krgiso-e2e-fg",
     );
-    let mut ns = Netns {
-        names: Vec::new(),
-        pid_files: Vec::new(),
-    };
-    for name in [n1, sw, cl, other, foreign] {
-        ns.add(&s, name)?;
-    }
-    s.run(cmd!(sh, "ip -n {sw} link add br0 type bridge"))?;
-    s.run(cmd!(sh, "ip -n {sw} link set br0 up"))?;
-    for (peer, iface, port) in [
-        (n1, "eth-cl", "p-n1"),
-        (cl, "eth0", "p-cl"),
-        (foreign, "eth0", "p-fg"),
-    ] {
-        ns.link(&s, (peer, iface), (sw, port))?;
-        s.run(cmd!(sh, "ip -n {sw} link set {port} master br0"))?;
-    }
-    ns.link(&s, (n1, "eth-ot"), (other, "eth0"))?;
+    let mut node1 = Node1Netns::set_up(&run, &s, "netns", (n1, "krgiso-e2e-sw"))?;
+    node1.attach(&s, cl, "p-cl")?;
+    node1.attach(&s, foreign, "p-fg")?;
+    node1.ns.add(&s, other)?;
+    node1.ns.link(&s, (n1, "eth-ot"), (other, "eth0"))?;
+    let sh = s.sh();
     s.run(cmd!(sh, "ip -n {n1} addr add 192.0.2.1/24 dev eth-ot"))?;
-    ns.pid_files.push(merged.join("run/krgiso/dnsmasq.pid"));
-    ns.pid_files.push(merged.join("run/krgiso/httpd.pid"));
-    ns.pid_files.push(merged.join("run/krgiso/radvd.pid"));
-    // Whether node1's router advertiser runs: in full mode only.
-    let radvd_runs = || -> bool {
-        fs::read_to_string(merged.join("run/krgiso/radvd.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-    };
-
+    let (work, merged, layer) = (
+        node1.work.clone(),
+        node1.merged.clone(),
+        run.build.join("node1/node1"),
+    );
     let client_script = work.join("client.sh");
     fs::write(
         &client_script,
@@ -391,22 +480,8 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         &client_script,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let start_node1_listening = |s: &StageShell, listen: &str| -> Result<String> {
-        let sh = s.sh();
-        let listen = format!("KRGISO_STATUS_LISTEN={listen}");
-        let out = cmd!(sh, "ip netns exec {n1} chroot {merged} env KRGISO_NFS=no KRGISO_CLUSTER_IFACE=eth-cl {listen} /usr/local/sbin/krgiso-node1 start")
-            .ignore_status()
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        s.note(&text);
-        ensure!(out.status.success(), "krgiso-node1 start failed:\n{text}");
-        Ok(fs::read_to_string(merged.join("run/krgiso/status")).unwrap_or_default())
-    };
-    let start_node1 = |s: &StageShell| start_node1_listening(s, "cluster");
-
     s.step("full DHCP: no other server on the cluster link");
-    let status = start_node1(&s)?;
+    let status = node1.start(&s, "cluster")?;
     ensure!(
         status.contains("iface=eth-cl")
             && status.contains("dhcp=full")
@@ -466,7 +541,7 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         "node1's web server runs as root (or not at all): {who:?}"
     );
     ensure!(
-        radvd_runs(),
+        node1.daemon("radvd").is_some(),
         "node1 answers no IPv6 router solicitation on its own link (radvd): {}",
         fs::read_to_string(merged.join("run/krgiso/radvd.log")).unwrap_or_default()
     );
@@ -476,22 +551,16 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         "node1 gave a lease on a link that is not the cluster link: {stray:?}"
     );
     check_status_page(&s, &merged, (n1, cl, other), &lease, node1_ip)?;
-    s.run(cmd!(
-        sh,
-        "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
-    ))?;
+    node1.stop(&s)?;
     s.step("the status page with listen = \"all\": answers on the other link too");
-    start_node1_listening(&s, "all")?;
+    node1.start(&s, "all")?;
     let (_, report) = status_json(&s, other, "192.0.2.1")?;
     ensure!(
         report.node1.status_page == "all",
         "the status page does not say it listens everywhere: {}",
         report.node1.status_page
     );
-    s.run(cmd!(
-        sh,
-        "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
-    ))?;
+    node1.stop(&s)?;
     let _ = fs::remove_file(merged.join("run/krgiso/dnsmasq.leases"));
 
     s.step("proxy DHCP: another server answers on the cluster link first");
@@ -500,15 +569,15 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         "ip -n {foreign} addr add 192.168.77.1/24 dev eth0"
     ))?;
     let (fleases, fpid) = (work.join("foreign.leases"), work.join("foreign.pid"));
-    ns.pid_files.push(fpid.clone());
+    node1.ns.pid_files.push(fpid.clone());
     s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-leasefile={fleases} --pid-file={fpid}"))?;
-    let status = start_node1(&s)?;
+    let status = node1.start(&s, "cluster")?;
     ensure!(
         status.contains("dhcp=proxy"),
         "node1 did not choose proxy DHCP with another server on the link: {status}"
     );
     ensure!(
-        !radvd_runs(),
+        node1.daemon("radvd").is_none(),
         "node1 sends IPv6 router advertisements on a link that has a DHCP server of its own"
     );
     let _ = cmd!(sh, "ip -n {cl} addr flush dev eth0").quiet().run();
@@ -538,18 +607,247 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         sh,
         "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {kernel_url}"
     ))?;
-    s.run(cmd!(
-        sh,
-        "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
-    ))?;
+    node1.stop(&s)?;
 
-    drop(ns);
-    drop(mounts);
-    s.run(cmd!(sh, "umount {merged}"))?;
-    _overlay.dismiss();
-    no_mounts_under(&work)?;
+    node1.finish(&s)?;
     Ok(vec![(
         "node1 boot service in namespaces (full, proxy)".to_owned(),
         t.elapsed().as_secs_f64(),
     )])
+}
+
+/// How many PXE clients boot at once in e2e-pxe-crowd.
+const CROWD: usize = 24;
+/// The bound the crowd must boot in: every client's lease, boot loader,
+/// script, kernel and initramfs, from the moment all start.
+const CROWD_BOOT_BOUND_S: f64 = 30.0;
+
+/// The PXE clients of the crowd, killed (each with what it started) if the
+/// check ends before they do.
+struct Crowd(Vec<std::process::Child>);
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: the process group of a client this check started.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// When one client ended each phase of `pxe-client.sh`, in seconds since
+/// `t0` (Unix time).
+fn client_phases(times: &str, t0: f64) -> Vec<(String, f64)> {
+    times
+        .lines()
+        .filter_map(|l| {
+            let (phase, at) = l.split_once(' ')?;
+            Some((phase.to_owned(), at.trim().parse::<f64>().ok()? - t0))
+        })
+        .collect()
+}
+
+/// 24 PXE clients at once against node1's boot service, in network
+/// namespaces on one bridge: each gets a lease, the boot loader and script
+/// by TFTP and the kernel and initramfs by HTTP, as a node does, then the
+/// kernel again by TFTP. Every lease is distinct and in the range, every
+/// file is the one node1 serves, all within CROWD_BOOT_BOUND_S; dnsmasq is
+/// still up and the status page lists every client with its four files.
+pub fn pxe_crowd(project: &Path) -> Result<Timings> {
+    let run = SmokeRun::built(project)?;
+    let s = check_shell(project, "e2e-pxe-crowd")?;
+    host::ensure_tools(
+        &[
+            host::HostTool::new("udhcpc", "udhcpc"),
+            host::HostTool::new("curl", "curl"),
+        ],
+        true,
+        s.log_path(),
+    )?;
+    let mut node1 = Node1Netns::set_up(
+        &run,
+        &s,
+        "crowd",
+        ("krgiso-e2e-crowd-n1", "krgiso-e2e-crowd-sw"),
+    )?;
+    let clients: Vec<String> = (1..=CROWD).map(|i| format!("krgiso-e2e-c{i:02}")).collect();
+    s.step(&format!(
+        "{CROWD} client namespaces on node1's cluster link"
+    ));
+    for (i, name) in clients.iter().enumerate() {
+        node1.attach(&s, name, &format!("p-c{:02}", i + 1))?;
+    }
+    let status = node1.start(&s, "cluster")?;
+    ensure!(
+        status.contains("dhcp=full"),
+        "node1 did not come up in full DHCP mode: {status}"
+    );
+    let dnsmasq = node1
+        .daemon("dnsmasq")
+        .context("node1's dnsmasq is not running")?;
+
+    let tftp = crate::layout::tftp_dir(&node1.merged);
+    let script = fs::read_to_string(tftp.join(BOOT_SCRIPT))?;
+    let urls = boot_urls(&script);
+    ensure!(
+        urls.len() == 2,
+        "{BOOT_SCRIPT} has no kernel and initramfs URLs:\n{script}"
+    );
+    let served =
+        |name: &str| fs::read(tftp.join(name)).with_context(|| format!("{name} in the TFTP root"));
+    let file_name = |url: &str| url.rsplit('/').next().unwrap_or(url).to_owned();
+    let expected = [
+        ("loader", served(BOOT_LOADER)?),
+        ("script", served(BOOT_SCRIPT)?),
+        ("kernel", served(&file_name(urls[0]))?),
+        ("initrd", served(&file_name(urls[1]))?),
+        ("tftp-kernel", served(&file_name(urls[0]))?),
+    ];
+
+    s.step(&format!("{CROWD} PXE clients boot at once"));
+    let program = node1.work.join("pxe-client.sh");
+    fs::write(&program, include_str!("pxe-client.sh"))?;
+    // udhcpc runs it as its script: it must be executable.
+    fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let server = run.profile.network.address.addr.to_string();
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let started = Instant::now();
+    let mut crowd = Crowd(Vec::new());
+    for name in &clients {
+        let dir = node1.work.join(name);
+        fs::create_dir_all(&dir)?;
+        let log = fs::File::create(dir.join("log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", name, "sh"])
+            .arg(&program)
+            .arg(&dir)
+            .args([server.as_str(), BOOT_LOADER, BOOT_SCRIPT, urls[0], urls[1]])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting PXE client {name}"))?;
+        crowd.0.push(child);
+    }
+    let deadline = Duration::from_secs(300);
+    for (child, name) in crowd.0.iter_mut().zip(&clients) {
+        let left = deadline.saturating_sub(started.elapsed());
+        let status = wait_with_deadline(child, left)?;
+        let log = fs::read_to_string(node1.work.join(name).join("log")).unwrap_or_default();
+        ensure!(
+            status.is_some_and(|s| s.success()),
+            "PXE client {name} failed ({status:?}):\n{log}"
+        );
+    }
+    let all_done = started.elapsed().as_secs_f64();
+
+    let mut leases = std::collections::BTreeSet::new();
+    let (mut booted, mut leased) = (Vec::new(), Vec::new());
+    let (mut tftp_from, mut tftp_to) = (f64::MAX, 0.0f64);
+    for name in &clients {
+        let dir = node1.work.join(name);
+        let lease = fs::read_to_string(dir.join("lease"))?.trim().to_owned();
+        let ip: std::net::Ipv4Addr = lease
+            .parse()
+            .with_context(|| format!("{name}: a lease that is not an address: {lease:?}"))?;
+        ensure!(
+            run.profile.network.dhcp_range.contains(ip),
+            "{name}: the lease {ip} is outside the profile's range"
+        );
+        ensure!(
+            leases.insert(ip),
+            "{name}: the lease {ip} was given to another client too"
+        );
+        for (file, want) in &expected {
+            ensure!(
+                fs::read(dir.join(file))? == *want,
+                "{name}: {file} differs from the one node1 serves"
+            );
+        }
+        let phases = client_phases(&fs::read_to_string(dir.join("times"))?, t0);
+        let at = |phase: &str| {
+            phases
+                .iter()
+                .find(|(p, _)| p == phase)
+                .map(|(_, t)| *t)
+                .with_context(|| format!("{name} never reached {phase}"))
+        };
+        leased.push(at("lease")?);
+        booted.push(at("booted")?);
+        tftp_from = tftp_from.min(at("booted")?);
+        tftp_to = tftp_to.max(at("tftp-kernel")?);
+    }
+    let last_boot = booted.iter().copied().fold(0.0, f64::max);
+    let last_lease = leased.iter().copied().fold(0.0, f64::max);
+    ensure!(
+        last_boot <= CROWD_BOOT_BOUND_S,
+        "the last of {CROWD} clients had its kernel and initramfs after {last_boot:.1} s; the bound is {CROWD_BOOT_BOUND_S} s"
+    );
+    ensure!(
+        Path::new(&format!("/proc/{dnsmasq}")).exists() && node1.daemon("dnsmasq") == Some(dnsmasq),
+        "node1's dnsmasq did not survive {CROWD} clients at once"
+    );
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    let boot_bytes: usize = expected[..4].iter().map(|(_, b)| b.len()).sum::<usize>() * CROWD;
+    let tftp_bytes = expected[4].1.len() * CROWD;
+    let tftp_rate = mib(tftp_bytes) / (tftp_to - tftp_from).max(0.001);
+    s.note(&format!(
+        "{CROWD} clients: last lease {last_lease:.1} s, last booted {last_boot:.1} s ({:.0} MiB served), all done {all_done:.1} s; {:.0} MiB of kernels by TFTP at once in {:.1} s: {tftp_rate:.1} MiB/s",
+        mib(boot_bytes),
+        mib(tftp_bytes),
+        tftp_to - tftp_from
+    ));
+
+    let (json, report) = status_json(&s, &clients[0], &server)?;
+    for ip in &leases {
+        let ip = ip.to_string();
+        let node = report
+            .node(&ip)
+            .with_context(|| format!("status.json has no row for {ip}:\n{json}"))?;
+        ensure!(
+            node.pxe.boot_loader && node.pxe.boot_script && node.pxe.kernel && node.pxe.initrd,
+            "status.json: {ip} fetched all four boot files, the page says {:?}",
+            node.pxe
+        );
+    }
+    drop(crowd);
+    node1.stop(&s)?;
+    node1.finish(&s)?;
+    Ok(vec![
+        (format!("{CROWD} PXE clients: last lease"), last_lease),
+        (
+            format!("{CROWD} PXE clients: last kernel + initramfs"),
+            last_boot,
+        ),
+        (
+            format!("{CROWD} kernels at once by TFTP ({tftp_rate:.0} MiB/s)"),
+            tftp_to - tftp_from,
+        ),
+    ])
+}
+
+/// Waits for `child` up to `left`: its exit status, or None if it is still
+/// running then.
+fn wait_with_deadline(
+    child: &mut std::process::Child,
+    left: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
+    let until = Instant::now() + left;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= until {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
