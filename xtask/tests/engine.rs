@@ -260,6 +260,46 @@ fn a_stage_that_fails_halfway_leaves_no_stamp_and_no_output_that_looks_finished(
 }
 
 #[test]
+fn a_stage_that_fills_the_disk_says_where_and_how_much_it_needs_in_one_line() {
+    let sb = Sandbox::new();
+    let record = Record::default();
+    let engine = sb.engine("smoke", &record);
+    record.fail_saying(
+        "node1",
+        "cp: error writing 'tftp/initrd.img': No space left on device",
+    );
+    let err = engine.run(BUILD, OPTS).unwrap_err();
+    let failed = err.downcast_ref::<StageFailed>().expect("a StageFailed");
+    assert_eq!(failed.stage, "node1");
+    let build = sb.layout().build.display().to_string();
+    assert!(
+        failed
+            .cause
+            .starts_with(&format!("the disk is full under {build} (")),
+        "{}",
+        failed.cause
+    );
+    assert!(
+        failed
+            .cause
+            .contains("stage node1 needs about 64.0 MiB there"),
+        "{}",
+        failed.cause
+    );
+    assert!(!failed.cause.contains('\n') && failed.causes.is_empty());
+    assert!(!sb.layout().stamp("node1").exists());
+    assert!(!sb.layout().layers().exists());
+
+    // Another failure is not taken for a full disk.
+    let sb = Sandbox::new();
+    let engine = sb.engine("smoke", &record);
+    record.fail(Some("kernel"));
+    let err = engine.run(BUILD, OPTS).unwrap_err();
+    let failed = err.downcast_ref::<StageFailed>().expect("a StageFailed");
+    assert!(!failed.cause.contains("disk is full"), "{}", failed.cause);
+}
+
+#[test]
 fn a_failed_rebuild_keeps_the_previous_output_and_its_stamp() {
     let sb = Sandbox::new();
     let record = Record::default();

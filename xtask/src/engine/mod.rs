@@ -8,12 +8,14 @@
 mod inputs;
 mod lock;
 mod plan;
+mod space;
 mod stage;
 mod stamp;
 
 pub use inputs::{hash_reader, sha256_hex, Inputs};
 pub use plan::{Action, Plan, PlanStep, State};
-pub use stage::{Output, OutputKind, Stage, StageRun};
+pub use space::SpaceNeed;
+pub use stage::{Output, OutputKind, Stage, StageRun, MIB};
 pub use stamp::{OutputRecord, Stamp};
 
 use inputs::{inputs_digest, output_key};
@@ -137,6 +139,27 @@ impl Engine {
             upstream: inputs.upstream,
             unresolved,
         })
+    }
+
+    /// Room `stage` needs to run: each output at the size its last stamp
+    /// recorded (else its estimate), and its working space.
+    fn space_needs(&self, stage: &dyn Stage, stamp: Option<&Stamp>) -> Vec<SpaceNeed> {
+        let outputs = stage.outputs().into_iter().map(|output| SpaceNeed {
+            stage: stage.name(),
+            bytes: stamp
+                .and_then(|s| s.outputs.get(output.name))
+                .map_or(output.estimate, |record| record.bytes),
+            path: output.path,
+        });
+        let working = stage
+            .working_space()
+            .into_iter()
+            .map(|(path, bytes)| SpaceNeed {
+                stage: stage.name(),
+                path,
+                bytes,
+            });
+        outputs.chain(working).collect()
     }
 
     fn load_stamps(&self) -> BTreeMap<&'static str, Stamp> {
@@ -331,6 +354,12 @@ impl Engine {
         for stage in &to_run {
             stage.network_checks()?;
         }
+        let stamps = self.load_stamps();
+        let needs: Vec<SpaceNeed> = to_run
+            .iter()
+            .flat_map(|stage| self.space_needs(*stage, stamps.get(stage.name())))
+            .collect();
+        space::check(&needs)?;
 
         let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;
@@ -412,12 +441,25 @@ impl Engine {
             }
             let log = shell.log_path().to_owned();
             let shown = self.layout.show(&log);
+            let tail = log_tail(&log, 200);
             eprintln!("--- last lines of {shown} ---");
-            for line in log_tail(&log, 30) {
+            for line in &tail[tail.len().saturating_sub(30)..] {
                 eprintln!("{line}");
             }
             eprintln!("--- end of {shown} ---");
             shell.note(&format!("error: {err:#}"));
+            if space::ran_out(&err, &tail) {
+                // The partial outputs are gone: what is free now is what
+                // the stage had, and the message says what it needs.
+                let needs = self.space_needs(stage, old);
+                return Err(StageFailed {
+                    stage: name,
+                    cause: space::ran_out_message(name, &needs),
+                    causes: Vec::new(),
+                    log,
+                }
+                .into());
+            }
             return Err(StageFailed {
                 stage: name,
                 cause: err.to_string(),

@@ -25,6 +25,9 @@ pub struct Output {
     pub name: &'static str,
     pub path: PathBuf,
     pub kind: OutputKind,
+    /// Its size on a first build, for the disk-space check (later builds
+    /// use the size the last stamp recorded).
+    pub estimate: u64,
 }
 
 impl Output {
@@ -33,6 +36,7 @@ impl Output {
             name,
             path,
             kind: OutputKind::Dir,
+            estimate: 0,
         }
     }
     pub fn file(name: &'static str, path: PathBuf) -> Output {
@@ -40,9 +44,18 @@ impl Output {
             name,
             path,
             kind: OutputKind::File,
+            estimate: 0,
         }
     }
+    /// About `bytes` on a first build.
+    pub fn estimate(mut self, bytes: u64) -> Output {
+        self.estimate = bytes;
+        self
+    }
 }
+
+/// Mebibytes, for estimates.
+pub const MIB: u64 = 1 << 20;
 
 /// One step of the pipeline.
 pub trait Stage {
@@ -74,6 +87,12 @@ pub trait Stage {
     /// Declares what the stage reads. Called for every status and plan: keep it cheap.
     fn inputs(&self, inputs: &mut Inputs) -> Result<()>;
     fn outputs(&self) -> Vec<Output>;
+    /// Room it needs while it runs besides its outputs (downloads, sources,
+    /// staging): where, and about how many bytes. Checked with the outputs
+    /// before any stage starts.
+    fn working_space(&self) -> Vec<(PathBuf, u64)> {
+        Vec::new()
+    }
     /// Produces every output at `run.output(name)` (or keeps the previous one).
     fn run(&self, run: &mut StageRun) -> Result<()>;
 }

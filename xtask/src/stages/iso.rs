@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::chroot::Stack;
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun, MIB};
 use crate::fetch::{human_bytes, sha256_of};
 use crate::files;
 use crate::host::HostTool;
@@ -184,10 +184,15 @@ impl Stage for Iso {
             profile, layout, ..
         } = &*self.0;
         let (image, checksum) = layout.image(&profile.iso);
+        // The smoke image is 226 MiB.
         vec![
-            Output::file(IMAGE.name, image),
+            Output::file(IMAGE.name, image).estimate(400 * MIB),
             Output::file(IMAGE_CHECKSUM.name, checksum),
         ]
+    }
+    fn working_space(&self) -> Vec<(PathBuf, u64)> {
+        // The roots' squashfs (kept between runs) and the ISO tree.
+        vec![(self.0.layout.iso_tree(), 512 * MIB)]
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         let cx = &self.0;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun, MIB};
 use crate::files;
 use crate::host::HostTool;
 use crate::layout::{tftp_dir, Root, LAYERS, NODE1_ROOT, NODES_ROOT, NODES_TREE, STAGED_KERNEL};
@@ -45,7 +45,8 @@ impl Stage for Node1 {
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::dir(LAYERS.name, self.0.layout.layers())]
+        // Rendered files, the TFTP root's kernel and initramfs: 26-33 MiB.
+        vec![Output::dir(LAYERS.name, self.0.layout.layers()).estimate(64 * MIB)]
     }
     fn host_tools(&self) -> Vec<HostTool> {
         vec![

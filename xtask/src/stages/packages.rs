@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::chroot::{self, Chroot, ExtraBind, SystemMounts};
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun, MIB};
 use crate::fetch;
 use crate::files;
 use crate::host::HostTool;
@@ -246,7 +246,32 @@ impl Stage for Packages {
         let layout = &self.0.layout;
         self.jobs()
             .iter()
-            .map(|job| Output::dir(job.output, layout.root(job.root)))
+            .map(|job| {
+                // Measured: a debootstrapped root with the smoke profile's
+                // packages is 610-660 MiB; a static one a few MiB.
+                let estimate = match job.spec.userland {
+                    Userland::Static => 32 * MIB,
+                    _ => 700 * MIB,
+                };
+                Output::dir(job.output, layout.root(job.root)).estimate(estimate)
+            })
+            .collect()
+    }
+    fn working_space(&self) -> Vec<(PathBuf, u64)> {
+        // A root's .debs on a first build (about 125 MiB for the smoke
+        // roots; more with more packages); a static root is compiled in
+        // its own work dir.
+        let layout = &self.0.layout;
+        self.jobs()
+            .iter()
+            .filter_map(|job| match job.spec.userland {
+                Userland::Static => Some((layout.userland_work(), 256 * MIB)),
+                _ => {
+                    let debs = layout.downloads.join("debs");
+                    let suite = format!("{}-{}", job.spec.suite, job.spec.arch);
+                    (!debs.join(&suite).exists()).then_some((debs, 300 * MIB))
+                }
+            })
             .collect()
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
+pub mod disk;
 pub mod http;
 pub mod image;
 pub mod kernel;
@@ -104,6 +105,11 @@ const END_TO_END: &[EndToEnd] = &[
         name: "e2e-build",
         about: "the smoke `build` to the ISO: El Torito BIOS + UEFI, MBR, contents, sha256, Ctrl-C keeps the image",
         check: image::build_and_image,
+    },
+    EndToEnd {
+        name: "e2e-disk-full",
+        about: "the smoke `build` on a small loop-mounted file system: refused before any stage when too small; filled during the iso stage, one line naming it and the place; enlarged, the rerun makes only the image",
+        check: disk::disk_full,
     },
     EndToEnd {
         name: "e2e-usb",

@@ -261,12 +261,12 @@ fn ensure_zeros(path: &Path, after: &str) -> Result<()> {
 }
 
 /// A loop device over a file, detached when dropped.
-struct LoopDevice {
+pub(super) struct LoopDevice {
     node: PathBuf,
 }
 
 impl LoopDevice {
-    fn attach(s: &StageShell, file: &Path, partscan: bool) -> Result<LoopDevice> {
+    pub(super) fn attach(s: &StageShell, file: &Path, partscan: bool) -> Result<LoopDevice> {
         let sh = s.sh();
         let scan: &[&str] = if partscan { &["-P"] } else { &[] };
         let node = s.read(cmd!(sh, "losetup {scan...} -f --show {file}"))?;
@@ -275,7 +275,7 @@ impl LoopDevice {
         })
     }
 
-    fn node_str(&self) -> &str {
+    pub(super) fn node_str(&self) -> &str {
         self.node.to_str().unwrap_or_default()
     }
 }
@@ -291,12 +291,12 @@ impl Drop for LoopDevice {
 }
 
 /// A mount, undone (lazily if busy) when dropped.
-struct Mounted {
+pub(super) struct Mounted {
     dir: PathBuf,
 }
 
 impl Mounted {
-    fn mount(s: &StageShell, device: &Path, dir: &Path) -> Result<Mounted> {
+    pub(super) fn mount(s: &StageShell, device: &Path, dir: &Path) -> Result<Mounted> {
         fs::create_dir_all(dir)?;
         let sh = s.sh();
         s.run(cmd!(sh, "mount {device} {dir}"))?;
@@ -314,7 +314,7 @@ impl Drop for Mounted {
 
 /// What a killed earlier run left: mounts under `work`, loop devices over
 /// its files.
-fn release_leftovers(s: &StageShell, work: &Path) -> Result<()> {
+pub(super) fn release_leftovers(s: &StageShell, work: &Path) -> Result<()> {
     chroot::release_stale(work, &SystemMounts)?;
     let files: Vec<PathBuf> = fs::read_dir(work)
         .into_iter()

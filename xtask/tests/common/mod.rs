@@ -113,6 +113,8 @@ pub struct Record {
 struct RecordInner {
     runs: Vec<String>,
     fail: Option<String>,
+    /// What the failing command prints (else "half of STAGE done").
+    fail_saying: Option<String>,
     /// How many times each stage's inputs were read (hashed).
     inputs_read: std::collections::BTreeMap<String, usize>,
 }
@@ -134,7 +136,15 @@ impl Record {
     }
     /// Make `stage` fail halfway through its next runs (None: stop failing).
     pub fn fail(&self, stage: Option<&str>) {
-        self.inner.lock().unwrap().fail = stage.map(str::to_owned);
+        let mut r = self.inner.lock().unwrap();
+        r.fail = stage.map(str::to_owned);
+        r.fail_saying = None;
+    }
+    /// Make `stage` fail halfway, its failing command printing `line`.
+    pub fn fail_saying(&self, stage: &str, line: &str) {
+        let mut r = self.inner.lock().unwrap();
+        r.fail = Some(stage.to_owned());
+        r.fail_saying = Some(line.to_owned());
     }
 }
 
@@ -172,10 +182,14 @@ impl Stage for StandIn {
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         let name = self.name();
-        let (nth, fail) = {
+        let (nth, fail, saying) = {
             let mut r = self.record.inner.lock().unwrap();
             r.runs.push(name.to_owned());
-            (r.runs.len(), r.fail.as_deref() == Some(name))
+            let saying = r
+                .fail_saying
+                .clone()
+                .unwrap_or_else(|| format!("half of {name} done"));
+            (r.runs.len(), r.fail.as_deref() == Some(name), saying)
         };
         run.step("stand-in work");
         for output in self.outputs() {
@@ -187,7 +201,7 @@ impl Stage for StandIn {
             }
             if fail {
                 let sh = run.shell.sh();
-                let script = format!("echo half of {name} done; exit 7");
+                let script = format!("echo \"{saying}\"; exit 7");
                 run.shell.run(cmd!(sh, "sh -c {script}"))?;
                 bail!("unreachable: the command above fails");
             }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::chroot::{Chroot, ExtraBind};
-use crate::engine::{Inputs, Output, Stage, StageRun};
+use crate::engine::{Inputs, Output, Stage, StageRun, MIB};
 use crate::fetch::{self, Cache, FetchOptions};
 use crate::files;
 use crate::host::HostTool;
@@ -156,10 +156,16 @@ to its [[sources]] entry; nothing was built",
         Ok(())
     }
     fn outputs(&self) -> Vec<Output> {
-        vec![Output::dir(
-            STAGED_KERNEL.name,
-            self.0.layout.staged_kernel(),
-        )]
+        // A kernel, its modules for a stock one, and an initramfs: 26-33 MiB.
+        vec![Output::dir(STAGED_KERNEL.name, self.0.layout.staged_kernel()).estimate(64 * MIB)]
+    }
+    fn working_space(&self) -> Vec<(PathBuf, u64)> {
+        if self.is_kerrighed() {
+            // The unpacked linux and kerrighed trees and their objects.
+            vec![(self.work_dir(), 1536 * MIB)]
+        } else {
+            Vec::new()
+        }
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         let out = run.output(STAGED_KERNEL.name)?.to_owned();
