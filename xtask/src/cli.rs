@@ -119,6 +119,9 @@ pub enum Command {
         /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
         #[arg(long, value_name = "FILE")]
         stick: Option<PathBuf>,
+        /// After the checks, power node1 off and on again, then each node: same addresses, nothing lost (needs --stick with KRGISO-DATA)
+        #[arg(long, requires = "stick")]
+        reboot: bool,
     },
     /// Write the image to a USB stick, safely (checks it, shows it, asks, verifies)
     Usb {
@@ -227,10 +230,12 @@ fn run(cli: Cli) -> Result<()> {
             accel,
             firmware,
             stick,
+            reboot,
         } => {
             let test = BootTest::for_build(&profile, &layout, *nodes, *firmware)?;
             let test = BootTest {
                 stick: stick.as_deref().map(std::path::absolute).transpose()?,
+                reboot: *reboot,
                 keep: *keep,
                 timeout: Duration::from_secs(*timeout),
                 accel: *accel,

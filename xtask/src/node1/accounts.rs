@@ -123,10 +123,45 @@ fn random_password() -> Result<String> {
     Ok(out)
 }
 
+/// The group whose members may use sudo (with their password) on Debian.
+const SUDO_GROUP: &str = "sudo";
+
+/// `group` (an /etc/group or /etc/gshadow text) with `user` added to the
+/// members (the last field) of group `name`, if the group is there.
+fn with_member(group: &str, name: &str, user: &str) -> String {
+    group
+        .lines()
+        .map(|line| {
+            if line.split(':').next() != Some(name) {
+                return line.to_owned();
+            }
+            let (head, members) = line.rsplit_once(':').unwrap_or((line, ""));
+            let sep = if members.is_empty() { "" } else { "," };
+            format!("{head}:{members}{sep}{user}")
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
 /// Adds the user to a root's account files, writing the results into
-/// `layer` (the root itself is not changed). Returns the uid given.
-pub fn add_user(root: &Path, layer: &Path, creds: &Credentials, cluster: &Cluster) -> Result<u32> {
+/// `layer` (the root itself is not changed). An `admin` may use sudo there
+/// (with the cluster password) if the root has sudo. Returns the uid given.
+pub fn add_user(
+    root: &Path,
+    layer: &Path,
+    creds: &Credentials,
+    cluster: &Cluster,
+    admin: bool,
+) -> Result<u32> {
     let read = |name: &str| fs::read_to_string(root.join("etc").join(name)).unwrap_or_default();
+    let sudo = admin && root.join("usr/bin/sudo").exists();
+    let member_of_sudo = |text: String| {
+        if sudo {
+            with_member(&text, SUDO_GROUP, &creds.user)
+        } else {
+            text
+        }
+    };
     let passwd = read("passwd");
     let user = &creds.user;
     if passwd
@@ -163,8 +198,18 @@ pub fn add_user(root: &Path, layer: &Path, creds: &Credentials, cluster: &Cluste
             format!("{user}:{}:{days}:0:99999:7:::", creds.password_hash),
             0o640,
         ),
-        ("group", group.clone(), format!("{user}:x:{uid}:"), 0o644),
-        ("gshadow", read("gshadow"), format!("{user}:!::"), 0o640),
+        (
+            "group",
+            member_of_sudo(group.clone()),
+            format!("{user}:x:{uid}:"),
+            0o644,
+        ),
+        (
+            "gshadow",
+            member_of_sudo(read("gshadow")),
+            format!("{user}:!::"),
+            0o640,
+        ),
     ];
     let etc = layer.join("etc");
     fs::create_dir_all(&etc)?;
@@ -270,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_joins_the_sudo_group_where_the_root_has_sudo() {
+        let group = "root:x:0:\nsudo:x:27:\nstaff:x:50:\n";
+        assert_eq!(
+            with_member(group, "sudo", "krg"),
+            "root:x:0:\nsudo:x:27:krg\nstaff:x:50:\n"
+        );
+        assert_eq!(
+            with_member("sudo:x:27:alice\n", "sudo", "krg"),
+            "sudo:x:27:alice,krg\n"
+        );
+        assert_eq!(with_member("sudo:*::\n", "sudo", "krg"), "sudo:*::krg\n");
+        // Another group named alike is left alone.
+        assert_eq!(
+            with_member("sudoers:x:30:\n", "sudo", "krg"),
+            "sudoers:x:30:\n"
+        );
+    }
+
+    #[test]
     fn the_user_is_added_to_the_layer_not_the_root() {
         let t = tempfile::tempdir().unwrap();
         let (root, layer) = (t.path().join("root"), t.path().join("layer"));
@@ -295,14 +359,14 @@ mod tests {
             password_hash: None,
             authorized_keys: vec!["ssh-ed25519 BBBB me@laptop".into()],
         };
-        let uid = add_user(&root, &layer, &creds, &cluster).unwrap();
+        let uid = add_user(&root, &layer, &creds, &cluster, false).unwrap();
         assert_eq!(uid, 1000);
         let passwd = fs::read_to_string(layer.join("etc/passwd")).unwrap();
         assert_eq!(passwd, "root:x:0:0:root:/root:/bin/bash\nkrg:x:1000:1000:krgiso cluster user:/home/krg:/bin/bash\n");
         // A root without bash (a busybox userland): the user gets sh.
         fs::remove_file(root.join("bin/bash")).unwrap();
         let other = t.path().join("layer2");
-        add_user(&root, &other, &creds, &cluster).unwrap();
+        add_user(&root, &other, &creds, &cluster, false).unwrap();
         let passwd = fs::read_to_string(other.join("etc/passwd")).unwrap();
         assert!(passwd.ends_with(":/home/krg:/bin/sh\n"), "{passwd}");
         let shadow = fs::read_to_string(layer.join("etc/shadow")).unwrap();
@@ -346,6 +410,6 @@ mod tests {
 
         // Adding the same user twice is refused.
         fs::copy(layer.join("etc/passwd"), root.join("etc/passwd")).unwrap();
-        assert!(add_user(&root, &t.path().join("l2"), &creds, &cluster).is_err());
+        assert!(add_user(&root, &t.path().join("l2"), &creds, &cluster, false).is_err());
     }
 }

@@ -251,6 +251,9 @@ pub fn node1_files(
             uplink_network(),
         ),
         ("etc/hosts", hosts(net)),
+        // The name /etc/hosts gives node1's cluster address (sudo looks
+        // its own name up, and would wait for DNS).
+        ("etc/hostname", "node1\n".to_owned()),
     ]
     .into_iter()
     .map(|(path, text)| (path.into(), text))

@@ -175,9 +175,7 @@ impl Run<'_> {
         } else {
             None
         };
-        let ssh_to = |ip: &Ipv4Addr, command: &str| {
-            format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 {user}@{ip} {command}")
-        };
+        let ssh_to = |ip: &Ipv4Addr, command: &str| ssh_command(&user, ip, command);
         let mut ssh = Vec::new();
         if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. }) {
             for (i, (name, ip)) in leases.iter().enumerate() {
@@ -207,6 +205,9 @@ impl Run<'_> {
                 (vm, output.as_deref().and_then(BootTime::from_output))
             })
             .collect();
+        if reports {
+            self.restart_nfs_under_the_nodes(leases, until)?;
+        }
         let _ = self.vms[0].vm.console.send("exit\n");
         for (vm, boot) in boot_times {
             match boot {
@@ -237,6 +238,69 @@ impl Run<'_> {
         }
         if let Some((json, page)) = status_page {
             self.check_status_page(leases, &json, &page)?;
+        }
+        Ok(())
+    }
+
+    /// node1's NFS server restarted under the running nodes, by the
+    /// cluster user with sudo: each node writes a file in its home (in the
+    /// shared root) before, then appends to it after. The append succeeds,
+    /// the node reads both lines back, and node1 finds both in the export.
+    fn restart_nfs_under_the_nodes(
+        &mut self,
+        leases: &[(String, Ipv4Addr)],
+        until: Instant,
+    ) -> Result<()> {
+        let (user, password) = self.test.login.clone();
+        let file = |ip: &Ipv4Addr| format!("nfs-restart-{ip}");
+        let console = &self.vms[0].vm.console;
+        for (name, ip) in leases {
+            let f = file(ip);
+            let command = format!("'echo before > {f} && sync && cat {f}'");
+            let said = console.run(&ssh_command(&user, ip, &command), until)?;
+            if said.lines().last().map(str::trim) != Some("before") {
+                bail!("{name} ({ip}) could not write {f} in its home over ssh: {said:?}");
+            }
+        }
+        console.sudo(&password, until)?;
+        let t = Instant::now();
+        let said = console.run(
+            // As root: without D-Bus (minbase) systemctl answers only root.
+            "sudo -n systemctl restart nfs-server && sudo -n systemctl is-active nfs-server",
+            until,
+        )?;
+        if said.lines().last().map(str::trim) != Some("active") {
+            bail!("node1's NFS server did not come back after a restart: {said:?}");
+        }
+        let restart = t.elapsed().as_secs_f64();
+        let mut survived = Vec::new();
+        for (i, (name, ip)) in leases.iter().enumerate() {
+            let f = file(ip);
+            let t = Instant::now();
+            let command = format!("'echo after >> {f} && sync && cat {f}'");
+            let said = console.run(&ssh_command(&user, ip, &command), until)?;
+            let lines: Vec<&str> = said.lines().map(str::trim).collect();
+            if !lines.ends_with(&["before", "after"]) {
+                bail!("{name} ({ip}) after node1's NFS server restarted: {f} should say before, after; it says {said:?}");
+            }
+            let served = console.run(
+                &format!("sudo -n cat {}/home/{user}/{f}", self.test.export_dir),
+                until,
+            )?;
+            let served: Vec<&str> = served.lines().map(str::trim).collect();
+            if !served.ends_with(&["before", "after"]) {
+                bail!("node1's export does not hold what {name} wrote before and after the NFS restart: {served:?}");
+            }
+            survived.push((
+                i + 1,
+                format!(
+                    "wrote before and after (server restart {restart:.1} s; write after it {:.1} s)",
+                    t.elapsed().as_secs_f64()
+                ),
+            ));
+        }
+        for (vm, detail) in survived {
+            self.record(vm, Milestone::NfsRestart, detail);
         }
         Ok(())
     }
@@ -360,6 +424,12 @@ impl Run<'_> {
 
 /// The first file `mac` asked for, by TFTP or HTTP as `by` says, that
 /// `wanted` accepts.
+/// The command node1 runs to run `command` on a node as the cluster user,
+/// with the cluster key (no host key kept: the nodes' keys are new each build).
+pub(super) fn ssh_command(user: &str, ip: &Ipv4Addr, command: &str) -> String {
+    format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 {user}@{ip} {command}")
+}
+
 pub(super) fn fetched(
     seen: &[super::hub::Seen],
     mac: Mac,

@@ -151,6 +151,29 @@ impl Console {
         Ok(())
     }
 
+    /// Gives the logged-in user's sudo a fresh timestamp: the password is
+    /// typed at sudo's own prompt, which does not echo it, so it never
+    /// lands in the console's transcript. `sudo -n` works after.
+    pub fn sudo(&self, password: &str, until: Instant) -> Result<()> {
+        let from = self.position();
+        // Split in two like run()'s markers: the typed line never matches.
+        self.send("sudo -k; sudo -p 'KRGISO-SU''DO: ' -v\n")?;
+        let soon = (Instant::now() + Duration::from_secs(30)).min(until);
+        let asked = self
+            .wait_text(from, "KRGISO-SUDO: ", soon)
+            .context("sudo asked for no password (is sudo in the profile's [node1] packages?)")?;
+        self.send(&format!("{password}\n"))?;
+        // sudo flushes the terminal's input when it gives it back: type
+        // nothing more until the shell asks.
+        self.wait_text(asked, "$ ", until)
+            .context("no shell prompt after sudo's password")?;
+        let said = self.run("sudo -n true && echo sudo-o''k", until)?;
+        if !said.lines().any(|l| l.trim() == "sudo-ok") {
+            bail!("sudo refused the cluster user: {said:?}");
+        }
+        Ok(())
+    }
+
     /// Runs a shell command in the logged-in session; returns its output.
     pub fn run(&self, command: &str, until: Instant) -> Result<String> {
         let from = self.position();

@@ -44,6 +44,16 @@ pub enum Milestone {
     ClusterUp,
     /// A Kerrighed node: node1's cluster key opens an ssh session on it.
     SshFromNode1,
+    /// A node: what it wrote before node1's NFS server restarted is still
+    /// there, and its next write after succeeds.
+    NfsRestart,
+    /// node1 powered on again: its lease table is the one from before.
+    LeasesKept,
+    /// A node that ran through node1's power-off: its next write succeeds,
+    /// what it wrote before is there.
+    CarriedOn,
+    /// A node powered on again: the same address as before.
+    SameAddress,
     /// The cluster: `krgadm nodes` lists every node online.
     KrgNodes,
     /// The cluster: a job started on one node is listed, same PID, on another.
@@ -70,6 +80,10 @@ impl Milestone {
             Milestone::KrgLoaded => "Kerrighed loaded",
             Milestone::ClusterUp => "cluster up",
             Milestone::SshFromNode1 => "ssh from node1",
+            Milestone::NfsRestart => "NFS server restart survived",
+            Milestone::LeasesKept => "leases kept across the reboot",
+            Milestone::CarriedOn => "carried on through node1's reboot",
+            Milestone::SameAddress => "same address after a power cycle",
             Milestone::KrgNodes => "krgadm nodes: all online",
             Milestone::OneProcessSpace => "one process space",
             Milestone::MigratedAway => "process migrated away",
@@ -195,6 +209,10 @@ pub(super) struct Tracked {
     pub(super) reached: Vec<Reached>,
     /// Console position where the current boot's kernel banner ends.
     pub(super) kernel_at: usize,
+    /// How many hub packets were seen before this VM was powered on: its
+    /// lease and fetches are looked for after them (a VM powered on again
+    /// must not be credited with its earlier boot's).
+    pub(super) seen_from: usize,
 }
 
 impl Tracked {

@@ -14,6 +14,7 @@ pub mod console;
 pub mod frame;
 pub mod hub;
 mod milestone;
+mod reboot;
 mod ssi;
 pub mod vm;
 
@@ -89,6 +90,9 @@ pub struct BootTest {
     pub nodes_boot: NodesBoot,
     /// Whether Chromium renders node1's status page into a screenshot.
     pub screenshot: Screenshot,
+    /// After the checks, power node1 off and on again (it keeps what
+    /// KRGISO-DATA holds), then each node: the same addresses, nothing lost.
+    pub reboot: bool,
 }
 
 /// The status page in a browser: always in `cargo xtask test` (which
@@ -107,6 +111,9 @@ struct Run<'a> {
     accel: Accel,
     hub: Hub,
     vms: Vec<Tracked>,
+    /// VMs powered off for good (node1 before it was powered on again):
+    /// what they reached is still reported.
+    retired: Vec<Tracked>,
     boot_times: BTreeMap<String, BootTime>,
 }
 
@@ -165,6 +172,7 @@ impl BootTest {
             login: (user, password),
             nodes_boot,
             screenshot: Screenshot::IfInstalled,
+            reboot: false,
         })
     }
 
@@ -204,6 +212,7 @@ impl BootTest {
             accel: self.accel,
             hub,
             vms: Vec::new(),
+            retired: Vec::new(),
             boot_times: BTreeMap::new(),
         };
         println!(
@@ -277,11 +286,19 @@ impl Run<'_> {
         if cluster && self.test.nodes >= 2 {
             self.prove_single_system_image(&leases)?;
         }
+        if self.test.reboot {
+            self.reboot_node1_then_the_nodes(&leases)?;
+        }
         let report = Report {
             firmware: format!("{:?}", self.test.firmware),
             accel: accel_name(self.accel).to_owned(),
             nodes: self.test.nodes,
-            reached: self.vms.iter().flat_map(|t| t.reached.clone()).collect(),
+            reached: self
+                .retired
+                .iter()
+                .chain(&self.vms)
+                .flat_map(|t| t.reached.clone())
+                .collect(),
             node1_status: status,
             leases: leases
                 .iter()
@@ -316,16 +333,30 @@ impl Run<'_> {
     }
 
     fn power_on(&mut self, spec: VmSpec, steps: &'static [Milestone]) -> Result<()> {
+        let tracked = self.start_tracked(spec, steps, self.accel)?;
+        self.vms.push(tracked);
+        Ok(())
+    }
+
+    /// A VM started and watched from now on: its milestones are looked
+    /// for in what happens after this.
+    fn start_tracked(
+        &self,
+        spec: VmSpec,
+        steps: &'static [Milestone],
+        accel: Accel,
+    ) -> Result<Tracked> {
         let name = spec.name.clone();
-        let vm = Vm::start(spec, self.accel, &self.test.dir)?;
+        let seen_from = self.hub.seen().len();
+        let vm = Vm::start(spec, accel, &self.test.dir)?;
         self.say(&name, &format!("power on ({})", accel_name(vm.accel)));
-        self.vms.push(Tracked {
+        Ok(Tracked {
             vm,
             steps,
             reached: Vec::new(),
             kernel_at: 0,
-        });
-        Ok(())
+            seen_from,
+        })
     }
 
     fn say(&self, vm: &str, what: &str) {
@@ -382,6 +413,7 @@ impl Run<'_> {
             );
         }
         let t = &self.vms[i];
+        let seen = &seen[t.seen_from.min(seen.len())..];
         let mac = t.vm.spec.cluster.0;
         let console = &t.vm.console;
         // A panicked kernel never gets further, and QEMU stays up: stop now
@@ -452,8 +484,12 @@ impl Run<'_> {
                     .find_text(kernel_at, "login: ")
                     .map(|_| String::new()),
                 Milestone::MultiUser => None,
-                // Checked by the single-system-image proof, not watched for.
+                // Checked from node1's session, not watched for.
                 Milestone::SshFromNode1
+                | Milestone::NfsRestart
+                | Milestone::LeasesKept
+                | Milestone::CarriedOn
+                | Milestone::SameAddress
                 | Milestone::KrgNodes
                 | Milestone::OneProcessSpace
                 | Milestone::MigratedAway
@@ -501,17 +537,8 @@ impl Run<'_> {
         let spec = old.vm.spec.clone();
         let steps = old.steps;
         drop(old);
-        let vm = Vm::start(spec, Accel::Tcg, &self.test.dir)?;
-        self.say(&vm.spec.name.clone(), "power on again (TCG)");
-        self.vms.insert(
-            i,
-            Tracked {
-                vm,
-                steps,
-                reached: Vec::new(),
-                kernel_at: 0,
-            },
-        );
+        let tracked = self.start_tracked(spec, steps, Accel::Tcg)?;
+        self.vms.insert(i, tracked);
         Ok(())
     }
 

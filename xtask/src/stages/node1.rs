@@ -32,7 +32,8 @@ impl Stage for Node1 {
     }
     fn recipe(&self) -> u32 {
         // 2: the nodes boot iPXE and fetch their kernel over HTTP.
-        2
+        // 3: node1 is named node1; the cluster user may sudo there.
+        3
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);
@@ -126,8 +127,9 @@ impl Stage for Node1 {
             cluster.user
         ));
         let creds = accounts::Credentials::for_build(cluster, &cx.layout, run.shell)?;
-        accounts::add_user(&root, &node1, &creds, cluster)?;
-        accounts::add_user(&cx.layout.root(Root::Nodes), &nodes, &creds, cluster)?;
+        // On node1, the cluster head, the user may use sudo; not on the nodes.
+        accounts::add_user(&root, &node1, &creds, cluster, true)?;
+        accounts::add_user(&cx.layout.root(Root::Nodes), &nodes, &creds, cluster, false)?;
         if let Some(password) = &creds.generated_password {
             run.shell.note(&format!(
                 "the cluster user {} got a generated password (kept in build/credentials)",

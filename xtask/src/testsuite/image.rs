@@ -322,6 +322,7 @@ pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
     let mut test = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?;
     test.dir = run.layout().qemu_uefi();
     test.stick = Some(stick.clone());
+    test.reboot = true;
     let report = test.run();
     let _ = fs::remove_file(&stick);
     let report = report?;
