@@ -217,6 +217,26 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `dir` and everything under it, each directory before its entries
+/// (symlinks not followed into).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        if fs::symlink_metadata(&out[i]).is_ok_and(|m| m.is_dir()) {
+            let mut children: Vec<PathBuf> = fs::read_dir(&out[i])
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            out.append(&mut children);
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,7 +249,7 @@ pub fn add_user(
     fs::write(ssh.join("id_rsa.pub"), format!("{}\n", creds.public_key))?;
     fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o750))?;
-    for path in walk(&home) {
+    for path in crate::files::walk(&home) {
         chown(&path, Some(uid), Some(uid)).with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(uid)
@@ -275,24 +275,6 @@ fn group_id(group: &str, name: &str) -> Option<u32> {
         .nth(2)?
         .parse()
         .ok()
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_owned()];
-    let mut i = 0;
-    while i < out.len() {
-        if out[i].is_dir() {
-            let mut children: Vec<PathBuf> = fs::read_dir(&out[i])
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            out.append(&mut children);
-        }
-        i += 1;
-    }
-    out
 }
 
 #[cfg(test)]

@@ -200,7 +200,12 @@ fn read_owners(
 }
 
 /// A file of the ISO's live/ directory, extracted into `tmp`.
-fn extract(s: &crate::shell::StageShell, image: &Path, tmp: &Path, name: &str) -> Result<PathBuf> {
+pub(super) fn extract(
+    s: &crate::shell::StageShell,
+    image: &Path,
+    tmp: &Path,
+    name: &str,
+) -> Result<PathBuf> {
     let sh = s.sh();
     fs::create_dir_all(tmp)?;
     let file = tmp.join(name);

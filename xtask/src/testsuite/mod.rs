@@ -11,6 +11,7 @@ pub mod disk;
 pub mod http;
 pub mod image;
 pub mod kernel;
+pub mod kill;
 pub mod krg;
 pub mod node1;
 pub mod packages;
@@ -110,6 +111,11 @@ const END_TO_END: &[EndToEnd] = &[
         name: "e2e-disk-full",
         about: "the smoke `build` on a small loop-mounted file system: refused before any stage when too small; filled during the iso stage, one line naming it and the place; enlarged, the rerun makes only the image",
         check: disk::disk_full,
+    },
+    EndToEnd {
+        name: "e2e-kill",
+        about: "the smoke `build` killed (SIGKILL, a PID namespace) at seeded points of each stage, then run again: no stamp from the kill, no mount or process left, the same packages, rendered files and image contents as the uninterrupted build",
+        check: kill::kill_matrix,
     },
     EndToEnd {
         name: "e2e-usb",
