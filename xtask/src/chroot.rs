@@ -139,12 +139,54 @@ struct Undo {
     mounted: Vec<PathBuf>,
     /// Files put in place for the build, and what was there before (None: nothing).
     replaced: Vec<(PathBuf, Option<Saved>)>,
+    /// Where `replaced` is also written, before each file is put in place,
+    /// so that a run killed with SIGKILL is undone by the next one.
+    journal: Option<PathBuf>,
     log: Vec<String>,
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 enum Saved {
     File(Vec<u8>, u32),
     Symlink(PathBuf),
+}
+
+/// The journal of the files a chroot into `root` put in place: beside the
+/// root, so that it goes with it (`roots/.nodes.chroot-journal`).
+fn journal_of(root: &Path) -> Option<PathBuf> {
+    let name = root.file_name()?.to_str()?;
+    Some(root.with_file_name(format!(".{name}{JOURNAL_SUFFIX}")))
+}
+
+const JOURNAL_SUFFIX: &str = ".chroot-journal";
+
+/// The root a journal belongs to.
+fn root_of(journal: &Path) -> Option<PathBuf> {
+    let name = journal.file_name()?.to_str()?;
+    let root = name.strip_prefix('.')?.strip_suffix(JOURNAL_SUFFIX)?;
+    Some(journal.with_file_name(root))
+}
+
+/// Puts back, in reverse order, what a journal says was in its root
+/// before a killed run put its files there; then removes the journal.
+/// Returns one line per file restored.
+fn replay(journal: &Path) -> Result<Vec<String>> {
+    let text = fs::read(journal).with_context(|| format!("reading {}", journal.display()))?;
+    let entries: Vec<(PathBuf, Option<Saved>)> = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a chroot journal", journal.display()))?;
+    let mut done = Vec::new();
+    if let Some(root) = root_of(journal).filter(|r| r.is_dir()) {
+        for (path, saved) in entries.into_iter().rev() {
+            // Only ever inside the root the journal is named after.
+            if !path.starts_with(&root) || path.components().any(|c| c.as_os_str() == "..") {
+                continue;
+            }
+            restore(&path, saved).with_context(|| format!("restoring {}", path.display()))?;
+            done.push(format!("restored {}, left by a killed run", path.display()));
+        }
+    }
+    fs::remove_file(journal).with_context(|| format!("removing {}", journal.display()))?;
+    Ok(done)
 }
 
 fn save(path: &Path) -> io::Result<Option<Saved>> {
@@ -174,13 +216,19 @@ impl Undo {
             let line = release(ops, &target);
             self.log.push(line);
         }
+        let mut restored = true;
         while let Some((path, saved)) = self.replaced.pop() {
             if let Err(e) = restore(&path, saved) {
+                restored = false;
                 self.log.push(format!(
                     "warning: could not restore {}: {e}",
                     path.display()
                 ));
             }
+        }
+        // Kept if something could not be restored: the next run tries again.
+        if let Some(journal) = self.journal.take().filter(|_| restored) {
+            let _ = fs::remove_file(journal);
         }
     }
 }
@@ -207,7 +255,10 @@ impl ChrootMounts {
         extra: &[ExtraBind],
         ops: Arc<dyn MountOps>,
     ) -> Result<ChrootMounts> {
-        let undo = Arc::new(Mutex::new(Undo::default()));
+        let undo = Arc::new(Mutex::new(Undo {
+            journal: journal_of(root),
+            ..Undo::default()
+        }));
         let (u, o) = (undo.clone(), ops.clone());
         let cleanup = Cleanup::register(
             format!("unmount the chroot {}", root.display()),
@@ -272,7 +323,15 @@ impl ChrootMounts {
     /// Puts a file in place for the build; what was there comes back on drop.
     fn put_file(&self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         let saved = save(path).with_context(|| format!("reading {}", path.display()))?;
-        self.lock().replaced.push((path.to_owned(), saved));
+        {
+            let mut undo = self.lock();
+            undo.replaced.push((path.to_owned(), saved));
+            if let Some(journal) = &undo.journal {
+                let json =
+                    serde_json::to_vec(&undo.replaced).context("encoding the chroot journal")?;
+                files::write_atomic(journal, &json)?;
+            }
+        }
         let _ = fs::remove_file(path);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -460,6 +519,23 @@ pub fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String>> {
             list.join(", ")
         );
     }
+    // The files its chroots put in place (resolv.conf, policy-rc.d): their
+    // journals sit beside the roots, which are at most one level down.
+    let near = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.is_symlink());
+    let candidates = std::iter::once(dir.to_owned()).chain(near);
+    for parent in candidates {
+        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if root_of(&path).is_some() && path.is_file() {
+                done.extend(replay(&path)?);
+            }
+        }
+    }
     Ok(done)
 }
 
@@ -539,6 +615,49 @@ mod tests {
         fs::create_dir_all(t.path().join("etc")).unwrap();
         fs::write(t.path().join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
         t
+    }
+
+    #[test]
+    fn what_a_killed_run_put_in_a_root_is_put_back_by_the_next_one() {
+        let build = tempfile::tempdir().unwrap();
+        let root = build.path().join("roots/nodes");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/resolv.conf"), "").unwrap();
+        let journal = build.path().join("roots/.nodes.chroot-journal");
+        let r = Arc::new(Recorder::default());
+        let guard = ChrootMounts::set_up(&root, &[], r.clone()).unwrap();
+        let written = fs::read(&journal).expect("the journal is written before the files");
+        let (resolv, policy) = (
+            fs::read(root.join("etc/resolv.conf")).unwrap(),
+            fs::read(root.join("usr/sbin/policy-rc.d")).unwrap(),
+        );
+        drop(guard);
+        assert!(
+            !journal.exists(),
+            "a chroot that ends well leaves no journal"
+        );
+
+        // As SIGKILL leaves it: the files in place, the journal beside.
+        fs::write(root.join("etc/resolv.conf"), &resolv).unwrap();
+        fs::write(root.join("usr/sbin/policy-rc.d"), &policy).unwrap();
+        fs::write(&journal, &written).unwrap();
+        let done = release_stale(build.path(), r.as_ref()).unwrap();
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert_eq!(fs::read(root.join("etc/resolv.conf")).unwrap(), b"");
+        assert!(!root.join("usr/sbin/policy-rc.d").exists());
+        assert!(!journal.exists());
+
+        // A journal whose root is gone (a partial output removed) just goes.
+        fs::write(
+            build.path().join("roots/..gone.partial.chroot-journal"),
+            &written,
+        )
+        .unwrap();
+        assert!(release_stale(build.path(), r.as_ref()).unwrap().is_empty());
+        assert!(!build
+            .path()
+            .join("roots/..gone.partial.chroot-journal")
+            .exists());
     }
 
     #[test]

@@ -94,8 +94,10 @@ fn build_killed_at(
         .stderr(fs::File::create(&out)?)
         .spawn()
         .context("starting `build` in a PID namespace (unshare)")?;
+    // Until unshare has made it, its children's namespace is ours.
+    let ours = fs::read_link("/proc/self/ns/pid").context("reading /proc/self/ns/pid")?;
     let ns = loop {
-        if let Some(ns) = child_namespace(child.id()) {
+        if let Some(ns) = child_namespace(child.id()).filter(|ns| *ns != ours) {
             break ns;
         }
         ensure!(
@@ -286,6 +288,11 @@ pub fn kill_matrix(project: &Path) -> Result<Timings> {
             ));
             if run.layout().stamp(stage).exists() {
                 run.xtask(&s, &["clean", stage])?;
+            }
+            // The iso stage keeps the roots' squashfs while the roots are
+            // unchanged: without it, it does all its work again.
+            if stage == "iso" {
+                files::remove_tree(&run.layout().iso_roots())?;
             }
             let (running, secs) = build_killed_at(&run, &s, stage, line)?;
             if running == stage {
