@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use super::boot_time::{self, BootTime};
 use super::browser;
+use super::console::Console;
 use super::frame::{Mac, Packet};
 use super::milestone::{Milestone, NodesBoot};
 use super::{Run, Screenshot, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
@@ -130,12 +131,9 @@ impl Run<'_> {
         leases: &[(String, Ipv4Addr)],
         reports: bool,
     ) -> Result<()> {
-        let (user, password) = self.test.login.clone();
+        let user = self.test.login.0.clone();
         let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
-        let console = &self.vms[0].vm.console;
-        console
-            .login(&user, &password, until)
-            .context("logging in on node1's serial console")?;
+        let console = self.log_in_on_node1(until, "to check the nodes' root")?;
         if reports {
             let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
             let listed = console.run(&format!("ls -1 {dir}"), until)?;
@@ -242,6 +240,17 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// node1's serial console, logged in as the cluster user (`why` says
+    /// what for, in the error).
+    pub(super) fn log_in_on_node1(&self, until: Instant, why: &str) -> Result<&Console> {
+        let (user, password) = &self.test.login;
+        let console = &self.vms[0].vm.console;
+        console
+            .login(user, password, until)
+            .with_context(|| format!("logging in on node1's serial console {why}"))?;
+        Ok(console)
+    }
+
     /// node1's NFS server restarted under the running nodes, by the
     /// cluster user with sudo: each node writes a file in its home (in the
     /// shared root) before, then appends to it after. The append succeeds,
@@ -252,14 +261,14 @@ impl Run<'_> {
         until: Instant,
     ) -> Result<()> {
         let (user, password) = self.test.login.clone();
-        let file = |ip: &Ipv4Addr| format!("nfs-restart-{ip}");
         let console = &self.vms[0].vm.console;
         for (name, ip) in leases {
-            let f = file(ip);
-            let command = format!("'echo before > {f} && sync && cat {f}'");
-            let said = console.run(&ssh_command(&user, ip, &command), until)?;
-            if said.lines().last().map(str::trim) != Some("before") {
-                bail!("{name} ({ip}) could not write {f} in its home over ssh: {said:?}");
+            let (lines, _) = append_on_node(console, &user, ip, "before", until)?;
+            if lines != ["before"] {
+                bail!(
+                    "{name} ({ip}) could not write {} in its home over ssh: {lines:?}",
+                    written_by(ip)
+                );
             }
         }
         console.sudo(&password, until)?;
@@ -275,13 +284,10 @@ impl Run<'_> {
         let restart = t.elapsed().as_secs_f64();
         let mut survived = Vec::new();
         for (i, (name, ip)) in leases.iter().enumerate() {
-            let f = file(ip);
-            let t = Instant::now();
-            let command = format!("'echo after >> {f} && sync && cat {f}'");
-            let said = console.run(&ssh_command(&user, ip, &command), until)?;
-            let lines: Vec<&str> = said.lines().map(str::trim).collect();
-            if !lines.ends_with(&["before", "after"]) {
-                bail!("{name} ({ip}) after node1's NFS server restarted: {f} should say before, after; it says {said:?}");
+            let f = written_by(ip);
+            let (lines, secs) = append_on_node(console, &user, ip, "after", until)?;
+            if lines != ["before", "after"] {
+                bail!("{name} ({ip}) after node1's NFS server restarted: {f} should say before, after; it says {lines:?}");
             }
             let served = console.run(
                 &format!("sudo -n cat {}/home/{user}/{f}", self.test.export_dir),
@@ -294,8 +300,7 @@ impl Run<'_> {
             survived.push((
                 i + 1,
                 format!(
-                    "wrote before and after (server restart {restart:.1} s; write after it {:.1} s)",
-                    t.elapsed().as_secs_f64()
+                    "wrote before and after (server restart {restart:.1} s; write after it {secs:.1} s)"
                 ),
             ));
         }
@@ -424,6 +429,34 @@ impl Run<'_> {
 
 /// The first file `mac` asked for, by TFTP or HTTP as `by` says, that
 /// `wanted` accepts.
+/// The file each node writes in the cluster user's home (in the shared
+/// root) around node1's NFS restart and reboot.
+pub(super) fn written_by(ip: &Ipv4Addr) -> String {
+    format!("nfs-restart-{ip}")
+}
+
+/// What each node writes first in that file.
+const FIRST_LINE: &str = "before";
+
+/// On node `ip`, over ssh from node1's console as the cluster user: `line`
+/// written to its file (the first, `before`, starts it afresh; the others
+/// are appended) and the file read back. Its lines, and how long that took.
+pub(super) fn append_on_node(
+    console: &Console,
+    user: &str,
+    ip: &Ipv4Addr,
+    line: &str,
+    until: Instant,
+) -> Result<(Vec<String>, f64)> {
+    let f = written_by(ip);
+    let to = if line == FIRST_LINE { ">" } else { ">>" };
+    let t = Instant::now();
+    let command = format!("'echo {line} {to} {f} && sync && cat {f}'");
+    let said = console.run(&ssh_command(user, ip, &command), until)?;
+    let lines = said.lines().map(|l| l.trim().to_owned()).collect();
+    Ok((lines, t.elapsed().as_secs_f64()))
+}
+
 /// The command node1 runs to run `command` on a node as the cluster user,
 /// with the cluster key (no host key kept: the nodes' keys are new each build).
 pub(super) fn ssh_command(user: &str, ip: &Ipv4Addr, command: &str) -> String {

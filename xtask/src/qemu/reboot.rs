@@ -8,18 +8,12 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use super::checks::{check_node1_status, ssh_command};
+use super::checks::{append_on_node, check_node1_status, written_by};
 use super::milestone::{Milestone, NODE1_STEPS};
 use super::{Run, Tracked};
 use crate::interrupt;
-
-/// The file each node wrote around node1's NFS restart (checks.rs), in the
-/// cluster user's home in the shared root.
-fn written_by(ip: &Ipv4Addr) -> String {
-    format!("nfs-restart-{ip}")
-}
 
 impl Run<'_> {
     pub(super) fn reboot_node1_then_the_nodes(
@@ -29,10 +23,7 @@ impl Run<'_> {
         let (user, password) = self.test.login.clone();
         let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
         {
-            let console = &self.vms[0].vm.console;
-            console
-                .login(&user, &password, until)
-                .context("logging in on node1 to shut it down")?;
+            let console = self.log_in_on_node1(until, "to shut it down")?;
             console.sudo(&password, until)?;
             console.send("sudo -n systemctl poweroff\n")?;
         }
@@ -64,10 +55,7 @@ impl Run<'_> {
         }
 
         // Its lease table: every node's lease, kept on KRGISO-DATA.
-        let console = &self.vms[0].vm.console;
-        console
-            .login(&user, &password, until)
-            .context("logging in on node1 after its reboot")?;
+        let console = self.log_in_on_node1(until, "after its reboot")?;
         let table = console.run("cat /run/krgiso/dnsmasq.leases", until)?;
         for (i, (name, ip)) in leases.iter().enumerate() {
             let mac = self.vms[i + 1].vm.spec.cluster.0.to_string();
@@ -85,20 +73,11 @@ impl Run<'_> {
         let mut carried_on = Vec::new();
         for (i, (name, ip)) in leases.iter().enumerate() {
             let f = written_by(ip);
-            let t = Instant::now();
-            let command = format!("'echo after-reboot >> {f} && sync && cat {f}'");
-            let said = console.run(&ssh_command(&user, ip, &command), until)?;
-            let lines: Vec<&str> = said.lines().map(str::trim).collect();
-            if !lines.ends_with(&["before", "after", "after-reboot"]) {
-                bail!("{name} ({ip}) after node1's reboot: {f} should say before, after, after-reboot; it says {said:?}");
+            let (lines, secs) = append_on_node(console, &user, ip, "after-reboot", until)?;
+            if lines != ["before", "after", "after-reboot"] {
+                bail!("{name} ({ip}) after node1's reboot: {f} should say before, after, after-reboot; it says {lines:?}");
             }
-            carried_on.push((
-                i + 1,
-                format!(
-                    "{f} appended and read back in {:.1} s",
-                    t.elapsed().as_secs_f64()
-                ),
-            ));
+            carried_on.push((i + 1, format!("{f} appended and read back in {secs:.1} s")));
         }
         let _ = console.send("exit\n");
         self.record(
