@@ -159,10 +159,12 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
             Milestone::Ready,
         ),
         (
-            "node1 power-on to status line, UEFI, stick",
+            // The UEFI boot test powers node1 on again from its stick
+            // (KRGISO-DATA kept): the second boot is the target.
+            "node1 power-on to status line, UEFI, stick, second boot",
             45.0,
             "Uefi",
-            Some("node1"),
+            Some("node1-again"),
             Milestone::Ready,
         ),
         (
@@ -643,6 +645,26 @@ mod tests {
             Some(38.5)
         );
         assert_eq!(row("node1 power-on to status line, UEFI").measured, None);
+
+        // The UEFI target is node1's second boot from its stick.
+        let uefi = Report {
+            firmware: "Uefi".into(),
+            reached: vec![
+                reached("node1", Milestone::Ready, 57.0),
+                reached("node1-again", Milestone::Ready, 55.1),
+                reached("node2-again", Milestone::MultiUser, 39.0),
+            ],
+            ..report.clone()
+        };
+        let uefi_path = tmp.path().join("uefi.json");
+        fs::write(&uefi_path, serde_json::to_vec(&uefi).unwrap()).unwrap();
+        let both = boot_runs(&[tmp.path().join("report.json"), uefi_path]);
+        let rows_both = targets(&scenarios, &both);
+        let uefi_row = rows_both
+            .iter()
+            .find(|r| r.what.starts_with("node1 power-on to status line, UEFI"))
+            .unwrap();
+        assert_eq!(uefi_row.measured, Some(55.1));
         assert_eq!(row("PXE node").measured, Some(61.5));
         assert_eq!(row("iso after").measured, Some(4.2));
         assert_eq!(row("cold build").measured, None);

@@ -66,6 +66,16 @@ impl Packages {
             .collect()
     }
 
+    /// The directory [`Self::deb_cache`] keeps a root's .debs in.
+    fn deb_cache_dir(&self, job: &RootJob) -> PathBuf {
+        let suite = format!("{}-{}", job.spec.suite, job.spec.arch);
+        self.0
+            .layout
+            .downloads
+            .join("debs")
+            .join(format!("{suite}-{}", job.dir))
+    }
+
     /// Where a root's .debs are kept between builds: used by debootstrap
     /// (`--cache-dir`) and apt (bind-mounted as /var/cache/apt/archives).
     /// One per root: the roots are built at the same time, and two apts
@@ -73,7 +83,7 @@ impl Packages {
     fn deb_cache(&self, job: &RootJob) -> Result<PathBuf> {
         let debs = self.0.layout.downloads.join("debs");
         let suite = format!("{}-{}", job.spec.suite, job.spec.arch);
-        let cache = debs.join(format!("{suite}-{}", job.dir));
+        let cache = self.deb_cache_dir(job);
         if !cache.exists() {
             // A cache from before there was one per root: start from it.
             fs::create_dir_all(&cache)
@@ -267,9 +277,8 @@ impl Stage for Packages {
             .filter_map(|job| match job.spec.userland {
                 Userland::Static => Some((layout.userland_work(), 256 * MIB)),
                 _ => {
-                    let debs = layout.downloads.join("debs");
-                    let suite = format!("{}-{}", job.spec.suite, job.spec.arch);
-                    (!debs.join(&suite).exists()).then_some((debs, 300 * MIB))
+                    let cache = self.deb_cache_dir(job);
+                    (!cache.exists()).then_some((cache, 300 * MIB))
                 }
             })
             .collect()

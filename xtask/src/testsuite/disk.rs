@@ -111,8 +111,8 @@ pub fn disk_full(project: &Path) -> Result<Timings> {
     );
     timings.push(("too small: refused".to_owned(), secs));
 
-    s.step("3 GiB, filled by another writer as the iso stage starts");
-    let mounted = grow(&s, (&image, &loop_dev, &mnt), mounted, "2560M")?;
+    s.step("4 GiB, filled by another writer as the iso stage starts");
+    let mounted = grow(&s, (&image, &loop_dev, &mnt), mounted, "3584M")?;
     let log_path = work.join("build.log");
     let log = fs::File::create(&log_path)?;
     let t = Instant::now();
