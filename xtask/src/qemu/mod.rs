@@ -333,7 +333,7 @@ impl Run<'_> {
     }
 
     fn power_on(&mut self, spec: VmSpec, steps: &'static [Milestone]) -> Result<()> {
-        let tracked = self.start_tracked(spec, steps, self.accel)?;
+        let tracked = self.start_tracked(spec, steps, self.accel, "power on")?;
         self.vms.push(tracked);
         Ok(())
     }
@@ -345,11 +345,12 @@ impl Run<'_> {
         spec: VmSpec,
         steps: &'static [Milestone],
         accel: Accel,
+        what: &str,
     ) -> Result<Tracked> {
         let name = spec.name.clone();
         let seen_from = self.hub.seen().len();
         let vm = Vm::start(spec, accel, &self.test.dir)?;
-        self.say(&name, &format!("power on ({})", accel_name(vm.accel)));
+        self.say(&name, &format!("{what} ({})", accel_name(vm.accel)));
         Ok(Tracked {
             vm,
             steps,
@@ -537,7 +538,7 @@ impl Run<'_> {
         let spec = old.vm.spec.clone();
         let steps = old.steps;
         drop(old);
-        let tracked = self.start_tracked(spec, steps, Accel::Tcg)?;
+        let tracked = self.start_tracked(spec, steps, Accel::Tcg, "power on again")?;
         self.vms.insert(i, tracked);
         Ok(())
     }

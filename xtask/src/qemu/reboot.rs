@@ -114,7 +114,7 @@ impl Run<'_> {
         let mut spec = old.vm.spec.clone();
         spec.name = format!("{}-again", spec.name);
         self.retired.push(old);
-        let tracked = self.start_tracked(spec, steps, self.accel)?;
+        let tracked = self.start_tracked(spec, steps, self.accel, "power on")?;
         self.vms.insert(i, tracked);
         Ok(())
     }
