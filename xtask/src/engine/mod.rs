@@ -354,17 +354,17 @@ impl Engine {
         for stage in &to_run {
             stage.network_checks()?;
         }
-        let stamps = self.load_stamps();
-        let needs: Vec<SpaceNeed> = to_run
-            .iter()
-            .flat_map(|stage| self.space_needs(*stage, stamps.get(stage.name())))
-            .collect();
-        space::check(&needs)?;
 
         let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;
         // The stamps as they are now; each stage that runs replaces its own.
         let mut stamps = self.load_stamps();
+        // Room for every stage that will run, before the first one starts.
+        let needs: Vec<SpaceNeed> = to_run
+            .iter()
+            .flat_map(|stage| self.space_needs(*stage, stamps.get(stage.name())))
+            .collect();
+        space::check(&needs)?;
         let mut timings = Vec::new();
         for step in &plan.steps {
             if !matches!(step.action, Action::Run(_)) {
