@@ -438,7 +438,14 @@ impl Run<'_> {
         }
         if let Some(f) = console.find(t.kernel_at, CPU_STALL) {
             let why = from_word(&f.line, "rcu:");
-            if self.stalls > 0 || t.has(Milestone::Ready) {
+            // Once a VM is up (node1 serves, a node has its root), starting
+            // it again would lose what later checks need: fail instead.
+            let up = [
+                Milestone::Ready,
+                Milestone::NfsRootRw,
+                Milestone::RootMounted,
+            ];
+            if self.stalls > 0 || up.iter().any(|&m| t.has(m)) {
                 bail!(
                     "{}: its emulated CPU stalled before \"{}\" ({why}); \
                      QEMU stopped running it: run the test again",
