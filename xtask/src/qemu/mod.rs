@@ -120,9 +120,9 @@ struct Run<'a> {
     /// what they reached is still reported.
     retired: Vec<Tracked>,
     boot_times: BTreeMap<String, BootTime>,
-    /// VMs powered on again because their emulated CPU stalled: once per
-    /// run, and said loudly.
-    stalls: u32,
+    /// A VM was powered on again because its emulated CPU stalled (done
+    /// once per run, and said loudly).
+    restarted_after_stall: bool,
 }
 
 impl BootTest {
@@ -222,7 +222,7 @@ impl BootTest {
             vms: Vec::new(),
             retired: Vec::new(),
             boot_times: BTreeMap::new(),
-            stalls: 0,
+            restarted_after_stall: false,
         };
         println!(
             "booting {} as node1 ({:?}, {}) with {} PXE node(s); logs in {}",
@@ -445,7 +445,7 @@ impl Run<'_> {
                 Milestone::NfsRootRw,
                 Milestone::RootMounted,
             ];
-            if self.stalls > 0 || up.iter().any(|&m| t.has(m)) {
+            if self.restarted_after_stall || up.iter().any(|&m| t.has(m)) {
                 bail!(
                     "{}: its emulated CPU stalled before \"{}\" ({why}); \
                      QEMU stopped running it: run the test again",
@@ -457,7 +457,7 @@ impl Run<'_> {
                 "warning: {}: its emulated CPU stalled ({why}); powering it on again (once per run)",
                 t.vm.spec.name
             );
-            self.stalls += 1;
+            self.restarted_after_stall = true;
             let accel = self.accel;
             return self.restart(i, accel, "power on again (CPU stall)");
         }
