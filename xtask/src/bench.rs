@@ -118,6 +118,9 @@ impl BootRun {
     }
 }
 
+/// A target row's source when only a full bench measures it.
+pub const FULL_BENCH_ONLY: &str = "full bench only";
+
 /// The targets (2-core machine, TCG) and what the scenarios and the boot
 /// tests measured.
 fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRow> {
@@ -141,7 +144,7 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
         let source = if measured.is_some() {
             "this bench"
         } else {
-            "full bench only"
+            FULL_BENCH_ONLY
         };
         rows.push(TargetRow {
             what: what.into(),

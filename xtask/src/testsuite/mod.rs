@@ -122,6 +122,13 @@ const END_TO_END: &[EndToEnd] = &[
         about: "`usb`: refusals on loop devices (not removable, mounted, too small), write + read-back, --data",
         check: usb::usb,
     },
+    // Before the boot tests: its interrupted run replaces build/qemu,
+    // where e2e-bench-quick reads e2e-boot-bios's report.
+    EndToEnd {
+        name: "e2e-boot-interrupt",
+        about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM",
+        check: image::boot_interrupted,
+    },
     EndToEnd {
         name: "e2e-boot-bios",
         about: "`qemu --nodes 2`: node1 from the ISO (SeaBIOS), two nodes PXE-boot into the NFS root",
@@ -131,11 +138,6 @@ const END_TO_END: &[EndToEnd] = &[
         name: "e2e-boot-uefi",
         about: "`usb --data` to a stick file, node1 boots it under OVMF (UEFI), nodes root on KRGISO-DATA, one PXE node",
         check: image::boot_uefi_stick,
-    },
-    EndToEnd {
-        name: "e2e-boot-interrupt",
-        about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM",
-        check: image::boot_interrupted,
     },
     EndToEnd {
         name: "e2e-bench-quick",
