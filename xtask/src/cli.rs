@@ -292,10 +292,7 @@ fn run(cli: Cli) -> Result<()> {
                 quick: *quick,
                 cache: layout.downloads.clone(),
                 kerrighed: profile.kernel.kind == KernelKind::Kerrighed,
-                boot_reports: vec![
-                    layout.qemu().join("report.json"),
-                    layout.qemu_uefi().join("report.json"),
-                ],
+                boot_reports: layout.boot_reports(),
             };
             if cli.dry_run {
                 println!("would bench in {}", bench.build.display());

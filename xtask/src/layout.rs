@@ -234,6 +234,14 @@ impl Layout {
     pub fn qemu_uefi(&self) -> PathBuf {
         self.build.join("qemu-uefi")
     }
+    /// The reports the bench reads its boot times from: the BIOS boot
+    /// test's and the UEFI one's.
+    pub fn boot_reports(&self) -> Vec<PathBuf> {
+        vec![
+            self.qemu().join("report.json"),
+            self.qemu_uefi().join("report.json"),
+        ]
+    }
     /// A path shown relative to the project when it is inside it.
     pub fn show(&self, path: &Path) -> String {
         path.strip_prefix(&self.project)

@@ -478,10 +478,14 @@ pub fn bench_quick(project: &Path) -> Result<Timings> {
     ensure!(
         unmeasured.is_empty(),
         "`bench --quick` measured nothing for: {} (the boot tests e2e-boot-bios and \
-         e2e-boot-uefi write the reports it reads, {} and {})",
+         e2e-boot-uefi write the reports it reads: {})",
         unmeasured.join("; "),
-        run.layout().qemu().join("report.json").display(),
-        run.layout().qemu_uefi().join("report.json").display()
+        run.layout()
+            .boot_reports()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(report
         .scenarios
