@@ -86,7 +86,7 @@ fn dry_run_prints_the_plan_and_changes_nothing_on_disk() {
         snapshot(&project.join("profiles")),
         snapshot(&project.join("overlay")),
     );
-    for profile in ["kerrighed", "smoke"] {
+    for profile in ["kerrighed-2.4.4", "kerrighed-2.4.1-lenny", "smoke"] {
         let out = xtask_in(tmp.path(), &["--profile", profile, "--dry-run", "build"]);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");

@@ -125,11 +125,17 @@ fn an_overlay_change_makes_node1_and_iso_stale_but_not_kernel_or_packages() {
 fn a_profile_key_or_config_fragment_change_reruns_exactly_what_reads_it() {
     let sb = Sandbox::new();
     let record = Record::default();
-    sb.engine("kerrighed", &record).run(BUILD, OPTS).unwrap();
+    sb.engine("kerrighed-2.4.1-lenny", &record)
+        .run(BUILD, OPTS)
+        .unwrap();
 
     // [iso] is read by the iso stage only.
-    sb.edit_profile("kerrighed", "volume = \"KRGISO\"", "volume = \"KRGISO2\"");
-    let engine = sb.engine("kerrighed", &record);
+    sb.edit_profile(
+        "kerrighed-2.4.1-lenny",
+        "volume = \"KRGISO_241\"",
+        "volume = \"KRGISO2\"",
+    );
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     assert!(stale_because(&engine, "iso", "profile [iso] changed"));
     assert_eq!(state(&engine, "node1"), State::Done);
     record.clear();
@@ -152,11 +158,11 @@ fn a_profile_key_or_config_fragment_change_reruns_exactly_what_reads_it() {
 
     // The nodes' package list: everything, since every stage uses the nodes root.
     sb.edit_profile(
-        "kerrighed",
+        "kerrighed-2.4.1-lenny",
         "\"lsb-release\",",
         "\"lsb-release\", \"less\",",
     );
-    let engine = sb.engine("kerrighed", &record);
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     assert!(stale_because(
         &engine,
         "packages",
@@ -199,7 +205,7 @@ fn iso_refuses_when_its_inputs_were_never_built() {
 fn iso_and_allbutkernel_never_rerun_a_stale_kernel() {
     let sb = Sandbox::new();
     let record = Record::default();
-    let engine = sb.engine("kerrighed", &record);
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     engine.run(BUILD, OPTS).unwrap();
     let kernel_stamp = fs::read(sb.layout().stamp("kernel")).unwrap();
 
@@ -218,8 +224,12 @@ fn iso_and_allbutkernel_never_rerun_a_stale_kernel() {
     engine.run(ISO, OPTS).unwrap();
     assert_eq!(record.runs(), ["node1", "iso"]);
 
-    sb.edit_profile("kerrighed", "\"nftables\",", "\"nftables\", \"less\",");
-    let engine = sb.engine("kerrighed", &record);
+    sb.edit_profile(
+        "kerrighed-2.4.1-lenny",
+        "\"nftables\",",
+        "\"nftables\", \"less\",",
+    );
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     record.clear();
     engine.run(ALL_BUT_KERNEL, OPTS).unwrap();
     assert_eq!(record.runs(), ["packages", "node1", "iso"]);
@@ -450,7 +460,7 @@ fn a_second_run_on_the_same_build_dir_is_refused_while_the_first_holds_it() {
 fn pinning_a_source_in_sources_lock_makes_the_kernel_stale() {
     let sb = Sandbox::new();
     let record = Record::default();
-    let engine = sb.engine("kerrighed", &record);
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     engine.run(BUILD, OPTS).unwrap();
     let lock = sb.project().join("profiles/sources.lock");
     let built_with = fs::read_to_string(&lock).unwrap();
@@ -471,11 +481,11 @@ fn pinning_a_source_in_sources_lock_makes_the_kernel_stale() {
     // A mirror list change is not a change of the bytes: nothing to redo.
     fs::write(&lock, built_with).unwrap();
     sb.edit_profile(
-        "kerrighed",
+        "kerrighed-2.4.1-lenny",
         "    # add your own mirrors here\n",
         "    \"https://mirror.example/kerrighed-2.4.1.tar.gz\",\n",
     );
-    let engine = sb.engine("kerrighed", &record);
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     assert_eq!(
         state(&engine, "kernel"),
         State::Done,

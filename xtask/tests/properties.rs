@@ -20,7 +20,7 @@ use xtask::unpack::unpack;
 
 // ---- the profile parser -------------------------------------------------
 
-const SHIPPED: [&str; 3] = ["smoke", "kerrighed", "kerrighed-current"];
+const SHIPPED: [&str; 3] = ["smoke", "kerrighed-2.4.1-lenny", "kerrighed-2.4.4"];
 
 fn shipped(name: &str) -> String {
     let path = xtask::project_root().join(format!("profiles/{name}.toml"));

@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn every_rendered_file_matches_its_golden_file_for_both_profiles() {
-        for name in ["kerrighed", "smoke"] {
+        for name in [crate::profile::DEFAULT, "smoke"] {
             let p = profile(name);
             for (path, text) in node1_files(&p.network, &p.cluster, &p.status, &boot(&p)) {
                 golden(name, "node1", &path, &text);
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn kerrighed_nodes_has_only_the_two_settings() {
-        let p = profile("kerrighed");
+        let p = profile(crate::profile::DEFAULT);
         let text = kerrighed_nodes(&p.cluster);
         assert_eq!(text.lines().count(), 2);
         assert!(
@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn the_export_is_for_the_cluster_subnet_never_everyone() {
-        let p = profile("kerrighed");
+        let p = profile(crate::profile::DEFAULT);
         let text = exports(&p.network);
         let line = text.lines().find(|l| l.starts_with(EXPORT_DIR)).unwrap();
         assert!(
@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn the_kerrighed_boot_line_is_what_a_2_6_20_node_needs() {
-        let p = profile("kerrighed");
+        let p = profile(crate::profile::DEFAULT);
         let text = ipxe_script(&p.network, &p.cluster, &boot(&p));
         let append = text.lines().find(|l| l.starts_with("kernel ")).unwrap();
         for want in [

@@ -388,6 +388,24 @@ impl ProfileError {
 }
 
 /// Where a profile name or path points: `kerrighed` → `<project>/profiles/kerrighed.toml`.
+/// The profile `--profile` defaults to: the Kerrighed 2.4.4 cluster, built
+/// with a current toolchain, the one CI builds and boots.
+pub const DEFAULT: &str = "kerrighed-2.4.4";
+
+/// Names profiles had before the default became kerrighed-2.4.4, with what
+/// to say to someone who still types them.
+const RENAMED: &[(&str, &str)] = &[
+    (
+        "kerrighed-current",
+        "it is now `kerrighed-2.4.4`, the default: leave --profile out",
+    ),
+    (
+        "kerrighed",
+        "the Kerrighed 2.4.4 image is now `kerrighed-2.4.4`, the default (leave --profile out); \
+the lenny + gcc-4.1 + kerrighed-2.4.1 one is `kerrighed-2.4.1-lenny`",
+    ),
+];
+
 pub fn resolve(name_or_path: &str, project: &Path) -> anyhow::Result<PathBuf> {
     let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");
     let path = if looks_like_path {
@@ -401,6 +419,9 @@ pub fn resolve(name_or_path: &str, project: &Path) -> anyhow::Result<PathBuf> {
         return Ok(path);
     }
     let known = known_profiles(project).join(", ");
+    if let Some((_, now)) = RENAMED.iter().find(|(old, _)| *old == name_or_path) {
+        anyhow::bail!("profile `{name_or_path}` was renamed: {now}; profiles shipped: {known}");
+    }
     anyhow::bail!(
         "profile `{name_or_path}` not found (looked for {}); profiles shipped: {known}",
         path.display()

@@ -22,8 +22,8 @@ fn line_of_text(text: &str, needle: &str) -> usize {
 }
 
 #[test]
-fn the_kerrighed_profile_carries_the_mission() {
-    let p = shipped("kerrighed");
+fn the_2_4_1_lenny_profile_is_the_guides_build() {
+    let p = shipped("kerrighed-2.4.1-lenny");
     assert_eq!(p.kernel.kind, KernelKind::Kerrighed);
     assert_eq!(
         (p.nodes.suite.as_str(), p.nodes.arch.as_str()),
@@ -60,8 +60,9 @@ fn the_kerrighed_profile_carries_the_mission() {
 }
 
 #[test]
-fn kerrighed_current_builds_2_4_4_with_a_current_toolchain_from_reachable_pins() {
-    let (cur, krg) = (shipped("kerrighed-current"), shipped("kerrighed"));
+fn the_default_profile_builds_2_4_4_with_a_current_toolchain_from_reachable_pins() {
+    assert_eq!(super::DEFAULT, "kerrighed-2.4.4");
+    let (cur, krg) = (shipped(super::DEFAULT), shipped("kerrighed-2.4.1-lenny"));
     assert_eq!(krg.kernel.toolchain, Toolchain::Era);
     assert!(krg.buildroot.is_none());
     assert_eq!(cur.kernel.kind, KernelKind::Kerrighed);
@@ -104,7 +105,7 @@ fn kerrighed_current_builds_2_4_4_with_a_current_toolchain_from_reachable_pins()
 #[test]
 fn a_build_root_goes_with_the_current_toolchain_and_the_nodes_arch() {
     let current =
-        std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-current.toml"))
+        std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-2.4.4.toml"))
             .unwrap();
     let parse = |text: &str| Profile::parse(text, Path::new("profiles/edited.toml"));
     let at = current.find("[buildroot]").unwrap();
@@ -139,7 +140,7 @@ fn a_build_root_goes_with_the_current_toolchain_and_the_nodes_arch() {
 #[test]
 fn a_static_userland_is_for_the_nodes_built_in_a_build_root_from_known_sources() {
     let current =
-        std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-current.toml"))
+        std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-2.4.4.toml"))
             .unwrap();
     let parse = |text: &str| Profile::parse(text, Path::new("profiles/edited.toml"));
     let unknown = current.replacen(
@@ -173,7 +174,7 @@ fn a_static_userland_is_for_the_nodes_built_in_a_build_root_from_known_sources()
 
 #[test]
 fn the_smoke_profile_is_the_same_image_with_a_stock_kernel() {
-    let (smoke, krg) = (shipped("smoke"), shipped("kerrighed"));
+    let (smoke, krg) = (shipped("smoke"), shipped(super::DEFAULT));
     assert_eq!(smoke.kernel.kind, KernelKind::Stock);
     assert_eq!(smoke.nodes.suite, smoke.node1.suite);
     assert!(smoke.nodes.packages.iter().any(|p| p == "initramfs-tools"));
@@ -339,12 +340,20 @@ fn names_resolve_under_profiles_and_paths_are_taken_as_given() {
         resolve("smoke", &root).unwrap(),
         root.join("profiles/smoke.toml")
     );
-    let path = root.join("profiles/kerrighed.toml");
+    let path = root.join("profiles/kerrighed-2.4.1-lenny.toml");
     assert_eq!(resolve(path.to_str().unwrap(), &root).unwrap(), path);
+    // The names of before the 2.4.4 default say what they are now.
+    let err = resolve("kerrighed-current", &root).unwrap_err().to_string();
+    assert!(
+        err.contains("renamed") && err.contains("`kerrighed-2.4.4`, the default"),
+        "{err}"
+    );
+    let err = resolve("kerrighed", &root).unwrap_err().to_string();
+    assert!(err.contains("`kerrighed-2.4.1-lenny`"), "{err}");
     let err = resolve("nope", &root).unwrap_err().to_string();
     assert!(
         err.contains("profile `nope` not found")
-            && err.contains("kerrighed, kerrighed-current, smoke"),
+            && err.contains("kerrighed-2.4.1-lenny, kerrighed-2.4.4, smoke"),
         "{err}"
     );
 }

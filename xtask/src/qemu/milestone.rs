@@ -288,7 +288,7 @@ mod tests {
         assert!(smoke.steps(2).contains(&Milestone::MultiUser));
         assert!(!smoke.steps(2).contains(&Milestone::Tipc));
         // lenny's userland runs on 2.6.20, and so does the static one.
-        for name in ["kerrighed", "kerrighed-current"] {
+        for name in ["kerrighed-2.4.1-lenny", "kerrighed-2.4.4"] {
             let krg = NodesBoot::of(&load(name));
             assert_eq!(
                 krg,
@@ -315,7 +315,7 @@ mod tests {
             assert_eq!(krg.steps(2).last(), Some(&Milestone::ClusterUp));
         }
         // A Debian root of today on the 2.6.20 kernel: up to its root.
-        let mut glibc = load("kerrighed-current");
+        let mut glibc = load("kerrighed-2.4.4");
         glibc.nodes.userland = Userland::Debian;
         let bare = NodesBoot::of(&glibc);
         assert_eq!(bare.steps(2).last(), Some(&Milestone::RootMounted));

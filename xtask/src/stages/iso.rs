@@ -425,9 +425,10 @@ mod tests {
 
     #[test]
     fn boot_menus_match_their_golden_files() {
-        let p =
-            crate::profile::Profile::load(&crate::project_root().join("profiles/kerrighed.toml"))
-                .unwrap();
+        let p = crate::profile::Profile::load(
+            &crate::profile::resolve(crate::profile::DEFAULT, &crate::project_root()).unwrap(),
+        )
+        .unwrap();
         golden("isolinux.cfg", &isolinux_cfg(&p.iso));
         golden("grub.cfg", &grub_cfg(&p.iso));
     }

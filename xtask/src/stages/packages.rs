@@ -726,7 +726,7 @@ mod tests {
         b.install = InstallMethod::Include;
         assert!(!same_bootstrap(&a, &b));
         // A static userland is compiled, not bootstrapped.
-        let krg = load("kerrighed-current");
+        let krg = load("kerrighed-2.4.4");
         assert!(!same_bootstrap(&krg.node1, &krg.nodes));
         let mut static_copy = krg.node1.clone();
         static_copy.userland = Userland::Static;

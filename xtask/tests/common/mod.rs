@@ -31,7 +31,7 @@ impl Sandbox {
         for sub in ["profiles", "overlay", "kernel-configs"] {
             copy_tree(&real.join(sub), &dir.path().join("project").join(sub));
         }
-        // The default profile's kerrighed tarball is pinned in sources.lock,
+        // The 2.4.1 profile's kerrighed tarball is pinned in sources.lock,
         // as `fetch --lock-new` leaves it; without a pin the kernel stage's
         // preflight stops every build.
         fs::write(
