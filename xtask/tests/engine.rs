@@ -142,6 +142,19 @@ fn a_profile_key_or_config_fragment_change_reruns_exactly_what_reads_it() {
     engine.run(BUILD, OPTS).unwrap();
     assert_eq!(record.runs(), ["iso"]);
 
+    // [status] is rendered into node1's files: node1, then the image.
+    sb.edit_profile(
+        "kerrighed-2.4.1-lenny",
+        "listen = \"cluster\"",
+        "listen = \"all\"",
+    );
+    let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
+    assert!(stale_because(&engine, "node1", "profile [status] changed"));
+    assert_eq!(state(&engine, "kernel"), State::Done);
+    record.clear();
+    engine.run(BUILD, OPTS).unwrap();
+    assert_eq!(record.runs(), ["node1", "iso"]);
+
     // The kernel fragment: kernel, then what uses the kernel.
     let fragment = sb.project().join("kernel-configs/krg-2.6.20.config");
     let text = fs::read_to_string(&fragment).unwrap();

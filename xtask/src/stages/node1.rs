@@ -38,6 +38,8 @@ impl Stage for Node1 {
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);
         inputs.value("profile [cluster]", &self.0.profile.cluster);
+        // Rendered into node1's files: where the status page answers.
+        inputs.value("profile [status]", &self.0.profile.status);
         inputs.value("profile kernel.kind", &self.0.profile.kernel.kind);
         inputs.tree(&self.0.layout.project.join("overlay"))?;
         inputs.output_of(NODE1_ROOT);
