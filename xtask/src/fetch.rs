@@ -234,7 +234,7 @@ pub fn fetch(
             // Downloaded by an earlier fetch that stopped for want of a pin:
             // lock exactly the bytes whose sha256 was shown then.
             let sha = sha256_of(&held)?;
-            pin_into_cache(lock, source, &held, &dest, &sha, "downloaded before")?;
+            pin_into_cache(lock, source, &held, &dest, &sha)?;
             verified.push(verified_as(sha));
             continue;
         }
@@ -257,20 +257,24 @@ pub fn fetch(
                 download(http, source, pin.as_deref(), cache, opts)?
             }
         };
-        match pin {
-            Some(_) => admit(&part, &dest)?,
-            None if opts.lock_new => {
-                pin_into_cache(lock, source, &part, &dest, &sha, &format!("from {url}"))?
-            }
-            None => {
-                fs::create_dir_all(held.parent().unwrap_or(&cache.dir))?;
-                fs::rename(&part, &held)
-                    .with_context(|| format!("moving {} aside", part.display()))?;
-                unpinned.push((source, sha, url));
-                continue;
-            }
+        if pin.is_some() {
+            admit(&part, &dest)?;
+            verified.push(verified_as(sha));
+            continue;
         }
-        verified.push(verified_as(sha));
+        // No pin: the bytes wait aside until a person has compared their
+        // sha256 with a copy they trust. Even `--lock-new` pins only bytes
+        // an earlier fetch has shown, never what it has just downloaded.
+        fs::create_dir_all(held.parent().unwrap_or(&cache.dir))?;
+        fs::rename(&part, &held).with_context(|| format!("moving {} aside", part.display()))?;
+        let size = fs::metadata(&held).map(|m| m.len()).unwrap_or(0);
+        unpinned.push(Unpinned {
+            source,
+            sha,
+            size,
+            url,
+            held,
+        });
     }
 
     if !offline_missing.is_empty() {
@@ -295,17 +299,46 @@ pub fn fetch(
         bail!(msg);
     }
     if !unpinned.is_empty() {
-        let mut msg = String::from("not used: these sources have no sha256 pin yet, neither in the profile nor in the lock file:");
-        for (s, sha, url) in &unpinned {
-            msg.push_str(&format!("\n  {} sha256 {sha}\n    from {url}", s.file));
-        }
-        msg.push_str(&format!(
-            "\ncheck that sha256 against a copy you trust, then pin it with `cargo xtask fetch --lock-new` (writes {})",
-            lock.path.display()
-        ));
-        bail!(msg);
+        bail!(unpinned_message(&unpinned, &lock.path));
     }
     Ok(verified)
+}
+
+/// A source downloaded without a pin, held aside in `unpinned/`.
+struct Unpinned<'a> {
+    source: &'a Source,
+    sha: String,
+    size: u64,
+    url: String,
+    held: PathBuf,
+}
+
+/// What a user is shown of bytes nobody has vouched for yet, and the only
+/// order in which pinning them is safe: compare first, then pin.
+fn unpinned_message(unpinned: &[Unpinned], lock: &Path) -> String {
+    let mut msg = String::from(
+        "not used: these sources have no sha256 pin yet, neither in the profile nor in the lock file; \
+they were downloaded and set aside, and nothing was built from them:",
+    );
+    for u in unpinned {
+        msg.push_str(&format!(
+            "\n  {}\n    sha256 {}\n    size   {} ({} bytes)\n    from   {}\n    kept   {}",
+            u.source.file,
+            u.sha,
+            human_bytes(u.size),
+            u.size,
+            u.url,
+            u.held.display()
+        ));
+    }
+    msg.push_str(&format!(
+        "\nfirst compare each sha256 with one from a source you trust (a checksum list published with \
+the release, a copy you already have); a download you cannot check is not worth building from. \
+Only if they match, pin it: add `sha256 = \"...\"` to its [[sources]] entry in the profile, or run \
+`cargo xtask fetch --lock-new`, which pins exactly the bytes shown above in {} (it downloads nothing)",
+        lock.display()
+    ));
+    msg
 }
 
 /// A source's file from the pre-download directory, copied to its `.part`
@@ -361,19 +394,19 @@ fn admit(file: &Path, dest: &Path) -> Result<()> {
     fs::rename(file, dest).with_context(|| format!("moving {} into the cache", file.display()))
 }
 
-/// Pins `sha` for `source` in the lock, then admits the file that has it.
+/// Pins `sha` for `source` in the lock, then admits the file that has it:
+/// the bytes an earlier fetch set aside and showed.
 fn pin_into_cache(
     lock: &mut SourcesLock,
     source: &Source,
     file: &Path,
     dest: &Path,
     sha: &str,
-    origin: &str,
 ) -> Result<()> {
     lock.pin(&source.file, sha)?;
     admit(file, dest)?;
     eprintln!(
-        "pinned {} sha256 {sha} ({origin}) in {}",
+        "pinned {} sha256 {sha} (the bytes shown by the last fetch) in {}",
         source.file,
         lock.path.display()
     );
@@ -502,9 +535,12 @@ fn download(
         msg.push_str(&format!("\n  {r}"));
     }
     msg.push_str(&format!(
-        "\nadd a working mirror to the urls of source `{}` in the profile, or put a copy in {}",
+        "\nwhere these hosts cannot be reached, put {} in a directory and name it with --sources-dir DIR \
+(or {SOURCES_DIR_ENV}=DIR), or copy it into the download cache {}; or add a mirror that works to \
+`urls` in the profile's [[sources]] entry named `{}`",
+        source.file,
+        cache.dir.display(),
         source.name,
-        cache.dir.display()
     ));
     bail!(msg)
 }

@@ -261,7 +261,7 @@ fn profile_with_local_sources(
     path
 }
 
-/// The default profile's kerrighed tarball has no published sha256: its
+/// The 2.4.1 profile's kerrighed tarball has no published sha256: its
 /// pin lives in sources.lock. Without one, `build` stops before any stage
 /// runs (here before it even asks for root), in seconds, naming the file
 /// and the command that pins it.
@@ -271,7 +271,7 @@ fn a_build_with_an_unpinned_source_stops_before_any_stage_runs() {
     let profile = tmp.path().join("profiles/default-copy.toml");
     std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
     std::fs::copy(
-        xtask::project_root().join("profiles/kerrighed.toml"),
+        xtask::project_root().join("profiles/kerrighed-2.4.1-lenny.toml"),
         &profile,
     )
     .unwrap();
@@ -289,8 +289,14 @@ fn a_build_with_an_unpinned_source_stops_before_any_stage_runs() {
     );
     assert!(
         stderr.contains("kerrighed-2.4.1.tar.gz has no sha256 pin")
-            && stderr.contains("cargo xtask fetch --lock-new")
+            && stderr.contains("Run `cargo xtask fetch` first")
             && stderr.contains("nothing was built"),
+        "{stderr}"
+    );
+    // Never "pin it" before "compare it".
+    let compare = stderr.find("Compare that sha256").expect("asks to compare");
+    assert!(
+        stderr.find("--lock-new").is_some_and(|at| at > compare),
         "{stderr}"
     );
     assert!(
@@ -327,6 +333,10 @@ fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&xtask::engine::sha256_hex(&krg)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("size") && stderr.contains(&server.url("/kerrighed-2.4.1.tar.gz")),
         "{stderr}"
     );
     assert!(stderr.contains("cargo xtask fetch --lock-new"), "{stderr}");

@@ -368,7 +368,13 @@ fn an_unpinned_source_is_shown_then_locked_on_request_then_enforced() {
         err.contains(&sha(&body)) && err.contains(&server.url("/kerrighed.tar.gz")),
         "{err}"
     );
-    assert!(err.contains("--lock-new"), "{err}");
+    assert!(err.contains("(30000 bytes)"), "the size is shown: {err}");
+    // Pinning is offered only after the comparison.
+    let compare = err.find("compare each sha256").expect("asks to compare");
+    assert!(
+        err.find("--lock-new").is_some_and(|at| at > compare),
+        "{err}"
+    );
     assert!(!s.cached("kerrighed.tar.gz").exists());
     assert_eq!(s.lock().get("kerrighed.tar.gz"), None);
 
@@ -397,8 +403,11 @@ fn an_unpinned_source_is_shown_then_locked_on_request_then_enforced() {
     );
 }
 
+/// `--lock-new` never pins bytes nobody was shown: on a fresh cache it
+/// downloads, shows and stops like a plain fetch; the next `--lock-new`
+/// pins those very bytes without downloading again.
 #[test]
-fn lock_new_on_a_fresh_cache_downloads_and_pins_in_one_go() {
+fn lock_new_on_a_fresh_cache_shows_first_and_pins_only_on_the_next_run() {
     let server = TestServer::start().unwrap();
     let body = payload(13, 3000);
     server.route("/n.tar.gz", Route::file(&body));
@@ -407,15 +416,20 @@ fn lock_new_on_a_fresh_cache_downloads_and_pins_in_one_go() {
         lock_new: true,
         ..quick()
     };
-    fetch(
-        &[source("n.tar.gz", None, vec![server.url("/n.tar.gz")])],
-        &mut s.lock(),
-        &s.cache(),
-        &lock_new,
-    )
-    .unwrap();
+    let src = [source("n.tar.gz", None, vec![server.url("/n.tar.gz")])];
+    let err = fetch(&src, &mut s.lock(), &s.cache(), &lock_new)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&sha(&body)) && err.contains("(3000 bytes)"),
+        "{err}"
+    );
+    assert_eq!(s.lock().get("n.tar.gz"), None, "pinned unseen bytes");
+    assert!(!s.cached("n.tar.gz").exists());
+    fetch(&src, &mut s.lock(), &s.cache(), &lock_new).unwrap();
     assert_eq!(s.lock().get("n.tar.gz"), Some(sha(&body).as_str()));
     assert_eq!(fs::read(s.cached("n.tar.gz")).unwrap(), body);
+    assert_eq!(server.seen().len(), 1, "downloaded again");
 }
 
 /// A pre-download directory holding `file` with `bytes`.

@@ -354,6 +354,9 @@ impl Engine {
         for stage in &to_run {
             stage.network_checks()?;
         }
+        for stage in &to_run {
+            stage.fetch()?;
+        }
 
         let _lock = BuildLock::acquire(&self.layout)?;
         self.release_stale()?;

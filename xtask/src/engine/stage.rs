@@ -80,6 +80,13 @@ pub trait Stage {
     fn network_checks(&self) -> Result<()> {
         Ok(())
     }
+    /// Gets what the stage downloads (source tarballs) into the download
+    /// cache, verified, after every stage's network checks and before any
+    /// stage starts: a source that cannot be had stops the build in
+    /// seconds, not after the stages before this one have run.
+    fn fetch(&self) -> Result<()> {
+        Ok(())
+    }
     /// Host programs the stage runs (checked, and installed on Debian, before it starts).
     fn host_tools(&self) -> Vec<HostTool> {
         Vec::new()

@@ -113,13 +113,23 @@ impl Stage for Kernel {
         }
         if !unpinned.is_empty() {
             bail!(
-                "{} {} no sha256 pin, neither in the profile nor in {}: run `cargo xtask fetch --lock-new` \
-(it downloads, shows each sha256 and pins it; check it against a copy you trust), or add `sha256 = \"...\"` \
-to its [[sources]] entry; nothing was built",
+                "{} {} no sha256 pin, neither in the profile nor in {}; nothing was built. \
+Run `cargo xtask fetch` first: it downloads, shows the sha256, size and URL, and stops. Compare that sha256 \
+with a copy you trust; only if it matches, pin it (`sha256 = \"...\"` in its [[sources]] entry, or \
+`cargo xtask fetch --lock-new`, which pins the bytes shown)",
                 unpinned.join(" and "),
                 if unpinned.len() == 1 { "has" } else { "have" },
                 lock.path.display()
             );
+        }
+        Ok(())
+    }
+    /// The Kerrighed sources, before the roots are built (minutes) and not
+    /// only when this stage starts.
+    fn fetch(&self) -> Result<()> {
+        if self.is_kerrighed() {
+            self.verified_sources()
+                .context("the kernel stage's sources could not be had, so no stage was started")?;
         }
         Ok(())
     }
@@ -180,6 +190,32 @@ to its [[sources]] entry; nothing was built",
 }
 
 impl Kernel {
+    /// linux and kerrighed, in that order, in the download cache and
+    /// verified against their pins just now (fetched if they are not).
+    fn verified_sources(&self) -> Result<Vec<fetch::Verified>> {
+        let cx = &self.0;
+        let sources: Vec<_> = ["linux", "kerrighed"]
+            .iter()
+            .map(|n| {
+                cx.profile
+                    .source(n)
+                    .cloned()
+                    .with_context(|| format!("no [[sources]] entry named {n}"))
+            })
+            .collect::<Result<_>>()?;
+        let options = FetchOptions {
+            offline: cx.offline,
+            sources_dir: cx.sources_dir.clone(),
+            ..FetchOptions::default()
+        };
+        fetch::fetch(
+            &sources,
+            &mut cx.sources_lock()?,
+            &Cache::new(&cx.layout.downloads),
+            &options,
+        )
+    }
+
     fn build_kerrighed(&self, shell: &StageShell, out: &Path) -> Result<String> {
         let cx = &self.0;
         let spec = &cx.profile.kernel;
@@ -233,40 +269,17 @@ impl Kernel {
         work: &Path,
         patches: Option<&PatchSet>,
     ) -> Result<PathBuf> {
-        let cx = &self.0;
-        let sources: Vec<_> = ["linux", "kerrighed"]
-            .iter()
-            .map(|n| {
-                cx.profile
-                    .source(n)
-                    .cloned()
-                    .with_context(|| format!("no [[sources]] entry named {n}"))
-            })
-            .collect::<Result<_>>()?;
-        shell.step(&format!(
-            "verify the sources ({}, {})",
-            sources[0].file, sources[1].file
-        ));
-        let mut lock = cx.sources_lock()?;
-        let options = FetchOptions {
-            offline: cx.offline,
-            sources_dir: cx.sources_dir.clone(),
-            ..FetchOptions::default()
-        };
-        let verified = fetch::fetch(
-            &sources,
-            &mut lock,
-            &Cache::new(&cx.layout.downloads),
-            &options,
-        )?;
+        shell.step("verify the sources (linux, kerrighed)");
+        let verified = self.verified_sources()?;
         let (linux, krg) = (&verified[0].path, &verified[1].path);
+        let file_name = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
 
         files::remove_tree(work)?;
         fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-        shell.step(&format!("unpack {}", sources[1].file));
+        shell.step(&format!("unpack {}", file_name(krg).display()));
         let tree = unpack::unpack_named(krg, work)?;
         // Kerrighed's build links this instead of downloading an unverified copy.
-        fs::copy(linux, work.join(&sources[0].file))
+        fs::copy(linux, work.join(file_name(linux)))
             .context("placing the verified linux tarball in /usr/src")?;
         if self.static_userland() {
             // A second copy, where the libraries and tools are configured
