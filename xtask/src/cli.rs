@@ -2,6 +2,7 @@
 //! the engine or a command module, and turns errors into one clear message
 //! and an exit code. Knows nothing of debootstrap.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::Bench;
 use crate::engine::{Engine, RunOptions, State};
 use crate::fetch::{self, Cache, FetchOptions, SourcesLock};
+use crate::host::{self, NeedsRoot};
 use crate::interrupt::{self, Interrupted};
 use crate::layout::Layout;
 use crate::profile::{self, KernelKind, Profile};
@@ -40,7 +42,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        default_value = "kerrighed",
+        default_value = profile::DEFAULT,
         value_name = "NAME|PATH"
     )]
     pub profile: String,
@@ -148,6 +150,9 @@ pub enum Command {
         /// Run only this part (`cargo xtask test --dry-run` lists them)
         #[arg(long, value_name = "PART")]
         only: Option<String>,
+        /// Start at this part, skipping those before it
+        #[arg(long, value_name = "PART", conflicts_with = "only")]
+        from: Option<String>,
     },
 }
 
@@ -155,7 +160,15 @@ pub enum Command {
 pub fn main() -> ExitCode {
     interrupt::install();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match run(cli) {
+        Err(err) => match err.downcast_ref::<NeedsRoot>() {
+            // Nothing was written: the same command again, as root.
+            Some(needs) => host::run_again_as_root(needs, &args_as_root(needs)),
+            None => Err(err),
+        },
+        ok => ok,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.downcast_ref::<Interrupted>().is_some() => {
             eprintln!("interrupted: no stamp written");
@@ -166,6 +179,24 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line as typed, for the run as root: the pre-download
+/// directory given by the environment (which sudo does not keep) becomes
+/// `--sources-dir`, and what the first run asks to resume is added.
+fn args_as_root(needs: &NeedsRoot) -> Vec<OsString> {
+    let typed: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args = Vec::new();
+    let given = typed
+        .iter()
+        .any(|a| a.to_string_lossy().starts_with("--sources-dir"));
+    if let Some(dir) = std::env::var_os(fetch::SOURCES_DIR_ENV).filter(|_| !given) {
+        args.push(OsString::from("--sources-dir"));
+        args.push(dir);
+    }
+    args.extend(typed);
+    args.extend(needs.resume.iter().map(OsString::from));
+    args
 }
 
 fn report(err: &anyhow::Error) {
@@ -198,8 +229,13 @@ fn run(cli: Cli) -> Result<()> {
         // The bench and the test suite run this binary again: they see it too.
         std::env::set_var(fetch::SOURCES_DIR_ENV, dir);
     }
-    if let Command::Test { only } = &cli.command {
-        return testsuite::run(&project, only.as_deref(), cli.dry_run);
+    if let Command::Test { only, from } = &cli.command {
+        let parts = match (only, from) {
+            (Some(part), _) => testsuite::Parts::Only(part),
+            (None, Some(part)) => testsuite::Parts::From(part),
+            (None, None) => testsuite::Parts::All,
+        };
+        return testsuite::run(&project, parts, cli.dry_run);
     }
     let profile_path = profile::resolve(&cli.profile, &project)?;
     let profile = Profile::load(&profile_path)?;
@@ -248,6 +284,10 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 return Ok(());
             }
+            host::require_root(
+                "`qemu`",
+                "it works in the build dir, which the build made as root",
+            )?;
             test.run()?;
             return Ok(());
         }
@@ -258,6 +298,9 @@ fn run(cli: Cli) -> Result<()> {
             data,
         } => {
             let (image, checksum) = layout.image(&profile.iso);
+            if !cli.dry_run {
+                host::require_root("`usb`", "it writes a whole disk device")?;
+            }
             return usb::write(&UsbOptions {
                 device: device.clone(),
                 image: image.clone(),
@@ -298,11 +341,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("would bench in {}", bench.build.display());
                 return Ok(());
             }
+            host::require_root("`bench`", "it runs the stages")?;
             bench.run()?;
             return Ok(());
         }
         _ => {}
     }
+    let (image, _) = layout.image(&profile.iso);
     let engine = stages::engine(BuildContext {
         profile,
         profile_path,
@@ -347,7 +392,31 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     engine.run(stages, options)?;
+    if stages.contains(&"iso") {
+        print_next_steps(&cli, &engine.layout, &image);
+    }
     Ok(())
+}
+
+/// After a build that made the image: where it is, and the two things to
+/// do with it, with the options this build was given.
+fn print_next_steps(cli: &Cli, layout: &Layout, image: &Path) {
+    let mut options = String::new();
+    if cli.profile != profile::DEFAULT {
+        options.push_str(&format!(" --profile {}", cli.profile));
+    }
+    if let Some(dir) = &cli.build_dir {
+        options.push_str(&format!(" --build-dir {}", dir.display()));
+    }
+    let size = std::fs::metadata(image)
+        .map(|m| format!(" ({})", fetch::human_bytes(m.len())))
+        .unwrap_or_default();
+    println!("\nthe image: {}{size}", layout.show(image));
+    println!("next:");
+    println!("  write it to a USB stick (checked, shown, asked, verified):");
+    println!("    cargo xtask{options} usb /dev/sdX");
+    println!("  or rehearse the cluster in QEMU first (node1 and two PXE nodes):");
+    println!("    cargo xtask{options} qemu --nodes 2");
 }
 
 fn fetch_sources(
@@ -419,6 +488,9 @@ fn clean(engine: &Engine, stage: Option<&str>, all: bool, dry_run: bool) -> Resu
             stages::BUILD.join(", ")
         ),
     };
+    if !dry_run {
+        host::require_root("`clean`", "the stages' outputs are root's")?;
+    }
     if dry_run {
         println!(
             "would remove the outputs and stamps of: {}",

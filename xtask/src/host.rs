@@ -31,13 +31,113 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn ensure_root(stage: &str) -> Result<()> {
+/// A command reached work that only root may do, as another user. Nothing
+/// has been written yet: the command line turns it into a run of the same
+/// command through sudo ([`run_again_as_root`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedsRoot {
+    /// What needs it, in the user's words: "the packages stage", "`usb`".
+    pub what: String,
+    /// Why, in a few words.
+    pub why: &'static str,
+    /// Arguments to add to the command line when it runs again as root,
+    /// so that it goes on where this run stopped (`test --from PART`).
+    pub resume: Vec<String>,
+}
+
+impl std::fmt::Display for NeedsRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} must run as root ({})", self.what, self.why)
+    }
+}
+
+impl std::error::Error for NeedsRoot {}
+
+/// Stops with [`NeedsRoot`] unless this process is root.
+pub fn require_root(what: impl Into<String>, why: &'static str) -> Result<()> {
     if is_root() {
         return Ok(());
     }
-    bail!(
-        "the {stage} stage must run as root (it creates root filesystems, chroots and mounts): run it with sudo, e.g. `sudo cargo xtask build`"
+    Err(NeedsRoot {
+        what: what.into(),
+        why,
+        resume: Vec::new(),
+    }
+    .into())
+}
+
+pub fn ensure_root(stage: &str) -> Result<()> {
+    require_root(
+        format!("the {stage} stage"),
+        "it creates root file systems, chroots and mounts",
     )
+}
+
+/// Runs this program again as root through sudo, with `args` (the command
+/// line as typed, the pre-download directory made explicit), and never
+/// returns on success: sudo's process takes this one's place, its exit
+/// code is the command's. Debian's sudo resets `$PATH`, so `sudo cargo
+/// xtask` cannot find a rustup cargo; this runs the built binary itself.
+/// Says so on stderr first. A user sudo will not serve gets one line
+/// naming what is needed.
+pub fn run_again_as_root(needs: &NeedsRoot, args: &[std::ffi::OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let user = std::env::var("USER").unwrap_or_else(|_| "this user".to_owned());
+    let Some(sudo) = find_program("sudo") else {
+        bail!(
+            "{needs}, and sudo is not installed: run it as root (`su -`, then the same command), \
+or install sudo and give {user} the right to use it (`adduser {user} sudo` as root)"
+        );
+    };
+    let exe = std::env::current_exe().map_err(|e| {
+        anyhow::anyhow!("{needs}, and this program cannot find itself to run again: {e}")
+    })?;
+    // Asks for the password here (on the terminal), or learns that sudo
+    // will not serve this user, before anything else is said.
+    let check = Command::new(&sudo)
+        .args(["-v", "-p", "[sudo] password for %p (krgiso needs root): "])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| anyhow::anyhow!("{needs}, and running {} failed: {e}", sudo.display()))?;
+    if !check.status.success() {
+        let said = String::from_utf8_lossy(&check.stderr);
+        let said = said
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("no reason given");
+        bail!(
+            "{needs}, and sudo will not run it for {user} ({said}): run it as root, or as a user \
+that may use sudo (`adduser {user} sudo` as root), from a terminal where sudo can ask for the password"
+        );
+    }
+    eprintln!(
+        "krgiso: {needs}: running it again as root: sudo {} {}",
+        exe.display(),
+        shown(args)
+    );
+    let err = Command::new(&sudo).arg("--").arg(&exe).args(args).exec();
+    bail!(
+        "{needs}, and running it through {} failed: {err}",
+        sudo.display()
+    )
+}
+
+/// A command line as a person would type it again.
+fn shown(args: &[std::ffi::OsString]) -> String {
+    args.iter()
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Where a program would be found: `$PATH` plus the sbin directories, which

@@ -34,10 +34,19 @@ pub mod testsuite;
 
 use std::path::{Path, PathBuf};
 
-/// The krgiso checkout this binary was built from.
+/// The krgiso checkout this binary belongs to: the one around it when it
+/// sits at `<checkout>/target/<debug|release>/xtask` (a checkout copied or
+/// moved after it was built uses its own profiles), else the one it was
+/// built from.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_else(|| PathBuf::from("."))
+    let around = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_owned()))
+        .filter(|dir| dir.join("xtask/Cargo.toml").is_file() && dir.join("profiles").is_dir());
+    around.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."))
+    })
 }
