@@ -1,7 +1,9 @@
-//! The Kerrighed kernel and cluster for real. `e2e-kernel-krg`: the
-//! kerrighed-current profile built from the pre-download directory (no
-//! connection to kernel.org or GitHub: the sources are fetched `--offline`
-//! first), its outputs checked, a patch that does not apply refused by
+//! The Kerrighed kernel and cluster for real, built the way the README
+//! says: `cargo xtask build` with the default profile (kerrighed-2.4.4) in
+//! the default build dir, and no flag but the pre-download directory where
+//! kernel.org and GitHub are out of reach (CI). `e2e-kernel-krg`: a build
+//! whose sources cannot be had stops before any stage; then the real
+//! build, its outputs checked, a patch that does not apply refused by
 //! name, and the kernel rebuilt after `clean kernel` from a warm compiler
 //! cache. `e2e-boot-krg`: its image booted with two PXE nodes that form a
 //! Kerrighed cluster and pass the single-system-image proof.
@@ -15,6 +17,7 @@ use xshell::cmd;
 
 use super::smoke::{check_shell, no_mounts_under, xtask_binary, Timings};
 use crate::engine::Stamp;
+use crate::fetch::SOURCES_DIR_ENV;
 use crate::layout::Layout;
 use crate::profile::{self, Profile};
 use crate::qemu::{BootTest, Milestone, QemuFirmware};
@@ -23,40 +26,40 @@ use crate::stages::kconfig::{self, Setting};
 use crate::stages::kernel::krg::{self, KRG_RELEASE};
 use crate::testsuite::image::milestone_timings;
 
-const PROFILE: &str = "kerrighed-current";
+const PROFILE: &str = profile::DEFAULT;
 
 struct KrgRun {
     project: PathBuf,
-    build: PathBuf,
-    sources: PathBuf,
+    /// The pre-download directory, when the environment names one; else
+    /// the build fetches from the profile's URLs, as a user's does.
+    sources: Option<PathBuf>,
     exe: PathBuf,
     profile: Profile,
 }
 
 impl KrgRun {
+    /// The default build dir, as `cargo xtask build` uses it.
     fn layout(&self) -> Layout {
-        Layout::new(&self.project, Some(&self.build))
+        Layout::new(&self.project, None)
     }
 
-    /// `xtask --profile P --build-dir B --sources-dir S ARGS`, streamed to
-    /// the log; returns whether it succeeded and what it printed.
-    fn xtask(&self, s: &StageShell, profile: &Path, args: &[&str]) -> Result<(bool, String)> {
-        let (exe, build, sources) = (&self.exe, &self.build, &self.sources);
+    /// `xtask ARGS` in the project, as the README types it (the
+    /// pre-download directory, if any, in the environment), streamed to the
+    /// log; returns whether it succeeded and what it printed.
+    fn xtask(&self, s: &StageShell, args: &[&str]) -> Result<(bool, String)> {
+        let exe = &self.exe;
         let sh = s.sh();
-        s.try_collect(cmd!(
-            sh,
-            "{exe} --profile {profile} --build-dir {build} --sources-dir {sources} {args...}"
-        ))
+        sh.change_dir(&self.project);
+        let command = match &self.sources {
+            Some(dir) => cmd!(sh, "{exe} {args...}").env(SOURCES_DIR_ENV, dir),
+            None => cmd!(sh, "{exe} {args...}").env_remove(SOURCES_DIR_ENV),
+        };
+        s.try_collect(command)
     }
 
     fn must(&self, s: &StageShell, args: &[&str]) -> Result<String> {
-        let profile = profile::resolve(PROFILE, &self.project)?;
-        let (ok, said) = self.xtask(s, &profile, args)?;
-        ensure!(
-            ok,
-            "`xtask --profile {PROFILE} {}` failed:\n{said}",
-            args.join(" ")
-        );
+        let (ok, said) = self.xtask(s, args)?;
+        ensure!(ok, "`cargo xtask {}` failed:\n{said}", args.join(" "));
         Ok(said)
     }
 
@@ -70,16 +73,12 @@ impl KrgRun {
 
 impl KrgRun {
     fn new(project: &Path) -> Result<KrgRun> {
-        let sources = std::env::var_os(crate::fetch::SOURCES_DIR_ENV)
-            .map(PathBuf::from)
-            .context(
-                "the Kerrighed parts build the real Kerrighed kernel from linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz, \
-and never download them in a test: set KRGISO_SOURCES_DIR (or pass --sources-dir) to a directory that holds them",
-            )?;
+        let sources = std::env::var_os(SOURCES_DIR_ENV)
+            .map(std::path::absolute)
+            .transpose()?;
         Ok(KrgRun {
             project: project.to_owned(),
-            build: project.join("build/e2e/current"),
-            sources: std::path::absolute(sources)?,
+            sources,
             exe: xtask_binary()?,
             profile: Profile::load(&profile::resolve(PROFILE, project)?)?,
         })
@@ -91,12 +90,35 @@ pub fn kernel_krg(project: &Path) -> Result<Timings> {
     let s = check_shell(project, "e2e-kernel-krg")?;
     let mut timings = Vec::new();
 
-    s.step("fetch --offline: the sources from the pre-download directory only");
-    run.must(&s, &["--offline", "fetch"])?;
+    s.step("sources out of reach: the build stops before any stage, naming what to do");
+    timings.push((
+        "build with its sources out of reach (fails)".to_owned(),
+        sources_out_of_reach(&run, &s)?,
+    ));
 
-    s.step("build kerrighed-current: three roots, the Kerrighed kernel, node1, the image");
+    match &run.sources {
+        Some(dir) => {
+            s.step(&format!(
+                "fetch --offline: the sources from the pre-download directory {} only",
+                dir.display()
+            ));
+            run.must(&s, &["--offline", "fetch"])?;
+        }
+        None => {
+            s.step("fetch: the sources from the profile's URLs (no pre-download directory)");
+            let (ok, said) = run.xtask(&s, &["fetch"])?;
+            ensure!(
+                ok,
+                "the Kerrighed sources could not be had. Give this machine access to kernel.org and GitHub, \
+or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name it with \
+{SOURCES_DIR_ENV}=DIR (or `cargo xtask test --sources-dir DIR`):\n{said}"
+            );
+        }
+    }
+
+    s.step("cargo xtask build: three roots, the Kerrighed kernel, node1, the image");
     let t = Instant::now();
-    run.must(&s, &["build"])?;
+    let said = run.must(&s, &["build"])?;
     timings.push((
         "build (cold, what was not built)".to_owned(),
         t.elapsed().as_secs_f64(),
@@ -104,8 +126,15 @@ pub fn kernel_krg(project: &Path) -> Result<Timings> {
     for stage in crate::stages::BUILD {
         timings.push((format!("  {stage} stage"), run.stage_seconds(stage)?));
     }
+    let (image, _) = run.layout().image(&run.profile.iso);
+    ensure!(
+        said.contains("cargo xtask usb /dev/sdX") && said.contains("cargo xtask qemu --nodes 2"),
+        "the build did not end with the next steps (usb, qemu):\n{}",
+        tail(&said)
+    );
+    ensure!(image.is_file(), "the build made no {}", image.display());
     let cold_kernel = run.stage_seconds("kernel")?;
-    no_mounts_under(&run.build)?;
+    no_mounts_under(&run.layout().build)?;
 
     s.step("the staged kernel, its config and what it installed");
     check_outputs(&run)?;
@@ -132,7 +161,7 @@ pub fn kernel_krg(project: &Path) -> Result<Timings> {
         "a kernel rebuild with a warm compiler cache took {warm:.0} s, not a fraction of the first build's {cold_kernel:.0} s ({reuse})"
     );
     check_outputs(&run)?;
-    no_mounts_under(&run.build)?;
+    no_mounts_under(&run.layout().build)?;
     Ok(timings)
 }
 
@@ -144,7 +173,7 @@ pub fn kernel_krg(project: &Path) -> Result<Timings> {
 pub fn boot_krg(project: &Path) -> Result<Timings> {
     let run = KrgRun::new(project)?;
     let s = check_shell(project, "e2e-boot-krg")?;
-    s.step("bring the kerrighed-current image up to date");
+    s.step("bring the kerrighed-2.4.4 image up to date");
     let t = Instant::now();
     run.must(&s, &["build"])?;
     let mut timings = vec![(
@@ -184,7 +213,7 @@ pub fn boot_krg(project: &Path) -> Result<Timings> {
     Ok(timings)
 }
 
-/// What the kernel stage of kerrighed-current must leave: the real
+/// What the kernel stage of kerrighed-2.4.4 must leave: the real
 /// 2.6.20-krg bzImage built by the build root's gcc, every fragment symbol
 /// in its config, its System.map, and kerrighed.ko, the scheduler modules,
 /// the static userland (busybox, dropbear, Kerrighed's tools) in the nodes
@@ -283,7 +312,7 @@ fn check_outputs(run: &KrgRun) -> Result<()> {
 /// cannot apply: the kernel stage must stop before building, naming the
 /// patch, its file and hunk, and leave the last good stamp as it was.
 fn broken_patch(run: &KrgRun, s: &StageShell) -> Result<()> {
-    let base = run.build.with_file_name("current-broken-patch");
+    let base = run.layout().build.join("e2e/krg-broken-patch");
     crate::files::remove_tree(&base)?;
     let patches = base.join("kernel-patches");
     crate::files::copy_tree(&project_file(run, "kernel-patches"), &patches)?;
@@ -308,7 +337,8 @@ fn broken_patch(run: &KrgRun, s: &StageShell) -> Result<()> {
     let stamp = run.layout().stamp("kernel");
     let before = fs::read(&stamp)?;
     let t = Instant::now();
-    let (ok, said) = run.xtask(s, &profile, &["kernel"])?;
+    let profile = profile.display().to_string();
+    let (ok, said) = run.xtask(s, &["--profile", &profile, "kernel"])?;
     ensure!(
         !ok,
         "the kernel stage went on with a patch that does not apply:\n{said}"
@@ -327,8 +357,84 @@ fn broken_patch(run: &KrgRun, s: &StageShell) -> Result<()> {
         fs::read(&stamp)? == before,
         "the failed kernel stage changed its stamp"
     );
-    no_mounts_under(&run.build)?;
+    no_mounts_under(&run.layout().build)?;
     crate::files::remove_tree(&base)
+}
+
+/// The default profile with every source URL refused on 127.0.0.1, no
+/// pre-download directory and an empty download cache: `build` must stop
+/// within 30 s, before any stage starts, saying both ways to give it the
+/// sources. Returns how long it took.
+fn sources_out_of_reach(run: &KrgRun, s: &StageShell) -> Result<f64> {
+    let base = run.layout().build.join("e2e/krg-unreachable");
+    crate::files::remove_tree(&base)?;
+    fs::create_dir_all(&base)?;
+    let refused = crate::testsuite::http::refused_url()?;
+    let dead = refused.trim_end_matches("/nothing-here.tar.gz");
+    let text = fs::read_to_string(profile::resolve(PROFILE, &run.project)?)?;
+    let mut replaced = 0;
+    let edited: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let url = line.trim().trim_end_matches(',').trim_matches('"');
+            if url.starts_with("https://") && url.contains(".tar.") {
+                replaced += 1;
+                let file = url.rsplit('/').next().unwrap_or_default();
+                format!("    \"{dead}/{file}\",")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    ensure!(
+        replaced >= 2,
+        "the default profile has no source URLs to replace"
+    );
+    let profile = base.join("unreachable.toml");
+    fs::write(&profile, edited.join("\n") + "\n")?;
+    let build = base.join("build");
+    let exe = &run.exe;
+    let sh = s.sh();
+    let t = Instant::now();
+    let (ok, said) = s.try_collect(
+        cmd!(sh, "{exe} --profile {profile} --build-dir {build} build").env_remove(SOURCES_DIR_ENV),
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(
+        !ok,
+        "a build whose sources cannot be had succeeded:\n{said}"
+    );
+    ensure!(
+        secs < 30.0,
+        "a build whose sources cannot be had took {secs:.0} s to fail (30 s at most)"
+    );
+    let downloads = base.join("downloads").display().to_string();
+    for what in [
+        "no stage was started",
+        "--sources-dir DIR",
+        SOURCES_DIR_ENV,
+        downloads.as_str(),
+        "[[sources]] entry named `linux`",
+    ] {
+        ensure!(
+            said.contains(what),
+            "the failure does not say {what:?}:\n{}",
+            tail(&said)
+        );
+    }
+    ensure!(
+        !build.join("stamps").exists() && !build.join("roots").exists(),
+        "a stage ran before the sources were had"
+    );
+    no_mounts_under(&build)?;
+    crate::files::remove_tree(&base)?;
+    Ok(secs)
+}
+
+/// The last lines of what a command printed.
+fn tail(said: &str) -> String {
+    let lines: Vec<&str> = said.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn project_file(run: &KrgRun, path: &str) -> PathBuf {
