@@ -163,7 +163,14 @@ pub fn main() -> ExitCode {
     let result = match run(cli) {
         Err(err) => match err.downcast_ref::<NeedsRoot>() {
             // Nothing was written: the same command again, as root.
-            Some(needs) => host::run_again_as_root(needs, &args_as_root(needs)),
+            Some(needs) => host::run_again_as_root(
+                needs,
+                &args_as_root(
+                    std::env::args_os().skip(1).collect(),
+                    std::env::var_os(fetch::SOURCES_DIR_ENV),
+                    &needs.resume,
+                ),
+            ),
             None => Err(err),
         },
         ok => ok,
@@ -184,18 +191,21 @@ pub fn main() -> ExitCode {
 /// The command line as typed, for the run as root: the pre-download
 /// directory given by the environment (which sudo does not keep) becomes
 /// `--sources-dir`, and what the first run asks to resume is added.
-fn args_as_root(needs: &NeedsRoot) -> Vec<OsString> {
-    let typed: Vec<OsString> = std::env::args_os().skip(1).collect();
+fn args_as_root(
+    typed: Vec<OsString>,
+    sources_dir: Option<OsString>,
+    resume: &[String],
+) -> Vec<OsString> {
     let mut args = Vec::new();
     let given = typed
         .iter()
         .any(|a| a.to_string_lossy().starts_with("--sources-dir"));
-    if let Some(dir) = std::env::var_os(fetch::SOURCES_DIR_ENV).filter(|_| !given) {
+    if let Some(dir) = sources_dir.filter(|_| !given) {
         args.push(OsString::from("--sources-dir"));
         args.push(dir);
     }
     args.extend(typed);
-    args.extend(needs.resume.iter().map(OsString::from));
+    args.extend(resume.iter().map(OsString::from));
     args
 }
 
@@ -519,4 +529,41 @@ fn clean(engine: &Engine, stage: Option<&str>, all: bool, dry_run: bool) -> Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_run_as_root_keeps_the_command_line_and_the_pre_download_directory() {
+        let typed = os(&["--profile", "smoke", "build"]);
+        assert_eq!(
+            args_as_root(typed.clone(), Some("/srv/tarballs".into()), &[]),
+            os(&[
+                "--sources-dir",
+                "/srv/tarballs",
+                "--profile",
+                "smoke",
+                "build"
+            ])
+        );
+        assert_eq!(args_as_root(typed.clone(), None, &[]), typed);
+        // Given on the command line already: not twice (clap refuses that).
+        let given = os(&["--sources-dir=/a", "build"]);
+        assert_eq!(args_as_root(given.clone(), Some("/a".into()), &[]), given);
+        // The test suite goes on where the run as the user stopped.
+        assert_eq!(
+            args_as_root(
+                os(&["test"]),
+                None,
+                &["--from".into(), "e2e-packages".into()]
+            ),
+            os(&["test", "--from", "e2e-packages"])
+        );
+    }
 }

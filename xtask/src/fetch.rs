@@ -131,7 +131,8 @@ impl SourcesLock {
         .context("encoding sources.lock")?;
         let text = format!(
             "# krgiso sources.lock: sha256 pins for sources whose profile entry has none.\n\
-             # Written by `cargo xtask fetch --lock-new`; commit it. Every fetch enforces it.\n\n{body}"
+             # Written by `cargo xtask fetch --lock-new` (the bytes an earlier fetch showed); commit it.\n\
+             # Every fetch enforces it.\n\n{body}"
         );
         files::write_atomic(&self.path, text.as_bytes())
     }

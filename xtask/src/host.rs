@@ -251,6 +251,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_command_line_is_shown_as_it_would_be_typed() {
+        let args: Vec<std::ffi::OsString> = ["--profile", "my profile.toml", "build", "it's"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        assert_eq!(shown(&args), "--profile 'my profile.toml' build 'it'\\''s'");
+    }
+
+    #[test]
     fn finds_real_programs_and_reports_missing_ones_with_their_package() {
         assert!(find_program("sh").is_some());
         let tools = [

@@ -387,7 +387,7 @@ impl ProfileError {
     }
 }
 
-/// Where a profile name or path points: `kerrighed` → `<project>/profiles/kerrighed.toml`.
+/// Where a profile name or path points: `smoke` → `<project>/profiles/smoke.toml`.
 /// The profile `--profile` defaults to: the Kerrighed 2.4.4 cluster, built
 /// with a current toolchain, the one CI builds and boots.
 pub const DEFAULT: &str = "kerrighed-2.4.4";

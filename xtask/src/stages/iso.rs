@@ -265,11 +265,11 @@ impl Stage for Iso {
             final_path.display(),
             human_bytes(size)
         ));
+        // What to do with it is said once the whole command is done.
         eprintln!(
-            "==> iso: {} ({}), sha256 {sum}\n==> iso: write it to a USB stick: dd if={} of=/dev/sdX bs=4M conv=fsync (or: sudo cargo xtask usb /dev/sdX)",
+            "==> iso: {} ({}), sha256 {sum}",
             final_path.display(),
             human_bytes(size),
-            final_path.display()
         );
         Ok(())
     }

@@ -201,7 +201,16 @@ pub fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let log = project.join("build/logs/test.log");
+    // As another user, the build dir may be root's (a build made through
+    // sudo): the cargo parts log beside cargo's own output instead.
+    let log = if host::is_root() {
+        project.join("build/logs/test.log")
+    } else {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| project.join("target"))
+            .join("krgiso-test.log")
+    };
     let s = StageShell::new("test", &log, true)?;
     let sh = s.sh();
     sh.change_dir(project);
@@ -308,4 +317,20 @@ fn ensure_rust_components(s: &StageShell, cargo: &str) -> Result<()> {
     s.step("rustup component add rustfmt clippy");
     s.run(cmd!(sh, "rustup component add rustfmt clippy"))
         .context("could not add the rustfmt and clippy components")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_a_part_takes_it_and_every_part_after_it() {
+        let from = Parts::From("e2e-packages");
+        assert!(!from.wanted("cargo-test"));
+        assert!(from.wanted("e2e-packages"));
+        assert!(from.wanted("e2e-bench-quick"));
+        let only = Parts::Only("e2e-user");
+        assert!(only.wanted("e2e-user") && !only.wanted("e2e-boot-krg"));
+        assert!(Parts::All.wanted("fmt"));
+    }
 }

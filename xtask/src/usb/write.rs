@@ -64,7 +64,7 @@ pub(super) fn open_error(node: &Path, e: std::io::Error) -> anyhow::Error {
             "{n} is busy: something has it mounted or open (a desktop automounter?): unmount its partitions (`umount {n}?*`) and run the command again"
         ),
         Some(libc::EACCES) | Some(libc::EPERM) => format!(
-            "permission denied opening {n} for writing: run as root (`sudo cargo xtask usb {n}`)"
+            "permission denied opening {n} for writing: run it as root"
         ),
         Some(libc::EROFS) => format!("{n} is read-only (a write-protect switch?): make it writable"),
         Some(libc::ENOMEDIUM) => format!("no medium in {n}: insert the card or stick"),
