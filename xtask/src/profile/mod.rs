@@ -21,6 +21,10 @@ use spans::{line_of, plain_words, SpanIndex};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// Why this profile has never been built end to end, when it has not:
+    /// said at the start of every command that uses it.
+    #[serde(default)]
+    pub untested: Option<String>,
     /// The live system on the USB stick (node1).
     pub node1: RootSpec,
     /// The root the PXE nodes mount over NFS.
@@ -491,15 +495,19 @@ impl Profile {
 
     /// Things to say on every run that uses this profile.
     pub fn warnings(&self) -> Vec<String> {
-        self.roots()
-            .iter()
+        let untested = self.untested.as_ref().map(|why| {
+            format!("this profile has never been built end to end ({why}); the default profile, {DEFAULT}, is the one proven in CI")
+        });
+        untested
+            .into_iter()
+            .chain(self.roots().iter()
             .filter(|(_, r)| r.allow_unsigned)
             .map(|(section, r)| {
                 format!(
                     "[{section}] allow_unsigned = true: {} {} from {} is installed WITHOUT checking its signature",
                     r.suite, r.arch, r.mirror
                 )
-            })
+            }))
             .collect()
     }
 

@@ -370,3 +370,18 @@ fn cidr_arithmetic() {
     assert!(r.contains(Ipv4Addr::new(10, 77, 0, 150)) && !r.contains(Ipv4Addr::new(10, 77, 0, 1)));
     assert!("10.77.0.9-10.77.0.1".parse::<DhcpRange>().is_err());
 }
+
+#[test]
+fn only_the_profile_never_built_end_to_end_says_so_at_every_command() {
+    let era = shipped("kerrighed-2.4.1-lenny");
+    let said = era.warnings();
+    assert!(
+        said.iter()
+            .any(|w| w.contains("never been built end to end") && w.contains("kerrighed-2.4.4")),
+        "{said:?}"
+    );
+    for name in [super::DEFAULT, "smoke"] {
+        let p = shipped(name);
+        assert!(p.untested.is_none() && p.warnings().is_empty(), "{name}");
+    }
+}
