@@ -204,7 +204,20 @@ fn args_as_root(
         args.push(OsString::from("--sources-dir"));
         args.push(dir);
     }
-    args.extend(typed);
+    // An option the resume sets replaces the one typed (`--from A` as
+    // typed, `--from B` to go on): clap takes each only once.
+    let replaced = resume.first().filter(|o| o.starts_with("--"));
+    let mut typed = typed.into_iter();
+    while let Some(arg) = typed.next() {
+        let text = arg.to_string_lossy();
+        match replaced {
+            Some(option) if text == option.as_str() => {
+                typed.next();
+            }
+            Some(option) if text.starts_with(&format!("{option}=")) => {}
+            _ => args.push(arg),
+        }
+    }
     args.extend(resume.iter().map(OsString::from));
     args
 }
@@ -556,14 +569,21 @@ mod tests {
         // Given on the command line already: not twice (clap refuses that).
         let given = os(&["--sources-dir=/a", "build"]);
         assert_eq!(args_as_root(given.clone(), Some("/a".into()), &[]), given);
-        // The test suite goes on where the run as the user stopped.
+        // The test suite goes on where the run as the user stopped, and
+        // a --from typed by the user gives way to it.
+        let resume = ["--from".to_owned(), "e2e-packages".to_owned()];
         assert_eq!(
-            args_as_root(
-                os(&["test"]),
-                None,
-                &["--from".into(), "e2e-packages".into()]
-            ),
+            args_as_root(os(&["test"]), None, &resume),
             os(&["test", "--from", "e2e-packages"])
         );
+        for typed in [
+            os(&["test", "--from", "clippy"]),
+            os(&["test", "--from=clippy"]),
+        ] {
+            assert_eq!(
+                args_as_root(typed, None, &resume),
+                os(&["test", "--from", "e2e-packages"])
+            );
+        }
     }
 }

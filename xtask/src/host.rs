@@ -90,7 +90,7 @@ pub fn run_again_as_root(needs: &NeedsRoot, args: &[std::ffi::OsString]) -> Resu
 or install sudo and give {user} the right to use it (`adduser {user} sudo` as root)"
         );
     };
-    let exe = std::env::current_exe().map_err(|e| {
+    let exe = this_program().map_err(|e| {
         anyhow::anyhow!("{needs}, and this program cannot find itself to run again: {e}")
     })?;
     // Asks for the password here (on the terminal), or learns that sudo
@@ -123,6 +123,17 @@ that may use sudo (`adduser {user} sudo` as root), from a terminal where sudo ca
         "{needs}, and running it through {} failed: {err}",
         sudo.display()
     )
+}
+
+/// This program's file. When cargo has rebuilt it while it ran, the kernel
+/// names the old one "PATH (deleted)": PATH is the new build, the one to run.
+pub fn this_program() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let shown = exe.to_string_lossy();
+    Ok(match shown.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
 }
 
 /// A command line as a person would type it again.

@@ -114,12 +114,7 @@ impl SmokeRun {
 /// rebuilds it in place, so the running one may show as "(deleted)": the
 /// file now at that path is the fresh build of the same tree.
 pub(crate) fn xtask_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding the xtask binary")?;
-    let shown = exe.to_string_lossy();
-    Ok(match shown.strip_suffix(" (deleted)") {
-        Some(path) => PathBuf::from(path),
-        None => exe,
-    })
+    host::this_program().context("finding the xtask binary")
 }
 
 /// The shell an end-to-end check runs in: its output on the terminal and
