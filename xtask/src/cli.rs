@@ -31,8 +31,9 @@ use crate::usb::{self, Sysfs, UsbOptions};
 The first machine boots the image and becomes node1: by itself it serves DHCP, \
 TFTP (PXE) and NFS on its cluster interface. Every other machine PXE-boots the \
 Kerrighed kernel with an NFS root and joins the cluster.",
-    after_help = "Typical use, as root in a Debian VM:\n  \
+    after_help = "Typical use, in a Debian VM, as yourself (krgiso runs itself through sudo when it needs root):\n  \
 cargo xtask build                  # everything\n  \
+cargo xtask qemu --nodes 2         # rehearse: node1 and two PXE nodes in QEMU\n  \
 cargo xtask usb /dev/sdX           # write it to a USB stick, checked and verified\n  \
 cargo xtask iso                    # rebuild the image only, never the kernel",
     version
@@ -511,9 +512,6 @@ fn clean(engine: &Engine, stage: Option<&str>, all: bool, dry_run: bool) -> Resu
             stages::BUILD.join(", ")
         ),
     };
-    if !dry_run {
-        host::require_root("`clean`", "the stages' outputs are root's")?;
-    }
     if dry_run {
         println!(
             "would remove the outputs and stamps of: {}",
@@ -528,6 +526,7 @@ fn clean(engine: &Engine, stage: Option<&str>, all: bool, dry_run: bool) -> Resu
         );
         return Ok(());
     }
+    host::require_root("`clean`", "the stages' outputs are root's")?;
     if all {
         engine.clean_all()?;
         eprintln!(
