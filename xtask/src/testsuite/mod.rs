@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use xshell::cmd;
 
 pub mod disk;
@@ -22,33 +22,77 @@ pub mod user;
 use crate::host::{self, NeedsRoot};
 use crate::shell::StageShell;
 
-/// One part of the suite.
+/// One part of the suite that needs no root.
 struct Part {
     name: &'static str,
-    args: &'static [&'static str],
+    check: Check,
+}
+
+enum Check {
+    /// `cargo ARGS`.
+    Cargo(&'static [&'static str]),
+    /// shellcheck over every shell program of the tree ([`shell_programs`]).
+    Shellcheck,
 }
 
 const PARTS: &[Part] = &[
     Part {
         name: "fmt",
-        args: &["fmt", "--all", "--", "--check"],
+        check: Check::Cargo(&["fmt", "--all", "--", "--check"]),
+    },
+    Part {
+        name: "shellcheck",
+        check: Check::Shellcheck,
     },
     Part {
         name: "clippy",
-        args: &[
+        check: Check::Cargo(&[
             "clippy",
             "--workspace",
             "--all-targets",
             "--",
             "-D",
             "warnings",
-        ],
+        ]),
     },
     Part {
         name: "cargo-test",
-        args: &["test", "--workspace"],
+        check: Check::Cargo(&["test", "--workspace"]),
     },
 ];
+
+/// Where the shell programs live: what runs in the image, the test
+/// stand-ins and scripts, CI's.
+const SHELL_DIRS: &[&str] = &["overlay", "xtask/src/testsuite", "ci", ".ci"];
+
+/// Every file under [`SHELL_DIRS`] whose `#!` line names sh or bash.
+pub fn shell_programs(project: &Path) -> Vec<std::path::PathBuf> {
+    let mut programs: Vec<_> = SHELL_DIRS
+        .iter()
+        .flat_map(|dir| crate::files::walk(&project.join(dir)))
+        .filter(|path| {
+            let Ok(mut file) = std::fs::File::open(path) else {
+                return false;
+            };
+            let mut head = [0u8; 64];
+            let n = std::io::Read::read(&mut file, &mut head).unwrap_or(0);
+            let first = String::from_utf8_lossy(&head[..n]);
+            let interpreter = first
+                .strip_prefix("#!")
+                .and_then(|l| l.lines().next())
+                .unwrap_or_default();
+            let words: Vec<&str> = interpreter.split_whitespace().collect();
+            let program = match words.as_slice() {
+                [env, name, ..] if env.ends_with("/env") => name,
+                [path, ..] => path.rsplit('/').next().unwrap_or_default(),
+                [] => "",
+            };
+            matches!(program, "sh" | "bash" | "dash")
+        })
+        .collect();
+    programs.sort();
+    programs
+}
 
 /// An end-to-end part: real stages as root, returning what it measured.
 struct EndToEnd {
@@ -194,7 +238,14 @@ pub fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
     if dry_run {
         println!("cargo xtask test would run:");
         for part in PARTS.iter().filter(|p| wanted(p.name)) {
-            println!("  {:<22} cargo {}", part.name, part.args.join(" "));
+            match part.check {
+                Check::Cargo(args) => println!("  {:<22} cargo {}", part.name, args.join(" ")),
+                Check::Shellcheck => println!(
+                    "  {:<22} shellcheck over the shell programs in {}",
+                    part.name,
+                    SHELL_DIRS.join(", ")
+                ),
+            }
         }
         for e in END_TO_END.iter().filter(|e| wanted(e.name)) {
             println!("  {:<22} {}", e.name, e.about);
@@ -215,7 +266,10 @@ pub fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
     let sh = s.sh();
     sh.change_dir(project);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    if PARTS.iter().any(|p| wanted(p.name)) {
+    if PARTS
+        .iter()
+        .any(|p| wanted(p.name) && matches!(p.check, Check::Cargo(_)))
+    {
         ensure_rust_components(&s, &cargo)?;
     }
 
@@ -225,8 +279,10 @@ pub fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
     for part in PARTS.iter().filter(|p| wanted(p.name)) {
         s.step(part.name);
         let t = Instant::now();
-        let args = part.args;
-        let result = s.run(cmd!(sh, "{cargo} {args...}"));
+        let result = match part.check {
+            Check::Cargo(args) => s.run(cmd!(sh, "{cargo} {args...}")),
+            Check::Shellcheck => shellcheck(&s, project),
+        };
         rows.push((
             part.name.to_owned(),
             t.elapsed().as_secs_f64(),
@@ -284,6 +340,27 @@ pub fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
+/// shellcheck (installed if missing, as root on Debian) over every shell
+/// program: no finding passes.
+fn shellcheck(s: &StageShell, project: &Path) -> Result<()> {
+    host::ensure_tools(
+        &[host::HostTool::new("shellcheck", "shellcheck")],
+        host::is_root(),
+        &project.join("build/logs/host.log"),
+    )?;
+    let programs = shell_programs(project);
+    ensure!(
+        programs.len() >= 8,
+        "only {} shell programs found under {}",
+        programs.len(),
+        SHELL_DIRS.join(", ")
+    );
+    s.note(&format!("shellcheck: {} programs", programs.len()));
+    let sh = s.sh();
+    s.run(cmd!(sh, "shellcheck --format=gcc {programs...}"))
+        .context("shellcheck has findings (each with its file and line above)")
+}
+
 /// What each part took, and whether it passed.
 fn print_rows(rows: &[(String, f64, bool)], started: Instant) {
     println!();
@@ -332,5 +409,40 @@ mod tests {
         let only = Parts::Only("e2e-user");
         assert!(only.wanted("e2e-user") && !only.wanted("e2e-boot-krg"));
         assert!(Parts::All.wanted("fmt"));
+    }
+
+    #[test]
+    fn shell_programs_are_found_by_their_interpreter_line() {
+        let project = crate::project_root();
+        let found = shell_programs(&project);
+        let has = |path: &str| found.contains(&project.join(path));
+        for program in [
+            "overlay/node1/usr/local/sbin/krgiso-node1",
+            "overlay/nodes-static/etc/init.d/rcS",
+            "overlay/node1/etc/krgiso/udhcpc-probe",
+            ".ci/run",
+        ] {
+            assert!(has(program), "{program} not found in {found:?}");
+        }
+        // Units, rendered templates and Rust are not shell programs.
+        assert!(found
+            .iter()
+            .all(|p| p.extension().is_none_or(|e| e != "rs" && e != "service")));
+        let dir = tempfile::tempdir().unwrap();
+        let ci = dir.path().join("ci");
+        std::fs::create_dir_all(&ci).unwrap();
+        for (name, text) in [
+            ("env-bash", "#!/usr/bin/env bash\necho\n"),
+            ("dash", "#! /bin/dash -e\n"),
+            ("python", "#!/usr/bin/python3\nprint()\n"),
+            ("plain", "echo\n"),
+        ] {
+            std::fs::write(ci.join(name), text).unwrap();
+        }
+        let names: Vec<_> = shell_programs(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["dash", "env-bash"]);
     }
 }

@@ -6,7 +6,7 @@
 #   pxe-client.sh DIR SERVER BOOT_LOADER BOOT_SCRIPT KERNEL_URL INITRD_URL
 # udhcpc runs this same file as its script (bound, deconfig, ...).
 case "${1-}" in
-bound | renew) echo "$ip" > "$LEASE_FILE"; exit 0 ;;
+bound | renew) echo "${ip:-}" > "$LEASE_FILE"; exit 0 ;;
 deconfig | leasefail | nak) exit 0 ;;
 esac
 set -eu
