@@ -522,7 +522,7 @@ pub fn render_table(report: &BenchReport) -> String {
         out.push_str(&format!(
             "{:<46} {:>9}\n",
             "image size",
-            crate::fetch::human_bytes(bytes)
+            crate::bytes::human_bytes(bytes)
         ));
     }
     if !report.targets.is_empty() {

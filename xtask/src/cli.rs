@@ -433,7 +433,7 @@ fn print_next_steps(cli: &Cli, layout: &Layout, image: &Path) {
         options.push_str(&format!(" --build-dir {}", dir.display()));
     }
     let size = std::fs::metadata(image)
-        .map(|m| format!(" ({})", fetch::human_bytes(m.len())))
+        .map(|m| format!(" ({})", crate::bytes::human_bytes(m.len())))
         .unwrap_or_default();
     println!("\nthe image: {}{size}", layout.show(image));
     println!("next:");

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
-use crate::engine::hash_reader;
+use crate::bytes::{hash_reader, human_bytes, sha256_of};
 use crate::files;
 use crate::interrupt::{self, Interrupted};
 use crate::profile::Source;
@@ -183,12 +183,6 @@ impl Cache {
             .with_context(|| format!("moving {} to {}", path.display(), dest.display()))?;
         Ok(dest)
     }
-}
-
-pub fn sha256_of(path: &Path) -> Result<String> {
-    let mut h = Sha256::new();
-    hash_reader(&mut h, path)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// Gets every source into the cache and verifies it. Opens no connection
@@ -678,21 +672,6 @@ fn classify(e: &reqwest::Error) -> Failure {
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// Bytes, rate and ETA on a terminal; a start and an end line elsewhere.
 struct DownloadBar {
     bar: Option<ProgressBar>,
@@ -805,11 +784,5 @@ mod tests {
         fs::write(&path, "[sha256]\n\"a.tar.gz\" = \"XYZ\"\n").unwrap();
         let err = SourcesLock::load(&path).unwrap_err().to_string();
         assert!(err.contains("not 64 lowercase hex digits"), "{err}");
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(44 * 1024 * 1024 + 512 * 1024), "44.5 MiB");
     }
 }

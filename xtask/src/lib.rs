@@ -11,8 +11,9 @@ pub mod profile;
 pub mod engine;
 pub mod stages;
 
-// What the stages and commands share: running commands, chroots, host
-// tools, files, Ctrl-C, downloads and tarballs.
+// What the stages and commands share: bytes (hashes, sizes), running
+// commands, chroots, host tools, files, Ctrl-C, downloads and tarballs.
+pub mod bytes;
 pub mod chroot;
 pub mod fetch;
 pub mod files;

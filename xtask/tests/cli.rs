@@ -319,7 +319,7 @@ fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     server.route("/kerrighed-2.4.1.tar.gz", Route::file(&krg));
     let tmp = tempfile::tempdir().unwrap();
     let profile =
-        profile_with_local_sources(tmp.path(), &server, &xtask::engine::sha256_hex(&linux));
+        profile_with_local_sources(tmp.path(), &server, &xtask::bytes::sha256_hex(&linux));
     let profile = profile.display().to_string();
     let run = |extra: &[&str]| {
         xtask_in(
@@ -331,10 +331,7 @@ fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     let out = run(&[]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&xtask::engine::sha256_hex(&krg)),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&xtask::bytes::sha256_hex(&krg)), "{stderr}");
     assert!(
         stderr.contains("size") && stderr.contains(&server.url("/kerrighed-2.4.1.tar.gz")),
         "{stderr}"
@@ -366,7 +363,7 @@ fn fetch_stops_on_an_unpinned_source_then_lock_new_pins_it() {
     );
     assert!(std::fs::read_to_string(&lock)
         .unwrap()
-        .contains(&xtask::engine::sha256_hex(&krg)));
+        .contains(&xtask::bytes::sha256_hex(&krg)));
 
     let requests = server.seen().len();
     let out = run(&["--offline"]);
@@ -389,13 +386,13 @@ fn a_pre_download_dir_from_the_environment_feeds_an_offline_fetch() {
     server.route("/linux-2.6.20.tar.bz2", Route::file(&linux));
     let tmp = tempfile::tempdir().unwrap();
     let profile =
-        profile_with_local_sources(tmp.path(), &server, &xtask::engine::sha256_hex(&linux));
+        profile_with_local_sources(tmp.path(), &server, &xtask::bytes::sha256_hex(&linux));
     // kerrighed-2.4.1 is pinned in the lock; both files wait in the directory.
     std::fs::write(
         tmp.path().join("profiles/sources.lock"),
         format!(
             "[sha256]\n\"kerrighed-2.4.1.tar.gz\" = \"{}\"\n",
-            xtask::engine::sha256_hex(&krg)
+            xtask::bytes::sha256_hex(&krg)
         ),
     )
     .unwrap();

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http::{refused_url, Route, TestServer};
-use xtask::fetch::{fetch, sha256_of, Cache, FetchOptions, SourcesLock};
+use xtask::bytes::sha256_of;
+use xtask::fetch::{fetch, Cache, FetchOptions, SourcesLock};
 use xtask::profile::Source;
 
 /// Bytes that look like a tarball to nobody: enough to drop halfway through.
@@ -19,7 +20,7 @@ fn payload(seed: u8, len: usize) -> Vec<u8> {
 }
 
 fn sha(bytes: &[u8]) -> String {
-    xtask::engine::sha256_hex(bytes)
+    xtask::bytes::sha256_hex(bytes)
 }
 
 fn quick() -> FetchOptions {

@@ -1,6 +1,7 @@
 //! A stage's inputs as digests: profile values, files and trees (content,
 //! mode, links), the outputs of earlier stages by generation.
 
+use crate::bytes::{hash_reader, sha256_hex};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -98,26 +99,6 @@ fn entry_digest(path: &Path, meta: &fs::Metadata) -> Result<String> {
         hash_reader(&mut h, path)?;
     }
     Ok(hex::encode(h.finalize()))
-}
-
-/// Feeds a file's bytes into a hasher, a block at a time.
-pub fn hash_reader(h: &mut Sha256, path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        h.update(&buf[..n]);
-    }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// The input key under which a stage records an earlier stage's output.

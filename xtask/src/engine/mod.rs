@@ -12,7 +12,8 @@ mod space;
 mod stage;
 mod stamp;
 
-pub use inputs::{hash_reader, sha256_hex, Inputs};
+use crate::bytes::sha256_hex;
+pub use inputs::Inputs;
 pub use plan::{Action, Plan, PlanStep, State};
 pub use space::SpaceNeed;
 pub use stage::{Output, OutputKind, Stage, StageRun, MIB};

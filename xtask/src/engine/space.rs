@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::fetch::human_bytes;
+use crate::bytes::human_bytes;
 
 /// Room one stage needs at one place.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
+use crate::bytes::{human_bytes, sha256_of};
 use crate::chroot::Stack;
 use crate::engine::{Inputs, Output, Stage, StageRun, MIB};
-use crate::fetch::{human_bytes, sha256_of};
 use crate::files;
 use crate::host::HostTool;
 use crate::layout::{

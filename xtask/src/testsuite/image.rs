@@ -14,8 +14,8 @@ use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
+use crate::bytes::sha256_of;
 use crate::engine::Stamp;
-use crate::fetch::sha256_of;
 use crate::qemu::{BootTest, Milestone, QemuFirmware, Report};
 
 /// `cargo xtask build` of the smoke profile, then the image's contents.

@@ -159,8 +159,8 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
         crate::testsuite::http::Route::file(&krg),
     );
     let pins = (
-        crate::engine::sha256_hex(&linux),
-        crate::engine::sha256_hex(&krg),
+        crate::bytes::sha256_hex(&linux),
+        crate::bytes::sha256_hex(&krg),
     );
     let fragment = project.join("kernel-configs/krg-2.6.20.config");
     let profile_path = base.join("profiles/standin.toml");

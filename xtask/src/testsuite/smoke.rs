@@ -152,7 +152,7 @@ pub(super) fn host_state(s: &StageShell) -> Result<(BTreeMap<PathBuf, String>, S
                         .unwrap_or_default()
                 )
             } else {
-                crate::fetch::sha256_of(&path).unwrap_or_else(|_| "unreadable".to_owned())
+                crate::bytes::sha256_of(&path).unwrap_or_else(|_| "unreadable".to_owned())
             };
             etc.insert(path, digest);
         }

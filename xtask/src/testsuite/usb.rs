@@ -15,9 +15,9 @@ use anyhow::{ensure, Context, Result};
 use xshell::cmd;
 
 use super::smoke::{check_shell, xtask_binary, Timings};
+use crate::bytes::human_bytes;
+use crate::bytes::sha256_hex;
 use crate::chroot::{self, SystemMounts};
-use crate::engine::sha256_hex;
-use crate::fetch::human_bytes;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::layout::Layout;

@@ -255,8 +255,8 @@ fn local_build(checkout: &Path) -> Result<(PathBuf, PathBuf)> {
                 url.rsplit('/').next().unwrap_or_default()
             )
         } else {
-            line.replace(&real_linux, &crate::engine::sha256_hex(&linux))
-                .replace(&real_krg, &crate::engine::sha256_hex(&krg))
+            line.replace(&real_linux, &crate::bytes::sha256_hex(&linux))
+                .replace(&real_krg, &crate::bytes::sha256_hex(&krg))
         });
     }
     let profile = base.join("local.toml");

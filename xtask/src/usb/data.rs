@@ -7,7 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
-use crate::fetch::human_bytes;
+use crate::bytes::human_bytes;
 use crate::shell::StageShell;
 
 use super::{UsbTarget, MIB, SECTOR};

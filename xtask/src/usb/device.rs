@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::fetch::human_bytes;
+use crate::bytes::human_bytes;
 use crate::files;
 
 use super::SECTOR;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
-use crate::fetch::human_bytes;
+use crate::bytes::human_bytes;
 use crate::interrupt;
 use crate::shell;
 

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::fetch::human_bytes;
+use crate::bytes::human_bytes;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::shell::StageShell;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::fetch::human_bytes;
+use crate::bytes::human_bytes;
 use crate::interrupt::{self, Interrupted};
 
 use super::data::{DataPartition, DATA_LABEL, MBR_ENTRY3};
