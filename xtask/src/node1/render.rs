@@ -56,13 +56,17 @@ const HEADER: &str =
 /// the profile's range, PXE boot, TFTP. No DNS (port=0), not authoritative
 /// (a stray server elsewhere is not overruled), and only on the interface
 /// the boot service names (`interface=` comes from /run/krgiso/dnsmasq.conf).
+/// How long a node's lease lasts before it asks again (dnsmasq's form):
+/// long enough that node1 rebooting keeps every node on its address.
+const LEASE_TIME: &str = "12h";
+
 pub fn dnsmasq_full(net: &Network) -> String {
     let mut s = String::from(HEADER);
     s.push_str("# DHCP with leases, PXE and TFTP on the cluster link only.\n");
     s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
     let _ = writeln!(
         s,
-        "dhcp-range={},{},{},12h",
+        "dhcp-range={},{},{},{LEASE_TIME}",
         net.dhcp_range.start,
         net.dhcp_range.end,
         net.address.netmask()

@@ -3,6 +3,7 @@
 //! on the uplink, every node's file in node1's export, and node1's status
 //! page (its JSON, and the page in Chromium).
 
+use super::timing::{within, CHECKS, STATUS_PAGE_SETTLES};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -132,7 +133,7 @@ impl Run<'_> {
         reports: bool,
     ) -> Result<()> {
         let user = self.test.login.0.clone();
-        let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
+        let until = within(CHECKS, self.deadline);
         let console = self.log_in_on_node1(until, "to check the nodes' root")?;
         if reports {
             let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
@@ -156,7 +157,7 @@ impl Run<'_> {
         // asked again, every 3 s for up to 60 s, until every row is whole.
         let status_page = if reports {
             let url = format!("http://{}/", self.test.network.address.addr);
-            let settled = (Instant::now() + Duration::from_secs(60)).min(until);
+            let settled = within(STATUS_PAGE_SETTLES, until);
             let json = loop {
                 let json = console.run(&format!("busybox wget -qO- {url}status.json"), until)?;
                 let whole = StatusReport::parse(&json)

@@ -2,6 +2,7 @@
 //! the VM's log); the harness reads everything the guest prints, waits for
 //! lines, and can log in and run a command.
 
+use super::timing::{within, PROMPT_ANSWERS, SUDO_ASKS};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -134,7 +135,7 @@ impl Console {
         // kernel messages: ask for a fresh one until it comes.
         let prompt = loop {
             self.send("\n")?;
-            let soon = (Instant::now() + Duration::from_secs(10)).min(until);
+            let soon = within(PROMPT_ANSWERS, until);
             match self.wait_text(from, "login: ", soon) {
                 Ok(end) => break end,
                 Err(_) if Instant::now() < until => from = self.position(),
@@ -158,7 +159,7 @@ impl Console {
         let from = self.position();
         // Split in two like run()'s markers: the typed line never matches.
         self.send("sudo -k; sudo -p 'KRGISO-SU''DO: ' -v\n")?;
-        let soon = (Instant::now() + Duration::from_secs(30)).min(until);
+        let soon = within(SUDO_ASKS, until);
         let asked = self
             .wait_text(from, "KRGISO-SUDO: ", soon)
             .context("sudo asked for no password (is sudo in the profile's [node1] packages?)")?;

@@ -16,6 +16,7 @@ pub mod hub;
 mod milestone;
 mod reboot;
 mod ssi;
+mod timing;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -268,8 +269,8 @@ impl Run<'_> {
             let spec = VmSpec {
                 name: format!("node{n}"),
                 machine: self.test.nodes_boot.machine(),
-                memory_mib: 1024,
-                cpus: 1,
+                memory_mib: timing::NODE_MEMORY_MIB,
+                cpus: timing::NODE_CPUS,
                 firmware: Firmware::Bios,
                 boot: Boot::Network,
                 uplink: None,
@@ -329,8 +330,8 @@ impl Run<'_> {
         Ok(VmSpec {
             name: "node1".into(),
             machine: Machine::Pc64,
-            memory_mib: 2048,
-            cpus: 2,
+            memory_mib: timing::NODE1_MEMORY_MIB,
+            cpus: timing::NODE1_CPUS,
             firmware: self.test.firmware,
             boot: match &self.test.stick {
                 Some(stick) => Boot::UsbStick(stick.clone()),

@@ -5,6 +5,7 @@
 //! nodes wrote is still there; a node that ran through node1's absence
 //! carries on.
 
+use super::timing::{within, CHECKS};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ impl Run<'_> {
         leases: &[(String, Ipv4Addr)],
     ) -> Result<()> {
         let (user, password) = self.test.login.clone();
-        let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
+        let until = within(CHECKS, self.deadline);
         {
             let console = self.log_in_on_node1(until, "to shut it down")?;
             console.sudo(&password, until)?;

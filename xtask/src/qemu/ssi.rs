@@ -21,6 +21,7 @@
 //! `krgcapset -d +CAN_MIGRATE`; and where a process runs is what it reads
 //! in `/proc/nodes/self` (`ps` is cluster-wide).
 
+use super::timing::{within, CHECKS, JOB_RECORDS};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -73,7 +74,7 @@ impl Run<'_> {
         let (a, b) = (1, 2);
         let (id_a, id_b) = (ids[0], ids[1]);
         let (user, password) = self.test.login.clone();
-        let until = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
+        let until = within(CHECKS, self.deadline);
         for vm in [a, b] {
             self.vms[vm]
                 .vm
@@ -200,7 +201,7 @@ impl Run<'_> {
         until: Instant,
         wanted: impl Fn(&Record) -> bool,
     ) -> Result<Record> {
-        let give_up = (Instant::now() + Duration::from_secs(90)).min(until);
+        let give_up = within(JOB_RECORDS, until);
         let mut seen = None;
         loop {
             let text = self.on(vm, &format!("cat {file}"), until)?;

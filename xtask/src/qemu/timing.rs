@@ -1,0 +1,43 @@
+//! The boot test's waits and VM sizes, named once. Every wait is also
+//! bounded by the run's own deadline (`--timeout`): [`within`].
+
+use std::time::{Duration, Instant};
+
+/// A group of checks run over a console once a milestone is seen
+/// (logging in, the nodes' root, the cluster proof, a reboot).
+pub(crate) const CHECKS: Duration = Duration::from_secs(300);
+/// The status page asked again until every row is whole.
+pub(crate) const STATUS_PAGE_SETTLES: Duration = Duration::from_secs(60);
+/// A fresh login prompt, asked for again after each wait this long.
+pub(crate) const PROMPT_ANSWERS: Duration = Duration::from_secs(10);
+/// sudo's password prompt.
+pub(crate) const SUDO_ASKS: Duration = Duration::from_secs(30);
+/// A job's record on the shared root saying what the proof waits for.
+pub(crate) const JOB_RECORDS: Duration = Duration::from_secs(90);
+
+/// node1: 2 vCPUs and 2 GiB, a small server of today.
+pub(crate) const NODE1_CPUS: u32 = 2;
+pub(crate) const NODE1_MEMORY_MIB: u32 = 2048;
+/// A PXE node: 1 vCPU and 1 GiB, so that several fit on a 2-core host.
+pub(crate) const NODE_CPUS: u32 = 1;
+pub(crate) const NODE_MEMORY_MIB: u32 = 1024;
+
+/// `wait` from now, but never after `deadline`.
+pub(crate) fn within(wait: Duration, deadline: Instant) -> Instant {
+    (Instant::now() + wait).min(deadline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_ends_at_the_deadline_when_that_comes_first() {
+        let now = Instant::now();
+        let soon = now + Duration::from_secs(5);
+        assert_eq!(within(CHECKS, soon), soon);
+        let later = now + Duration::from_secs(3600);
+        let until = within(PROMPT_ANSWERS, later);
+        assert!(until < later && until >= now + PROMPT_ANSWERS);
+    }
+}
