@@ -296,24 +296,26 @@ mod tests {
         BootFiles::for_release(p.kernel.kind, release)
     }
 
-    fn golden(profile: &str, root: &str, path: &Path, text: &str) {
-        crate::golden::check(
-            &format!("node1/golden/{profile}/{root}/{}", path.display()),
-            text,
-        );
+    /// Checks one rendered file; returns its golden file's path.
+    fn golden(profile: &str, root: &str, path: &Path, text: &str) -> String {
+        let golden = format!("node1/golden/{profile}/{root}/{}", path.display());
+        crate::golden::check(&golden, text);
+        golden
     }
 
     #[test]
     fn every_rendered_file_matches_its_golden_file_for_both_profiles() {
+        let mut checked = Vec::new();
         for name in [crate::profile::DEFAULT, "smoke"] {
             let p = profile(name);
             for (path, text) in node1_files(&p.network, &p.cluster, &p.status, &boot(&p)) {
-                golden(name, "node1", &path, &text);
+                checked.push(golden(name, "node1", &path, &text));
             }
             for (path, text) in nodes_files(&p.network, &p.cluster) {
-                golden(name, "nodes", &path, &text);
+                checked.push(golden(name, "nodes", &path, &text));
             }
         }
+        crate::golden::no_stale_files("node1/golden", &checked);
     }
 
     #[test]

@@ -431,6 +431,10 @@ mod tests {
         .unwrap();
         golden("isolinux.cfg", &isolinux_cfg(&p.iso));
         golden("grub.cfg", &grub_cfg(&p.iso));
+        crate::golden::no_stale_files(
+            "stages/iso-golden",
+            &["isolinux.cfg", "grub.cfg"].map(|n| format!("stages/iso-golden/{n}")),
+        );
     }
 
     #[test]
