@@ -128,7 +128,15 @@ proptest! {
         let file = Path::new("profiles/edited.toml");
         match std::panic::catch_unwind(|| Profile::parse(&text, file)) {
             Err(_) => prop_assert!(false, "the parser panicked on:\n{text}"),
-            Ok(Ok(_)) => {}
+            Ok(Ok(profile)) => {
+                // What is accepted reads back the same: written out and
+                // parsed again, it is the same profile.
+                let written = toml::to_string(&profile).unwrap();
+                let again = Profile::parse(&written, file);
+                prop_assert!(again.is_ok(), "an accepted profile, written out, is refused: {again:?}\n{written}");
+                let rewritten = toml::to_string(&again.unwrap()).unwrap();
+                prop_assert_eq!(written, rewritten);
+            }
             Ok(Err(e)) => {
                 let lines = text.lines().count().max(1);
                 prop_assert!(
@@ -227,6 +235,37 @@ fn archive(items: &[Item]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// A path with `.` and `..` resolved on its text alone (no link
+/// followed); `None` if a `..` climbs above its start.
+fn lexical(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn lexical_resolution_never_follows_a_link() {
+    assert_eq!(
+        lexical(Path::new("/d/tree/a/../b/./c")),
+        Some(PathBuf::from("/d/tree/b/c"))
+    );
+    assert_eq!(lexical(Path::new("/d/tree/a/../../../../x")), None);
+    assert!(!lexical(Path::new("/d/tree/a/../../x"))
+        .unwrap()
+        .starts_with("/d/tree"));
+}
+
 /// Every path under `dir`, links not followed.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -270,13 +309,25 @@ proptest! {
             Ok(_) => {
                 let root = fs::canonicalize(&dest).unwrap();
                 for p in everything.iter().filter(|p| p.starts_with(&dest)) {
-                    if p.is_symlink() {
-                        if let Ok(resolved) = fs::canonicalize(p) {
-                            prop_assert!(
-                                resolved.starts_with(&root),
-                                "{} points outside the tree: {}", p.display(), resolved.display()
-                            );
-                        }
+                    if !p.is_symlink() {
+                        continue;
+                    }
+                    // Read as written, so a dangling link (the classic
+                    // escape: its target made later) is checked too.
+                    let target = fs::read_link(p).unwrap();
+                    let lexical = target
+                        .is_relative()
+                        .then(|| lexical(&p.parent().unwrap().join(&target)))
+                        .flatten();
+                    prop_assert!(
+                        lexical.as_ref().is_some_and(|l| l.starts_with(&dest)),
+                        "{} -> {} leaves the tree", p.display(), target.display()
+                    );
+                    if let Ok(resolved) = fs::canonicalize(p) {
+                        prop_assert!(
+                            resolved.starts_with(&root),
+                            "{} points outside the tree: {}", p.display(), resolved.display()
+                        );
                     }
                 }
             }
