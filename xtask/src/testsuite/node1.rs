@@ -571,6 +571,10 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
     let (fleases, fpid) = (work.join("foreign.leases"), work.join("foreign.pid"));
     node1.ns.pid_files.push(fpid.clone());
     s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-leasefile={fleases} --pid-file={fpid}"))?;
+    // node1's dnsmasq log goes on from the full-mode run above, which
+    // acknowledged leases: only what proxy mode adds is read below.
+    let dnsmasq_log = merged.join("run/krgiso/dnsmasq.log");
+    let log_before = fs::metadata(&dnsmasq_log).map(|m| m.len()).unwrap_or(0);
     let status = node1.start(&s, "cluster")?;
     ensure!(
         status.contains("dhcp=proxy"),
@@ -587,10 +591,24 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         lease.starts_with("192.168.77."),
         "the client's lease {lease} did not come from the other server"
     );
-    let handed = fs::read_to_string(merged.join("run/krgiso/dnsmasq.leases")).unwrap_or_default();
+    let foreign_leases = fs::read_to_string(&fleases).unwrap_or_default();
     ensure!(
-        handed.trim().is_empty(),
-        "node1 handed out leases in proxy mode: {handed}"
+        foreign_leases.contains(&format!(" {lease} ")),
+        "the other server has no record of the client's lease {lease}: {foreign_leases:?}"
+    );
+    let log = fs::read(&dnsmasq_log).unwrap_or_default();
+    let (full_log, proxy_log) = log.split_at((log_before as usize).min(log.len()));
+    // The log where full mode's acknowledgements are is the one read.
+    ensure!(
+        String::from_utf8_lossy(full_log).contains("DHCPACK"),
+        "{} does not show full mode's leases: not node1's DHCP log",
+        dnsmasq_log.display()
+    );
+    let proxy_log = String::from_utf8_lossy(proxy_log);
+    let acks: Vec<&str> = proxy_log.lines().filter(|l| l.contains("DHCPACK")).collect();
+    ensure!(
+        acks.is_empty(),
+        "node1 acknowledged leases in proxy mode: {acks:?}"
     );
     let script = fs::read_to_string(crate::layout::tftp_dir(&merged).join(BOOT_SCRIPT))?;
     let urls = boot_urls(&script);
