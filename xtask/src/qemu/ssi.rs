@@ -110,6 +110,18 @@ impl Run<'_> {
         )?;
         let first = self.wait_record(a, &file, until, |r| r.node == format!("node{id_a}"))?;
         let pid = first.pid;
+        // Where the job runs now, read again just before ps on the other
+        // node: a job that had moved there would prove nothing.
+        let before_ps = first.count;
+        let current = self.wait_record(b, &file, until, |r| r.pid == pid && r.count > before_ps)?;
+        if current.node != format!("node{id_a}") {
+            bail!(
+                "the job {pid} left {} by itself (it runs on {}) before ps on {} could show it",
+                self.name(a),
+                current.node,
+                self.name(b)
+            );
+        }
 
         // -e -o: every process, and its arguments, with busybox's ps and
         // with procps' (lenny), whose plain ps shows only the terminal's.
@@ -130,12 +142,22 @@ impl Run<'_> {
             format!("pid {pid} from {} listed here", self.name(a)),
         );
 
-        let mut last = first;
+        let mut last = current;
         for (target, label) in [
             (id_b, Milestone::MigratedAway),
             (id_a, Milestone::MigratedBack),
         ] {
-            self.on(b, &format!("migrate {pid} {target}"), until)?;
+            let said = self.on(
+                b,
+                &format!("migrate {pid} {target}; echo \"migrate exit $?\""),
+                until,
+            )?;
+            if !said.contains("migrate exit 0") {
+                bail!(
+                    "`migrate {pid} {target}` on {} failed: {said:?}",
+                    self.name(b)
+                );
+            }
             let before = last.count;
             let moved = self
                 .wait_record(b, &file, until, |r| {

@@ -605,7 +605,10 @@ pub fn node1_netns(project: &Path) -> Result<Timings> {
         dnsmasq_log.display()
     );
     let proxy_log = String::from_utf8_lossy(proxy_log);
-    let acks: Vec<&str> = proxy_log.lines().filter(|l| l.contains("DHCPACK")).collect();
+    let acks: Vec<&str> = proxy_log
+        .lines()
+        .filter(|l| l.contains("DHCPACK"))
+        .collect();
     ensure!(
         acks.is_empty(),
         "node1 acknowledged leases in proxy mode: {acks:?}"
