@@ -629,6 +629,7 @@ mod tests {
             leases: BTreeMap::new(),
             seconds: 120.0,
             boot_times: BTreeMap::new(),
+            powered_on_again: Vec::new(),
         };
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("report.json");

@@ -187,6 +187,16 @@ pub struct Reached {
     pub detail: String,
 }
 
+/// A VM powered on again during a run, not by the test's plan (a KVM that
+/// failed, an emulated CPU that stalled): said in the report, so a run
+/// that needed it is never read as a clean one.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoweredOnAgain {
+    pub vm: String,
+    pub why: String,
+    pub since_start: f64,
+}
+
 /// What the boot test saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -200,6 +210,8 @@ pub struct Report {
     /// Where each VM's boot went, as its init measured it (node1, and one
     /// node when the nodes run systemd).
     pub boot_times: BTreeMap<String, BootTime>,
+    /// Every VM powered on again, and why.
+    pub powered_on_again: Vec<PoweredOnAgain>,
 }
 
 /// One VM and how far it got.

@@ -41,7 +41,7 @@ use checks::{check_node1_status, fetched, Fetch};
 use milestone::{
     first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
 };
-pub use milestone::{Milestone, NodesBoot, Reached, Report};
+pub use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
 /// What a Linux kernel prints when it stops for good.
@@ -121,10 +121,12 @@ struct Run<'a> {
     /// what they reached is still reported.
     retired: Vec<Tracked>,
     boot_times: BTreeMap<String, BootTime>,
-    /// A VM was powered on again because its emulated CPU stalled (done
-    /// once per run, and said loudly).
-    restarted_after_stall: bool,
+    /// VMs powered on again, and why: a CPU stall is given one per run.
+    powered_on_again: Vec<PoweredOnAgain>,
 }
+
+/// Why a VM was powered on again after its emulated CPU stalled.
+const STALLED: &str = "its emulated CPU stalled";
 
 impl BootTest {
     /// The boot test of a build's image, with the defaults `cargo xtask
@@ -223,7 +225,7 @@ impl BootTest {
             vms: Vec::new(),
             retired: Vec::new(),
             boot_times: BTreeMap::new(),
-            restarted_after_stall: false,
+            powered_on_again: Vec::new(),
         };
         println!(
             "booting {} as node1 ({:?}, {}) with {} PXE node(s); logs in {}",
@@ -316,6 +318,7 @@ impl Run<'_> {
                 .collect(),
             seconds: self.started.elapsed().as_secs_f64(),
             boot_times: std::mem::take(&mut self.boot_times),
+            powered_on_again: self.powered_on_again.clone(),
         };
         files::write_atomic(
             &self.test.dir.join("report.json"),
@@ -446,7 +449,11 @@ impl Run<'_> {
                 Milestone::NfsRootRw,
                 Milestone::RootMounted,
             ];
-            if self.restarted_after_stall || up.iter().any(|&m| t.has(m)) {
+            let stalled_before = self
+                .powered_on_again
+                .iter()
+                .any(|p| p.why.starts_with(STALLED));
+            if stalled_before || up.iter().any(|&m| t.has(m)) {
                 bail!(
                     "{}: its emulated CPU stalled before \"{}\" ({why}); \
                      QEMU stopped running it: run the test again",
@@ -458,9 +465,13 @@ impl Run<'_> {
                 "warning: {}: its emulated CPU stalled ({why}); powering it on again (once per run)",
                 t.vm.spec.name
             );
-            self.restarted_after_stall = true;
             let accel = self.accel;
-            return self.restart(i, accel, "power on again (CPU stall)");
+            return self.restart(
+                i,
+                accel,
+                "power on again (CPU stall)",
+                format!("{STALLED} ({why})"),
+            );
         }
         let mut new = Vec::new();
         // Where this boot's kernel banner ends: later lines are searched
@@ -569,11 +580,22 @@ impl Run<'_> {
             eprintln!("warning: KVM does not work here ({why}); falling back to TCG (slower)");
             self.accel = Accel::Tcg;
         }
-        self.restart(i, Accel::Tcg, "power on again")
+        self.restart(
+            i,
+            Accel::Tcg,
+            "power on again",
+            format!("KVM failed ({why})"),
+        )
     }
 
-    /// Stops VM `i` and powers it on again, its milestones still to come.
-    fn restart(&mut self, i: usize, accel: Accel, what: &str) -> Result<()> {
+    /// Stops VM `i` and powers it on again, its milestones still to come;
+    /// the report keeps `why`.
+    fn restart(&mut self, i: usize, accel: Accel, what: &str, why: String) -> Result<()> {
+        self.powered_on_again.push(PoweredOnAgain {
+            vm: self.vms[i].vm.spec.name.clone(),
+            why,
+            since_start: self.started.elapsed().as_secs_f64(),
+        });
         let old = self.vms.remove(i);
         let spec = old.vm.spec.clone();
         let steps = old.steps;
