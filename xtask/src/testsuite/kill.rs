@@ -5,13 +5,18 @@
 //! signal to the build's group).
 //!
 //! For each stage, at points drawn from a seed the test prints (a point is
-//! a line of that stage's log in the reference build, `e2e-build`'s): the
-//! run is killed once the stage's log has that many lines, then `build`
-//! runs again. After the kill the stage that was running has no stamp;
-//! after the rerun every stage has one, no mount and no process is left
-//! under the build dir. At the end the build equals the uninterrupted one:
-//! the same packages in both roots, the same rendered files, the same
-//! contents in the image and its squashfs images.
+//! a moment of the stage: a share of how long the reference build's stage
+//! took, from its stamp, so that a long command is killed in its middle
+//! as often as anywhere else): the run is killed that long after the stage
+//! began, then `build` runs again. After the kill a stage has a stamp if
+//! and only if it said it was done; after the rerun every stage has one,
+//! no mount and no process is left under the build dir. At the end the
+//! build equals the uninterrupted one: the same packages at the same
+//! versions in both roots, the same rendered files, byte for byte, the
+//! same paths with the same types and modes in the image and its squashfs
+//! images. (Sizes and hashes of the roots' files are not compared: two
+//! builds differ in each build's own cluster key, password and
+//! timestamps.)
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -25,6 +30,7 @@ use xshell::cmd;
 use super::image::extract;
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 use crate::chroot;
+use crate::engine::Stamp;
 use crate::files;
 use crate::host::{self, HostTool};
 use crate::shell::StageShell;
@@ -42,16 +48,11 @@ impl Seeded {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    /// A line in 1..=`lines`·9/10: late enough that the stage has begun,
-    /// early enough that it has not finished.
-    fn line_of(&mut self, lines: usize) -> usize {
-        let span = (lines * 9 / 10).max(1);
-        1 + (self.next() % span as u64) as usize
+    /// A share of a stage's time, in 5%..80%: after it has begun, before
+    /// a run a little quicker than the reference could have finished it.
+    fn share(&mut self) -> f64 {
+        0.05 + (self.next() % 7500) as f64 / 10_000.0
     }
-}
-
-fn line_count(path: &Path) -> usize {
-    fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
 }
 
 /// The PID namespace of process `pid`'s children, as /proc names it.
@@ -70,14 +71,14 @@ fn processes_in(ns: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// `build` in a PID namespace, killed once `stage`'s log has `line` lines.
-/// Returns the stage that was running (the first without a stamp) and how
-/// long the run lasted.
+/// `build` in a PID namespace, killed `after` the moment `stage` began (its
+/// log appeared). Returns the stage that was running (the first without a
+/// stamp) and how long the run lasted.
 fn build_killed_at(
     run: &SmokeRun,
     s: &StageShell,
     stage: &str,
-    line: usize,
+    after: Duration,
 ) -> Result<(String, f64)> {
     let log = run.layout().log(stage);
     let _ = fs::remove_file(&log);
@@ -106,19 +107,25 @@ fn build_killed_at(
         );
         std::thread::sleep(Duration::from_millis(10));
     };
+    let mut began = None;
     loop {
-        if line_count(&log) >= line {
+        if began.is_none() && log.exists() {
+            began = Some(Instant::now());
+        }
+        if began.is_some_and(|b| b.elapsed() >= after) {
             break;
         }
         if child.try_wait()?.is_some() {
             bail!(
-                "`build` ended before line {line} of the {stage} log:\n{}",
+                "`build` ended before {:.1} s into the {stage} stage:\n{}",
+                after.as_secs_f64(),
                 fs::read_to_string(&out).unwrap_or_default()
             );
         }
         ensure!(
             t.elapsed() < Duration::from_secs(900),
-            "the {stage} log did not reach line {line} in 15 minutes"
+            "the {stage} stage did not begin, or last {:.1} s, in 15 minutes",
+            after.as_secs_f64()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -142,25 +149,53 @@ fn build_killed_at(
         .map_or("none (all done)", |st| st)
         .to_owned();
     s.note(&format!(
-        "killed at line {line} of the {stage} log after {secs:.1} s: {running} was running, {} mounts left",
+        "killed {:.1} s into the {stage} stage, {secs:.1} s after the start: {running} was running, {} mounts left",
+        after.as_secs_f64(),
         files::mounts_under(&run.build)?.len()
     ));
+    stamps_only_when_done(run, &fs::read_to_string(&out).unwrap_or_default())?;
     Ok((running, secs))
 }
 
-/// The packages dpkg has installed in a root.
+/// After a kill, a stage of this run has a stamp if and only if it said it
+/// was done (the engine says so right after writing the stamp): never a
+/// stamp for work cut short, never a finished stage without one.
+fn stamps_only_when_done(run: &SmokeRun, said: &str) -> Result<()> {
+    for stage in STAGES {
+        let began =
+            said.contains(&format!("==> {stage}:")) || said.contains(&format!("==> {stage}["));
+        if !began {
+            continue;
+        }
+        let done = said.contains(&format!("==> {stage}: done in"));
+        let stamped = run.layout().stamp(stage).exists();
+        ensure!(
+            stamped == done,
+            "after the kill the {stage} stage {} a stamp, yet it {} it was done",
+            if stamped { "has" } else { "has no" },
+            if done { "said" } else { "never said" }
+        );
+    }
+    Ok(())
+}
+
+/// The packages dpkg has installed in a root, each with its version.
 fn installed(root: &Path) -> Result<BTreeSet<String>> {
     let status = fs::read_to_string(root.join("var/lib/dpkg/status"))
         .with_context(|| format!("reading the dpkg status of {}", root.display()))?;
     Ok(status
         .split("\n\n")
         .filter(|stanza| stanza.contains("\nStatus: install ok installed"))
-        .filter_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Package: ")))
-        .map(str::to_owned)
+        .filter_map(|stanza| {
+            let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name));
+            Some(format!("{} {}", field("Package: ")?, field("Version: ")?))
+        })
         .collect())
 }
 
-/// The paths a squashfs image of the ISO holds, or the ISO's own.
+/// The entries a squashfs image of the ISO holds, or the ISO's own: each
+/// path with its type and mode, and in a squashfs its owner and a link's
+/// target (`-rw-r----- root/shadow /etc/gshadow`).
 fn contents(
     s: &StageShell,
     image: &Path,
@@ -168,19 +203,43 @@ fn contents(
     name: Option<&str>,
 ) -> Result<BTreeSet<String>> {
     let sh = s.sh();
-    let listing = match name {
-        None => cmd!(sh, "xorriso -indev {image} -find /")
+    let entries = match name {
+        // lsdl: `-r--r--r--    1 0        0           2048 Dec  3 10:00 '/isolinux'`
+        None => cmd!(sh, "xorriso -indev {image} -find / -exec lsdl")
             .quiet()
             .ignore_stderr()
-            .read()?,
+            .read()?
+            .lines()
+            .filter_map(|l| {
+                let mode = l.split_whitespace().next()?;
+                let path = l.split_once(" '")?.1.trim_end_matches('\'');
+                Some(format!("{mode} {path}"))
+            })
+            .collect(),
+        // -lls: `drwxr-xr-x root/root  55 2026-12-03 10:00 squashfs-root/etc`
         Some(name) => {
             let file = extract(s, image, tmp, name)?;
-            let listing = cmd!(sh, "unsquashfs -l {file}").quiet().read();
+            let listing = cmd!(sh, "unsquashfs -lls -n {file}").quiet().read();
             files::remove_tree(tmp)?;
             listing?
+                .lines()
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace();
+                    let (mode, owner) = (words.next()?, words.next()?);
+                    // A symlink's target is part of what it is.
+                    let path = l.split_once(" squashfs-root")?.1;
+                    Some(format!("{mode} {owner} {path}"))
+                })
+                .collect()
         }
     };
-    Ok(listing.lines().map(str::to_owned).collect())
+    ensure!(
+        !BTreeSet::is_empty(&entries),
+        "no entries read from {}{}",
+        image.display(),
+        name.map(|n| format!(" ({n})")).unwrap_or_default()
+    );
+    Ok(entries)
 }
 
 /// The killed-and-resumed build equals the uninterrupted one.
@@ -206,8 +265,10 @@ fn same_as(reference: &SmokeRun, run: &SmokeRun, s: &StageShell) -> Result<()> {
             reference.build.join("node1").join(rel),
             run.build.join("node1").join(rel),
         );
+        let read =
+            |p: &Path| fs::read(p).with_context(|| format!("the build made no {}", p.display()));
         ensure!(
-            fs::read(&a).ok() == fs::read(&b).ok(),
+            read(&a)? == read(&b)?,
             "the rendered {} differs from the uninterrupted build's",
             rel.display()
         );
@@ -229,8 +290,9 @@ fn same_as(reference: &SmokeRun, run: &SmokeRun, s: &StageShell) -> Result<()> {
             got.difference(&want).take(10).collect::<Vec<_>>()
         );
     }
+    ensure!(rendered > 5, "only {rendered} rendered files compared");
     s.note(&format!(
-        "same as the uninterrupted build: both roots' packages, {rendered} rendered files, the image's and its squashfs images' contents"
+        "same as the uninterrupted build: both roots' packages and versions, {rendered} rendered files, the paths, types and modes of the image and its squashfs images"
     ));
     Ok(())
 }
@@ -280,11 +342,16 @@ pub fn kill_matrix(project: &Path) -> Result<Timings> {
     let mut rng = Seeded(seed);
     let mut timings = Vec::new();
     for stage in STAGES {
-        let lines = line_count(&reference.layout().log(stage));
+        let took = Stamp::load(&reference.layout().stamp(stage))
+            .with_context(|| format!("the reference build has no {stage} stamp"))?
+            .seconds;
         for _ in 0..points {
-            let line = rng.line_of(lines);
+            let share = rng.share();
+            let after = Duration::from_secs_f64(took * share);
             s.step(&format!(
-                "{stage}: killed at line {line} of {lines}, then `build` again"
+                "{stage}: killed {:.1} s in ({:.0}% of its {took:.1} s), then `build` again",
+                after.as_secs_f64(),
+                share * 100.0
             ));
             if run.layout().stamp(stage).exists() {
                 run.xtask(&s, &["clean", stage])?;
@@ -294,13 +361,7 @@ pub fn kill_matrix(project: &Path) -> Result<Timings> {
             if stage == "iso" {
                 files::remove_tree(&run.layout().iso_roots())?;
             }
-            let (running, secs) = build_killed_at(&run, &s, stage, line)?;
-            if running == stage {
-                ensure!(
-                    !run.layout().stamp(stage).exists(),
-                    "the killed {stage} stage left a stamp"
-                );
-            }
+            let (running, secs) = build_killed_at(&run, &s, stage, after)?;
             let t = Instant::now();
             run.xtask(&s, &["build"])?;
             let rerun = t.elapsed().as_secs_f64();
@@ -313,7 +374,8 @@ pub fn kill_matrix(project: &Path) -> Result<Timings> {
             ensure!(left.is_empty(), "processes left in the build dir: {left:?}");
             timings.push((
                 format!(
-                    "{stage} line {line}/{lines} ({running} running, killed at {secs:.1} s): rerun"
+                    "{stage} at {:.0}% ({running} running, killed at {secs:.1} s): rerun",
+                    share * 100.0
                 ),
                 rerun,
             ));
@@ -330,13 +392,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_seed_gives_the_same_points_and_they_stay_in_the_stage() {
+    fn a_seed_gives_the_same_points_and_they_spread_over_the_stage() {
         let (mut a, mut b) = (Seeded(42), Seeded(42));
-        let pa: Vec<usize> = (0..50).map(|_| a.line_of(100)).collect();
-        let pb: Vec<usize> = (0..50).map(|_| b.line_of(100)).collect();
+        let pa: Vec<f64> = (0..200).map(|_| a.share()).collect();
+        let pb: Vec<f64> = (0..200).map(|_| b.share()).collect();
         assert_eq!(pa, pb);
-        assert!(pa.iter().all(|&l| (1..=90).contains(&l)), "{pa:?}");
-        assert!(pa.iter().collect::<BTreeSet<_>>().len() > 20, "{pa:?}");
-        assert_eq!(Seeded(7).line_of(0), 1);
+        assert!(pa.iter().all(|&s| (0.05..0.80).contains(&s)), "{pa:?}");
+        // Every tenth of the range is hit: the middle of a long command
+        // as often as its start.
+        for tenth in 0..7 {
+            let low = 0.05 + tenth as f64 * 0.1;
+            assert!(
+                pa.iter().any(|&s| s >= low && s < low + 0.1),
+                "{low}: {pa:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stamp_without_done_or_done_without_a_stamp_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = SmokeRun {
+            project: tmp.path().to_owned(),
+            build: tmp.path().join("build"),
+            exe: PathBuf::from("/bin/true"),
+            profile: crate::profile::Profile::load(
+                &crate::project_root().join("profiles/smoke.toml"),
+            )
+            .unwrap(),
+        };
+        let stamp = run.layout().stamp("kernel");
+        fs::create_dir_all(stamp.parent().unwrap()).unwrap();
+        let cut = "==> kernel: make the initramfs\n";
+        // Cut short: no stamp, fine; a stamp, refused.
+        assert!(stamps_only_when_done(&run, cut).is_ok());
+        fs::write(&stamp, "{}").unwrap();
+        assert!(stamps_only_when_done(&run, cut).is_err());
+        // Done: a stamp, fine; none, refused.
+        let done = "==> kernel: make the initramfs\n==> kernel: done in 3.2s\n";
+        assert!(stamps_only_when_done(&run, done).is_ok());
+        fs::remove_file(&stamp).unwrap();
+        assert!(stamps_only_when_done(&run, done).is_err());
+        // A stage this run did not start is not judged by what it said.
+        let node1 = run.layout().stamp("node1");
+        fs::write(&node1, "{}").unwrap();
+        assert!(stamps_only_when_done(&run, "==> packages[node1]: x\n").is_ok());
     }
 }
