@@ -103,43 +103,9 @@ pub enum Command {
         all: bool,
     },
     /// Boot the image in QEMU as node1, with N machines PXE-booting from it, and check the cluster works
-    Qemu {
-        /// How many PXE nodes to boot (0: node1 only)
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
-        nodes: u32,
-        /// Leave the VMs running at the end (until Ctrl-C), consoles free to attach
-        #[arg(long)]
-        keep: bool,
-        /// Give up after this many seconds
-        #[arg(long, default_value_t = 900, value_name = "S")]
-        timeout: u64,
-        /// Accelerator: tcg, or kvm (falls back to tcg with a warning if KVM fails)
-        #[arg(long, value_enum, default_value_t = QemuAccel::Tcg)]
-        accel: QemuAccel,
-        /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
-        #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
-        firmware: QemuFirmware,
-        /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
-        #[arg(long, value_name = "FILE")]
-        stick: Option<PathBuf>,
-        /// After the checks, power node1 off and on again, then each node: same addresses, nothing lost (needs --stick with KRGISO-DATA)
-        #[arg(long, requires = "stick")]
-        reboot: bool,
-    },
+    Qemu(QemuArgs),
     /// Write the image to a USB stick, safely (checks it, shows it, asks, verifies)
-    Usb {
-        /// The whole device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
-        device: PathBuf,
-        /// Write without asking for confirmation
-        #[arg(long)]
-        yes: bool,
-        /// DEVICE may be a regular file (created if missing): for tests
-        #[arg(long)]
-        allow_file: bool,
-        /// Then add an ext4 partition labelled KRGISO-DATA after the image (node1 keeps the nodes' root there)
-        #[arg(long)]
-        data: bool,
-    },
+    Usb(UsbArgs),
     /// Time the builds a user repeats: cold, no-op, iso after an overlay change, allbutkernel after a package change
     Bench {
         /// Only the no-op build and iso after an overlay change, on the existing build dir
@@ -155,6 +121,48 @@ pub enum Command {
         #[arg(long, value_name = "PART", conflicts_with = "only")]
         from: Option<String>,
     },
+}
+
+/// `qemu`'s options.
+#[derive(Debug, clap::Args)]
+pub struct QemuArgs {
+    /// How many PXE nodes to boot (0: node1 only)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub nodes: u32,
+    /// Leave the VMs running at the end (until Ctrl-C), consoles free to attach
+    #[arg(long)]
+    pub keep: bool,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 900, value_name = "S")]
+    pub timeout: u64,
+    /// Accelerator: tcg, or kvm (falls back to tcg with a warning if KVM fails)
+    #[arg(long, value_enum, default_value_t = QemuAccel::Tcg)]
+    pub accel: QemuAccel,
+    /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
+    #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
+    pub firmware: QemuFirmware,
+    /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
+    #[arg(long, value_name = "FILE")]
+    pub stick: Option<PathBuf>,
+    /// After the checks, power node1 off and on again, then each node: same addresses, nothing lost (needs --stick with KRGISO-DATA)
+    #[arg(long, requires = "stick")]
+    pub reboot: bool,
+}
+
+/// `usb`'s options.
+#[derive(Debug, clap::Args)]
+pub struct UsbArgs {
+    /// The whole device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
+    pub device: PathBuf,
+    /// Write without asking for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    /// DEVICE may be a regular file (created if missing): for tests
+    #[arg(long)]
+    pub allow_file: bool,
+    /// Then add an ext4 partition labelled KRGISO-DATA after the image (node1 keeps the nodes' root there)
+    #[arg(long)]
+    pub data: bool,
 }
 
 /// Entry point: runs the command, prints any error, returns the exit code.
@@ -235,172 +243,204 @@ fn report(err: &anyhow::Error) {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let project = crate::project_root();
-    let sources_dir = cli
+/// What every command but `test` works from: the profile, where it came
+/// from, where things live, and the pre-download directory.
+struct Session {
+    profile: Profile,
+    profile_path: PathBuf,
+    layout: Layout,
+    sources_dir: Option<PathBuf>,
+}
+
+impl Session {
+    fn load(cli: &Cli, project: &Path, sources_dir: Option<PathBuf>) -> Result<Session> {
+        let profile_path = profile::resolve(&cli.profile, project)?;
+        let profile = Profile::load(&profile_path)?;
+        for warning in profile.warnings() {
+            eprintln!("warning: {warning}");
+        }
+        let build_dir = cli
+            .build_dir
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?;
+        Ok(Session {
+            profile,
+            profile_path,
+            layout: Layout::new(project, build_dir.as_deref()),
+            sources_dir,
+        })
+    }
+
+    fn engine(self, offline: bool) -> Engine {
+        stages::engine(BuildContext {
+            profile: self.profile,
+            profile_path: self.profile_path,
+            layout: self.layout,
+            offline,
+            sources_dir: self.sources_dir,
+        })
+    }
+}
+
+/// The pre-download directory (`--sources-dir` or the environment), made
+/// absolute and checked; exported, so the bench and the test suite, which
+/// run this binary again, see it too.
+fn pre_download_dir(cli: &Cli) -> Result<Option<PathBuf>> {
+    let Some(dir) = cli
         .sources_dir
         .as_deref()
         .map(std::path::absolute)
-        .transpose()?;
-    if let Some(dir) = &sources_dir {
-        if !dir.is_dir() {
-            bail!(
-                "the pre-download directory {} does not exist (--sources-dir / {})",
-                dir.display(),
-                fetch::SOURCES_DIR_ENV
-            );
-        }
-        // The bench and the test suite run this binary again: they see it too.
-        std::env::set_var(fetch::SOURCES_DIR_ENV, dir);
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    if !dir.is_dir() {
+        bail!(
+            "the pre-download directory {} does not exist (--sources-dir / {})",
+            dir.display(),
+            fetch::SOURCES_DIR_ENV
+        );
     }
-    if let Command::Test { only, from } = &cli.command {
-        let parts = match (only, from) {
-            (Some(part), _) => testsuite::Parts::Only(part),
-            (None, Some(part)) => testsuite::Parts::From(part),
-            (None, None) => testsuite::Parts::All,
-        };
-        return testsuite::run(&project, parts, cli.dry_run);
-    }
-    let profile_path = profile::resolve(&cli.profile, &project)?;
-    let profile = Profile::load(&profile_path)?;
-    for warning in profile.warnings() {
-        eprintln!("warning: {warning}");
-    }
-    let build_dir = cli
-        .build_dir
-        .as_deref()
-        .map(std::path::absolute)
-        .transpose()?;
-    let layout = Layout::new(&project, build_dir.as_deref());
-    // Commands that need only the layout and the profile: no stages.
+    std::env::set_var(fetch::SOURCES_DIR_ENV, &dir);
+    Ok(Some(dir))
+}
+
+/// Hands each command to its own function.
+fn run(cli: Cli) -> Result<()> {
+    let project = crate::project_root();
+    let sources_dir = pre_download_dir(&cli)?;
+    let session = || Session::load(&cli, &project, sources_dir.clone());
     match &cli.command {
-        Command::Fetch { lock_new } => {
-            let options = FetchOptions {
-                offline: cli.offline,
-                lock_new: *lock_new,
-                sources_dir,
-                ..FetchOptions::default()
+        Command::Test { only, from } => {
+            let parts = match (only, from) {
+                (Some(part), _) => testsuite::Parts::Only(part),
+                (None, Some(part)) => testsuite::Parts::From(part),
+                (None, None) => testsuite::Parts::All,
             };
-            return fetch_sources(&profile, &profile_path, &layout, &options, cli.dry_run);
+            testsuite::run(&project, parts, cli.dry_run)
         }
-        Command::Qemu {
-            nodes,
-            keep,
-            timeout,
-            accel,
-            firmware,
-            stick,
-            reboot,
-        } => {
-            let test = BootTest::for_build(&profile, &layout, *nodes, *firmware)?;
-            let test = BootTest {
-                stick: stick.as_deref().map(std::path::absolute).transpose()?,
-                reboot: *reboot,
-                keep: *keep,
-                timeout: Duration::from_secs(*timeout),
-                accel: *accel,
-                ..test
-            };
-            if cli.dry_run {
-                println!(
-                    "would boot {} as node1 with {nodes} PXE node(s)",
-                    test.iso.display()
-                );
-                return Ok(());
-            }
-            host::require_root(
-                "`qemu`",
-                "it works in the build dir, which the build made as root",
-            )?;
-            test.run()?;
-            return Ok(());
-        }
-        Command::Usb {
-            device,
-            yes,
-            allow_file,
-            data,
-        } => {
-            let (image, checksum) = layout.image(&profile.iso);
-            if !cli.dry_run {
-                host::require_root("`usb`", "it writes a whole disk device")?;
-            }
-            return usb::write(&UsbOptions {
-                device: device.clone(),
-                image: image.clone(),
-                checksum,
-                yes: *yes,
-                allow_file: *allow_file,
-                data: *data,
-                dry_run: cli.dry_run,
-                protected: vec![
-                    ("/ (the running system)".to_owned(), PathBuf::from("/")),
-                    (
-                        format!("the build directory {}", layout.build.display()),
-                        layout.build.clone(),
-                    ),
-                    (format!("the image {}", image.display()), image),
-                ],
-                sysfs: Sysfs::default(),
-                logs: layout.logs(),
-            })
-            .map(|_| ());
-        }
-        Command::Bench { quick } => {
-            let bench = Bench {
-                exe: std::env::current_exe()?,
-                project: project.clone(),
-                profile: profile_path.clone(),
-                build: if *quick {
-                    layout.build.clone()
-                } else {
-                    layout.build.join("bench/build")
-                },
-                quick: *quick,
-                cache: layout.downloads.clone(),
-                kerrighed: profile.kernel.kind == KernelKind::Kerrighed,
-                boot_reports: layout.boot_reports(),
-            };
-            if cli.dry_run {
-                println!("would bench in {}", bench.build.display());
-                return Ok(());
-            }
-            host::require_root("`bench`", "it runs the stages")?;
-            bench.run()?;
-            return Ok(());
-        }
-        _ => {}
+        Command::Fetch { lock_new } => fetch_sources(&cli, &session()?, *lock_new),
+        Command::Qemu(args) => qemu(&cli, &session()?, args),
+        Command::Usb(args) => write_stick(&cli, &session()?, args),
+        Command::Bench { quick } => bench(&cli, &session()?, project.clone(), *quick),
+        Command::Status => status(&session()?.engine(cli.offline), &cli.profile),
+        Command::Clean { stage, all } => clean(
+            &session()?.engine(cli.offline),
+            stage.as_deref(),
+            *all,
+            cli.dry_run,
+        ),
+        Command::Build => build(&cli, session()?, stages::BUILD),
+        Command::Packages => build(&cli, session()?, &["packages"]),
+        Command::Kernel => build(&cli, session()?, &["kernel"]),
+        Command::Node1 => build(&cli, session()?, &["node1"]),
+        Command::Allbutkernel => build(&cli, session()?, stages::ALL_BUT_KERNEL),
+        Command::Iso => build(&cli, session()?, stages::ISO),
     }
-    let (image, _) = layout.image(&profile.iso);
-    let engine = stages::engine(BuildContext {
-        profile,
-        profile_path,
-        layout,
-        offline: cli.offline,
-        sources_dir,
-    });
-    let options = RunOptions {
-        force: cli.force,
-        verbose: cli.verbose,
-        install_host_tools: true,
+}
+
+/// `qemu`: the boot test of this build's image.
+fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
+    let QemuArgs {
+        nodes,
+        keep,
+        timeout,
+        accel,
+        firmware,
+        stick,
+        reboot,
+    } = args;
+    let test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?;
+    let test = BootTest {
+        stick: stick.as_deref().map(std::path::absolute).transpose()?,
+        reboot: *reboot,
+        keep: *keep,
+        timeout: Duration::from_secs(*timeout),
+        accel: *accel,
+        ..test
     };
-    let stages: &[&str] = match &cli.command {
-        Command::Build => stages::BUILD,
-        Command::Packages => &["packages"],
-        Command::Kernel => &["kernel"],
-        Command::Node1 => &["node1"],
-        Command::Allbutkernel => stages::ALL_BUT_KERNEL,
-        Command::Iso => stages::ISO,
-        Command::Status => return status(&engine, &cli.profile),
-        Command::Clean { stage, all } => {
-            return clean(&engine, stage.as_deref(), *all, cli.dry_run)
-        }
-        Command::Test { .. }
-        | Command::Fetch { .. }
-        | Command::Qemu { .. }
-        | Command::Usb { .. }
-        | Command::Bench { .. } => unreachable!("handled above"),
+    if cli.dry_run {
+        println!(
+            "would boot {} as node1 with {nodes} PXE node(s)",
+            test.iso.display()
+        );
+        return Ok(());
+    }
+    host::require_root(
+        "`qemu`",
+        "it works in the build dir, which the build made as root",
+    )?;
+    test.run()?;
+    Ok(())
+}
+
+/// `usb`: the image onto a whole disk, checked, shown, asked, verified.
+fn write_stick(cli: &Cli, session: &Session, args: &UsbArgs) -> Result<()> {
+    let UsbArgs {
+        device,
+        yes,
+        allow_file,
+        data,
+    } = args;
+    let layout = &session.layout;
+    let (image, checksum) = layout.image(&session.profile.iso);
+    if !cli.dry_run {
+        host::require_root("`usb`", "it writes a whole disk device")?;
+    }
+    usb::write(&UsbOptions {
+        device: device.clone(),
+        image: image.clone(),
+        checksum,
+        yes: *yes,
+        allow_file: *allow_file,
+        data: *data,
+        dry_run: cli.dry_run,
+        protected: vec![
+            ("/ (the running system)".to_owned(), PathBuf::from("/")),
+            (
+                format!("the build directory {}", layout.build.display()),
+                layout.build.clone(),
+            ),
+            (format!("the image {}", image.display()), image),
+        ],
+        sysfs: Sysfs::default(),
+        logs: layout.logs(),
+    })
+    .map(|_| ())
+}
+
+/// `bench`: the builds a user repeats, timed.
+fn bench(cli: &Cli, session: &Session, project: PathBuf, quick: bool) -> Result<()> {
+    let layout = &session.layout;
+    let bench = Bench {
+        exe: std::env::current_exe()?,
+        project,
+        profile: session.profile_path.clone(),
+        build: if quick {
+            layout.build.clone()
+        } else {
+            layout.build.join("bench/build")
+        },
+        quick,
+        cache: layout.downloads.clone(),
+        kerrighed: session.profile.kernel.kind == KernelKind::Kerrighed,
+        boot_reports: layout.boot_reports(),
     };
+    if cli.dry_run {
+        println!("would bench in {}", bench.build.display());
+        return Ok(());
+    }
+    host::require_root("`bench`", "it runs the stages")?;
+    bench.run()?;
+    Ok(())
+}
+
+/// The stage commands: `stages` in pipeline order, skipping what is up to
+/// date; `--dry-run` prints the plan.
+fn build(cli: &Cli, session: Session, stages: &[&str]) -> Result<()> {
+    let (image, _) = session.layout.image(&session.profile.iso);
+    let engine = session.engine(cli.offline);
     if cli.dry_run {
         let plan = engine.plan(stages, cli.force)?;
         println!(
@@ -415,9 +455,14 @@ fn run(cli: Cli) -> Result<()> {
         println!("nothing was run (--dry-run)");
         return Ok(());
     }
+    let options = RunOptions {
+        force: cli.force,
+        verbose: cli.verbose,
+        install_host_tools: true,
+    };
     engine.run(stages, options)?;
     if stages.contains(&"iso") {
-        print_next_steps(&cli, &engine.layout, &image);
+        print_next_steps(cli, &engine.layout, &image);
     }
     Ok(())
 }
@@ -443,24 +488,26 @@ fn print_next_steps(cli: &Cli, layout: &Layout, image: &Path) {
     println!("    cargo xtask{options} qemu --nodes 2");
 }
 
-fn fetch_sources(
-    profile: &Profile,
-    profile_path: &Path,
-    layout: &Layout,
-    options: &FetchOptions,
-    dry_run: bool,
-) -> Result<()> {
-    let mut lock = SourcesLock::of_profile(profile_path)?;
-    let cache = Cache::new(&layout.downloads);
-    if dry_run {
+/// `fetch`: the sources into the download cache, verified; an unpinned one
+/// is shown and set aside.
+fn fetch_sources(cli: &Cli, session: &Session, lock_new: bool) -> Result<()> {
+    let options = FetchOptions {
+        offline: cli.offline,
+        lock_new,
+        sources_dir: session.sources_dir.clone(),
+        ..FetchOptions::default()
+    };
+    let mut lock = SourcesLock::of_profile(&session.profile_path)?;
+    let cache = Cache::new(&session.layout.downloads);
+    if cli.dry_run {
         println!("would fetch into {}:", cache.dir.display());
-        for s in &profile.sources {
+        for s in &session.profile.sources {
             let pin = fetch::pin_of(s, &lock).unwrap_or("no pin yet");
             println!("  {:<26} {pin}", s.file);
         }
         return Ok(());
     }
-    for v in fetch::fetch(&profile.sources, &mut lock, &cache, options)? {
+    for v in fetch::fetch(&session.profile.sources, &mut lock, &cache, &options)? {
         println!("verified {}  sha256 {}", v.path.display(), v.sha256);
     }
     Ok(())
