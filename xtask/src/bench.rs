@@ -24,7 +24,7 @@ use crate::qemu::{BootTime, Milestone, UnitTime};
 use crate::stages;
 
 /// What to measure, where.
-pub struct Bench {
+pub(crate) struct Bench {
     pub exe: PathBuf,
     pub project: PathBuf,
     pub profile: PathBuf,
@@ -45,7 +45,7 @@ pub struct Bench {
 
 /// One measured command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     pub name: String,
     pub command: String,
     pub seconds: f64,
@@ -54,7 +54,7 @@ pub struct Scenario {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchReport {
+pub(crate) struct BenchReport {
     pub profile: String,
     pub cores: usize,
     pub memory_mib: u64,
@@ -72,7 +72,7 @@ pub struct BenchReport {
 
 /// One target of the speed issue and what this machine measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetRow {
+pub(crate) struct TargetRow {
     pub what: String,
     pub target: f64,
     pub measured: Option<f64>,
@@ -82,7 +82,7 @@ pub struct TargetRow {
 
 /// A VM's boot as its init measured it, from a boot test's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BootSummary {
+pub(crate) struct BootSummary {
     pub vm: String,
     pub firmware: String,
     pub summary: String,
@@ -119,7 +119,7 @@ impl BootRun {
 }
 
 /// A target row's source when only a full bench measures it.
-pub const FULL_BENCH_ONLY: &str = "full bench only";
+pub(crate) const FULL_BENCH_ONLY: &str = "full bench only";
 
 /// The targets (2-core machine, TCG) and what the scenarios and the boot
 /// tests measured.
@@ -214,7 +214,7 @@ fn boot_runs(paths: &[PathBuf]) -> Vec<(PathBuf, BootRun)> {
 const TOUCHED: &str = "overlay/node1/etc/krgiso/bench-touched";
 
 impl Bench {
-    pub fn run(&self) -> Result<BenchReport> {
+    pub(crate) fn run(&self) -> Result<BenchReport> {
         let mut scenarios = Vec::new();
         if !self.quick {
             self.fresh_build_dir()?;
@@ -496,7 +496,7 @@ fn memory_mib() -> u64 {
 }
 
 /// One table: each scenario, then its stages with their share of it.
-pub fn render_table(report: &BenchReport) -> String {
+pub(crate) fn render_table(report: &BenchReport) -> String {
     let mut out = format!(
         "\nbench: {} cores, {} MiB, Linux {}{}\n{:<46} {:>9} {:>7}\n",
         report.cores,

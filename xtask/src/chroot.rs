@@ -20,7 +20,7 @@ use crate::shell::StageShell;
 
 /// One mount a chroot needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MountSpec {
+pub(crate) enum MountSpec {
     /// A kernel file system (`proc`, `sysfs`) at `target`.
     Fs {
         fstype: &'static str,
@@ -36,7 +36,7 @@ pub enum MountSpec {
 }
 
 impl MountSpec {
-    pub fn target(&self) -> &Path {
+    pub(crate) fn target(&self) -> &Path {
         match self {
             MountSpec::Fs { target, .. }
             | MountSpec::Bind { target, .. }
@@ -46,14 +46,14 @@ impl MountSpec {
 }
 
 /// Mounting and unmounting: the real system calls, or a stand-in in tests.
-pub trait MountOps: Send + Sync {
+pub(crate) trait MountOps: Send + Sync {
     fn mount(&self, spec: &MountSpec) -> io::Result<()>;
     /// `lazy` detaches now and cleans up when the mount is no longer busy.
     fn unmount(&self, target: &Path, lazy: bool) -> io::Result<()>;
 }
 
 /// mount(2) and umount2(2).
-pub struct SystemMounts;
+pub(crate) struct SystemMounts;
 
 fn c_path(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains a NUL byte"))
@@ -117,7 +117,7 @@ impl MountOps for SystemMounts {
 
 /// Unmounts, falling back to a lazy unmount when the mount is busy.
 /// Returns a line describing what happened, for the log.
-pub fn release(ops: &dyn MountOps, target: &Path) -> String {
+pub(crate) fn release(ops: &dyn MountOps, target: &Path) -> String {
     match ops.unmount(target, false) {
         Ok(()) => format!("unmounted {}", target.display()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -234,7 +234,7 @@ impl Undo {
 }
 
 /// The mounts and files a chroot into `root` needs, undone when dropped.
-pub struct ChrootMounts {
+pub(crate) struct ChrootMounts {
     undo: Arc<Mutex<Undo>>,
     _cleanup: Cleanup,
 }
@@ -250,7 +250,7 @@ impl ChrootMounts {
     /// Mounts proc, sys, dev, dev/pts and `extra`, copies the host's
     /// resolv.conf in and a policy-rc.d that keeps daemons from starting.
     /// If any step fails, what was done is undone before the error returns.
-    pub fn set_up(
+    pub(crate) fn set_up(
         root: &Path,
         extra: &[ExtraBind],
         ops: Arc<dyn MountOps>,
@@ -339,12 +339,6 @@ impl ChrootMounts {
         fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", path.display()))
-    }
-
-    /// Lines saying what was unmounted and restored (after drop they are gone:
-    /// call before, or read them from the log the stage keeps).
-    pub fn take_log(&self) -> Vec<String> {
-        std::mem::take(&mut self.lock().log)
     }
 }
 
@@ -451,10 +445,10 @@ impl<'a> Chroot<'a> {
 }
 
 /// The `PATH` commands in a root get.
-pub const CHROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const CHROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Whether an `arch` root needs `setarch i686` here, or cannot run at all.
-pub fn needs_linux32(arch: &str) -> Result<bool> {
+pub(crate) fn needs_linux32(arch: &str) -> Result<bool> {
     let host = std::env::consts::ARCH;
     let native = match host {
         "x86_64" => "amd64",
@@ -473,7 +467,7 @@ pub fn needs_linux32(arch: &str) -> Result<bool> {
 
 /// Processes whose root directory is inside `dir`: what a killed run left
 /// running in its chroots.
-pub fn processes_rooted_in(dir: &Path) -> Vec<i32> {
+pub(crate) fn processes_rooted_in(dir: &Path) -> Vec<i32> {
     let Ok(dir) = files::absolute(dir) else {
         return Vec::new();
     };
@@ -494,7 +488,7 @@ pub fn processes_rooted_in(dir: &Path) -> Vec<i32> {
 /// Releases what a killed run left under `dir`: kills processes still
 /// running in its chroots, then unmounts everything mounted under it,
 /// deepest first (lazily when busy). Returns what it did, one line each.
-pub fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String>> {
+pub(crate) fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let pids = processes_rooted_in(dir);
     for &pid in &pids {
@@ -542,13 +536,13 @@ pub fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String>> {
 /// A read-only overlayfs view of `layers` stacked in order (the first on
 /// top), unmounted when dropped, on error, panic or Ctrl-C. How the iso
 /// stage sees a root with the node1 stage's layer over it, without copying.
-pub struct Stack {
+pub(crate) struct Stack {
     pub target: PathBuf,
     _cleanup: Cleanup,
 }
 
 impl Stack {
-    pub fn mount(layers: &[&Path], target: &Path) -> Result<Stack> {
+    pub(crate) fn mount(layers: &[&Path], target: &Path) -> Result<Stack> {
         fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
         let spec = MountSpec::Overlay {
             layers: layers.iter().map(|l| l.to_path_buf()).collect(),

@@ -20,7 +20,7 @@ fn file_of(path: &str) -> PathBuf {
 /// Compares `text` with the golden file `xtask/src/<path>`.
 /// `KRGISO_BLESS=1` rewrites the golden file instead: review its diff
 /// before committing, the golden file is the review.
-pub fn check(path: &str, text: &str) {
+pub(crate) fn check(path: &str, text: &str) {
     let file = file_of(path);
     if blessing() {
         if let Some(dir) = file.parent() {
@@ -45,7 +45,7 @@ pub fn check(path: &str, text: &str) {
 /// Fails on any file under the golden dir `xtask/src/<dir>` that is not
 /// one of `checked` (paths as given to [`check`]): the golden file of an
 /// output no longer rendered. `KRGISO_BLESS=1` removes them instead.
-pub fn no_stale_files(dir: &str, checked: &[String]) {
+pub(crate) fn no_stale_files(dir: &str, checked: &[String]) {
     let root = file_of(dir);
     let stale: Vec<PathBuf> = crate::files::walk(&root)
         .into_iter()

@@ -26,7 +26,7 @@ impl HostTool {
     }
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -35,7 +35,7 @@ pub fn is_root() -> bool {
 /// has been written yet: the command line turns it into a run of the same
 /// command through sudo ([`run_again_as_root`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NeedsRoot {
+pub(crate) struct NeedsRoot {
     /// What needs it, in the user's words: "the packages stage", "`usb`".
     pub what: String,
     /// Why, in a few words.
@@ -54,7 +54,7 @@ impl std::fmt::Display for NeedsRoot {
 impl std::error::Error for NeedsRoot {}
 
 /// Stops with [`NeedsRoot`] unless this process is root.
-pub fn require_root(what: impl Into<String>, why: &'static str) -> Result<()> {
+pub(crate) fn require_root(what: impl Into<String>, why: &'static str) -> Result<()> {
     if is_root() {
         return Ok(());
     }
@@ -66,7 +66,7 @@ pub fn require_root(what: impl Into<String>, why: &'static str) -> Result<()> {
     .into())
 }
 
-pub fn ensure_root(stage: &str) -> Result<()> {
+pub(crate) fn ensure_root(stage: &str) -> Result<()> {
     require_root(
         format!("the {stage} stage"),
         "it creates root file systems, chroots and mounts",
@@ -80,7 +80,7 @@ pub fn ensure_root(stage: &str) -> Result<()> {
 /// xtask` cannot find a rustup cargo; this runs the built binary itself.
 /// Says so on stderr first. A user sudo will not serve gets one line
 /// naming what is needed.
-pub fn run_again_as_root(needs: &NeedsRoot, args: &[std::ffi::OsString]) -> Result<()> {
+pub(crate) fn run_again_as_root(needs: &NeedsRoot, args: &[std::ffi::OsString]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let user = std::env::var("USER").unwrap_or_else(|_| "this user".to_owned());
@@ -127,7 +127,7 @@ that may use sudo (`adduser {user} sudo` as root), from a terminal where sudo ca
 
 /// This program's file. When cargo has rebuilt it while it ran, the kernel
 /// names the old one "PATH (deleted)": PATH is the new build, the one to run.
-pub fn this_program() -> std::io::Result<PathBuf> {
+pub(crate) fn this_program() -> std::io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let shown = exe.to_string_lossy();
     Ok(match shown.strip_suffix(" (deleted)") {
@@ -153,7 +153,7 @@ fn shown(args: &[std::ffi::OsString]) -> String {
 
 /// Where a program would be found: `$PATH` plus the sbin directories, which
 /// a non-root `$PATH` often lacks.
-pub fn find_program(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
     if program.starts_with('/') {
         return Path::new(program).exists().then(|| PathBuf::from(program));
     }
@@ -171,7 +171,7 @@ fn is_executable(p: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-pub fn missing(tools: &[HostTool]) -> Vec<&HostTool> {
+pub(crate) fn missing(tools: &[HostTool]) -> Vec<&HostTool> {
     let mut out: Vec<&HostTool> = Vec::new();
     for t in tools {
         if find_program(&t.program).is_none() && !out.iter().any(|o| o.program == t.program) {
@@ -188,13 +188,13 @@ fn packages_of<'a>(tools: &[&'a HostTool]) -> Vec<&'a str> {
     pkgs
 }
 
-pub fn is_debian() -> bool {
+pub(crate) fn is_debian() -> bool {
     Path::new("/etc/debian_version").exists() && find_program("apt-get").is_some()
 }
 
 /// Makes sure every tool is there. With `install` on a Debian host as root,
 /// missing ones are installed with apt-get; otherwise the error says how.
-pub fn ensure_tools(tools: &[HostTool], install: bool, log: &Path) -> Result<()> {
+pub(crate) fn ensure_tools(tools: &[HostTool], install: bool, log: &Path) -> Result<()> {
     let missing = missing(tools);
     if missing.is_empty() {
         return Ok(());
@@ -232,7 +232,7 @@ fn missing_programs(tools: &[HostTool]) -> Vec<&str> {
 
 /// `apt-get install`, with one `apt-get update` and a retry if the package
 /// lists are missing or stale (a fresh machine or container has none).
-pub fn apt_install(pkgs: &[&str], log: &Path) -> Result<()> {
+pub(crate) fn apt_install(pkgs: &[&str], log: &Path) -> Result<()> {
     let s = StageShell::new("host", log, false)?;
     let sh = s.sh();
     sh.set_var("DEBIAN_FRONTEND", "noninteractive");

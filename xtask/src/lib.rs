@@ -1,6 +1,11 @@
 //! krgiso: a `cargo xtask` pipeline that builds a bootable live USB/ISO image
 //! for a Kerrighed single-system-image cluster. See README.md;
 //! docs/source-tree.md says which module is which.
+//!
+//! `pub` is for what the integration tests (`xtask/tests`) and `main`
+//! use; everything else is `pub(crate)`, so rustc reports dead code.
+
+#![warn(unreachable_pub)]
 
 // The command line, and where things live.
 pub mod cli;
@@ -14,19 +19,19 @@ pub mod stages;
 // What the stages and commands share: bytes (hashes, sizes), running
 // commands, chroots, host tools, files, Ctrl-C, downloads and tarballs.
 pub mod bytes;
-pub mod chroot;
+pub(crate) mod chroot;
 pub mod fetch;
 pub mod files;
-pub mod host;
+pub(crate) mod host;
 pub mod interrupt;
-pub mod shell;
+pub(crate) mod shell;
 pub mod unpack;
 
 // node1's rendered files, and the commands beyond the build.
-pub mod bench;
+pub(crate) mod bench;
 pub mod node1;
-pub mod qemu;
-pub mod usb;
+pub(crate) mod qemu;
+pub(crate) mod usb;
 
 // `cargo xtask test`: its parts and fixtures.
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::interrupt::{self, ChildGuard, Interrupted};
 /// A command that exited non-zero. The full output is in `log`.
 #[derive(Debug, thiserror::Error)]
 #[error("`{command}` failed ({status})")]
-pub struct CommandFailed {
+pub(crate) struct CommandFailed {
     pub command: String,
     pub status: String,
     pub log: PathBuf,
@@ -29,7 +29,7 @@ pub struct CommandFailed {
 /// A command stopped because another branch of the same stage failed.
 #[derive(Debug, thiserror::Error)]
 #[error("stopped: another part of this stage failed")]
-pub struct Stopped;
+pub(crate) struct Stopped;
 
 /// The shell a stage runs its commands in.
 pub struct StageShell {
@@ -355,7 +355,7 @@ fn last_words(line: &str, max: usize) -> String {
 
 /// The spinner of a running stage: `⠋ packages 0:42 bootstrap node1 root │ last output line`.
 /// On a terminal only; elsewhere (CI, a pipe) each step is printed as a line.
-pub struct Progress {
+pub(crate) struct Progress {
     name: String,
     bar: Option<ProgressBar>,
     /// Holds the spinner lines of the stage and its branches together.
@@ -363,7 +363,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(name: &str, plain: bool) -> Progress {
+    pub(crate) fn new(name: &str, plain: bool) -> Progress {
         let lines = (!plain && std::io::stderr().is_terminal()).then(MultiProgress::new);
         Progress::on(name, lines)
     }
@@ -392,7 +392,7 @@ impl Progress {
         Progress::on(&format!("{}[{branch}]", self.name), self.lines.clone())
     }
 
-    pub fn step(&self, what: &str) {
+    pub(crate) fn step(&self, what: &str) {
         let line = format!("==> {}: {what}", self.name);
         match &self.bar {
             Some(bar) => {
@@ -404,7 +404,7 @@ impl Progress {
         }
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -414,7 +414,7 @@ impl Progress {
 /// A byte-count bar (`prefix [====>   ] bytes/total rate ETA`) on stderr
 /// when it is a terminal; None elsewhere (the caller prints lines instead).
 /// Without a `total`, a spinner in the same layout.
-pub fn byte_bar(total: Option<u64>, prefix: String) -> Option<ProgressBar> {
+pub(crate) fn byte_bar(total: Option<u64>, prefix: String) -> Option<ProgressBar> {
     std::io::stderr().is_terminal().then(|| {
         let bar = match total {
             Some(n) => ProgressBar::new(n),
@@ -430,7 +430,7 @@ pub fn byte_bar(total: Option<u64>, prefix: String) -> Option<ProgressBar> {
 }
 
 /// The last `n` lines of a log, for the report of a failed stage.
-pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
+pub(crate) fn log_tail(path: &Path, n: usize) -> Vec<String> {
     let Ok(text) = fs::read(path) else {
         return Vec::new();
     };

@@ -27,7 +27,7 @@ pub struct SpaceNeed {
 
 /// A file system, as seen from the nearest existing directory of a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileSystem {
+pub(super) struct FileSystem {
     /// `st_dev` of that directory.
     pub device: u64,
     /// The directory it was looked at from.
@@ -49,7 +49,7 @@ fn existing_ancestor(path: &Path) -> &Path {
 }
 
 /// The file system `path` is (or would be) written to, and its free space.
-pub fn file_system(path: &Path) -> Result<FileSystem> {
+pub(super) fn file_system(path: &Path) -> Result<FileSystem> {
     let at = existing_ancestor(path);
     let device = at
         .metadata()
@@ -72,7 +72,7 @@ pub fn file_system(path: &Path) -> Result<FileSystem> {
 
 /// Every need, grouped by the file system it falls on; each with its free
 /// space, in the order the file systems are first met.
-pub fn by_file_system(needs: &[SpaceNeed]) -> Result<Vec<(FileSystem, Vec<&SpaceNeed>)>> {
+pub(super) fn by_file_system(needs: &[SpaceNeed]) -> Result<Vec<(FileSystem, Vec<&SpaceNeed>)>> {
     let mut groups: Vec<(FileSystem, Vec<&SpaceNeed>)> = Vec::new();
     for need in needs {
         let fs = file_system(&need.path)?;
@@ -86,7 +86,7 @@ pub fn by_file_system(needs: &[SpaceNeed]) -> Result<Vec<(FileSystem, Vec<&Space
 
 /// Stops a plan that cannot fit: one message per short file system, naming
 /// where, what each stage needs there and what is free.
-pub fn check(needs: &[SpaceNeed]) -> Result<()> {
+pub(super) fn check(needs: &[SpaceNeed]) -> Result<()> {
     for (fs, list) in by_file_system(needs)? {
         let total: u64 = list.iter().map(|n| n.bytes).sum();
         if total > fs.free {
@@ -120,7 +120,7 @@ pub fn check(needs: &[SpaceNeed]) -> Result<()> {
 
 /// Whether a stage's failure was the disk filling: ENOSPC anywhere in the
 /// error's chain, or in the last lines the stage's commands logged.
-pub fn ran_out(err: &anyhow::Error, log_tail: &[String]) -> bool {
+pub(super) fn ran_out(err: &anyhow::Error, log_tail: &[String]) -> bool {
     let in_chain = err.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
@@ -134,7 +134,7 @@ pub fn ran_out(err: &anyhow::Error, log_tail: &[String]) -> bool {
 
 /// The one line for a stage that ran out: where (the fullest file system
 /// among those it writes to), what is free there now, what it needs.
-pub fn ran_out_message(stage: &str, needs: &[SpaceNeed]) -> String {
+pub(super) fn ran_out_message(stage: &str, needs: &[SpaceNeed]) -> String {
     let fullest = by_file_system(needs).ok().and_then(|groups| {
         groups
             .into_iter()

@@ -18,7 +18,7 @@ use crate::profile::Cluster;
 use crate::shell::StageShell;
 
 /// What the user logs in with, once decided for this build dir.
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub user: String,
     /// crypt(3) hash, or `!` (no password login: keys only).
     pub password_hash: String,
@@ -32,7 +32,7 @@ pub struct Credentials {
 impl Credentials {
     /// Decides the credentials, reusing what an earlier run of this build
     /// dir made (so rebuilding the image keeps the same password and key).
-    pub fn for_build(
+    pub(crate) fn for_build(
         cluster: &Cluster,
         layout: &Layout,
         shell: &StageShell,
@@ -92,7 +92,7 @@ impl Credentials {
 }
 
 /// The password the build made for `user`, if it made one.
-pub fn read_saved_password(path: &Path, user: &str) -> Option<String> {
+pub(crate) fn read_saved_password(path: &Path, user: &str) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
     let field = |k: &str| {
         text.lines()
@@ -146,7 +146,7 @@ fn with_member(group: &str, name: &str, user: &str) -> String {
 /// Adds the user to a root's account files, writing the results into
 /// `layer` (the root itself is not changed). An `admin` may use sudo there
 /// (with the cluster password) if the root has sudo. Returns the uid given.
-pub fn add_user(
+pub(crate) fn add_user(
     root: &Path,
     layer: &Path,
     creds: &Credentials,

@@ -4,6 +4,6 @@
 //! (`accounts`). The node1 stage (`stages::node1`) writes them into the
 //! layers; the boot service itself is `overlay/node1`.
 
-pub mod accounts;
-pub mod render;
+pub(crate) mod accounts;
+pub(crate) mod render;
 pub mod status;

@@ -19,28 +19,28 @@ use crate::profile::{Cluster, KernelKind, Network, StatusSpec};
 /// per round trip: between two machines under load it moved about
 /// 430 KB/s; iPXE's HTTP several MB/s (docs/node1-boot.md). Firmware that
 /// is iPXE already (QEMU's, many servers') skips this step.
-pub const BOOT_LOADER: &str = "undionly.kpxe";
+pub(crate) const BOOT_LOADER: &str = "undionly.kpxe";
 
 /// The iPXE script every node runs, in the TFTP root (and on the web).
-pub const BOOT_SCRIPT: &str = "boot.ipxe";
+pub(crate) const BOOT_SCRIPT: &str = "boot.ipxe";
 
 /// The port node1's web server listens on (the boot files; the status page).
-pub const HTTP_PORT: u16 = 80;
+pub(crate) const HTTP_PORT: u16 = 80;
 
 /// Who node1's web server runs as once it has its port (Debian's
 /// base-passwd has it on every system).
-pub const HTTP_USER: &str = "www-data";
+pub(crate) const HTTP_USER: &str = "www-data";
 
 /// The files the nodes boot over HTTP, as the kernel stage staged them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootFiles {
+pub(crate) struct BootFiles {
     pub kind: KernelKind,
     pub kernel: String,
     pub initrd: Option<String>,
 }
 
 impl BootFiles {
-    pub fn for_release(kind: KernelKind, release: &str) -> BootFiles {
+    pub(crate) fn for_release(kind: KernelKind, release: &str) -> BootFiles {
         BootFiles {
             kind,
             kernel: format!("vmlinuz-{release}"),
@@ -60,7 +60,7 @@ const HEADER: &str =
 /// long enough that node1 rebooting keeps every node on its address.
 const LEASE_TIME: &str = "12h";
 
-pub fn dnsmasq_full(net: &Network) -> String {
+pub(crate) fn dnsmasq_full(net: &Network) -> String {
     let mut s = String::from(HEADER);
     s.push_str("# DHCP with leases, PXE and TFTP on the cluster link only.\n");
     s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
@@ -94,7 +94,7 @@ pub fn dnsmasq_full(net: &Network) -> String {
 /// dnsmasq when another DHCP server already answers on the cluster link:
 /// proxy DHCP (PXE boot information only, no leases) for the subnet that
 /// server hands out, which the boot service writes as `@PROXY_NET@`.
-pub fn dnsmasq_proxy() -> String {
+pub(crate) fn dnsmasq_proxy() -> String {
     let mut s = String::from(HEADER);
     s.push_str(
         "# Proxy DHCP: another server gives the addresses; this only says how to PXE-boot.\n",
@@ -126,9 +126,9 @@ fn tftp_lines() -> String {
 /// The nodes' root, read-write to the cluster subnet only (never `*`).
 /// `fsid` because it may live on a tmpfs, which has no UUID to export by.
 /// How the nodes' root is exported (also to a proxy-DHCP subnet at boot).
-pub const EXPORT_OPTIONS: &str = "rw,no_root_squash,no_subtree_check,async,fsid=77";
+pub(crate) const EXPORT_OPTIONS: &str = "rw,no_root_squash,no_subtree_check,async,fsid=77";
 
-pub fn exports(net: &Network) -> String {
+pub(crate) fn exports(net: &Network) -> String {
     format!(
         "{HEADER}{EXPORT_DIR} {}/{}({EXPORT_OPTIONS})\n",
         net.address.network(),
@@ -138,7 +138,7 @@ pub fn exports(net: &Network) -> String {
 
 /// A 2.6.20 nfsroot speaks NFSv3 (and v2) over TCP or UDP; a current
 /// nfs-kernel-server serves neither v2 nor UDP unless told to.
-pub fn nfs_conf() -> String {
+pub(crate) fn nfs_conf() -> String {
     format!("{HEADER}[nfsd]\nvers3=y\ntcp=y\nudp=y\n")
 }
 
@@ -147,7 +147,7 @@ pub fn nfs_conf() -> String {
 /// fetch (node1 still starting, a lost link) is retried every 5 s. In
 /// proxy mode the boot service puts node1's address on the foreign subnet
 /// in place of the profile's.
-pub fn ipxe_script(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String {
+pub(crate) fn ipxe_script(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String {
     let node1 = net.address.addr;
     let http = format!("http://{node1}/");
     let mut args = vec![
@@ -176,12 +176,12 @@ pub fn ipxe_script(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String
 /// node1's wired interfaces take DHCP from outside (the uplink); the boot
 /// service gives the cluster link its static address with a file in
 /// /run/systemd/network that sorts before this one.
-pub fn uplink_network() -> String {
+pub(crate) fn uplink_network() -> String {
     format!("{HEADER}[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n\n[DHCPv4]\nRouteMetric=100\n")
 }
 
 /// The values the boot service reads (shell syntax).
-pub fn cluster_env(net: &Network, status: &StatusSpec) -> String {
+pub(crate) fn cluster_env(net: &Network, status: &StatusSpec) -> String {
     let a = net.address;
     format!(
         "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
@@ -198,18 +198,18 @@ pub fn cluster_env(net: &Network, status: &StatusSpec) -> String {
 
 /// Kerrighed's own file. Its parser counts every other line, comments and
 /// blank ones too, as a node: so nothing but the two settings.
-pub fn kerrighed_nodes(cluster: &Cluster) -> String {
+pub(crate) fn kerrighed_nodes(cluster: &Cluster) -> String {
     format!("session={}\nnbmin={}\n", cluster.session, cluster.nbmin)
 }
 
-pub fn default_kerrighed() -> String {
+pub(crate) fn default_kerrighed() -> String {
     format!("{HEADER}# Start Kerrighed at boot.\nENABLE=true\n")
 }
 
 /// The nodes' fstab: the root is NFS from node1 (the kernel mounted it, by
 /// nfsroot=), configfs where Kerrighed's tools look, and per-node scratch in
 /// RAM so nodes sharing one root do not step on each other.
-pub fn nodes_fstab() -> String {
+pub(crate) fn nodes_fstab() -> String {
     format!(
         "{HEADER}# <file system> <mount point> <type> <options> <dump> <pass>\n\
          /dev/nfs  /        nfs       defaults  0 0\n\
@@ -222,7 +222,7 @@ pub fn nodes_fstab() -> String {
 
 /// Names for node1 and every address a node can get: `node<last octet>`,
 /// the octet being the node id Kerrighed derives (KRG_AUTONODEID).
-pub fn hosts(net: &Network) -> String {
+pub(crate) fn hosts(net: &Network) -> String {
     let mut s = format!(
         "{HEADER}127.0.0.1\tlocalhost\n{}\tnode1\n",
         net.address.addr
@@ -238,7 +238,7 @@ pub fn hosts(net: &Network) -> String {
 }
 
 /// Every file, with the path it takes in its root.
-pub fn node1_files(
+pub(crate) fn node1_files(
     net: &Network,
     cluster: &Cluster,
     status: &StatusSpec,
@@ -269,7 +269,7 @@ pub fn node1_files(
     files
 }
 
-pub fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, String)> {
+pub(crate) fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, String)> {
     let files = vec![
         ("etc/kerrighed_nodes", kerrighed_nodes(cluster)),
         ("etc/default/kerrighed", default_kerrighed()),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// A VM's boot as systemd-analyze tells it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BootTime {
+pub(crate) struct BootTime {
     /// `systemd-analyze time`'s first line.
     pub summary: String,
     /// From the unit asked about down to the first unit of the boot.
@@ -23,28 +23,28 @@ pub struct BootTime {
 /// One unit of the critical chain: when it became active (seconds since
 /// the kernel handed over to init) and how long it took to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChainLink {
+pub(crate) struct ChainLink {
     pub unit: String,
     pub at: Option<f64>,
     pub took: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UnitTime {
+pub(crate) struct UnitTime {
     pub unit: String,
     pub seconds: f64,
 }
 
 /// Where node1's `krgiso-boot-time` leaves its files.
-pub const NODE1_DIR: &str = "/run/krgiso/boot";
+pub(super) const NODE1_DIR: &str = "/run/krgiso/boot";
 /// Where a node's are, under the nodes' root (one directory per address).
-pub const NODES_DIR: &str = "var/lib/krgiso/boot";
+pub(super) const NODES_DIR: &str = "var/lib/krgiso/boot";
 const PART: &str = "KRGISO-BOOT-PART";
 
 /// A shell command that waits up to 90 s for `dir` (the guest writes it
 /// once its boot has finished, or 30 s after multi-user.target) and prints
 /// its files; nothing when it never came.
-pub fn read_command(dir: &str) -> String {
+pub(super) fn read_command(dir: &str) -> String {
     // The marker is typed split, so the echo of the command never matches.
     let part = format!("echo {}''{}", &PART[..6], &PART[6..]);
     format!(
@@ -56,7 +56,7 @@ pub fn read_command(dir: &str) -> String {
 
 impl BootTime {
     /// From what [`read_command`] printed; None when the guest wrote nothing.
-    pub fn from_output(output: &str) -> Option<BootTime> {
+    pub(crate) fn from_output(output: &str) -> Option<BootTime> {
         let mut parts = output.split(PART);
         let (time, chain, blame) = (parts.next()?, parts.next()?, parts.next()?);
         let mut boot = BootTime::parse(time, chain, blame);
@@ -72,7 +72,7 @@ impl BootTime {
     }
 
     /// From the three outputs of systemd-analyze: time, critical-chain, blame.
-    pub fn parse(time: &str, chain: &str, blame: &str) -> BootTime {
+    pub(crate) fn parse(time: &str, chain: &str, blame: &str) -> BootTime {
         BootTime {
             summary: time
                 .lines()
@@ -87,7 +87,7 @@ impl BootTime {
     }
 
     /// The slowest `n` units, as `unit 1.2s` words.
-    pub fn top(&self, n: usize) -> String {
+    pub(crate) fn top(&self, n: usize) -> String {
         UnitTime::list(&self.slowest[..n.min(self.slowest.len())])
     }
 }
@@ -121,7 +121,7 @@ impl ChainLink {
 
 impl UnitTime {
     /// `unit 1.2s, unit 0.8s`.
-    pub fn list(units: &[UnitTime]) -> String {
+    pub(crate) fn list(units: &[UnitTime]) -> String {
         units
             .iter()
             .map(|u| format!("{} {:.1}s", u.unit, u.seconds))

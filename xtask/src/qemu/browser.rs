@@ -8,12 +8,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// The program, and the Debian package that has it.
-pub const CHROMIUM: &str = "chromium";
-pub const CHROMIUM_PACKAGE: &str = "chromium";
+pub(crate) const CHROMIUM: &str = "chromium";
+pub(crate) const CHROMIUM_PACKAGE: &str = "chromium";
 
 /// Renders the page at `url` into `png` and returns the text of the
 /// document Chromium built.
-pub fn render(url: &str, png: &Path, scratch: &Path) -> Result<String> {
+pub(crate) fn render(url: &str, png: &Path, scratch: &Path) -> Result<String> {
     let profile = scratch.join("chromium-profile");
     let run = |action: &str| -> Result<Vec<u8>> {
         let out = Command::new(CHROMIUM)
@@ -63,7 +63,7 @@ pub fn render(url: &str, png: &Path, scratch: &Path) -> Result<String> {
 
 /// The text of an HTML document: what is outside tags, style and script,
 /// entities decoded, whitespace runs made one space.
-pub fn text_of(html: &str) -> String {
+pub(crate) fn text_of(html: &str) -> String {
     let mut text = String::new();
     let mut rest = html;
     while let Some(lt) = rest.find('<') {

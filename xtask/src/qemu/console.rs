@@ -20,14 +20,14 @@ struct Transcript {
     closed: bool,
 }
 
-pub struct Console {
+pub(crate) struct Console {
     shared: Arc<(Mutex<Transcript>, Condvar)>,
     input: UnixStream,
 }
 
 /// A line found in the transcript: its text and where it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     pub line: String,
     pub end: usize,
 }
@@ -35,7 +35,7 @@ pub struct Found {
 impl Console {
     /// Connects to the socket QEMU listens on (it may take QEMU a moment to
     /// create it).
-    pub fn connect(socket: &Path, within: Duration) -> Result<Console> {
+    pub(crate) fn connect(socket: &Path, within: Duration) -> Result<Console> {
         let deadline = Instant::now() + within;
         let stream = loop {
             match UnixStream::connect(socket) {
@@ -71,29 +71,29 @@ impl Console {
     }
 
     /// How much the guest has printed: a position to search from.
-    pub fn position(&self) -> usize {
+    pub(crate) fn position(&self) -> usize {
         self.transcript().bytes.len()
     }
 
     /// Has QEMU closed the console (the VM is gone)?
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.transcript().closed
     }
 
     /// The first complete line after `from` that contains `needle`.
-    pub fn find(&self, from: usize, needle: &str) -> Option<Found> {
+    pub(crate) fn find(&self, from: usize, needle: &str) -> Option<Found> {
         find_line(&self.transcript().bytes, from, needle)
     }
 
     /// The first place after `from` where `needle` was printed (not
     /// necessarily a whole line: prompts end without a newline).
-    pub fn find_text(&self, from: usize, needle: &str) -> Option<usize> {
+    pub(crate) fn find_text(&self, from: usize, needle: &str) -> Option<usize> {
         let t = self.transcript();
         position(t.bytes.get(from..)?, needle).map(|i| from + i + needle.len())
     }
 
     /// Waits until `needle` is printed after `from`; returns where it ends.
-    pub fn wait_text(&self, from: usize, needle: &str, until: Instant) -> Result<usize> {
+    pub(crate) fn wait_text(&self, from: usize, needle: &str, until: Instant) -> Result<usize> {
         loop {
             if let Some(end) = self.find_text(from, needle) {
                 return Ok(end);
@@ -110,7 +110,7 @@ impl Console {
     }
 
     /// Waits for new output (or a short while).
-    pub fn wait_a_little(&self) {
+    pub(crate) fn wait_a_little(&self) {
         let (lock, wake) = &*self.shared;
         let t = interrupt::lock(lock);
         let _ = wake.wait_timeout(t, Duration::from_millis(250));
@@ -118,18 +118,18 @@ impl Console {
 
     /// Lets go of the console (QEMU serves one client at a time), so the
     /// user can attach to it.
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         let _ = self.input.shutdown(std::net::Shutdown::Both);
     }
 
-    pub fn send(&self, text: &str) -> Result<()> {
+    pub(crate) fn send(&self, text: &str) -> Result<()> {
         (&self.input)
             .write_all(text.as_bytes())
             .context("writing to the VM's serial console")
     }
 
     /// Logs in on the serial getty.
-    pub fn login(&self, user: &str, password: &str, until: Instant) -> Result<()> {
+    pub(crate) fn login(&self, user: &str, password: &str, until: Instant) -> Result<()> {
         let mut from = self.position();
         // The prompt may have been printed long ago, or be buried under
         // kernel messages: ask for a fresh one until it comes.
@@ -155,7 +155,7 @@ impl Console {
     /// Gives the logged-in user's sudo a fresh timestamp: the password is
     /// typed at sudo's own prompt, which does not echo it, so it never
     /// lands in the console's transcript. `sudo -n` works after.
-    pub fn sudo(&self, password: &str, until: Instant) -> Result<()> {
+    pub(crate) fn sudo(&self, password: &str, until: Instant) -> Result<()> {
         let from = self.position();
         // Split in two like run()'s markers: the typed line never matches.
         self.send("sudo -k; sudo -p 'KRGISO-SU''DO: ' -v\n")?;
@@ -176,7 +176,7 @@ impl Console {
     }
 
     /// Runs a shell command in the logged-in session; returns its output.
-    pub fn run(&self, command: &str, until: Instant) -> Result<String> {
+    pub(crate) fn run(&self, command: &str, until: Instant) -> Result<String> {
         let from = self.position();
         // The markers are typed split in two, so the echo of the typed
         // line never matches them; only the command's output does.
@@ -201,7 +201,7 @@ impl Console {
     }
 
     /// The last `n` lines the guest printed.
-    pub fn tail(&self, n: usize) -> Vec<String> {
+    pub(crate) fn tail(&self, n: usize) -> Vec<String> {
         let t = self.transcript();
         let text = String::from_utf8_lossy(&t.bytes);
         let lines: Vec<&str> = text.lines().collect();

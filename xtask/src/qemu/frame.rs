@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 /// An Ethernet address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
+pub(crate) struct Mac(pub [u8; 6]);
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -26,13 +26,11 @@ impl fmt::Debug for Mac {
     }
 }
 
-/// DHCP message types (option 53) the test tells apart.
-pub const DHCP_OFFER: u8 = 2;
-pub const DHCP_ACK: u8 = 5;
+pub(crate) const DHCP_ACK: u8 = 5;
 
 /// What the test cares about in one frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Packet {
+pub(crate) enum Packet {
     /// A DHCP (BOOTP) message. `from_server` when sent from port 67.
     Dhcp {
         sender: Mac,
@@ -58,7 +56,7 @@ pub enum Packet {
 
 /// Reads a frame; `None` for anything that is not DHCP, a TFTP read or an
 /// HTTP GET.
-pub fn parse(frame: &[u8]) -> Option<Packet> {
+pub(crate) fn parse(frame: &[u8]) -> Option<Packet> {
     let sender = Mac(frame.get(6..12)?.try_into().ok()?);
     let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let mut ip = frame.get(14..)?;
@@ -150,15 +148,15 @@ fn tftp_read(sender: Mac, from: Ipv4Addr, tftp: &[u8]) -> Option<Packet> {
 
 /// How much of each frame is recorded: every header the test reads, not
 /// the bulk of TFTP and NFS transfers (a boot moves hundreds of MiB).
-pub const SNAPLEN: usize = 512;
+pub(crate) const SNAPLEN: usize = 512;
 
 /// Writes frames to a pcap file (link type Ethernet), as they pass.
-pub struct PcapWriter<W: Write> {
+pub(crate) struct PcapWriter<W: Write> {
     out: W,
 }
 
 impl<W: Write> PcapWriter<W> {
-    pub fn new(mut out: W) -> std::io::Result<PcapWriter<W>> {
+    pub(crate) fn new(mut out: W) -> std::io::Result<PcapWriter<W>> {
         let mut header = Vec::with_capacity(24);
         header.extend(0xa1b2_c3d4u32.to_le_bytes());
         header.extend(2u16.to_le_bytes());
@@ -171,7 +169,7 @@ impl<W: Write> PcapWriter<W> {
         Ok(PcapWriter { out })
     }
 
-    pub fn frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -189,7 +187,7 @@ impl<W: Write> PcapWriter<W> {
 
 /// The frames in a pcap file (either byte order, micro- or nanosecond).
 /// A record cut short at the end (the writer still running) is left out.
-pub fn pcap_frames(bytes: &[u8]) -> Result<Vec<&[u8]>> {
+pub(crate) fn pcap_frames(bytes: &[u8]) -> Result<Vec<&[u8]>> {
     let Some(magic) = bytes.get(..4) else {
         bail!("not a pcap file: {} bytes", bytes.len());
     };

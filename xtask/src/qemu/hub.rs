@@ -4,7 +4,6 @@
 //! VM, records it in a pcap file and reports the DHCP and TFTP packets it
 //! saw. Nothing leaves loopback: the hub only talks to ports it handed out.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -12,32 +11,30 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::frame::{self, Packet, PcapWriter};
 use crate::interrupt::lock;
 
-/// A packet seen on the link, and when.
+/// A packet seen on the link.
 #[derive(Debug, Clone)]
-pub struct Seen {
-    pub at: Instant,
+pub(crate) struct Seen {
     pub packet: Packet,
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     port: u16,
     members: Arc<Mutex<Vec<u16>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
-    frames: Arc<Mutex<BTreeMap<u16, u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Hub {
     /// Starts the hub on a free port of 127.0.0.1, recording into `pcap`.
-    pub fn start(pcap: &Path) -> Result<Hub> {
+    pub(crate) fn start(pcap: &Path) -> Result<Hub> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .context("could not open a UDP port on 127.0.0.1 for the cluster link")?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -46,11 +43,9 @@ impl Hub {
         let mut record = PcapWriter::new(BufWriter::new(file))?;
         let members: Arc<Mutex<Vec<u16>>> = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let frames: Arc<Mutex<BTreeMap<u16, u64>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (members, seen, frames, stop) =
-                (members.clone(), seen.clone(), frames.clone(), stop.clone());
+            let (members, seen, stop) = (members.clone(), seen.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::SeqCst) {
@@ -66,17 +61,13 @@ impl Hub {
                         m.iter().copied().filter(|&p| p != from.port()).collect()
                     };
                     let frame = &buf[..len];
-                    *lock(&frames).entry(from.port()).or_default() += 1;
                     for port in to {
                         // A VM that is gone or not up yet just misses the frame.
                         let _ = socket.send_to(frame, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
                     }
                     let _ = record.frame(frame);
                     if let Some(packet) = frame::parse(frame) {
-                        lock(&seen).push(Seen {
-                            at: Instant::now(),
-                            packet,
-                        });
+                        lock(&seen).push(Seen { packet });
                     }
                 }
             })
@@ -85,19 +76,18 @@ impl Hub {
             port,
             members,
             seen,
-            frames,
             stop,
             thread: Some(thread),
         })
     }
 
     /// The port the VMs send to.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// A port on 127.0.0.1 for one more VM to receive on.
-    pub fn add_member(&self) -> Result<u16> {
+    pub(crate) fn add_member(&self) -> Result<u16> {
         // Ask the kernel for a free port, then let it go for QEMU to bind.
         let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .context("could not find a free UDP port on 127.0.0.1")?;
@@ -108,13 +98,8 @@ impl Hub {
     }
 
     /// Every DHCP and TFTP packet seen so far, oldest first.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         lock(&self.seen).clone()
-    }
-
-    /// How many frames the VM receiving on `port` has sent.
-    pub fn frames_from(&self, port: u16) -> u64 {
-        lock(&self.frames).get(&port).copied().unwrap_or(0)
     }
 }
 
@@ -176,7 +161,6 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(hub.frames_from(a.local_addr().unwrap().port()), 1);
         drop(hub);
         let recorded = std::fs::read(&pcap).unwrap();
         assert_eq!(frame::pcap_frames(&recorded).unwrap(), vec![&ack[..]]);

@@ -15,7 +15,7 @@ use super::vm::{Machine, Vm};
 /// The steps a VM goes through, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Milestone {
+pub(crate) enum Milestone {
     /// node1: its kernel prints its banner.
     KernelUp,
     /// node1: the krgiso status line.
@@ -125,7 +125,7 @@ pub(super) const KRG_KERNEL_STEPS: &[Milestone] = KRG_NODE_STEPS.split_at(7).0;
 
 /// What the PXE nodes boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodesBoot {
+pub(crate) enum NodesBoot {
     /// Debian's amd64 kernel with an NFS-root initramfs, on a 64-bit PC.
     Stock,
     /// The i386 Kerrighed kernel (NIC and NFS root built in), on a 32-bit
@@ -140,7 +140,7 @@ pub enum NodesBoot {
 }
 
 impl NodesBoot {
-    pub fn of(profile: &Profile) -> NodesBoot {
+    pub(crate) fn of(profile: &Profile) -> NodesBoot {
         match profile.kernel.kind {
             KernelKind::Stock => NodesBoot::Stock,
             // lenny's userland runs on 2.6.20, and so do static programs;
@@ -178,7 +178,7 @@ impl NodesBoot {
 
 /// A milestone reached: seconds since the VM's power-on and since the start.
 #[derive(Debug, Clone, Serialize)]
-pub struct Reached {
+pub(crate) struct Reached {
     pub vm: String,
     pub milestone: Milestone,
     pub label: &'static str,
@@ -191,7 +191,7 @@ pub struct Reached {
 /// failed, an emulated CPU that stalled): said in the report, so a run
 /// that needed it is never read as a clean one.
 #[derive(Debug, Clone, Serialize)]
-pub struct PoweredOnAgain {
+pub(crate) struct PoweredOnAgain {
     pub vm: String,
     pub why: String,
     pub since_start: f64,
@@ -199,7 +199,7 @@ pub struct PoweredOnAgain {
 
 /// What the boot test saw.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub firmware: String,
     pub accel: String,
     pub nodes: u32,

@@ -8,16 +8,16 @@
 //! node1 served no DHCP on the uplink.
 
 mod boot_time;
-pub mod browser;
+pub(crate) mod browser;
 mod checks;
-pub mod console;
-pub mod frame;
-pub mod hub;
+pub(crate) mod console;
+pub(crate) mod frame;
+pub(crate) mod hub;
 mod milestone;
 mod reboot;
 mod ssi;
 mod timing;
-pub mod vm;
+pub(crate) mod vm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,13 +36,13 @@ use frame::{Mac, Packet, DHCP_ACK};
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
-pub use boot_time::{BootTime, UnitTime};
+pub(crate) use boot_time::{BootTime, UnitTime};
 use checks::{check_node1_status, fetched, Fetch};
 use milestone::{
     first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
 };
-pub use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
-pub use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
+pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
+pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
 /// What a Linux kernel prints when it stops for good.
 const KERNEL_PANIC: &str = "Kernel panic - not syncing";
@@ -75,7 +75,7 @@ const NODE_REPORTS: &str = "var/lib/krgiso/nodes";
 
 /// What to boot and how.
 #[derive(Debug, Clone)]
-pub struct BootTest {
+pub(crate) struct BootTest {
     pub iso: PathBuf,
     /// Boot node1 from this USB stick image (`usb --allow-file` writes
     /// one) instead of the ISO as a CD.
@@ -104,7 +104,7 @@ pub struct BootTest {
 /// The status page in a browser: always in `cargo xtask test` (which
 /// installs Chromium), when Chromium is there for `cargo xtask qemu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Screenshot {
+pub(crate) enum Screenshot {
     Required,
     IfInstalled,
 }
@@ -132,7 +132,7 @@ impl BootTest {
     /// The boot test of a build's image, with the defaults `cargo xtask
     /// test` uses. Refuses when there is no image, before installing
     /// QEMU, iPXE (and OVMF) on the host if they are missing.
-    pub fn for_build(
+    pub(crate) fn for_build(
         profile: &Profile,
         layout: &Layout,
         nodes: u32,
@@ -189,7 +189,7 @@ impl BootTest {
 
     /// The test as `cargo xtask test` runs it: Chromium installed if it is
     /// missing, and the status page's screenshot required.
-    pub fn with_screenshot(self, log: &Path) -> Result<BootTest> {
+    pub(crate) fn with_screenshot(self, log: &Path) -> Result<BootTest> {
         host::ensure_tools(
             &[HostTool::new(browser::CHROMIUM, browser::CHROMIUM_PACKAGE)],
             true,
@@ -201,7 +201,7 @@ impl BootTest {
         })
     }
 
-    pub fn run(&self) -> Result<Report> {
+    pub(crate) fn run(&self) -> Result<Report> {
         if let Some(stick) = self.stick.as_deref().filter(|s| !s.is_file()) {
             bail!(
                 "no USB stick image at {}: write one with `cargo xtask usb --allow-file {}`",

@@ -34,7 +34,7 @@ const RECORD: &str = ".krgiso-ssi";
 
 /// What the job last wrote: its PID, its counter, the node it ran on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub(super) struct Record {
     pub pid: u32,
     pub count: u64,
     pub node: String,
@@ -42,7 +42,7 @@ pub struct Record {
 
 impl Record {
     /// `8618981 27 node131`, possibly among kernel messages on the console.
-    pub fn parse(text: &str) -> Option<Record> {
+    pub(super) fn parse(text: &str) -> Option<Record> {
         text.lines().rev().find_map(|line| {
             let mut words = line.split_whitespace();
             let record = Record {
@@ -56,7 +56,7 @@ impl Record {
 }
 
 /// Whether `krgadm nodes` output says every id is online (`131:online`).
-pub fn all_online(listing: &str, ids: &[u8]) -> bool {
+pub(super) fn all_online(listing: &str, ids: &[u8]) -> bool {
     ids.iter().all(|id| {
         listing
             .split_whitespace()

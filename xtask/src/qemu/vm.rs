@@ -15,11 +15,11 @@ use super::console::Console;
 use super::frame::Mac;
 use crate::interrupt::ChildGuard;
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub(crate) const QEMU: &str = "qemu-system-x86_64";
 /// A 32-bit PC, for nodes that boot an i386 kernel (2.6.20-krg).
-pub const QEMU_I386: &str = "qemu-system-i386";
+pub(crate) const QEMU_I386: &str = "qemu-system-i386";
 /// OVMF as one file (code and variables), from Debian's ovmf package.
-pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+pub(crate) const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
@@ -36,7 +36,7 @@ pub enum Firmware {
 }
 
 #[derive(Debug, Clone)]
-pub enum Boot {
+pub(crate) enum Boot {
     Cdrom(PathBuf),
     /// A disk image on an emulated USB stick (xHCI), as `usb` writes one.
     UsbStick(PathBuf),
@@ -45,7 +45,7 @@ pub enum Boot {
 
 /// Which PC QEMU emulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Machine {
+pub(crate) enum Machine {
     /// A 64-bit PC (node1, and nodes that boot a current amd64 kernel).
     Pc64,
     /// A 32-bit PC (nodes that boot the i386 Kerrighed kernel).
@@ -53,7 +53,7 @@ pub enum Machine {
 }
 
 impl Machine {
-    pub fn program(self) -> &'static str {
+    pub(crate) fn program(self) -> &'static str {
         match self {
             Machine::Pc64 => QEMU,
             Machine::Pc32 => QEMU_I386,
@@ -69,11 +69,11 @@ impl Machine {
 /// fills and is emptied whole, which costs little: node1 reached its
 /// status line in 35-36 s instead of 47 (docs/bench.md, "The translation
 /// cache"). 512 MiB never fills during a boot and is as slow as the default.
-pub const TCG_TB_SIZE_MIB: u32 = 128;
+pub(crate) const TCG_TB_SIZE_MIB: u32 = 128;
 
 /// What a VM is: everything its QEMU command line says.
 #[derive(Debug, Clone)]
-pub struct VmSpec {
+pub(crate) struct VmSpec {
     pub name: String,
     pub machine: Machine,
     pub memory_mib: u32,
@@ -88,14 +88,14 @@ pub struct VmSpec {
 }
 
 /// Where a VM's files are: build/qemu/<name>.{log,qemu.log,console}.
-pub struct VmFiles {
+pub(crate) struct VmFiles {
     pub log: PathBuf,
     pub qemu_log: PathBuf,
     pub console: PathBuf,
 }
 
 impl VmFiles {
-    pub fn new(dir: &Path, name: &str) -> VmFiles {
+    pub(crate) fn new(dir: &Path, name: &str) -> VmFiles {
         let console = dir.join(format!("{name}.console"));
         // A Unix socket path has room for 107 bytes: fall back to /tmp.
         let console = if console.as_os_str().len() < 100 {
@@ -112,7 +112,7 @@ impl VmFiles {
 }
 
 impl VmSpec {
-    pub fn args(&self, accel: Accel, files: &VmFiles) -> Vec<String> {
+    pub(crate) fn args(&self, accel: Accel, files: &VmFiles) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-name".into(),
             self.name.clone(),
@@ -196,7 +196,7 @@ impl VmSpec {
 }
 
 /// A running VM.
-pub struct Vm {
+pub(crate) struct Vm {
     pub spec: VmSpec,
     pub files: VmFiles,
     pub accel: Accel,
@@ -215,7 +215,7 @@ const KVM_FAILURES: &[&str] = &[
 ];
 
 impl Vm {
-    pub fn start(spec: VmSpec, accel: Accel, dir: &Path) -> Result<Vm> {
+    pub(crate) fn start(spec: VmSpec, accel: Accel, dir: &Path) -> Result<Vm> {
         let files = VmFiles::new(dir, &spec.name);
         let qemu = spec.machine.program();
         let _ = fs::remove_file(&files.console);
@@ -261,12 +261,12 @@ impl Vm {
     }
 
     /// Seconds since this VM was powered on.
-    pub fn seconds(&self) -> f64 {
+    pub(crate) fn seconds(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
 
     /// `Some(reason)` once QEMU has exited or stopped the guest.
-    pub fn failure(&mut self) -> Option<String> {
+    pub(crate) fn failure(&mut self) -> Option<String> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(format!("QEMU exited ({status}){}", self.qemu_said()));
         }
@@ -291,7 +291,7 @@ impl Vm {
     }
 
     /// Stops the VM: SIGTERM (QEMU shuts down cleanly), SIGKILL after 5 s.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }

@@ -54,7 +54,7 @@ fn free_under(s: &StageShell, dir: &Path) -> Result<u64> {
         .with_context(|| format!("df said: {text}"))
 }
 
-pub fn disk_full(project: &Path) -> Result<Timings> {
+pub(crate) fn disk_full(project: &Path) -> Result<Timings> {
     // The .debs e2e-packages downloaded are copied in, so nothing is fetched again.
     let built = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-disk-full")?;

@@ -19,7 +19,7 @@ use crate::engine::Stamp;
 use crate::qemu::{BootTest, Milestone, QemuFirmware, Report};
 
 /// `cargo xtask build` of the smoke profile, then the image's contents.
-pub fn build_and_image(project: &Path) -> Result<Timings> {
+pub(crate) fn build_and_image(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-build")?;
     let t = Instant::now();
@@ -302,7 +302,7 @@ fn interrupt(child: std::process::Child, command: &str) -> Result<String> {
 }
 
 /// The BIOS boot test: node1 and two PXE nodes.
-pub fn boot_bios(project: &Path) -> Result<Timings> {
+pub(crate) fn boot_bios(project: &Path) -> Result<Timings> {
     boot(project, 2, QemuFirmware::Bios)
 }
 
@@ -310,7 +310,7 @@ pub fn boot_bios(project: &Path) -> Result<Timings> {
 /// written to a "USB stick" (a file) by `usb --data`, booted under OVMF
 /// from an emulated USB stick; node1 must put the nodes' root on the stick's
 /// KRGISO-DATA partition, and a node must boot from it.
-pub fn boot_uefi_stick(project: &Path) -> Result<Timings> {
+pub(crate) fn boot_uefi_stick(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-boot-uefi")?;
     let stick = run.build.join("usb-stick.img");
@@ -381,7 +381,7 @@ pub(crate) fn milestone_timings(report: &Report) -> Timings {
 /// worked or was replaced by TCG with one warning (on this project's
 /// machines it fails with an internal error), Ctrl-C exits 130 and no QEMU
 /// is left running.
-pub fn boot_interrupted(project: &Path) -> Result<Timings> {
+pub(crate) fn boot_interrupted(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let t = Instant::now();
     let mut child = run
@@ -459,7 +459,7 @@ pub fn boot_interrupted(project: &Path) -> Result<Timings> {
 /// a no-op build runs no stage, `iso` after an overlay change reruns node1
 /// and iso only and leaves the kernel's outputs alone (the bench fails
 /// otherwise). Timings are reported, not asserted: the machine is noisy.
-pub fn bench_quick(project: &Path) -> Result<Timings> {
+pub(crate) fn bench_quick(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-bench-quick")?;
     run.xtask(&s, &["bench", "--quick"])?;

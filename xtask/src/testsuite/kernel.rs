@@ -18,11 +18,11 @@ use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 /// The stand-in kerrighed tree: configure and Makefiles that record every
 /// call, and the stand-in toolchain (make, gcc-4.1) for the nodes root.
 mod standin {
-    pub const CONFIGURE: &str = include_str!("standin/configure");
-    pub const MAKEFILE: &str = include_str!("standin/Makefile");
-    pub const KERNEL_MAKEFILE: &str = include_str!("standin/kernel-Makefile");
-    pub const MODULES_MAKEFILE_IN: &str = include_str!("standin/modules-Makefile.in");
-    pub const MAKE: &str = include_str!("standin/make");
+    pub(super) const CONFIGURE: &str = include_str!("standin/configure");
+    pub(super) const MAKEFILE: &str = include_str!("standin/Makefile");
+    pub(super) const KERNEL_MAKEFILE: &str = include_str!("standin/kernel-Makefile");
+    pub(super) const MODULES_MAKEFILE_IN: &str = include_str!("standin/modules-Makefile.in");
+    pub(super) const MAKE: &str = include_str!("standin/make");
 }
 
 /// A .tar.gz or .tar.bz2 (by `name`) of `entries` (path, content, mode).
@@ -86,7 +86,7 @@ fn standin_profile(
 /// order and arguments of every step, that each ran inside the chroot, that a
 /// failure at make leaves no stamp and a rerun completes, that a dropped
 /// config symbol is named, and where the outputs land.
-pub fn kernel_standin(project: &Path) -> Result<Timings> {
+pub(crate) fn kernel_standin(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-kernel")?;
     let mut timings = Vec::new();
@@ -294,7 +294,7 @@ pub fn kernel_standin(project: &Path) -> Result<Timings> {
 
 /// The stock kind of the kernel stage, for real, in the smoke build: the
 /// nodes root's kernel and an initramfs that carries the NFS boot script.
-pub fn kernel_stock(project: &Path) -> Result<Timings> {
+pub(crate) fn kernel_stock(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-kernel-stock")?;
     let t = Instant::now();
@@ -350,7 +350,7 @@ pub fn kernel_stock(project: &Path) -> Result<Timings> {
 /// reachable everywhere) and entered the way the stages do. Commands in it
 /// must see an i686 machine (`setarch i686`), or the kernel's and
 /// kerrighed's configure would pick x86_64.
-pub fn i386_chroot(project: &Path) -> Result<Timings> {
+pub(crate) fn i386_chroot(project: &Path) -> Result<Timings> {
     if std::env::consts::ARCH != "x86_64" {
         bail!("this check is for x86_64 hosts (the build machine the seeds describe)");
     }

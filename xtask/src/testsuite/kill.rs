@@ -297,7 +297,7 @@ fn same_as(reference: &SmokeRun, run: &SmokeRun, s: &StageShell) -> Result<()> {
     Ok(())
 }
 
-pub fn kill_matrix(project: &Path) -> Result<Timings> {
+pub(crate) fn kill_matrix(project: &Path) -> Result<Timings> {
     let reference = SmokeRun::built(project)?;
     let (iso, _) = reference.layout().image(&reference.profile.iso);
     ensure!(

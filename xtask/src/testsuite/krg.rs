@@ -85,7 +85,7 @@ impl KrgRun {
     }
 }
 
-pub fn kernel_krg(project: &Path) -> Result<Timings> {
+pub(crate) fn kernel_krg(project: &Path) -> Result<Timings> {
     let run = KrgRun::new(project)?;
     let s = check_shell(project, "e2e-kernel-krg")?;
     let mut timings = Vec::new();
@@ -170,7 +170,7 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
 /// node1, run the static userland, start the cluster by themselves, and
 /// pass the single-system-image proof (krgadm nodes, one process space,
 /// migration away and back, cluster-wide /proc/cpuinfo).
-pub fn boot_krg(project: &Path) -> Result<Timings> {
+pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
     let run = KrgRun::new(project)?;
     let s = check_shell(project, "e2e-boot-krg")?;
     s.step("bring the kerrighed-2.4.4 image up to date");

@@ -7,17 +7,17 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use xshell::cmd;
 
-pub mod disk;
+pub(crate) mod disk;
 pub mod http;
-pub mod image;
-pub mod kernel;
-pub mod kill;
-pub mod krg;
-pub mod node1;
-pub mod packages;
-pub mod smoke;
-pub mod usb;
-pub mod user;
+pub(crate) mod image;
+pub(crate) mod kernel;
+pub(crate) mod kill;
+pub(crate) mod krg;
+pub(crate) mod node1;
+pub(crate) mod packages;
+pub(crate) mod smoke;
+pub(crate) mod usb;
+pub(crate) mod user;
 
 use crate::host::{self, NeedsRoot};
 use crate::shell::StageShell;

@@ -22,7 +22,7 @@ use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 
 /// The node1 stage for real on the smoke build: what its layers hold, and
 /// that the roots under them are left as they were.
-pub fn node1_layers(project: &Path) -> Result<Timings> {
+pub(crate) fn node1_layers(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-node1")?;
     let passwd_before = fs::read(run.root("node1").join("etc/passwd"))?;
@@ -437,7 +437,7 @@ fn boot_urls(script: &str) -> Vec<&str> {
 /// lease. Then with a foreign DHCP server on the link first: node1 comes up in proxy mode and
 /// hands out no lease. (This host's kernel has no nfsd: the NFS export is
 /// checked by the QEMU boot test, where node1 runs its own kernel.)
-pub fn node1_netns(project: &Path) -> Result<Timings> {
+pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-netns")?;
     host::ensure_tools(
@@ -677,7 +677,7 @@ fn client_phases(times: &str, t0: f64) -> Vec<(String, f64)> {
 /// kernel again by TFTP. Every lease is distinct and in the range, every
 /// file is the one node1 serves, all within CROWD_BOOT_BOUND_S; dnsmasq is
 /// still up and the status page lists every client with its four files.
-pub fn pxe_crowd(project: &Path) -> Result<Timings> {
+pub(crate) fn pxe_crowd(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-pxe-crowd")?;
     host::ensure_tools(

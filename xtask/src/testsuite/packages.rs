@@ -19,7 +19,7 @@ use super::smoke::{check_shell, host_state, listing, no_mounts_under, SmokeRun, 
 /// The packages stage for real: both roots, their package sets, a clean
 /// host, a no-op rerun, a rerun from the .deb cache, and a SIGKILL midway.
 /// Returns the timings it measured.
-pub fn packages(project: &Path) -> Result<Timings> {
+pub(crate) fn packages(project: &Path) -> Result<Timings> {
     let run = SmokeRun::new(project)?;
     let s = check_shell(project, "e2e-packages")?;
     let mut timings = Vec::new();

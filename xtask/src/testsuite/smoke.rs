@@ -20,10 +20,10 @@ use crate::shell::StageShell;
 use crate::stages::{self, BuildContext};
 
 /// What an end-to-end check measured: (what, seconds).
-pub type Timings = Vec<(String, f64)>;
+pub(crate) type Timings = Vec<(String, f64)>;
 
 /// The smoke profile, in its own build dir under the project's `build/`.
-pub struct SmokeRun {
+pub(crate) struct SmokeRun {
     pub project: PathBuf,
     pub build: PathBuf,
     pub exe: PathBuf,
@@ -31,7 +31,7 @@ pub struct SmokeRun {
 }
 
 impl SmokeRun {
-    pub fn new(project: &Path) -> Result<SmokeRun> {
+    pub(crate) fn new(project: &Path) -> Result<SmokeRun> {
         let path = profile::resolve("smoke", project)?;
         Ok(SmokeRun {
             project: project.to_owned(),
@@ -42,7 +42,7 @@ impl SmokeRun {
     }
 
     /// The smoke build `e2e-packages` left, which the later parts reuse.
-    pub fn built(project: &Path) -> Result<SmokeRun> {
+    pub(crate) fn built(project: &Path) -> Result<SmokeRun> {
         let run = SmokeRun::new(project)?;
         let stamp = run.layout().stamp("packages");
         ensure!(

@@ -30,7 +30,7 @@ const MIB: u64 = 1 << 20;
 
 /// `cargo xtask usb` for real: see the module comment. Returns how long
 /// each part took.
-pub fn usb(project: &Path) -> Result<Timings> {
+pub(crate) fn usb(project: &Path) -> Result<Timings> {
     usb_with(project, &xtask_binary()?)
 }
 

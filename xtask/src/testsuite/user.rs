@@ -72,7 +72,7 @@ impl Drop for Users {
     }
 }
 
-pub fn unprivileged(project: &Path) -> Result<Timings> {
+pub(crate) fn unprivileged(project: &Path) -> Result<Timings> {
     let s = check_shell(project, "e2e-user")?;
     host::ensure_tools(
         &[

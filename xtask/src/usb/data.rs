@@ -13,18 +13,18 @@ use crate::shell::StageShell;
 use super::{UsbTarget, MIB, SECTOR};
 
 /// The label of the partition `--data` adds; node1's boot service looks for it.
-pub const DATA_LABEL: &str = "KRGISO-DATA";
+pub(crate) const DATA_LABEL: &str = "KRGISO-DATA";
 
 /// `--data` is refused when less than this would be free after the image.
-pub const DATA_MIN_FREE: u64 = 64 * MIB;
+pub(crate) const DATA_MIN_FREE: u64 = 64 * MIB;
 
 /// Where MBR partition entry 3 lies in the first sector.
-pub const MBR_ENTRY3: usize = 446 + 2 * 16;
+pub(crate) const MBR_ENTRY3: usize = 446 + 2 * 16;
 
 /// The MBR partition `--data` adds: entry 3, from the first 1 MiB boundary
 /// after the image to the end of the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataPartition {
+pub(crate) struct DataPartition {
     pub start_lba: u32,
     pub sectors: u32,
 }
@@ -34,7 +34,7 @@ impl DataPartition {
     /// target of `target_len` bytes. Refuses when the image has no MBR, less
     /// than [`DATA_MIN_FREE`] would be free, entry 3 or 4 is used by
     /// something else, or entry 1 or 2 reaches into the space.
-    pub fn plan(
+    pub(crate) fn plan(
         mbr: &[u8],
         image_len: u64,
         target_len: u64,
@@ -91,7 +91,7 @@ impl DataPartition {
 
     /// The 16 bytes of the MBR entry: not bootable, CHS "beyond 1024
     /// cylinders" placeholders, type 0x83 (Linux), LBA start and count.
-    pub fn entry(&self) -> [u8; 16] {
+    pub(crate) fn entry(&self) -> [u8; 16] {
         let mut e = [0u8; 16];
         e[1..4].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
         e[4] = 0x83;
@@ -101,11 +101,11 @@ impl DataPartition {
         e
     }
 
-    pub fn offset(&self) -> u64 {
+    pub(crate) fn offset(&self) -> u64 {
         u64::from(self.start_lba) * SECTOR
     }
 
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         u64::from(self.sectors) * SECTOR
     }
 }

@@ -16,7 +16,7 @@ use super::SECTOR;
 /// Where the kernel describes block devices, mounts and swap areas: the
 /// real ones by default; tests point them at fake trees.
 #[derive(Debug, Clone)]
-pub struct Sysfs {
+pub(crate) struct Sysfs {
     /// `/sys`.
     pub root: PathBuf,
     /// `/proc/self/mountinfo`.
@@ -37,20 +37,20 @@ impl Default for Sysfs {
 
 /// A device number, `major:minor`, as sysfs and mountinfo write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DevNum {
+pub(crate) struct DevNum {
     pub major: u32,
     pub minor: u32,
 }
 
 impl DevNum {
-    pub fn from_dev_t(dev: u64) -> DevNum {
+    pub(crate) fn from_dev_t(dev: u64) -> DevNum {
         DevNum {
             major: libc::major(dev),
             minor: libc::minor(dev),
         }
     }
 
-    pub fn parse(text: &str) -> Option<DevNum> {
+    pub(crate) fn parse(text: &str) -> Option<DevNum> {
         let (major, minor) = text.trim().split_once(':')?;
         Some(DevNum {
             major: major.parse().ok()?,
@@ -68,7 +68,7 @@ impl fmt::Display for DevNum {
 /// Something whose disk must never be written: `/`, the build directory,
 /// the image. `dev` is the device its file system is on.
 #[derive(Debug, Clone)]
-pub struct Protected {
+pub(crate) struct Protected {
     pub what: String,
     pub dev: DevNum,
 }
@@ -76,7 +76,7 @@ pub struct Protected {
 impl Protected {
     /// The device `path` (or, if it does not exist yet, its nearest existing
     /// parent) is on; `None` when not even `/` can be read.
-    pub fn of(what: &str, path: &Path) -> Option<Protected> {
+    pub(crate) fn of(what: &str, path: &Path) -> Option<Protected> {
         let abs = files::absolute(path).ok()?;
         let meta = abs.ancestors().find_map(|p| fs::metadata(p).ok())?;
         Some(Protected {
@@ -88,7 +88,7 @@ impl Protected {
 
 /// A partition of the disk about to be overwritten, for the warning.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partition {
+pub(crate) struct Partition {
     pub name: String,
     pub dev: DevNum,
     pub bytes: u64,
@@ -96,7 +96,7 @@ pub struct Partition {
 
 /// A whole disk that passed every check.
 #[derive(Debug, Clone)]
-pub struct BlockDevice {
+pub(crate) struct BlockDevice {
     /// The device node, symlinks resolved (`/dev/sdb`).
     pub node: PathBuf,
     /// The kernel's name (`sdb`).
@@ -113,7 +113,7 @@ pub struct BlockDevice {
 /// and what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("refusing to write to {device}:{}", bullets(.reasons))]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub device: String,
     pub reasons: Vec<String>,
 }
@@ -131,7 +131,7 @@ impl Sysfs {
     /// Checks that `dev` (the node `node`) is a whole removable disk, not in
     /// use, not holding anything in `protected`, and at least `image_len`
     /// bytes. Every failed check is one reason in the refusal.
-    pub fn check_disk(
+    pub(crate) fn check_disk(
         &self,
         node: &Path,
         dev: DevNum,
@@ -314,7 +314,7 @@ impl Sysfs {
 
     /// The whole disks a file system on `dev` lives on: a partition's disk,
     /// and through a device-mapper or md device's `slaves/` the disks under it.
-    pub fn disks_of(&self, dev: DevNum) -> Vec<String> {
+    pub(crate) fn disks_of(&self, dev: DevNum) -> Vec<String> {
         let mut disks = Vec::new();
         if let Some(dir) = self.device_dir(dev) {
             disks_under(&dir, 0, &mut disks);

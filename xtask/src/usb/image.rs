@@ -100,7 +100,7 @@ impl Image {
 }
 
 /// The hash in a sha256sum line (`<hex>  <name>`) for `name`.
-pub fn parse_checksum(text: &str, name: &str) -> Result<String> {
+pub(crate) fn parse_checksum(text: &str, name: &str) -> Result<String> {
     let line = text.lines().next().unwrap_or_default();
     let mut words = line.split_whitespace();
     let hex = words.next().unwrap_or_default();

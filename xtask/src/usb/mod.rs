@@ -30,9 +30,8 @@ use device::file_name;
 use image::Image;
 use write::{copy_image, open_for_writing, read_back, reread_partitions};
 
-pub use data::{DataPartition, DATA_LABEL, DATA_MIN_FREE, MBR_ENTRY3};
-pub use device::{BlockDevice, DevNum, Partition, Protected, Refusal, Sysfs};
-pub use image::parse_checksum;
+pub(crate) use data::{DataPartition, DATA_LABEL, MBR_ENTRY3};
+pub(crate) use device::{BlockDevice, DevNum, Protected, Refusal, Sysfs};
 
 const MIB: u64 = 1 << 20;
 
@@ -53,7 +52,7 @@ const BLKRRPART: libc::Ioctl = 0x125f;
 
 /// Where the image goes.
 #[derive(Debug, Clone)]
-pub enum UsbTarget {
+pub(crate) enum UsbTarget {
     Disk(BlockDevice),
     /// A regular file (`--allow-file`); `bytes` is its length now (0 if missing).
     File {
@@ -64,7 +63,7 @@ pub enum UsbTarget {
 }
 
 impl UsbTarget {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             UsbTarget::Disk(d) => &d.node,
             UsbTarget::File { path, .. } => path,
@@ -72,7 +71,7 @@ impl UsbTarget {
     }
 
     /// Its size once the image is written: a file grows to hold the image.
-    pub fn bytes_after(&self, image_len: u64) -> u64 {
+    pub(crate) fn bytes_after(&self, image_len: u64) -> u64 {
         match self {
             UsbTarget::Disk(d) => d.bytes,
             UsbTarget::File { bytes, .. } => (*bytes).max(image_len),
@@ -86,7 +85,7 @@ impl UsbTarget {
 
 /// What `cargo xtask usb` does, as plain values (the CLI maps its arguments here).
 #[derive(Debug, Clone)]
-pub struct UsbOptions {
+pub(crate) struct UsbOptions {
     /// The stick (or, with `allow_file`, a file).
     pub device: PathBuf,
     pub image: PathBuf,
@@ -107,18 +106,8 @@ pub struct UsbOptions {
     pub logs: PathBuf,
 }
 
-/// What a finished write did.
-#[derive(Debug, Clone)]
-pub struct Written {
-    pub target: PathBuf,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub sha256: String,
-    pub data: Option<DataPartition>,
-}
-
 /// `cargo xtask usb`: checks, shows, asks, writes, reads back.
-pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
+pub(crate) fn write(opts: &UsbOptions) -> Result<()> {
     let mut image = Image::open(&opts.image, &opts.checksum)?;
     let protected: Vec<Protected> = opts
         .protected
@@ -144,7 +133,7 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
     announce(&image, &target, plan, opts.dry_run);
     if opts.dry_run {
         println!("nothing was written (--dry-run)");
-        return Ok(None);
+        return Ok(());
     }
     confirm(&target, opts.yes)?;
 
@@ -181,13 +170,7 @@ pub fn write(opts: &UsbOptions) -> Result<Option<Written>> {
             human_bytes(d.offset())
         );
     }
-    Ok(Some(Written {
-        target: target.path().to_owned(),
-        bytes: image.len,
-        seconds: write_secs,
-        sha256,
-        data: data.map(|(d, _)| d),
-    }))
+    Ok(())
 }
 
 /// mkfs.ext4 for `--data` (installed on Debian as root); blkid to show the
@@ -342,7 +325,7 @@ fn filesystems(target: &UsbTarget) -> Vec<(String, String)> {
 }
 
 /// What is about to be destroyed: the disk, its size and its partitions.
-pub fn describe(target: &UsbTarget, filesystems: &[(String, String)]) -> String {
+pub(crate) fn describe(target: &UsbTarget, filesystems: &[(String, String)]) -> String {
     match target {
         UsbTarget::Disk(d) => {
             let who = [d.vendor.as_str(), d.model.as_str()]
@@ -401,7 +384,7 @@ pub fn describe(target: &UsbTarget, filesystems: &[(String, String)]) -> String 
 }
 
 /// Does the answer confirm writing to the disk called `name`?
-pub fn confirms(answer: &str, name: &str) -> bool {
+pub(crate) fn confirms(answer: &str, name: &str) -> bool {
     let answer = answer.trim();
     answer == "yes" || answer == name || answer.strip_prefix("/dev/") == Some(name)
 }
@@ -440,6 +423,7 @@ mod tests {
     use super::*;
     use data::tests::hybrid_mbr;
     use device::tests::FakeSysfs;
+    use image::parse_checksum;
     use sha2::{Digest, Sha256};
 
     #[test]
@@ -501,9 +485,7 @@ mod tests {
         let (img, sum) = image(tmp.path(), 9 * MIB as usize + 512);
         let target = tmp.path().join("stick.img");
         fs::write(&target, vec![0xAAu8; 12 * MIB as usize]).unwrap();
-        let written = write(&options(tmp.path(), &img, &sum, &target))
-            .unwrap()
-            .unwrap();
+        write(&options(tmp.path(), &img, &sum, &target)).unwrap();
         let got = fs::read(&target).unwrap();
         let want = fs::read(&img).unwrap();
         assert_eq!(
@@ -513,8 +495,6 @@ mod tests {
         );
         assert!(got[..want.len()] == want[..], "the image bytes differ");
         assert!(got[want.len()..].iter().all(|&b| b == 0xAA));
-        assert_eq!(written.bytes, want.len() as u64);
-        assert_eq!(written.sha256, hex::encode(Sha256::digest(&want)));
 
         // A missing file is created at the image's size.
         let fresh = tmp.path().join("new.img");
@@ -530,7 +510,7 @@ mod tests {
 
         let mut dry = options(tmp.path(), &img, &sum, &target);
         dry.dry_run = true;
-        assert!(write(&dry).unwrap().is_none());
+        write(&dry).unwrap();
         assert!(!target.exists(), "a dry run created the target");
 
         let mut bytes = fs::read(&img).unwrap();
