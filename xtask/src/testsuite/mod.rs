@@ -65,8 +65,8 @@ const PARTS: &[Part] = &[
 /// stand-ins and scripts, CI's.
 const SHELL_DIRS: &[&str] = &["overlay", "xtask/src/testsuite", "ci", ".ci"];
 
-/// Every file under [`SHELL_DIRS`] whose `#!` line names sh or bash.
-pub fn shell_programs(project: &Path) -> Vec<std::path::PathBuf> {
+/// Every file under [`SHELL_DIRS`] whose `#!` line names sh, bash or dash.
+pub(crate) fn shell_programs(project: &Path) -> Vec<std::path::PathBuf> {
     let mut programs: Vec<_> = SHELL_DIRS
         .iter()
         .flat_map(|dir| crate::files::walk(&project.join(dir)))
@@ -164,7 +164,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-kill",
-        about: "the smoke `build` killed (SIGKILL, a PID namespace) at seeded points of each stage, then run again: no stamp from the kill, no mount or process left, the same packages, rendered files and image contents as the uninterrupted build",
+        about: "the smoke `build` killed (SIGKILL, a PID namespace) at seeded moments of each stage, then run again: a stamp exactly for the stages that said done, no mount or process left, the same packages and versions, rendered files and image entries (type, mode, owner) as the uninterrupted build",
         check: kill::kill_matrix,
     },
     EndToEnd {
