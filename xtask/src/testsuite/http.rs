@@ -103,6 +103,41 @@ pub fn refused_url() -> std::io::Result<String> {
     Ok(format!("http://{addr}/nothing-here.tar.gz"))
 }
 
+/// A profile's text with every source tarball URL moved to a port on
+/// 127.0.0.1 where nothing listens (same file names): its sources can be
+/// had only from a pre-download directory or the cache. Refuses a text
+/// with no such URL.
+pub(crate) fn with_sources_refused(profile: &str) -> anyhow::Result<String> {
+    let refused = refused_url()?;
+    let dead = refused.trim_end_matches("/nothing-here.tar.gz");
+    let mut replaced = 0;
+    let lines: Vec<String> = profile
+        .lines()
+        .map(|line| {
+            let url = line.trim().trim_end_matches(',').trim_matches('"');
+            if url.starts_with("https://") && url.contains(".tar.") {
+                replaced += 1;
+                format!(
+                    "    \"{dead}/{}\",",
+                    url.rsplit('/').next().unwrap_or_default()
+                )
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    // A URL written another way (two on a line, after `urls = [`) would
+    // be left reachable: refuse the profile instead.
+    let left = lines
+        .iter()
+        .any(|l| l.contains("https://") && l.contains(".tar."));
+    anyhow::ensure!(
+        replaced > 0 && !left,
+        "the profile's source URLs are not one per line: {replaced} moved, some left"
+    );
+    Ok(lines.join("\n") + "\n")
+}
+
 use crate::interrupt::lock;
 
 fn serve(conn: TcpStream, routes: &Mutex<HashMap<String, Route>>, seen: &Mutex<Vec<Seen>>) {

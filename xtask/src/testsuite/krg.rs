@@ -369,29 +369,12 @@ fn sources_out_of_reach(run: &KrgRun, s: &StageShell) -> Result<f64> {
     let base = run.layout().build.join("e2e/krg-unreachable");
     crate::files::remove_tree(&base)?;
     fs::create_dir_all(&base)?;
-    let refused = crate::testsuite::http::refused_url()?;
-    let dead = refused.trim_end_matches("/nothing-here.tar.gz");
     let text = fs::read_to_string(profile::resolve(PROFILE, &run.project)?)?;
-    let mut replaced = 0;
-    let edited: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let url = line.trim().trim_end_matches(',').trim_matches('"');
-            if url.starts_with("https://") && url.contains(".tar.") {
-                replaced += 1;
-                let file = url.rsplit('/').next().unwrap_or_default();
-                format!("    \"{dead}/{file}\",")
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect();
-    ensure!(
-        replaced >= 2,
-        "the default profile has no source URLs to replace"
-    );
     let profile = base.join("unreachable.toml");
-    fs::write(&profile, edited.join("\n") + "\n")?;
+    fs::write(
+        &profile,
+        crate::testsuite::http::with_sources_refused(&text)?,
+    )?;
     let build = base.join("build");
     let exe = &run.exe;
     let sh = s.sh();

@@ -230,10 +230,8 @@ fn local_build(checkout: &Path) -> Result<(PathBuf, PathBuf)> {
     let linux = b"stand-in linux tarball\n".repeat(64);
     let krg = b"stand-in kerrighed tarball\n".repeat(64);
     fs::write(sources.join("linux-2.6.20.tar.bz2"), &linux)?;
-    let dead = crate::testsuite::http::refused_url()?;
-    let dead = dead.trim_end_matches("/nothing-here.tar.gz");
     let real = profile::resolve(profile::DEFAULT, checkout)?;
-    let text = fs::read_to_string(&real)?;
+    let text = crate::testsuite::http::with_sources_refused(&fs::read_to_string(&real)?)?;
     let (real_linux, real_krg) = {
         let p = profile::Profile::load(&real)?;
         let pin = |n: &str| {
@@ -245,15 +243,8 @@ fn local_build(checkout: &Path) -> Result<(PathBuf, PathBuf)> {
     };
     let mut edited = Vec::new();
     for line in text.lines() {
-        let trimmed = line.trim();
-        let url = trimmed.trim_end_matches(',').trim_matches('"');
-        edited.push(if trimmed.starts_with("mirror = ") {
+        edited.push(if line.trim().starts_with("mirror = ") {
             format!("mirror = \"file://{}\"", mirror.display())
-        } else if url.starts_with("https://") && url.contains(".tar.") {
-            format!(
-                "    \"{dead}/{}\",",
-                url.rsplit('/').next().unwrap_or_default()
-            )
         } else {
             line.replace(&real_linux, &crate::bytes::sha256_hex(&linux))
                 .replace(&real_krg, &crate::bytes::sha256_hex(&krg))
