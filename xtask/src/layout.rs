@@ -126,16 +126,26 @@ pub const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
 /// and overlays into the nodes root), which node1 lays over the nodes root
 /// at boot.
 pub const NODES_LAYER: &str = "usr/lib/krgiso/nodes-layer";
-/// Inside node1's root: the TFTP root the nodes boot from.
+/// Inside node1's root: the boot files the image carries (iPXE, the node
+/// kernel and initramfs), which node1 serves by TFTP and HTTP.
 pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
+/// On the running node1: its TFTP root, made at each start by
+/// `cluster-link` (overlay/node1): links to the boot files and the boot
+/// script filled in from its template for the address the nodes reach.
+pub const SERVED_DIR: &str = "/run/krgiso/tftp";
 /// Inside node1's root: what node1 exports to the nodes over NFS.
 pub const EXPORT_DIR: &str = "/srv/krgiso/nodes";
 /// What to do when there is no image yet.
 pub const NO_IMAGE_HINT: &str = "run `cargo xtask build` (or `cargo xtask iso`)";
 
-/// The TFTP root inside a root filesystem or layer at `root`.
+/// The boot files inside a root filesystem or layer at `root`.
 pub fn tftp_dir(root: &Path) -> PathBuf {
     root.join(TFTP_DIR.trim_start_matches('/'))
+}
+
+/// What a running node1 at `root` serves by TFTP ([`SERVED_DIR`]).
+pub fn served_dir(root: &Path) -> PathBuf {
+    root.join(SERVED_DIR.trim_start_matches('/'))
 }
 
 impl Layout {

@@ -3,14 +3,17 @@
 //! beside its test (`golden/<profile>/`).
 //!
 //! What only the running node1 can know (which interface is the cluster
-//! link; in proxy mode, the address a foreign DHCP server gave it) is filled
-//! in at boot by `krgiso-node1`, the service in `overlay/node1`.
+//! link; in proxy mode, the address a foreign DHCP server gave it and its
+//! subnet) is decided at boot by `cluster-link` in `overlay/node1`: it
+//! fills in the boot script's template ([`NODE1`]) into a file of its own,
+//! and dnsmasq gets the interface and the proxy subnet on its command line.
+//! Nothing at boot edits a file rendered here.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::layout::{tftp_dir, EXPORT_DIR, NODES_LAYER, NODES_TREE, TFTP_DIR};
+use crate::layout::{EXPORT_DIR, NODES_LAYER, NODES_TREE, SERVED_DIR, TFTP_DIR};
 use crate::profile::{Cluster, KernelKind, Network, StatusSpec};
 
 /// What a node's PXE firmware loads by TFTP: iPXE, on top of the
@@ -23,6 +26,14 @@ pub(crate) const BOOT_LOADER: &str = "undionly.kpxe";
 
 /// The iPXE script every node runs, in the TFTP root (and on the web).
 pub(crate) const BOOT_SCRIPT: &str = "boot.ipxe";
+
+/// Where the boot script's template is, in node1's root.
+pub(crate) const BOOT_TEMPLATE: &str = "etc/krgiso/boot.ipxe.in";
+
+/// What stands for node1's address in the boot script's template: the
+/// profile's address on a cluster link of its own, the one a foreign DHCP
+/// server gave node1 in proxy mode.
+pub(crate) const NODE1: &str = "@NODE1@";
 
 /// The port node1's web server listens on (the boot files; the status page).
 pub(crate) const HTTP_PORT: u16 = 80;
@@ -93,14 +104,15 @@ pub(crate) fn dnsmasq_full(net: &Network) -> String {
 
 /// dnsmasq when another DHCP server already answers on the cluster link:
 /// proxy DHCP (PXE boot information only, no leases) for the subnet that
-/// server hands out, which the boot service writes as `@PROXY_NET@`.
+/// server hands out: the boot service gives it to dnsmasq as
+/// `--dhcp-range=NET,proxy`.
 pub(crate) fn dnsmasq_proxy() -> String {
     let mut s = String::from(HEADER);
     s.push_str(
         "# Proxy DHCP: another server gives the addresses; this only says how to PXE-boot.\n",
     );
     s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
-    s.push_str("dhcp-range=@PROXY_NET@,proxy\n");
+    s.push_str("# dhcp-range=NET,proxy: on the command line, from the DHCP probe at boot\n");
     s.push_str(&ipxe_lines(
         "pxe-service",
         "x86PC,\"krgiso: boot a Kerrighed node\",",
@@ -120,7 +132,7 @@ fn ipxe_lines(key: &str, before: &str) -> String {
 }
 
 fn tftp_lines() -> String {
-    format!("enable-tftp\ntftp-root={TFTP_DIR}\n")
+    format!("enable-tftp\ntftp-root={SERVED_DIR}\n")
 }
 
 /// The nodes' root, read-write to the cluster subnet only (never `*`).
@@ -144,11 +156,10 @@ pub(crate) fn nfs_conf() -> String {
 
 /// What every node boots, as an iPXE script: the kernel (and initramfs)
 /// from node1's web server, with its root on NFS from node1. A failed
-/// fetch (node1 still starting, a lost link) is retried every 5 s. In
-/// proxy mode the boot service puts node1's address on the foreign subnet
-/// in place of the profile's.
-pub(crate) fn ipxe_script(net: &Network, cluster: &Cluster, boot: &BootFiles) -> String {
-    let node1 = net.address.addr;
+/// fetch (node1 still starting, a lost link) is retried every 5 s.
+/// `node1` is the address the nodes reach node1 at: [`NODE1`] in the
+/// template.
+pub(crate) fn ipxe_script(node1: &str, cluster: &Cluster, boot: &BootFiles) -> String {
     let http = format!("http://{node1}/");
     let mut args = vec![
         "root=/dev/nfs".to_owned(),
@@ -167,7 +178,7 @@ pub(crate) fn ipxe_script(net: &Network, cluster: &Cluster, boot: &BootFiles) ->
         .map(|i| format!("initrd {http}{i} || goto failed\n"))
         .unwrap_or_default();
     format!(
-        "#!ipxe\n# Rendered by krgiso from the profile.\n:load\nkernel {http}{} {} || goto failed\n{initrd}boot || goto failed\n:failed\necho krgiso: could not load the node kernel from {node1}: trying again in 5 s\nsleep 5\ngoto load\n",
+        "#!ipxe\n# Rendered by krgiso from the profile; node1 puts in its address at boot.\n:load\nkernel {http}{} {} || goto failed\n{initrd}boot || goto failed\n:failed\necho krgiso: could not load the node kernel from {node1}: trying again in 5 s\nsleep 5\ngoto load\n",
         boot.kernel,
         args.join(" ")
     )
@@ -262,10 +273,7 @@ pub(crate) fn node1_files(
     .into_iter()
     .map(|(path, text)| (path.into(), text))
     .collect();
-    files.push((
-        tftp_dir(Path::new("")).join(BOOT_SCRIPT),
-        ipxe_script(net, cluster, boot),
-    ));
+    files.push((BOOT_TEMPLATE.into(), ipxe_script(NODE1, cluster, boot)));
     files
 }
 
@@ -283,6 +291,7 @@ pub(crate) fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, Str
 mod tests {
     use super::*;
     use crate::profile::Profile;
+    use std::path::Path;
 
     fn profile(name: &str) -> Profile {
         Profile::load(&crate::project_root().join(format!("profiles/{name}.toml"))).unwrap()
@@ -348,7 +357,7 @@ mod tests {
     #[test]
     fn the_kerrighed_boot_line_is_what_a_2_6_20_node_needs() {
         let p = profile(crate::profile::DEFAULT);
-        let text = ipxe_script(&p.network, &p.cluster, &boot(&p));
+        let text = ipxe_script(&p.network.address.addr.to_string(), &p.cluster, &boot(&p));
         let append = text.lines().find(|l| l.starts_with("kernel ")).unwrap();
         for want in [
             "root=/dev/nfs",

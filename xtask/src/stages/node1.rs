@@ -105,6 +105,7 @@ impl Stage for Node1 {
 
         run.step("the boot files: iPXE and the node kernel");
         let tftp = tftp_dir(&node1);
+        fs::create_dir_all(&tftp).with_context(|| format!("creating {}", tftp.display()))?;
         let root = cx.layout.root(Root::Node1);
         let loader = root.join("usr/lib/ipxe").join(render::BOOT_LOADER);
         if !loader.exists() {

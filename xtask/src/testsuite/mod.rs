@@ -357,7 +357,7 @@ fn shellcheck(s: &StageShell, project: &Path) -> Result<()> {
     );
     s.note(&format!("shellcheck: {} programs", programs.len()));
     let sh = s.sh();
-    s.run(cmd!(sh, "shellcheck --format=gcc {programs...}"))
+    s.run(cmd!(sh, "shellcheck -x --format=gcc {programs...}"))
         .context("shellcheck has findings (each with its file and line above)")
 }
 

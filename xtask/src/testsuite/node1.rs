@@ -15,7 +15,7 @@ use crate::files;
 use crate::host;
 use crate::shell::StageShell;
 
-use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT};
+use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT, BOOT_TEMPLATE, NODE1};
 use crate::node1::status::StatusReport;
 
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
@@ -34,19 +34,15 @@ pub(crate) fn node1_layers(project: &Path) -> Result<Timings> {
     let tftp = crate::layout::tftp_dir(&n1);
     for name in [
         BOOT_LOADER.to_owned(),
-        BOOT_SCRIPT.to_owned(),
         format!("vmlinuz-{release}"),
         format!("initrd.img-{release}"),
     ] {
-        ensure!(tftp.join(&name).is_file(), "the TFTP root lacks {name}");
+        ensure!(tftp.join(&name).is_file(), "the boot files lack {name}");
     }
-    let script = fs::read_to_string(tftp.join(BOOT_SCRIPT))?;
+    let script = fs::read_to_string(n1.join(BOOT_TEMPLATE))?;
     ensure!(
-        script.contains(&format!(
-            "kernel http://{}/vmlinuz-{release} ",
-            run.profile.network.address.addr
-        )),
-        "{BOOT_SCRIPT} names another kernel:\n{script}"
+        script.contains(&format!("kernel http://{NODE1}/vmlinuz-{release} ")),
+        "{BOOT_TEMPLATE} names another kernel:\n{script}"
     );
     for (layer, file) in [
         (&n1, "etc/exports"),
@@ -258,6 +254,19 @@ impl Node1Netns {
             s.sh(),
             "ip netns exec {n1} chroot {merged} /usr/local/sbin/krgiso-node1 stop"
         ))
+    }
+
+    /// A file node1 serves by TFTP (its served dir), read from outside
+    /// its root: the links there point into that root.
+    fn served(&self, name: &str) -> Result<Vec<u8>> {
+        let path = crate::layout::served_dir(&self.merged).join(name);
+        let real = match fs::read_link(&path) {
+            Ok(target) => self
+                .merged
+                .join(target.strip_prefix("/").unwrap_or(&target)),
+            Err(_) => path,
+        };
+        fs::read(&real).with_context(|| format!("{name}, served by node1 ({})", real.display()))
     }
 
     /// The pid of node1's daemon `name` if it is running.
@@ -502,7 +511,12 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
     let release = run.release()?;
     // What a node fetches, the way it fetches it: iPXE and its script by
     // TFTP, the kernel and initramfs from the URLs in the script.
-    let script = fs::read_to_string(crate::layout::tftp_dir(&merged).join(BOOT_SCRIPT))?;
+    let script = fs::read_to_string(crate::layout::served_dir(&merged).join(BOOT_SCRIPT))?;
+    let template = fs::read_to_string(layer.join(BOOT_TEMPLATE))?;
+    ensure!(
+        script == template.replace(NODE1, &run.profile.network.address.addr.to_string()),
+        "the boot script node1 serves is not its template with the profile's address:\n{script}"
+    );
     let urls = boot_urls(&script);
     ensure!(
         urls.len() == 2,
@@ -522,9 +536,15 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
             sh,
             "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {url}"
         ))?;
+        // The boot script is made at boot; the rest is the image's.
+        let expected = if name == BOOT_SCRIPT {
+            node1.served(&name)?
+        } else {
+            fs::read(crate::layout::tftp_dir(&layer).join(&name))?
+        };
         ensure!(
-            fs::read(&fetched)? == fs::read(crate::layout::tftp_dir(&layer).join(&name))?,
-            "{name} fetched from {url} differs from the one in the TFTP root"
+            fs::read(&fetched)? == expected,
+            "{name} fetched from {url} differs from the one in the image"
         );
     }
     let served = fs::read_to_string(merged.join("run/krgiso/httpd.log")).unwrap_or_default();
@@ -613,7 +633,7 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         acks.is_empty(),
         "node1 acknowledged leases in proxy mode: {acks:?}"
     );
-    let script = fs::read_to_string(crate::layout::tftp_dir(&merged).join(BOOT_SCRIPT))?;
+    let script = fs::read_to_string(crate::layout::served_dir(&merged).join(BOOT_SCRIPT))?;
     let urls = boot_urls(&script);
     ensure!(
         script.contains("nfsroot=192.168.77.")
@@ -710,15 +730,13 @@ pub(crate) fn pxe_crowd(project: &Path) -> Result<Timings> {
         .daemon("dnsmasq")
         .context("node1's dnsmasq is not running")?;
 
-    let tftp = crate::layout::tftp_dir(&node1.merged);
-    let script = fs::read_to_string(tftp.join(BOOT_SCRIPT))?;
+    let script = String::from_utf8_lossy(&node1.served(BOOT_SCRIPT)?).into_owned();
     let urls = boot_urls(&script);
     ensure!(
         urls.len() == 2,
         "{BOOT_SCRIPT} has no kernel and initramfs URLs:\n{script}"
     );
-    let served =
-        |name: &str| fs::read(tftp.join(name)).with_context(|| format!("{name} in the TFTP root"));
+    let served = |name: &str| node1.served(name);
     let file_name = |url: &str| url.rsplit('/').next().unwrap_or(url).to_owned();
     let expected = [
         ("loader", served(BOOT_LOADER)?),
