@@ -153,31 +153,11 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
             source: source.into(),
         });
     }
-    for (what, target, firmware, vm, milestone) in [
-        (
-            "node1 power-on to status line, BIOS, ISO",
-            40.0,
-            "Bios",
-            Some("node1"),
-            Milestone::Ready,
-        ),
-        (
-            // The UEFI boot test powers node1 on again from its stick
-            // (KRGISO-DATA kept): the second boot is the target.
-            "node1 power-on to status line, UEFI, stick, second boot",
-            45.0,
-            "Uefi",
-            Some("node1-again"),
-            Milestone::Ready,
-        ),
-        (
-            "PXE node power-on to multi-user (last node)",
-            60.0,
-            "Bios",
-            None,
-            Milestone::MultiUser,
-        ),
-    ] {
+    let benched = Milestone::ALL
+        .iter()
+        .flat_map(|&m| m.spec().bench.iter().map(move |b| (m, b)));
+    for (milestone, b) in benched {
+        let (what, target, firmware, vm) = (b.what, b.seconds, b.firmware, b.vm);
         let (measured, source) = from_boot(firmware, vm, milestone);
         rows.push(TargetRow {
             what: what.into(),

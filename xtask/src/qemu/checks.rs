@@ -481,7 +481,7 @@ pub(super) fn fetched(
 }
 
 /// How a node fetched a file from node1.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fetch {
     Tftp,
     Http,

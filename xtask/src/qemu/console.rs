@@ -48,6 +48,12 @@ impl Console {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         };
+        Console::over(stream)
+    }
+
+    /// A console over a connected stream: a thread reads what the guest
+    /// prints into the transcript.
+    pub(crate) fn over(stream: UnixStream) -> Result<Console> {
         let input = stream.try_clone()?;
         let shared: Arc<(Mutex<Transcript>, Condvar)> = Arc::default();
         let reader = shared.clone();

@@ -5,12 +5,19 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use anyhow::{bail, Result};
 use serde::Serialize;
 
+use crate::node1::render::BOOT_SCRIPT;
 use crate::profile::{KernelKind, Profile, Toolchain, Userland};
 
 use super::boot_time::BootTime;
+use super::checks::{fetched, Fetch};
+use super::console::Console;
+use super::frame::{Mac, Packet, DHCP_ACK};
+use super::hub::Seen;
 use super::vm::{Machine, Vm};
+use super::NODE1_CLUSTER;
 
 /// The steps a VM goes through, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -66,33 +73,291 @@ pub(crate) enum Milestone {
     ClusterCpus,
 }
 
+/// How the boot test sees a milestone happen: something the real
+/// program printed on the VM's console, or a packet on the cluster link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sign {
+    /// The kernel's banner (the first "Linux version" line); later lines
+    /// are looked for after it. Its detail: the first three words.
+    Banner,
+    /// A console line after the banner holding `pattern` (and, if `with`,
+    /// once another holds that too).
+    Line {
+        pattern: &'static str,
+        with: Option<&'static str>,
+        detail: Detail,
+    },
+    /// `text` printed after the banner, not necessarily a whole line (a
+    /// prompt waits for an answer without a newline).
+    Prompt(&'static str),
+    /// node1's DHCP ACK for the VM's MAC; its detail is the address.
+    Lease,
+    /// The VM fetching a file whose name holds `name`.
+    Fetch(Fetch, &'static str),
+    /// Not watched for: a command in node1's session checks it once the
+    /// VMs are up (checks.rs, reboot.rs, ssi.rs).
+    Checked,
+}
+
+/// What a console milestone keeps of its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// The line from this word on.
+    From(&'static str),
+    /// What follows this word.
+    After(&'static str),
+}
+
+/// A bench target read from a boot test's report (bench.rs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct BenchTarget {
+    pub what: &'static str,
+    /// The target, in seconds from the VM's power-on (2-core machine, TCG).
+    pub seconds: f64,
+    /// The boot test it is read from ("Bios", "Uefi").
+    pub firmware: &'static str,
+    /// The VM it is read from; None: the last node to reach it.
+    pub vm: Option<&'static str>,
+}
+
+/// Everything a milestone needs, in one place: a new milestone is one new
+/// arm in [`Milestone::spec`], which the compiler asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Spec {
+    pub label: &'static str,
+    pub(super) sign: Sign,
+    /// Shown, from power-on, in the test parts' timings.
+    pub timed: bool,
+    pub bench: &'static [BenchTarget],
+}
+
+const fn line(pattern: &'static str, detail: Detail) -> Sign {
+    Sign::Line {
+        pattern,
+        with: None,
+        detail,
+    }
+}
+
 impl Milestone {
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Milestone::KernelUp | Milestone::NodeKernelUp => "kernel up",
-            Milestone::Ready => "status line",
-            Milestone::Lease => "lease from node1",
-            Milestone::BootScript => "iPXE asked for its script",
-            Milestone::KernelLoaded => "kernel asked for over HTTP",
-            Milestone::Tipc => "TIPC up",
-            Milestone::KrgNodeId => "Kerrighed node id",
-            Milestone::RootMounted => "NFS root mounted",
-            Milestone::KrgLoaded => "Kerrighed loaded",
-            Milestone::ClusterUp => "cluster up",
-            Milestone::SshFromNode1 => "ssh from node1",
-            Milestone::NfsRestart => "NFS server restart survived",
-            Milestone::LeasesKept => "leases kept across the reboot",
-            Milestone::CarriedOn => "carried on through node1's reboot",
-            Milestone::SameAddress => "same address after a power cycle",
-            Milestone::KrgNodes => "krgadm nodes: all online",
-            Milestone::OneProcessSpace => "one process space",
-            Milestone::MigratedAway => "process migrated away",
-            Milestone::MigratedBack => "process migrated back",
-            Milestone::ClusterCpus => "cluster-wide /proc/cpuinfo",
-            Milestone::NfsRootRw => "NFS root mounted rw",
-            Milestone::MultiUser => "multi-user (login prompt)",
+    /// Every milestone, in boot order.
+    pub(crate) const ALL: [Milestone; 23] = [
+        Milestone::KernelUp,
+        Milestone::Ready,
+        Milestone::Lease,
+        Milestone::BootScript,
+        Milestone::KernelLoaded,
+        Milestone::NodeKernelUp,
+        Milestone::Tipc,
+        Milestone::KrgNodeId,
+        Milestone::RootMounted,
+        Milestone::KrgLoaded,
+        Milestone::NfsRootRw,
+        Milestone::MultiUser,
+        Milestone::ClusterUp,
+        Milestone::SshFromNode1,
+        Milestone::NfsRestart,
+        Milestone::LeasesKept,
+        Milestone::CarriedOn,
+        Milestone::SameAddress,
+        Milestone::KrgNodes,
+        Milestone::OneProcessSpace,
+        Milestone::MigratedAway,
+        Milestone::MigratedBack,
+        Milestone::ClusterCpus,
+    ];
+
+    pub(crate) fn spec(self) -> Spec {
+        use Detail::{After, From};
+        let (label, sign, timed, bench): (_, _, _, &'static [BenchTarget]) = match self {
+            Milestone::KernelUp | Milestone::NodeKernelUp => {
+                ("kernel up", Sign::Banner, false, &[])
+            }
+            Milestone::Ready => (
+                "status line",
+                line("krgiso: node1 ", From("krgiso:")),
+                true,
+                &[
+                    BenchTarget {
+                        what: "node1 power-on to status line, BIOS, ISO",
+                        seconds: 40.0,
+                        firmware: "Bios",
+                        vm: Some("node1"),
+                    },
+                    // The UEFI boot test powers node1 on again from its
+                    // stick (KRGISO-DATA kept): the second boot is the
+                    // target.
+                    BenchTarget {
+                        what: "node1 power-on to status line, UEFI, stick, second boot",
+                        seconds: 45.0,
+                        firmware: "Uefi",
+                        vm: Some("node1-again"),
+                    },
+                ],
+            ),
+            Milestone::Lease => ("lease from node1", Sign::Lease, false, &[]),
+            Milestone::BootScript => (
+                "iPXE asked for its script",
+                Sign::Fetch(Fetch::Tftp, BOOT_SCRIPT),
+                false,
+                &[],
+            ),
+            Milestone::KernelLoaded => (
+                "kernel asked for over HTTP",
+                Sign::Fetch(Fetch::Http, "vmlinuz"),
+                false,
+                &[],
+            ),
+            Milestone::Tipc => (
+                "TIPC up",
+                line("TIPC: Activated", From("TIPC:")),
+                false,
+                &[],
+            ),
+            Milestone::KrgNodeId => (
+                "Kerrighed node id",
+                line(KRG_NODE_ID, After(KRG_NODE_ID)),
+                false,
+                &[],
+            ),
+            Milestone::RootMounted => (
+                "NFS root mounted",
+                line("VFS: Mounted root (nfs", From("VFS:")),
+                true,
+                &[],
+            ),
+            Milestone::KrgLoaded => (
+                "Kerrighed loaded",
+                Sign::Line {
+                    pattern: "Kerrighed session ID",
+                    with: Some("Kerrighed... loaded!"),
+                    detail: From("Kerrighed session ID"),
+                },
+                false,
+                &[],
+            ),
+            // The node's report line (krgiso-node-report), which says
+            // whether its root took a write.
+            Milestone::NfsRootRw => (
+                "NFS root mounted rw",
+                line("krgiso: node ", From("krgiso:")),
+                true,
+                &[],
+            ),
+            Milestone::MultiUser => (
+                "multi-user (login prompt)",
+                Sign::Prompt("login: "),
+                true,
+                &[BenchTarget {
+                    what: "PXE node power-on to multi-user (last node)",
+                    seconds: 60.0,
+                    firmware: "Bios",
+                    vm: None,
+                }],
+            ),
+            Milestone::ClusterUp => (
+                "cluster up",
+                line("Kerrighed is running on ", From("Kerrighed is running on ")),
+                true,
+                &[],
+            ),
+            Milestone::SshFromNode1 => ("ssh from node1", Sign::Checked, false, &[]),
+            Milestone::NfsRestart => ("NFS server restart survived", Sign::Checked, false, &[]),
+            Milestone::LeasesKept => ("leases kept across the reboot", Sign::Checked, false, &[]),
+            Milestone::CarriedOn => (
+                "carried on through node1's reboot",
+                Sign::Checked,
+                false,
+                &[],
+            ),
+            Milestone::SameAddress => (
+                "same address after a power cycle",
+                Sign::Checked,
+                false,
+                &[],
+            ),
+            Milestone::KrgNodes => ("krgadm nodes: all online", Sign::Checked, true, &[]),
+            Milestone::OneProcessSpace => ("one process space", Sign::Checked, true, &[]),
+            Milestone::MigratedAway => ("process migrated away", Sign::Checked, true, &[]),
+            Milestone::MigratedBack => ("process migrated back", Sign::Checked, true, &[]),
+            Milestone::ClusterCpus => ("cluster-wide /proc/cpuinfo", Sign::Checked, true, &[]),
+        };
+        Spec {
+            label,
+            sign,
+            timed,
+            bench,
         }
     }
+
+    pub(crate) fn label(self) -> &'static str {
+        self.spec().label
+    }
+}
+
+/// What one look at a VM found: the milestones of `steps` it newly
+/// reached, in order (a milestone counts only once those before it are
+/// in), each with its detail; and where this boot's kernel banner ends.
+#[derive(Debug)]
+pub(super) struct Scan {
+    pub(super) reached: Vec<(Milestone, String)>,
+    pub(super) kernel_at: usize,
+}
+
+/// Looks for `steps` not yet reached (`has`) in the VM's console (from its
+/// banner at `kernel_at`, 0 before it is seen) and in what the hub saw of
+/// the VM (`mac`) on the cluster link.
+pub(super) fn scan(
+    steps: &[Milestone],
+    has: impl Fn(Milestone) -> bool,
+    console: &Console,
+    kernel_at: usize,
+    seen: &[Seen],
+    mac: Mac,
+) -> Result<Scan> {
+    let mut scan = Scan {
+        reached: Vec::new(),
+        kernel_at,
+    };
+    for &m in steps.iter().filter(|&&m| !has(m)) {
+        let at = scan.kernel_at;
+        let found = match m.spec().sign {
+            Sign::Banner => console.find(0, "Linux version").map(|f| {
+                scan.kernel_at = f.end;
+                first_words(&f.line, 3)
+            }),
+            Sign::Line {
+                pattern,
+                with,
+                detail,
+            } => console
+                .find(at, pattern)
+                .filter(|_| with.is_none_or(|w| console.find(at, w).is_some()))
+                .map(|f| match detail {
+                    Detail::From(word) => from_word(&f.line, word),
+                    Detail::After(word) => from_word(&f.line, word)[word.len()..].trim().to_owned(),
+                }),
+            Sign::Prompt(text) => console.find_text(at, text).map(|_| String::new()),
+            Sign::Lease => seen.iter().find_map(|s| match &s.packet {
+                Packet::Dhcp {
+                    sender,
+                    from_server: true,
+                    message: Some(DHCP_ACK),
+                    client,
+                    your_address,
+                } if *client == mac && *sender == NODE1_CLUSTER => Some(your_address.to_string()),
+                _ => None,
+            }),
+            Sign::Fetch(by, name) => fetched(seen, mac, by, |f| f.contains(name)),
+            Sign::Checked => None,
+        };
+        let Some(detail) = found else { break };
+        if m == Milestone::NfsRootRw && !detail.contains("rw=ok") {
+            bail!("its NFS root is not writable: {detail}");
+        }
+        scan.reached.push((m, detail));
+    }
+    Ok(scan)
 }
 
 pub(super) const NODE1_STEPS: &[Milestone] = &[Milestone::KernelUp, Milestone::Ready];
@@ -248,11 +513,6 @@ impl Tracked {
 /// What the Kerrighed kernel prints when KRG_AUTONODEID sets the node id.
 pub(super) const KRG_NODE_ID: &str = "Automatic setting of kerrighed_node_id:";
 
-/// A console line from the krgiso marker on (a log prefix cut off).
-pub(super) fn from_marker(line: &str) -> String {
-    from_word(line, "krgiso:")
-}
-
 /// A console line from `word` on.
 pub(super) fn from_word(line: &str, word: &str) -> String {
     line[line.find(word).unwrap_or(0)..].trim_end().to_owned()
@@ -287,7 +547,11 @@ pub(super) fn print_table(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu::{node_mac, NODE1_CLUSTER};
+    use crate::qemu::node_mac;
+    use std::io::Write as _;
+    use std::net::Ipv4Addr;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn each_profile_boots_its_nodes_on_its_pc_with_its_milestones() {
@@ -331,6 +595,149 @@ mod tests {
         glibc.nodes.userland = Userland::Debian;
         let bare = NodesBoot::of(&glibc);
         assert_eq!(bare.steps(2).last(), Some(&Milestone::RootMounted));
+    }
+
+    /// A console that printed `text`, all of it read in.
+    fn scripted(text: &str) -> (Console, UnixStream) {
+        let (guest, ours) = UnixStream::pair().unwrap();
+        let console = Console::over(ours).unwrap();
+        (&guest).write_all(text.as_bytes()).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while console.position() < text.len() {
+            assert!(Instant::now() < until, "the console read nothing");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (console, guest)
+    }
+
+    const KRG_BOOT: &str = "SeaBIOS (version 1.16)\r\n\
+        krgiso: node node9 10.77.0.109 rw=ok (a line before the banner)\r\n\
+        [    0.000000] Linux version 2.6.20-krg (root@build) (gcc 12.2.0) #1 SMP\r\n\
+        [    1.1] TIPC: Activated (version 1.6.2 compiled Dec  3 2026)\r\n\
+        [    1.2] Automatic setting of kerrighed_node_id: 102\r\n\
+        [    1.5] VFS: Mounted root (nfs filesystem).\r\n\
+        [    2.0] Kerrighed session ID : 1\r\n\
+        [    2.1] Kerrighed... loaded!\r\n\
+        krgiso: node node2 10.77.0.102 2.6.20-krg rw=ok\r\n\
+        \r\nnode2 login: ";
+
+    fn link(mac: Mac) -> Vec<Seen> {
+        let ip = Ipv4Addr::new(10, 77, 0, 102);
+        let ack = |client, sender| Seen {
+            packet: Packet::Dhcp {
+                sender,
+                from_server: true,
+                message: Some(DHCP_ACK),
+                client,
+                your_address: ip,
+            },
+        };
+        vec![
+            // Another node's lease, and one from a server that is not node1.
+            ack(node_mac(3), NODE1_CLUSTER),
+            ack(mac, Mac([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])),
+            ack(mac, NODE1_CLUSTER),
+            Seen {
+                packet: Packet::TftpRead {
+                    sender: mac,
+                    from: ip,
+                    file: "boot.ipxe".into(),
+                },
+            },
+            Seen {
+                packet: Packet::HttpGet {
+                    sender: mac,
+                    from: ip,
+                    path: "/vmlinuz-2.6.20-krg".into(),
+                },
+            },
+        ]
+    }
+
+    /// `observe()`'s search, on a scripted console and link: each
+    /// milestone from what really shows it, in order, never from a line
+    /// before this boot's banner or a packet of another VM or server.
+    #[test]
+    fn a_scan_sees_each_milestone_from_the_console_and_the_link_in_order() {
+        let mac = node_mac(2);
+        let steps = KRG_NODE_STEPS;
+        let none = |_| false;
+        let (console, _guest) = scripted(KRG_BOOT);
+        let all = scan(steps, none, &console, 0, &link(mac), mac).unwrap();
+        let got: Vec<Milestone> = all.reached.iter().map(|r| r.0).collect();
+        // The cluster does not start with one node.
+        assert_eq!(got, &steps[..steps.len() - 1]);
+        let detail = |m| &all.reached.iter().find(|r| r.0 == m).unwrap().1;
+        assert_eq!(detail(Milestone::Lease), "10.77.0.102");
+        assert_eq!(detail(Milestone::BootScript), "boot.ipxe");
+        assert_eq!(detail(Milestone::NodeKernelUp), "Linux version 2.6.20-krg");
+        assert_eq!(detail(Milestone::KrgNodeId), "102");
+        assert_eq!(detail(Milestone::KrgLoaded), "Kerrighed session ID : 1");
+        assert!(detail(Milestone::NfsRootRw).contains("node2 10.77.0.102"));
+        assert!(all.kernel_at > KRG_BOOT.find("Linux version").unwrap());
+
+        // No lease from node1 for this MAC: nothing, however far the
+        // console got.
+        let foreign = &link(mac)[..2];
+        let seen = scan(steps, none, &console, 0, foreign, mac).unwrap();
+        assert!(seen.reached.is_empty(), "{:?}", seen.reached);
+        // node1's lease but no fetch yet: only the lease.
+        let seen = scan(steps, none, &console, 0, &link(mac)[..3], mac).unwrap();
+        assert_eq!(seen.reached.len(), 1);
+
+        // The next look goes on from what was reached.
+        let reached: Vec<Milestone> = steps[..4].to_vec();
+        let next = scan(
+            steps,
+            |m| reached.contains(&m),
+            &console,
+            all.kernel_at,
+            &[],
+            mac,
+        )
+        .unwrap();
+        assert_eq!(next.reached[0].0, Milestone::Tipc);
+
+        // Before the banner, no console line counts (the report line of
+        // an earlier boot printed above it).
+        let early = "krgiso: node node2 10.77.0.102 rw=ok\r\nnode2 login: ";
+        let (console, _guest) = scripted(early);
+        let seen = scan(STOCK_NODE_STEPS, none, &console, 0, &link(mac), mac).unwrap();
+        assert_eq!(seen.reached.last().unwrap().0, Milestone::KernelLoaded);
+
+        // "loaded!" missing: Kerrighed is not counted as loaded.
+        let (console, _guest) = scripted(&KRG_BOOT.replace("Kerrighed... loaded!", "oops"));
+        let seen = scan(steps, none, &console, 0, &link(mac), mac).unwrap();
+        assert_eq!(seen.reached.last().unwrap().0, Milestone::RootMounted);
+
+        // A root that took no write fails the boot test at once.
+        let (console, _guest) = scripted(&KRG_BOOT.replace("rw=ok\r\n\r\n", "rw=failed\r\n\r\n"));
+        let err = scan(steps, none, &console, 0, &link(mac), mac).unwrap_err();
+        assert!(err.to_string().contains("not writable"), "{err}");
+    }
+
+    #[test]
+    fn every_milestone_is_listed_once_and_watched_ones_have_a_sign() {
+        for (i, m) in Milestone::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i, "{m:?} out of place in ALL");
+        }
+        assert_eq!(Milestone::ALL.last(), Some(&Milestone::ClusterCpus));
+        // A step the boot test waits for must be one it can see.
+        for steps in [NODE1_STEPS, STOCK_NODE_STEPS, KRG_NODE_STEPS] {
+            for m in steps {
+                assert_ne!(m.spec().sign, Sign::Checked, "{m:?} is waited for");
+            }
+        }
+        let mut labels: Vec<&str> = Milestone::ALL.iter().map(|m| m.label()).collect();
+        labels.sort();
+        labels.dedup();
+        // KernelUp and NodeKernelUp share theirs.
+        assert_eq!(labels.len(), Milestone::ALL.len() - 1);
+        for m in Milestone::ALL {
+            for b in m.spec().bench {
+                assert!(m.spec().sign != Sign::Checked && b.seconds > 0.0, "{m:?}");
+            }
+        }
     }
 
     #[test]

@@ -30,17 +30,14 @@ use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
 use crate::layout::Layout;
 use crate::node1::accounts;
-use crate::node1::render::BOOT_SCRIPT;
 use crate::profile::{Network, Profile};
-use frame::{Mac, Packet, DHCP_ACK};
+use frame::Mac;
 use hub::Hub;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
 pub(crate) use boot_time::{BootTime, UnitTime};
-use checks::{check_node1_status, fetched, Fetch};
-use milestone::{
-    first_words, from_marker, from_word, print_table, Tracked, KRG_NODE_ID, NODE1_STEPS,
-};
+use checks::check_node1_status;
+use milestone::{from_word, print_table, scan, Tracked, NODE1_STEPS};
 pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
@@ -473,82 +470,9 @@ impl Run<'_> {
                 format!("{STALLED} ({why})"),
             );
         }
-        let mut new = Vec::new();
-        // Where this boot's kernel banner ends: later lines are searched
-        // from there (also in this pass, once the banner is found).
-        let mut kernel_at = t.kernel_at;
-        for &m in t.steps.iter().filter(|&&m| !t.has(m)) {
-            let found: Option<String> = match m {
-                Milestone::KernelUp | Milestone::NodeKernelUp => {
-                    console.find(0, "Linux version").map(|f| {
-                        kernel_at = f.end;
-                        first_words(&f.line, 3)
-                    })
-                }
-                Milestone::Ready => console
-                    .find(kernel_at, "krgiso: node1 ")
-                    .map(|f| from_marker(&f.line)),
-                Milestone::Lease => seen.iter().find_map(|s| match &s.packet {
-                    Packet::Dhcp {
-                        sender,
-                        from_server: true,
-                        message: Some(DHCP_ACK),
-                        client,
-                        your_address,
-                    } if *client == mac && *sender == NODE1_CLUSTER => {
-                        Some(your_address.to_string())
-                    }
-                    _ => None,
-                }),
-                Milestone::BootScript => {
-                    fetched(seen, mac, Fetch::Tftp, |f| f.ends_with(BOOT_SCRIPT))
-                }
-                Milestone::KernelLoaded => {
-                    fetched(seen, mac, Fetch::Http, |f| f.contains("vmlinuz"))
-                }
-                Milestone::Tipc => console
-                    .find(kernel_at, "TIPC: Activated")
-                    .map(|f| from_word(&f.line, "TIPC:")),
-                Milestone::KrgNodeId => console.find(kernel_at, KRG_NODE_ID).map(|f| {
-                    from_word(&f.line, KRG_NODE_ID)[KRG_NODE_ID.len()..]
-                        .trim()
-                        .to_owned()
-                }),
-                Milestone::RootMounted => console
-                    .find(kernel_at, "VFS: Mounted root (nfs")
-                    .map(|f| from_word(&f.line, "VFS:")),
-                Milestone::KrgLoaded => console
-                    .find(kernel_at, "Kerrighed session ID")
-                    .filter(|_| console.find(kernel_at, "Kerrighed... loaded!").is_some())
-                    .map(|f| from_word(&f.line, "Kerrighed session ID")),
-                Milestone::ClusterUp => console
-                    .find(kernel_at, "Kerrighed is running on ")
-                    .map(|f| from_word(&f.line, "Kerrighed is running on ")),
-                Milestone::NfsRootRw => console
-                    .find(kernel_at, "krgiso: node ")
-                    .map(|f| from_marker(&f.line)),
-                Milestone::MultiUser if kernel_at > 0 => console
-                    .find_text(kernel_at, "login: ")
-                    .map(|_| String::new()),
-                Milestone::MultiUser => None,
-                // Checked from node1's session, not watched for.
-                Milestone::SshFromNode1
-                | Milestone::NfsRestart
-                | Milestone::LeasesKept
-                | Milestone::CarriedOn
-                | Milestone::SameAddress
-                | Milestone::KrgNodes
-                | Milestone::OneProcessSpace
-                | Milestone::MigratedAway
-                | Milestone::MigratedBack
-                | Milestone::ClusterCpus => None,
-            };
-            let Some(detail) = found else { break };
-            if m == Milestone::NfsRootRw && !detail.contains("rw=ok") {
-                bail!("{}: its NFS root is not writable: {detail}", t.vm.spec.name);
-            }
-            new.push((m, detail));
-        }
+        let found = scan(t.steps, |m| t.has(m), console, t.kernel_at, seen, mac)
+            .with_context(|| t.vm.spec.name.clone())?;
+        let (new, kernel_at) = (found.reached, found.kernel_at);
         self.vms[i].kernel_at = kernel_at;
         let name = self.vms[i].vm.spec.name.clone();
         let since_power_on = self.vms[i].vm.seconds();

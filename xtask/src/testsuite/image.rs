@@ -16,7 +16,7 @@ use xshell::cmd;
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
 use crate::bytes::sha256_of;
 use crate::engine::Stamp;
-use crate::qemu::{BootTest, Milestone, QemuFirmware, Report};
+use crate::qemu::{BootTest, QemuFirmware, Report};
 
 /// `cargo xtask build` of the smoke profile, then the image's contents.
 pub(crate) fn build_and_image(project: &Path) -> Result<Timings> {
@@ -353,21 +353,7 @@ pub(crate) fn milestone_timings(report: &Report) -> Timings {
     report
         .reached
         .iter()
-        .filter(|r| {
-            matches!(
-                r.milestone,
-                Milestone::Ready
-                    | Milestone::RootMounted
-                    | Milestone::NfsRootRw
-                    | Milestone::MultiUser
-                    | Milestone::ClusterUp
-                    | Milestone::KrgNodes
-                    | Milestone::OneProcessSpace
-                    | Milestone::MigratedAway
-                    | Milestone::MigratedBack
-                    | Milestone::ClusterCpus
-            )
-        })
+        .filter(|r| r.milestone.spec().timed)
         .map(|r| {
             (
                 format!("{}: {} (from power-on)", r.vm, r.label),
