@@ -237,11 +237,8 @@ fn iso_and_allbutkernel_never_rerun_a_stale_kernel() {
     engine.run(ISO, OPTS).unwrap();
     assert_eq!(record.runs(), ["node1", "iso"]);
 
-    sb.edit_profile(
-        "kerrighed-2.4.1-lenny",
-        "\"nftables\",",
-        "\"nftables\", \"less\",",
-    );
+    // node1's packages, in the file the profiles include.
+    sb.edit_profile("include/node1", "\"nftables\",", "\"nftables\", \"less\",");
     let engine = sb.engine("kerrighed-2.4.1-lenny", &record);
     record.clear();
     engine.run(ALL_BUT_KERNEL, OPTS).unwrap();

@@ -138,13 +138,21 @@ proptest! {
                 prop_assert_eq!(written, rewritten);
             }
             Ok(Err(e)) => {
+                // In the edited profile, or in a file it includes.
+                let included = xtask::project_root().join("profiles/include");
+                prop_assert!(e.file == file || e.file.starts_with(&included), "{e}");
+                let text = if e.file == file {
+                    text.clone()
+                } else {
+                    fs::read_to_string(&e.file).unwrap()
+                };
                 let lines = text.lines().count().max(1);
                 prop_assert!(
                     e.line >= 1 && e.line <= lines + 1,
                     "an error without its line ({}): {e}\n{text}", e.line
                 );
                 let shown = e.to_string();
-                prop_assert!(shown.starts_with("profile profiles/edited.toml, line "), "{shown}");
+                prop_assert!(shown.starts_with(&format!("profile {}, line ", e.file.display())), "{shown}");
                 prop_assert!(!shown.trim().is_empty() && !shown.contains('\n'), "{shown:?}");
                 // A value the parser read (not a syntax error) is refused
                 // by its key.

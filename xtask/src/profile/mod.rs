@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod include;
 mod spans;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,10 @@ use spans::{line_of, plain_words, SpanIndex};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// Files this profile is built on (include.rs); merged in when it is
+    /// read, so never written out again.
+    #[serde(default, skip_serializing)]
+    pub include: Vec<String>,
     /// Why this profile has never been built end to end, when it has not:
     /// said at the start of every command that uses it.
     #[serde(default)]
@@ -458,8 +463,35 @@ impl Profile {
         Profile::parse(&text, path)
     }
 
-    /// Parse and validate profile text; `file` is used in error messages.
+    /// Parse and validate profile text; `file` is used in error messages
+    /// (and included files are found from it).
     pub fn parse(text: &str, file: &Path) -> Result<Profile, ProfileError> {
+        let parts = include::parts(text, file)?;
+        if parts.is_empty() {
+            return Profile::parse_one(text, file);
+        }
+        // Each error is told by its key, in the file that sets that key.
+        let merged = include::merged(&parts);
+        let profile: Profile = toml::from_str(&merged).map_err(|e| {
+            let key = e
+                .span()
+                .map(|span| SpanIndex::new(&merged).key_at(&span))
+                .unwrap_or_default();
+            include::error_for_key(&parts, &key, plain_words(e.message().trim()))
+        })?;
+        if let Some(problem) = profile.problems().into_iter().next() {
+            return Err(include::error_for_key(
+                &parts,
+                &problem.key,
+                problem.message,
+            ));
+        }
+        Ok(profile)
+    }
+
+    /// A profile that includes nothing: its errors are at their place in
+    /// `text`.
+    fn parse_one(text: &str, file: &Path) -> Result<Profile, ProfileError> {
         // Only an error needs the spans: the good path parses the text once.
         let error_at = |span: Option<Range<usize>>, message: String| {
             let (key, line) = match span {

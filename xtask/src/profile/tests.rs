@@ -99,7 +99,6 @@ fn the_default_profile_builds_2_4_4_with_a_current_toolchain_from_reachable_pins
         .urls
         .iter()
         .all(|u| u.contains("9d8105406c4b30e99a0c0297de47c0009b4adf97")));
-    assert_eq!(cur.node1.packages, krg.node1.packages);
 }
 
 #[test]
@@ -161,7 +160,7 @@ fn a_static_userland_is_for_the_nodes_built_in_a_build_root_from_known_sources()
         .message
         .contains("needs busybox"));
     // node1 is the live system of today: never static.
-    let node1 = current.replacen("[node1]\nsuite", "[node1]\nuserland = \"static\"\nsuite", 1);
+    let node1 = format!("{current}\n[node1]\nuserland = \"static\"\n");
     assert_eq!(parse(&node1).unwrap_err().key, "node1.userland");
     // The smoke profile has no build root to build one in.
     let err = error_after(
@@ -178,7 +177,6 @@ fn the_smoke_profile_is_the_same_image_with_a_stock_kernel() {
     assert_eq!(smoke.kernel.kind, KernelKind::Stock);
     assert_eq!(smoke.nodes.suite, smoke.node1.suite);
     assert!(smoke.nodes.packages.iter().any(|p| p == "initramfs-tools"));
-    assert_eq!(smoke.node1.packages, krg.node1.packages);
     assert_eq!(smoke.sources.len(), krg.sources.len());
     assert_eq!(smoke.network.address, krg.network.address);
 }
@@ -292,7 +290,7 @@ fn bad_values_are_named_with_their_line() {
         (
             "arch = \"amd64\"",
             "arch = \"x86_64\"",
-            "node1.arch",
+            "nodes.arch",
             "not a Debian architecture",
         ),
         (
@@ -384,4 +382,135 @@ fn only_the_profile_never_built_end_to_end_says_so_at_every_command() {
         let p = shipped(name);
         assert!(p.untested.is_none() && p.warnings().is_empty(), "{name}");
     }
+}
+
+/// A profile and what it includes, in a directory of their own.
+fn with_include(profile: &str, base: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("base.toml"), base).unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, profile).unwrap();
+    (dir, path)
+}
+
+/// The smoke profile with its node1 from `base.toml` beside it.
+fn on_base(extra: &str) -> String {
+    smoke_text().replace("include = [\"node1\"]", "include = [\"base.toml\"]") + extra
+}
+
+fn node1_text() -> String {
+    std::fs::read_to_string(crate::project_root().join("profiles/include/node1.toml")).unwrap()
+}
+
+#[test]
+fn the_shipped_profiles_share_node1_from_one_file() {
+    let base = node1_text();
+    let (dir, _) = with_include("", &base);
+    let alone: Profile = toml::from_str(&format!(
+        "{}{base}",
+        smoke_text().replace("include = [\"node1\"]", "")
+    ))
+    .unwrap();
+    for name in ["smoke", "kerrighed-2.4.4", "kerrighed-2.4.1-lenny"] {
+        let path = crate::project_root().join(format!("profiles/{name}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("[node1]"), "{name} has a [node1] of its own");
+        let p = Profile::load(&path).unwrap();
+        assert_eq!(p.include, ["node1"]);
+        assert_eq!(
+            serde_json::to_string(&p.node1).unwrap(),
+            serde_json::to_string(&alone.node1).unwrap(),
+            "{name}"
+        );
+    }
+    drop(dir);
+}
+
+#[test]
+fn a_profile_sets_keys_over_what_it_includes() {
+    let (_dir, path) = with_include(
+        &on_base("\n[node1]\nsuite = \"trixie\"\npackages = [\"dnsmasq\"]\n"),
+        &node1_text(),
+    );
+    let p = Profile::load(&path).unwrap();
+    assert_eq!(p.node1.suite, "trixie");
+    assert_eq!(p.node1.packages, ["dnsmasq"]);
+    // What it does not set comes from the included file.
+    assert_eq!(p.node1.arch, "amd64");
+    // Written out, it stands alone.
+    let written = toml::to_string(&p).unwrap();
+    assert!(!written.contains("include"), "{written}");
+    assert_eq!(
+        toml::to_string(&Profile::parse(&written, &path).unwrap()).unwrap(),
+        written
+    );
+}
+
+#[test]
+fn an_error_names_the_file_and_line_that_set_the_key() {
+    // In the included file: its path, its line.
+    let base = node1_text().replace("arch = \"amd64\"", "arch = \"x86_64\"");
+    let (dir, path) = with_include(&on_base(""), &base);
+    let err = Profile::load(&path).unwrap_err();
+    assert_eq!(err.file, dir.path().join("base.toml"));
+    assert_eq!(err.key, "node1.arch");
+    assert_eq!(err.line, line_of_text(&base, "x86_64"), "{err}");
+    // Set over it in the profile: the profile's line.
+    let text = on_base("\n[node1]\narch = \"i486x\"\n");
+    let (_dir, path) = with_include(&text, &node1_text());
+    let err = Profile::load(&path).unwrap_err();
+    assert_eq!(
+        (err.file.as_path(), err.key.as_str()),
+        (path.as_path(), "node1.arch")
+    );
+    assert_eq!(err.line, line_of_text(&text, "i486x"), "{err}");
+    // A wrong type in the profile's override, found by serde.
+    let text = on_base("\n[node1]\npackages = \"dnsmasq\"\n");
+    let (_dir, path) = with_include(&text, &node1_text());
+    let err = Profile::load(&path).unwrap_err();
+    assert_eq!(
+        (err.file.as_path(), err.key.as_str()),
+        (path.as_path(), "node1.packages")
+    );
+    assert_eq!(
+        err.line,
+        line_of_text(&text, "packages = \"dnsmasq\""),
+        "{err}"
+    );
+    // A key missing from the included table: that file's [node1].
+    let base = node1_text().replace("suite = \"bookworm\"\n", "");
+    let (dir, path) = with_include(&on_base(""), &base);
+    let err = Profile::load(&path).unwrap_err();
+    assert_eq!(err.file, dir.path().join("base.toml"), "{err}");
+    let header = base.lines().position(|l| l == "[node1]").unwrap() + 1;
+    assert_eq!(err.line, header, "{err}");
+    // A syntax error in the included file.
+    let base = node1_text().replace("[node1]", "[node1");
+    let (dir, path) = with_include(&on_base(""), &base);
+    let err = Profile::load(&path).unwrap_err();
+    assert_eq!(err.file, dir.path().join("base.toml"), "{err}");
+    let header = base.lines().position(|l| l == "[node1").unwrap() + 1;
+    assert_eq!(err.line, header, "{err}");
+}
+
+#[test]
+fn an_include_that_cannot_be_used_is_refused_at_its_line() {
+    let text = smoke_text().replace("include = [\"node1\"]", "include = [\"nowhere\"]");
+    let err = Profile::parse(&text, Path::new("profiles/edited.toml")).unwrap_err();
+    assert_eq!(err.key, "include");
+    assert_eq!(err.line, line_of_text(&text, "nowhere"));
+    assert!(
+        err.message.contains("profiles/include/nowhere.toml"),
+        "{err}"
+    );
+    let text = smoke_text().replace("include = [\"node1\"]", "include = \"node1\"");
+    let err = Profile::parse(&text, Path::new("profiles/edited.toml")).unwrap_err();
+    assert!(err.message.contains("list of file names"), "{err}");
+    let (dir, path) = with_include(
+        &on_base(""),
+        &format!("include = [\"x\"]\n{}", node1_text()),
+    );
+    let err = Profile::load(&path).unwrap_err();
+    assert_eq!((&err.file, err.line), (&dir.path().join("base.toml"), 1));
+    assert!(err.message.contains("cannot include another"), "{err}");
 }

@@ -194,16 +194,15 @@ fn expect_failure(run: &SmokeRun, s: &StageShell, profile: &Path, expected: &str
 
 fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
     // A package the suite does not have: debootstrap --include stops at once.
+    // (node1's root comes from profiles/include/node1.toml: a [node1]
+    // table in the profile sets keys over it.)
     let bad_package = edited_profile(
         run,
         "bad-package",
-        &[
-            ("[node1]\n", "[node1]\ninstall = \"include\"\n"),
-            (
-                "packages = [\n",
-                "packages = [\n    \"krgiso-no-such-package\",\n",
-            ),
-        ],
+        &[(
+            "[nodes]\n",
+            "[node1]\ninstall = \"include\"\npackages = [\"krgiso-no-such-package\", \"dnsmasq\"]\n\n[nodes]\n",
+        )],
     )?;
     expect_failure(
         run,
@@ -216,8 +215,8 @@ fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
         run,
         "dead-mirror",
         &[(
-            "mirror = \"http://deb.debian.org/debian\"",
-            "mirror = \"http://127.0.0.1:9/debian\"",
+            "[nodes]\n",
+            "[node1]\nmirror = \"http://127.0.0.1:9/debian\"\n\n[nodes]\n",
         )],
     )?;
     // Both stop before any root is started, asked of the mirror up front.
@@ -231,7 +230,7 @@ fn check_failures(run: &SmokeRun, s: &StageShell) -> Result<()> {
     let bad_suite = edited_profile(
         run,
         "bad-suite",
-        &[("suite = \"bookworm\"", "suite = \"bookwurm\"")],
+        &[("[nodes]\n", "[node1]\nsuite = \"bookwurm\"\n\n[nodes]\n")],
     )?;
     expect_failure(run, s, &bad_suite, "has no suite `bookwurm`")
 }

@@ -1,0 +1,193 @@
+//! `include = ["node1"]`: a profile built on shared files, so that what
+//! several profiles share (node1's root and its packages) is written once.
+//!
+//! A name is a file in `include/` beside the profile, or else in the
+//! project's `profiles/include/` (`node1` is `profiles/include/node1.toml`),
+//! so a profile copied anywhere still finds it; a path (with a `/`, or
+//! ending in `.toml`) is taken from the profile's directory. The included files are merged in order, then the profile
+//! over them: a table merges key by key, any other value replaces the one
+//! before. An included file includes nothing itself.
+//!
+//! Errors name the file that holds the key, and its line: the merged
+//! profile is read by its dotted key, and each key belongs to the last
+//! file that sets it.
+
+use std::path::{Path, PathBuf};
+
+use super::spans::{line_of, plain_words, SpanIndex};
+use super::ProfileError;
+
+/// One file of a profile: an included file, or the profile itself (last).
+pub(super) struct Part {
+    pub(super) file: PathBuf,
+    pub(super) text: String,
+    table: toml::Table,
+}
+
+/// Where included files named without a path are.
+pub(crate) const INCLUDE_DIR: &str = "profiles/include";
+
+/// The profile's parts: its included files, in order, then itself. Just
+/// itself when it includes nothing, or is not TOML (the caller reports
+/// that as it always has).
+pub(super) fn parts(text: &str, file: &Path) -> Result<Vec<Part>, ProfileError> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(Vec::new());
+    };
+    let Some(names) = table.get("include") else {
+        return Ok(Vec::new());
+    };
+    let at = |message: String| error_at_key(text, file, "include", message);
+    let names: Vec<&str> = names
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(toml::Value::as_str)
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or_default()
+        .ok_or_else(|| at("expected a list of file names, like [\"node1\"]".into()))?;
+    let mut parts = Vec::new();
+    for name in names {
+        let path = resolve(name, file);
+        let included = std::fs::read_to_string(&path).map_err(|e| {
+            at(format!(
+                "cannot read the included `{name}` ({}): {e}",
+                path.display()
+            ))
+        })?;
+        let table = included
+            .parse::<toml::Table>()
+            .map_err(|e| error_at(&included, &path, e.span(), plain_words(e.message().trim())))?;
+        if table.contains_key("include") {
+            return Err(error_at_key(
+                &included,
+                &path,
+                "include",
+                "an included file cannot include another: list both in the profile".into(),
+            ));
+        }
+        parts.push(Part {
+            file: path,
+            text: included,
+            table,
+        });
+    }
+    parts.push(Part {
+        file: file.to_owned(),
+        text: text.to_owned(),
+        table,
+    });
+    Ok(parts)
+}
+
+fn resolve(name: &str, profile: &Path) -> PathBuf {
+    let dir = profile.parent().unwrap_or(Path::new("."));
+    if name.contains('/') || name.ends_with(".toml") {
+        return dir.join(name);
+    }
+    let file = format!("{name}.toml");
+    let beside = dir.join("include").join(&file);
+    if beside.is_file() {
+        beside
+    } else {
+        crate::project_root().join(INCLUDE_DIR).join(file)
+    }
+}
+
+/// The parts merged into one TOML text, for the profile's parser.
+pub(super) fn merged(parts: &[Part]) -> String {
+    let mut all = toml::Table::new();
+    for part in parts {
+        merge(&mut all, &part.table);
+    }
+    all.to_string()
+}
+
+fn merge(into: &mut toml::Table, from: &toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(key), value) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// An error at `key` of the merged profile, in the file that sets it: the
+/// last one that has the key, or else its nearest parent (a missing field
+/// belongs to the table that lacks it).
+pub(super) fn error_for_key(parts: &[Part], key: &str, message: String) -> ProfileError {
+    if let (true, Some(profile)) = (key.is_empty(), parts.last()) {
+        // About the document as a whole ("missing field `nodes`").
+        return ProfileError {
+            file: profile.file.clone(),
+            key: String::new(),
+            line: 1,
+            message,
+        };
+    }
+    let names: Vec<&str> = key
+        .split('.')
+        .map(|n| n.split('[').next().unwrap_or(n))
+        .collect();
+    let owner = (1..=names.len())
+        .rev()
+        .find_map(|len| parts.iter().rev().find(|p| has(&p.table, &names[..len])))
+        .or(parts.last());
+    match owner {
+        Some(p) => error_at_key(&p.text, &p.file, key, message),
+        None => ProfileError {
+            file: PathBuf::new(),
+            key: key.to_owned(),
+            line: 0,
+            message,
+        },
+    }
+}
+
+/// Whether `table` has the key path `names` (an array, replaced whole
+/// when merged, has all that is under it).
+fn has(table: &toml::Table, names: &[&str]) -> bool {
+    let Some((first, rest)) = names.split_first() else {
+        return true;
+    };
+    match table.get(*first) {
+        Some(toml::Value::Table(t)) => has(t, rest),
+        Some(_) => true,
+        None => false,
+    }
+}
+
+fn error_at_key(text: &str, file: &Path, key: &str, message: String) -> ProfileError {
+    let line = SpanIndex::new(text)
+        .span_of(key)
+        .map_or(0, |span| line_of(text, span.start));
+    ProfileError {
+        file: file.to_owned(),
+        key: key.to_owned(),
+        line,
+        message,
+    }
+}
+
+fn error_at(
+    text: &str,
+    file: &Path,
+    span: Option<std::ops::Range<usize>>,
+    message: String,
+) -> ProfileError {
+    let (key, line) = span.map_or((String::new(), 0), |span| {
+        (
+            SpanIndex::new(text).key_at(&span),
+            line_of(text, span.start),
+        )
+    });
+    ProfileError {
+        file: file.to_owned(),
+        key,
+        line,
+        message,
+    }
+}
