@@ -176,7 +176,7 @@ const END_TO_END: &[EndToEnd] = &[
     // where e2e-bench-quick reads e2e-boot-bios's report.
     EndToEnd {
         name: "e2e-boot-interrupt",
-        about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM",
+        about: "`qemu --accel kvm`: KVM or one warning and TCG; Ctrl-C stops every VM; run to its end, a restart under TCG is in report.json",
         check: image::boot_interrupted,
     },
     EndToEnd {
