@@ -25,68 +25,68 @@ use crate::stages;
 
 /// What to measure, where.
 pub(crate) struct Bench {
-    pub exe: PathBuf,
-    pub project: PathBuf,
-    pub profile: PathBuf,
+    pub(crate) exe: PathBuf,
+    pub(crate) project: PathBuf,
+    pub(crate) profile: PathBuf,
     /// The build dir measured.
-    pub build: PathBuf,
+    pub(crate) build: PathBuf,
     /// Quick: no-op and iso-after-overlay-change on the existing build only.
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// The download cache to use warm (the full bench links its build
     /// dir's cache to it).
-    pub cache: PathBuf,
+    pub(crate) cache: PathBuf,
     /// The kerrighed kind: its source tarballs are fetched too, and its
     /// kernel is rebuilt once more from a warm compiler cache.
-    pub kerrighed: bool,
+    pub(crate) kerrighed: bool,
     /// The boot tests' reports whose times the bench puts beside its own
     /// (`build/qemu/report.json`, the UEFI test's); missing ones are skipped.
-    pub boot_reports: Vec<PathBuf>,
+    pub(crate) boot_reports: Vec<PathBuf>,
 }
 
 /// One measured command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Scenario {
-    pub name: String,
-    pub command: String,
-    pub seconds: f64,
+    pub(crate) name: String,
+    pub(crate) command: String,
+    pub(crate) seconds: f64,
     /// The stages that ran, with their own times (from their stamps).
-    pub stages: BTreeMap<String, f64>,
+    pub(crate) stages: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct BenchReport {
-    pub profile: String,
-    pub cores: usize,
-    pub memory_mib: u64,
-    pub kernel: String,
-    pub quick: bool,
-    pub scenarios: Vec<Scenario>,
-    pub image_bytes: Option<u64>,
+    pub(crate) profile: String,
+    pub(crate) cores: usize,
+    pub(crate) memory_mib: u64,
+    pub(crate) kernel: String,
+    pub(crate) quick: bool,
+    pub(crate) scenarios: Vec<Scenario>,
+    pub(crate) image_bytes: Option<u64>,
     /// Each speed target, with what was measured against it.
     #[serde(default)]
-    pub targets: Vec<TargetRow>,
+    pub(crate) targets: Vec<TargetRow>,
     /// Where the boot tests' VMs spent their boot (systemd-analyze).
     #[serde(default)]
-    pub boots: Vec<BootSummary>,
+    pub(crate) boots: Vec<BootSummary>,
 }
 
 /// One target of the speed issue and what this machine measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TargetRow {
-    pub what: String,
-    pub target: f64,
-    pub measured: Option<f64>,
+    pub(crate) what: String,
+    pub(crate) target: f64,
+    pub(crate) measured: Option<f64>,
     /// Where the measurement comes from.
-    pub source: String,
+    pub(crate) source: String,
 }
 
 /// A VM's boot as its init measured it, from a boot test's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct BootSummary {
-    pub vm: String,
-    pub firmware: String,
-    pub summary: String,
-    pub slowest: Vec<UnitTime>,
+    pub(crate) vm: String,
+    pub(crate) firmware: String,
+    pub(crate) summary: String,
+    pub(crate) slowest: Vec<UnitTime>,
 }
 
 /// A boot test's `report.json`, the parts the bench reads.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 /// Feeds a file's bytes into a hasher, a block at a time.
-pub fn hash_reader(h: &mut Sha256, path: &Path) -> Result<()> {
+pub(crate) fn hash_reader(h: &mut Sha256, path: &Path) -> Result<()> {
     let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -36,7 +36,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A size as a person reads it: `512 B`, `44.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut unit = 0;

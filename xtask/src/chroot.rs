@@ -241,9 +241,9 @@ pub(crate) struct ChrootMounts {
 
 /// An extra bind mount: a host directory seen at `inside` (absolute, in the root).
 #[derive(Debug, Clone)]
-pub struct ExtraBind {
-    pub host: PathBuf,
-    pub inside: PathBuf,
+pub(crate) struct ExtraBind {
+    pub(crate) host: PathBuf,
+    pub(crate) inside: PathBuf,
 }
 
 impl ChrootMounts {
@@ -364,8 +364,8 @@ fn mount_point(root: &Path, target: &Path) -> Result<()> {
 }
 
 /// A root to run commands in, with its mounts held for as long as it lives.
-pub struct Chroot<'a> {
-    pub root: PathBuf,
+pub(crate) struct Chroot<'a> {
+    pub(crate) root: PathBuf,
     shell: &'a StageShell,
     /// An i386 root on an x86_64 host: commands run under `setarch i686`.
     linux32: bool,
@@ -375,7 +375,7 @@ pub struct Chroot<'a> {
 }
 
 impl<'a> Chroot<'a> {
-    pub fn enter(
+    pub(crate) fn enter(
         root: &Path,
         arch: &str,
         extra: &[ExtraBind],
@@ -398,12 +398,12 @@ impl<'a> Chroot<'a> {
     }
 
     /// Sets `key` for every later command (a `PATH` here replaces the default).
-    pub fn set_env(&mut self, key: &str, value: &str) {
+    pub(crate) fn set_env(&mut self, key: &str, value: &str) {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// `args` run inside the root, with a clean environment and no prompts.
-    pub fn cmd(&self, args: &[&str]) -> Cmd<'a> {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Cmd<'a> {
         let sh = self.shell.sh();
         let root = &self.root;
         let base = if self.linux32 {
@@ -424,7 +424,7 @@ impl<'a> Chroot<'a> {
     /// `args` run in directory `dir` inside the root. With `answer_defaults`
     /// their standard input is endless empty lines (`yes "" |`), so a
     /// `make oldconfig` takes every default instead of waiting for a person.
-    pub fn cmd_in(&self, dir: &str, args: &[&str], answer_defaults: bool) -> Cmd<'a> {
+    pub(crate) fn cmd_in(&self, dir: &str, args: &[&str], answer_defaults: bool) -> Cmd<'a> {
         let script = if answer_defaults {
             "cd \"$1\" && shift && yes '' | \"$@\""
         } else {
@@ -435,11 +435,11 @@ impl<'a> Chroot<'a> {
         self.cmd(&full)
     }
 
-    pub fn run(&self, args: &[&str]) -> Result<()> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<()> {
         self.shell.run(self.cmd(args))
     }
 
-    pub fn read(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn read(&self, args: &[&str]) -> Result<String> {
         self.shell.read(self.cmd(args))
     }
 }
@@ -537,7 +537,7 @@ pub(crate) fn release_stale(dir: &Path, ops: &dyn MountOps) -> Result<Vec<String
 /// top), unmounted when dropped, on error, panic or Ctrl-C. How the iso
 /// stage sees a root with the node1 stage's layer over it, without copying.
 pub(crate) struct Stack {
-    pub target: PathBuf,
+    pub(crate) target: PathBuf,
     _cleanup: Cleanup,
 }
 

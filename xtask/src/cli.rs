@@ -38,7 +38,7 @@ cargo xtask usb /dev/sdX           # write it to a USB stick, checked and verifi
 cargo xtask iso                    # rebuild the image only, never the kernel",
     version
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Profile: a name under profiles/ or a path to a TOML file
     #[arg(
         long,
@@ -46,33 +46,33 @@ pub struct Cli {
         default_value = profile::DEFAULT,
         value_name = "NAME|PATH"
     )]
-    pub profile: String,
+    pub(crate) profile: String,
     /// Build directory [default: ./build; the image then goes to ./out, else to DIR/out]
     #[arg(long, global = true, value_name = "DIR")]
-    pub build_dir: Option<PathBuf>,
+    pub(crate) build_dir: Option<PathBuf>,
     /// Never open a network connection: sources must be in the download cache
     /// (or in --sources-dir)
     #[arg(long, global = true)]
-    pub offline: bool,
+    pub(crate) offline: bool,
     /// A directory of source tarballs to use before the mirrors (checked
     /// against the same sha256 pins), for machines that cannot reach them
     #[arg(long, global = true, value_name = "DIR", env = "KRGISO_SOURCES_DIR")]
-    pub sources_dir: Option<PathBuf>,
+    pub(crate) sources_dir: Option<PathBuf>,
     /// Show the output of every command, not only a spinner
     #[arg(short, long, global = true)]
-    pub verbose: bool,
+    pub(crate) verbose: bool,
     /// Rerun stages even if they are up to date
     #[arg(long, global = true)]
-    pub force: bool,
+    pub(crate) force: bool,
     /// Print the plan (which stages would run, and why); run nothing
     #[arg(long, global = true)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Build everything: packages, kernel, node1, iso (skipping what is up to date)
     Build,
     /// Debootstrap the node1 and nodes roots (and the build root) and install their packages
@@ -125,44 +125,44 @@ pub enum Command {
 
 /// `qemu`'s options.
 #[derive(Debug, clap::Args)]
-pub struct QemuArgs {
+pub(crate) struct QemuArgs {
     /// How many PXE nodes to boot (0: node1 only)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
-    pub nodes: u32,
+    pub(crate) nodes: u32,
     /// Leave the VMs running at the end (until Ctrl-C), consoles free to attach
     #[arg(long)]
-    pub keep: bool,
+    pub(crate) keep: bool,
     /// Give up after this many seconds
     #[arg(long, default_value_t = 900, value_name = "S")]
-    pub timeout: u64,
+    pub(crate) timeout: u64,
     /// Accelerator: tcg, or kvm (falls back to tcg with a warning if KVM fails)
     #[arg(long, value_enum, default_value_t = QemuAccel::Tcg)]
-    pub accel: QemuAccel,
+    pub(crate) accel: QemuAccel,
     /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
     #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
-    pub firmware: QemuFirmware,
+    pub(crate) firmware: QemuFirmware,
     /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
     #[arg(long, value_name = "FILE")]
-    pub stick: Option<PathBuf>,
+    pub(crate) stick: Option<PathBuf>,
     /// After the checks, power node1 off and on again, then each node: same addresses, nothing lost (needs --stick with KRGISO-DATA)
     #[arg(long, requires = "stick")]
-    pub reboot: bool,
+    pub(crate) reboot: bool,
 }
 
 /// `usb`'s options.
 #[derive(Debug, clap::Args)]
-pub struct UsbArgs {
+pub(crate) struct UsbArgs {
     /// The whole device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
-    pub device: PathBuf,
+    pub(crate) device: PathBuf,
     /// Write without asking for confirmation
     #[arg(long)]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// DEVICE may be a regular file (created if missing): for tests
     #[arg(long)]
-    pub allow_file: bool,
+    pub(crate) allow_file: bool,
     /// Then add an ext4 partition labelled KRGISO-DATA after the image (node1 keeps the nodes' root there)
     #[arg(long)]
-    pub data: bool,
+    pub(crate) data: bool,
 }
 
 /// Entry point: runs the command, prints any error, returns the exit code.

@@ -23,7 +23,7 @@ use crate::shell;
 
 /// The environment variable that names the pre-download directory (the
 /// `--sources-dir` option reads it too).
-pub const SOURCES_DIR_ENV: &str = "KRGISO_SOURCES_DIR";
+pub(crate) const SOURCES_DIR_ENV: &str = "KRGISO_SOURCES_DIR";
 
 /// How to fetch.
 #[derive(Debug, Clone)]
@@ -61,8 +61,8 @@ impl Default for FetchOptions {
 /// A source in the cache whose sha256 matched its pin just now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    pub name: String,
-    pub path: PathBuf,
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
     pub sha256: String,
 }
 
@@ -70,7 +70,7 @@ pub struct Verified {
 /// written on the first verified fetch (`--lock-new`) and enforced after.
 #[derive(Debug, Clone)]
 pub struct SourcesLock {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     pins: BTreeMap<String, String>,
 }
 
@@ -82,7 +82,7 @@ struct LockFile {
 
 impl SourcesLock {
     /// The lock file that goes with a profile: `sources.lock` beside it.
-    pub fn beside(profile: &Path) -> PathBuf {
+    pub(crate) fn beside(profile: &Path) -> PathBuf {
         profile
             .parent()
             .unwrap_or(Path::new("."))
@@ -90,7 +90,7 @@ impl SourcesLock {
     }
 
     /// The pins of a profile's sources, from the `sources.lock` beside it.
-    pub fn of_profile(profile: &Path) -> Result<SourcesLock> {
+    pub(crate) fn of_profile(profile: &Path) -> Result<SourcesLock> {
         SourcesLock::load(&SourcesLock::beside(profile))
     }
 
@@ -145,13 +145,13 @@ fn is_sha256(s: &str) -> bool {
 }
 
 /// The pin a source is held to: its profile entry's, else the lock's.
-pub fn pin_of<'a>(source: &'a Source, lock: &'a SourcesLock) -> Option<&'a str> {
+pub(crate) fn pin_of<'a>(source: &'a Source, lock: &'a SourcesLock) -> Option<&'a str> {
     source.sha256.as_deref().or_else(|| lock.get(&source.file))
 }
 
 /// The download cache: verified files, `.part` downloads, `rejected/`, `unpinned/`.
 pub struct Cache {
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 impl Cache {
@@ -423,7 +423,7 @@ fn http_client(opts: &FetchOptions) -> Result<reqwest::blocking::Client> {
 /// (on disk for a `file://` mirror). Asked before a build starts, so a dead
 /// mirror or a misspelt suite stops it in seconds, not after other work.
 /// `Err` says why, in a few words.
-pub fn check_mirror(mirror: &str, suite: &str, timeout: Duration) -> Result<(), String> {
+pub(crate) fn check_mirror(mirror: &str, suite: &str, timeout: Duration) -> Result<(), String> {
     let base = mirror.trim_end_matches('/');
     if let Some(path) = base.strip_prefix("file://") {
         let release = Path::new(path).join("dists").join(suite).join("Release");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// Mount points at or under `dir`, deepest first (the order to unmount them).
-pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mountinfo = match fs::read_to_string("/proc/self/mountinfo") {
         Ok(text) => text,
         // No /proc (not Linux): nothing we mounted can be there.
@@ -29,7 +29,7 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The mounts a mountinfo file (`/proc/<pid>/mountinfo`) lists: each line's
 /// device (`major:minor`, the third field) and mount point (the fifth,
 /// unescaped). Lines with fewer fields are skipped.
-pub fn mountinfo_entries(text: &str) -> impl Iterator<Item = (&str, PathBuf)> {
+pub(crate) fn mountinfo_entries(text: &str) -> impl Iterator<Item = (&str, PathBuf)> {
     text.lines().filter_map(|line| {
         let mut fields = line.split(' ');
         let dev = fields.nth(2)?;
@@ -39,7 +39,7 @@ pub fn mountinfo_entries(text: &str) -> impl Iterator<Item = (&str, PathBuf)> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\NNN` octal.
-pub fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -59,7 +59,7 @@ pub fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// `path` made absolute and free of symlinks where it exists.
-pub fn absolute(path: &Path) -> Result<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
     if let Ok(p) = fs::canonicalize(path) {
         return Ok(p);
     }
@@ -84,7 +84,7 @@ pub fn absolute(path: &Path) -> Result<PathBuf> {
 /// Removes a file or a directory tree. Refuses, naming them, when anything is
 /// mounted at or under it: deleting through a bind mount of /dev would delete
 /// the host's /dev. Does not follow symlinks. Missing is not an error.
-pub fn remove_tree(path: &Path) -> Result<()> {
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -108,7 +108,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 
 /// Writes a file so that readers see the old content or the new, never a part:
 /// temporary sibling, fsync, rename.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = sibling(path, "tmp");
@@ -127,7 +127,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 /// `dir/.name.suffix`: where a path's replacement is built, or its previous
 /// version parked while the replacement moves in. Hidden, so nobody takes it
 /// for the real thing.
-pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -138,7 +138,7 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
 /// Moves a finished `built` file or directory to `dest`, replacing what was
 /// there. For a file this is one rename; a directory's predecessor is parked
 /// beside it first and removed after.
-pub fn replace_with(built: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn replace_with(built: &Path, dest: &Path) -> Result<()> {
     let parked = sibling(dest, "old");
     remove_tree(&parked)?;
     let had_old = fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir());
@@ -158,7 +158,7 @@ pub fn replace_with(built: &Path, dest: &Path) -> Result<()> {
 }
 
 /// Bytes and files in a tree (symlinks counted, not followed).
-pub fn tree_size(path: &Path) -> (u64, u64) {
+pub(crate) fn tree_size(path: &Path) -> (u64, u64) {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return (0, 0);
     };
@@ -219,7 +219,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 
 /// `dir` and everything under it, each directory before its entries
 /// (symlinks not followed into).
-pub fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_owned()];
     let mut i = 0;
     while i < out.len() {

@@ -13,12 +13,12 @@ use crate::shell::StageShell;
 /// file it reads, such as a keyring), and the Debian package that has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostTool {
-    pub program: String,
-    pub package: String,
+    pub(crate) program: String,
+    pub(crate) package: String,
 }
 
 impl HostTool {
-    pub fn new(program: impl Into<String>, package: impl Into<String>) -> HostTool {
+    pub(crate) fn new(program: impl Into<String>, package: impl Into<String>) -> HostTool {
         HostTool {
             program: program.into(),
             package: package.into(),
@@ -37,12 +37,12 @@ pub(crate) fn is_root() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NeedsRoot {
     /// What needs it, in the user's words: "the packages stage", "`usb`".
-    pub what: String,
+    pub(crate) what: String,
     /// Why, in a few words.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
     /// Arguments to add to the command line when it runs again as root,
     /// so that it goes on where this run stopped (`test --from PART`).
-    pub resume: Vec<String>,
+    pub(crate) resume: Vec<String>,
 }
 
 impl std::fmt::Display for NeedsRoot {

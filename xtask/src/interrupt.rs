@@ -40,12 +40,12 @@ pub fn install() {
     }
 }
 
-pub fn is_interrupted() -> bool {
+pub(crate) fn is_interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// `Err(Interrupted)` once the user pressed Ctrl-C: call between steps.
-pub fn check() -> Result<(), Interrupted> {
+pub(crate) fn check() -> Result<(), Interrupted> {
     if is_interrupted() {
         Err(Interrupted)
     } else {
@@ -55,10 +55,10 @@ pub fn check() -> Result<(), Interrupted> {
 
 /// Marks a child process group as running, so Ctrl-C reaches it. Children run
 /// in their own process group: the signal reaches their descendants too.
-pub struct ChildGuard(i32);
+pub(crate) struct ChildGuard(i32);
 
 impl ChildGuard {
-    pub fn new(pgid: u32) -> ChildGuard {
+    pub(crate) fn new(pgid: u32) -> ChildGuard {
         let pgid = pgid as i32;
         lock(&CHILDREN).push(pgid);
         if is_interrupted() {
@@ -97,7 +97,7 @@ impl Cleanup {
     }
 
     /// The work is done another way: forget the action without running it.
-    pub fn dismiss(self) {
+    pub(crate) fn dismiss(self) {
         take(self.id);
         std::mem::forget(self);
     }
@@ -118,7 +118,7 @@ fn take(id: u64) -> Option<Registered> {
 }
 
 /// Runs every registered cleanup, newest first. Each runs at most once.
-pub fn run_all_cleanups() {
+pub(crate) fn run_all_cleanups() {
     loop {
         // Take one at a time: an action may itself register or drop guards.
         let Some((_, what, action)) = lock(&CLEANUPS).pop() else {
@@ -129,14 +129,15 @@ pub fn run_all_cleanups() {
     }
 }
 
-/// Names of the cleanups still registered (for tests and diagnostics).
-pub fn pending_cleanups() -> Vec<String> {
+/// Names of the cleanups still registered.
+#[cfg(test)]
+fn pending_cleanups() -> Vec<String> {
     lock(&CLEANUPS).iter().map(|(_, w, _)| w.clone()).collect()
 }
 
 /// Locks `m`, poisoned or not: a panic while holding the lock leaves plain
 /// data behind, so keep going.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -23,7 +23,7 @@ use crate::profile::IsoSpec;
 #[derive(Debug, Clone)]
 pub struct Layout {
     /// The krgiso checkout: profiles/, overlay/, kernel-configs/.
-    pub project: PathBuf,
+    pub(crate) project: PathBuf,
     /// Stage outputs, stamps and logs (`./build`, or `--build-dir`).
     pub build: PathBuf,
     /// Where the image lands (`./out`, or `<build-dir>/out`).
@@ -33,62 +33,62 @@ pub struct Layout {
     /// The compiler cache (ccache) the kernel is built with, beside the
     /// build dir: kept by `clean kernel` and `clean --all`, so a rebuild
     /// of the kernel compiles only what changed.
-    pub compiler_cache: PathBuf,
+    pub(crate) compiler_cache: PathBuf,
 }
 
 /// An output one stage makes and later stages read: the stage that makes
 /// it and its name in that stage's stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Product {
-    pub stage: &'static str,
-    pub name: &'static str,
+pub(crate) struct Product {
+    pub(crate) stage: &'static str,
+    pub(crate) name: &'static str,
 }
 
 impl Product {
     /// Its key among a later stage's inputs (the digest is its generation).
-    pub fn input_key(&self) -> String {
+    pub(crate) fn input_key(&self) -> String {
         format!("output {}/{}", self.stage, self.name)
     }
 }
 
 /// packages: node1's root filesystem.
-pub const NODE1_ROOT: Product = Product {
+pub(crate) const NODE1_ROOT: Product = Product {
     stage: "packages",
     name: "node1-root",
 };
 /// packages: the nodes' root filesystem (exported by node1 over NFS).
-pub const NODES_ROOT: Product = Product {
+pub(crate) const NODES_ROOT: Product = Product {
     stage: "packages",
     name: "nodes-root",
 };
 /// packages: where `toolchain = "current"` compiles the kernel; never in the image.
-pub const BUILD_ROOT: Product = Product {
+pub(crate) const BUILD_ROOT: Product = Product {
     stage: "packages",
     name: "build-root",
 };
 /// kernel: the node kernel, its initrd, config, System.map and release.
-pub const STAGED_KERNEL: Product = Product {
+pub(crate) const STAGED_KERNEL: Product = Product {
     stage: "kernel",
     name: "kernel",
 };
 /// node1: the layers laid over the node1 and nodes roots.
-pub const LAYERS: Product = Product {
+pub(crate) const LAYERS: Product = Product {
     stage: "node1",
     name: "config",
 };
 /// iso: the image and its `.sha256`.
-pub const IMAGE: Product = Product {
+pub(crate) const IMAGE: Product = Product {
     stage: "iso",
     name: "image",
 };
-pub const IMAGE_CHECKSUM: Product = Product {
+pub(crate) const IMAGE_CHECKSUM: Product = Product {
     stage: "iso",
     name: "checksum",
 };
 
 /// The root filesystems the packages stage builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Root {
+pub(crate) enum Root {
     Node1,
     Nodes,
     Build,
@@ -96,7 +96,7 @@ pub enum Root {
 
 impl Root {
     /// The root a profile section (`node1`, `nodes`, `buildroot`) describes.
-    pub fn of_section(section: &str) -> Root {
+    pub(crate) fn of_section(section: &str) -> Root {
         match section {
             "node1" => Root::Node1,
             "nodes" => Root::Nodes,
@@ -104,14 +104,14 @@ impl Root {
         }
     }
     /// Its name: its directory under `roots/` and in messages.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Root::Node1 => "node1",
             Root::Nodes => "nodes",
             Root::Build => "build",
         }
     }
-    pub fn product(self) -> Product {
+    pub(crate) fn product(self) -> Product {
         match self {
             Root::Node1 => NODE1_ROOT,
             Root::Nodes => NODES_ROOT,
@@ -121,30 +121,30 @@ impl Root {
 }
 
 /// Inside node1's root: where the nodes root sits in the live image.
-pub const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
+pub(crate) const NODES_TREE: &str = "usr/lib/krgiso/nodes-root";
 /// Inside node1's root: the nodes' layer (what the node1 stage renders
 /// and overlays into the nodes root), which node1 lays over the nodes root
 /// at boot.
-pub const NODES_LAYER: &str = "usr/lib/krgiso/nodes-layer";
+pub(crate) const NODES_LAYER: &str = "usr/lib/krgiso/nodes-layer";
 /// Inside node1's root: the boot files the image carries (iPXE, the node
 /// kernel and initramfs), which node1 serves by TFTP and HTTP.
-pub const TFTP_DIR: &str = "/srv/krgiso/tftp";
+pub(crate) const TFTP_DIR: &str = "/srv/krgiso/tftp";
 /// On the running node1: its TFTP root, made at each start by
 /// `cluster-link` (overlay/node1): links to the boot files and the boot
 /// script filled in from its template for the address the nodes reach.
-pub const SERVED_DIR: &str = "/run/krgiso/tftp";
+pub(crate) const SERVED_DIR: &str = "/run/krgiso/tftp";
 /// Inside node1's root: what node1 exports to the nodes over NFS.
-pub const EXPORT_DIR: &str = "/srv/krgiso/nodes";
+pub(crate) const EXPORT_DIR: &str = "/srv/krgiso/nodes";
 /// What to do when there is no image yet.
-pub const NO_IMAGE_HINT: &str = "run `cargo xtask build` (or `cargo xtask iso`)";
+pub(crate) const NO_IMAGE_HINT: &str = "run `cargo xtask build` (or `cargo xtask iso`)";
 
 /// The boot files inside a root filesystem or layer at `root`.
-pub fn tftp_dir(root: &Path) -> PathBuf {
+pub(crate) fn tftp_dir(root: &Path) -> PathBuf {
     root.join(TFTP_DIR.trim_start_matches('/'))
 }
 
 /// What a running node1 at `root` serves by TFTP ([`SERVED_DIR`]).
-pub fn served_dir(root: &Path) -> PathBuf {
+pub(crate) fn served_dir(root: &Path) -> PathBuf {
     root.join(SERVED_DIR.trim_start_matches('/'))
 }
 
@@ -169,37 +169,37 @@ impl Layout {
         }
     }
 
-    pub fn logs(&self) -> PathBuf {
+    pub(crate) fn logs(&self) -> PathBuf {
         self.build.join("logs")
     }
-    pub fn log(&self, stage: &str) -> PathBuf {
+    pub(crate) fn log(&self, stage: &str) -> PathBuf {
         self.logs().join(format!("{stage}.log"))
     }
-    pub fn stamps(&self) -> PathBuf {
+    pub(crate) fn stamps(&self) -> PathBuf {
         self.build.join("stamps")
     }
     pub fn stamp(&self, stage: &str) -> PathBuf {
         self.stamps().join(format!("{stage}.json"))
     }
     /// The lock one run at a time holds on the build dir.
-    pub fn lock(&self) -> PathBuf {
+    pub(crate) fn lock(&self) -> PathBuf {
         self.build.join(".lock")
     }
     /// Where a root filesystem is built.
-    pub fn root(&self, root: Root) -> PathBuf {
+    pub(crate) fn root(&self, root: Root) -> PathBuf {
         self.build.join("roots").join(root.name())
     }
     /// Where the kernel stage leaves the node kernel (and its initrd,
     /// config, System.map, release) for node1's TFTP root.
-    pub fn staged_kernel(&self) -> PathBuf {
+    pub(crate) fn staged_kernel(&self) -> PathBuf {
         self.build.join("kernel")
     }
     /// Where the kernel's sources are unpacked and built; never in the image.
-    pub fn kernel_work(&self) -> PathBuf {
+    pub(crate) fn kernel_work(&self) -> PathBuf {
         self.build.join("kernel-work")
     }
     /// Where the static nodes userland is compiled; never in the image.
-    pub fn userland_work(&self) -> PathBuf {
+    pub(crate) fn userland_work(&self) -> PathBuf {
         self.build.join("userland-work")
     }
     /// The node1 stage's layers: `node1/` over node1's root, `nodes/` over the nodes'.
@@ -207,53 +207,53 @@ impl Layout {
         self.build.join("node1")
     }
     /// The layer over a root.
-    pub fn layer(&self, root: Root) -> PathBuf {
+    pub(crate) fn layer(&self, root: Root) -> PathBuf {
         self.layers().join(root.name())
     }
     /// The cluster user's password, readable by root only.
-    pub fn credentials(&self) -> PathBuf {
+    pub(crate) fn credentials(&self) -> PathBuf {
         self.build.join("credentials")
     }
     /// The cluster user's generated secrets, kept between node1 runs.
-    pub fn credentials_dir(&self) -> PathBuf {
+    pub(crate) fn credentials_dir(&self) -> PathBuf {
         self.build.join("credentials.d")
     }
     /// The iso stage's scratch: the ISO tree and the stacked roots.
-    pub fn iso_tree(&self) -> PathBuf {
+    pub(crate) fn iso_tree(&self) -> PathBuf {
         self.build.join("iso-tree")
     }
-    pub fn iso_stacks(&self) -> PathBuf {
+    pub(crate) fn iso_stacks(&self) -> PathBuf {
         self.build.join("iso-stacks")
     }
     /// The iso stage's image of the roots, kept while the roots are unchanged.
-    pub fn iso_roots(&self) -> PathBuf {
+    pub(crate) fn iso_roots(&self) -> PathBuf {
         self.build.join("iso-roots")
     }
     /// The image and its `.sha256`.
-    pub fn image(&self, spec: &IsoSpec) -> (PathBuf, PathBuf) {
+    pub(crate) fn image(&self, spec: &IsoSpec) -> (PathBuf, PathBuf) {
         (
             self.out.join(&spec.output),
             self.out.join(format!("{}.sha256", spec.output)),
         )
     }
     /// The boot test's consoles, captures and report.
-    pub fn qemu(&self) -> PathBuf {
+    pub(crate) fn qemu(&self) -> PathBuf {
         self.build.join("qemu")
     }
     /// The UEFI boot test's (from a stick), beside the BIOS one's.
-    pub fn qemu_uefi(&self) -> PathBuf {
+    pub(crate) fn qemu_uefi(&self) -> PathBuf {
         self.build.join("qemu-uefi")
     }
     /// The reports the bench reads its boot times from: the BIOS boot
     /// test's and the UEFI one's.
-    pub fn boot_reports(&self) -> Vec<PathBuf> {
+    pub(crate) fn boot_reports(&self) -> Vec<PathBuf> {
         vec![
             self.qemu().join("report.json"),
             self.qemu_uefi().join("report.json"),
         ]
     }
     /// A path shown relative to the project when it is inside it.
-    pub fn show(&self, path: &Path) -> String {
+    pub(crate) fn show(&self, path: &Path) -> String {
         path.strip_prefix(&self.project)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| path.display().to_string())

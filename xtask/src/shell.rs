@@ -21,9 +21,9 @@ use crate::interrupt::{self, ChildGuard, Interrupted};
 #[derive(Debug, thiserror::Error)]
 #[error("`{command}` failed ({status})")]
 pub(crate) struct CommandFailed {
-    pub command: String,
-    pub status: String,
-    pub log: PathBuf,
+    pub(crate) command: String,
+    pub(crate) status: String,
+    pub(crate) log: PathBuf,
 }
 
 /// A command stopped because another branch of the same stage failed.
@@ -49,7 +49,7 @@ pub struct StageShell {
 
 impl StageShell {
     /// Opens (truncates) `log_path`: each run of a stage gets a fresh log.
-    pub fn new(name: &str, log_path: &Path, tee: bool) -> Result<StageShell> {
+    pub(crate) fn new(name: &str, log_path: &Path, tee: bool) -> Result<StageShell> {
         if let Some(dir) = log_path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -71,7 +71,7 @@ impl StageShell {
     /// A shell for work that runs beside the stage's other work, on another
     /// thread: it logs into the same log, each line marked `[name]`, and
     /// has a spinner line of its own.
-    pub fn branch(&self, name: &str) -> Result<StageShell> {
+    pub(crate) fn branch(&self, name: &str) -> Result<StageShell> {
         Ok(StageShell {
             compiled: Arc::default(),
             sh: Shell::new().context("starting a shell")?,
@@ -86,7 +86,7 @@ impl StageShell {
 
     /// Stops the stage's other branches: a command of theirs that is
     /// running is terminated, and the next one does not start ([`Stopped`]).
-    pub fn stop_branches(&self) {
+    pub(crate) fn stop_branches(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -99,12 +99,12 @@ impl StageShell {
         &self.sh
     }
 
-    pub fn log_path(&self) -> &Path {
+    pub(crate) fn log_path(&self) -> &Path {
         &self.log_path
     }
 
     /// Announces the next step: one line on the terminal and in the log.
-    pub fn step(&self, what: &str) {
+    pub(crate) fn step(&self, what: &str) {
         self.write_log(&format!("==> {what}"));
         self.compiled.store(0, std::sync::atomic::Ordering::Relaxed);
         self.progress.step(what);
@@ -112,7 +112,7 @@ impl StageShell {
 
     /// The last `n` lines this shell wrote into the log: a branch's own
     /// (without its mark), not the other branches'.
-    pub fn own_log_tail(&self, n: usize) -> Vec<String> {
+    pub(crate) fn own_log_tail(&self, n: usize) -> Vec<String> {
         let mark = self.mark();
         let mut own: Vec<String> = log_tail(&self.log_path, usize::MAX)
             .into_iter()
@@ -123,7 +123,7 @@ impl StageShell {
     }
 
     /// A line for the log only.
-    pub fn note(&self, line: &str) {
+    pub(crate) fn note(&self, line: &str) {
         self.write_log(line);
     }
 
@@ -133,7 +133,7 @@ impl StageShell {
     }
 
     /// Runs a command and returns its standard output (stderr goes to the log).
-    pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
+    pub(crate) fn read(&self, cmd: Cmd<'_>) -> Result<String> {
         let mut out = Vec::new();
         self.exec(cmd, Some(&mut out), None, true)?;
         Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
@@ -141,7 +141,7 @@ impl StageShell {
 
     /// Runs a command like [`run`](Self::run) (output streamed to the log and,
     /// with tee, the terminal) and also returns all it printed.
-    pub fn run_collect(&self, cmd: Cmd<'_>) -> Result<String> {
+    pub(crate) fn run_collect(&self, cmd: Cmd<'_>) -> Result<String> {
         let seen = Arc::new(Mutex::new(String::new()));
         self.exec(cmd, None, Some(&seen), true)?;
         let text = seen.lock().map(|s| s.clone()).unwrap_or_default();
@@ -152,7 +152,7 @@ impl StageShell {
     /// `patch --dry-run`, say): whether it succeeded, and all it printed.
     /// Only what stops everything (Ctrl-C, a command that cannot start)
     /// is an error.
-    pub fn try_collect(&self, cmd: Cmd<'_>) -> Result<(bool, String)> {
+    pub(crate) fn try_collect(&self, cmd: Cmd<'_>) -> Result<(bool, String)> {
         let seen = Arc::new(Mutex::new(String::new()));
         let ok = self.exec(cmd, None, Some(&seen), false)?;
         let text = seen.lock().map(|s| s.clone()).unwrap_or_default();
@@ -312,7 +312,7 @@ impl StageShell {
     }
 
     /// Stops the spinner; call when the stage is over.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.progress.finish();
     }
 }

@@ -53,7 +53,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked> {
 /// Unpacks `archive` into `parent`, naming the tree as the archive does:
 /// its single top-level directory (`kerrighed-2.4.4/…`), else the
 /// archive's file name without `.tar.gz`, `.tar.bz2`, … Returns the tree.
-pub fn unpack_named(archive: &Path, parent: &Path) -> Result<PathBuf> {
+pub(crate) fn unpack_named(archive: &Path, parent: &Path) -> Result<PathBuf> {
     let staging = parent.join(".unpacking");
     let unpacked = unpack(archive, &staging)?;
     let name = unpacked.top.unwrap_or_else(|| archive_stem(archive));

@@ -31,13 +31,13 @@ impl<'a> Inputs<'a> {
     }
 
     /// A value, typically a profile section: `inputs.value("profile [nodes]", &p.nodes)`.
-    pub fn value(&mut self, key: &str, value: &impl Serialize) {
+    pub(crate) fn value(&mut self, key: &str, value: &impl Serialize) {
         let bytes = serde_json::to_vec(value).unwrap_or_else(|e| e.to_string().into_bytes());
         self.digests.insert(key.to_owned(), sha256_hex(&bytes));
     }
 
     /// A file's content and mode. A missing file is an input too ("missing").
-    pub fn file(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn file(&mut self, path: &Path) -> Result<()> {
         let key = format!("file {}", self.layout.show(path));
         let digest = match fs::symlink_metadata(path) {
             Ok(meta) => entry_digest(path, &meta)?,
@@ -50,7 +50,7 @@ impl<'a> Inputs<'a> {
 
     /// Every file, symlink and directory under `dir`, one input each, so a
     /// change names the file that changed.
-    pub fn tree(&mut self, dir: &Path) -> Result<()> {
+    pub(crate) fn tree(&mut self, dir: &Path) -> Result<()> {
         let shown = self.layout.show(dir);
         if !dir.exists() {
             self.digests
@@ -80,7 +80,7 @@ impl<'a> Inputs<'a> {
 
     /// An output of an earlier stage. The digest is that output's generation:
     /// it changes each time the earlier stage rebuilds it.
-    pub fn output_of(&mut self, product: Product) {
+    pub(crate) fn output_of(&mut self, product: Product) {
         self.upstream.push((product.stage, product.name));
     }
 }

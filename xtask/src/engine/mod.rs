@@ -15,9 +15,9 @@ mod stamp;
 use crate::bytes::sha256_hex;
 pub use inputs::Inputs;
 pub use plan::{Action, Plan, PlanStep, State};
-pub use space::SpaceNeed;
+pub(crate) use space::SpaceNeed;
 pub use stage::{Output, OutputKind, Stage, StageRun, MIB};
-pub use stamp::{OutputRecord, Stamp};
+pub(crate) use stamp::{OutputRecord, Stamp};
 
 use inputs::{inputs_digest, output_key};
 use lock::BuildLock;
@@ -76,7 +76,7 @@ fn because(causes: &[String]) -> String {
 
 /// The stages of a pipeline, in order, over one layout.
 pub struct Engine {
-    pub layout: Layout,
+    pub(crate) layout: Layout,
     stages: Vec<Box<dyn Stage>>,
 }
 
@@ -92,7 +92,7 @@ impl Engine {
         Engine { layout, stages }
     }
 
-    pub fn stage_names(&self) -> Vec<&'static str> {
+    pub(crate) fn stage_names(&self) -> Vec<&'static str> {
         self.stages.iter().map(|s| s.name()).collect()
     }
 
@@ -421,7 +421,6 @@ impl Engine {
         shell.note(&format!("stage {name}: {}", stage.about()));
         let mut run = StageRun {
             shell: &shell,
-            layout: &self.layout,
             outputs: slots,
             kept: BTreeSet::new(),
             inputs: &current.digests,

@@ -14,7 +14,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             State::Done => "done",
             State::Stale(_) => "stale",
@@ -34,7 +34,7 @@ pub enum Action {
 
 #[derive(Debug, Clone)]
 pub struct PlanStep {
-    pub stage: &'static str,
+    pub(crate) stage: &'static str,
     pub action: Action,
 }
 
@@ -48,7 +48,7 @@ pub struct Plan {
 
 impl Plan {
     /// The first stage that cannot run, and why, as one sentence.
-    pub fn blocked(&self) -> Option<String> {
+    pub(crate) fn blocked(&self) -> Option<String> {
         self.steps.iter().find_map(|s| match &s.action {
             Action::Blocked(why) => Some(format!("{} {why}", s.stage)),
             _ => None,

@@ -18,22 +18,22 @@ use crate::bytes::human_bytes;
 
 /// Room one stage needs at one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpaceNeed {
-    pub stage: &'static str,
+pub(crate) struct SpaceNeed {
+    pub(crate) stage: &'static str,
     /// Where it writes: an output, or a working directory.
-    pub path: PathBuf,
-    pub bytes: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) bytes: u64,
 }
 
 /// A file system, as seen from the nearest existing directory of a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FileSystem {
     /// `st_dev` of that directory.
-    pub device: u64,
+    pub(crate) device: u64,
     /// The directory it was looked at from.
-    pub seen_at: PathBuf,
+    pub(crate) seen_at: PathBuf,
     /// Bytes an unprivileged writer may still use.
-    pub free: u64,
+    pub(crate) free: u64,
 }
 
 /// `path`, or its nearest ancestor that exists.

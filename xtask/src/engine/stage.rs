@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::host::HostTool;
-use crate::layout::Layout;
 use crate::shell::StageShell;
 
 use super::Inputs;
@@ -23,11 +22,11 @@ pub enum OutputKind {
 #[derive(Debug, Clone)]
 pub struct Output {
     pub name: &'static str,
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     pub kind: OutputKind,
     /// Its size on a first build, for the disk-space check (later builds
     /// use the size the last stamp recorded).
-    pub estimate: u64,
+    pub(crate) estimate: u64,
 }
 
 impl Output {
@@ -39,7 +38,7 @@ impl Output {
             estimate: 0,
         }
     }
-    pub fn file(name: &'static str, path: PathBuf) -> Output {
+    pub(crate) fn file(name: &'static str, path: PathBuf) -> Output {
         Output {
             name,
             path,
@@ -48,7 +47,7 @@ impl Output {
         }
     }
     /// About `bytes` on a first build.
-    pub fn estimate(mut self, bytes: u64) -> Output {
+    pub(crate) fn estimate(mut self, bytes: u64) -> Output {
         self.estimate = bytes;
         self
     }
@@ -107,7 +106,6 @@ pub trait Stage {
 /// The handle a running stage gets: where to put outputs, how to run commands.
 pub struct StageRun<'a> {
     pub shell: &'a StageShell,
-    pub layout: &'a Layout,
     pub(super) outputs: BTreeMap<&'static str, (PathBuf, PathBuf)>,
     pub(super) kept: BTreeSet<&'static str>,
     pub(super) inputs: &'a BTreeMap<String, String>,
@@ -124,13 +122,13 @@ impl StageRun<'_> {
     }
 
     /// The output as the previous successful run left it, if any.
-    pub fn previous(&self, name: &str) -> Option<&Path> {
+    pub(crate) fn previous(&self, name: &str) -> Option<&Path> {
         let (_, dest) = self.outputs.get(name)?;
         dest.exists().then_some(dest.as_path())
     }
 
     /// Leave output `name` as the previous run made it (it did not need rebuilding).
-    pub fn keep(&mut self, name: &'static str) -> Result<()> {
+    pub(crate) fn keep(&mut self, name: &'static str) -> Result<()> {
         if self.previous(name).is_none() {
             bail!("internal: cannot keep `{name}`: there is no previous one");
         }
@@ -144,7 +142,7 @@ impl StageRun<'_> {
 
     /// One digest of some of this run's inputs and the recipe: what a
     /// cache the stage keeps between runs was made from.
-    pub fn digest_of(&self, keys: &[&str]) -> String {
+    pub(crate) fn digest_of(&self, keys: &[&str]) -> String {
         let chosen = self
             .with_recipe(keys)
             .map(|k| {
@@ -158,7 +156,7 @@ impl StageRun<'_> {
     /// Whether these inputs (keys as declared, e.g. `profile [nodes]`) and
     /// the stage's recipe are what they were when the previous run
     /// succeeded: an output made only from them can be kept.
-    pub fn unchanged(&self, keys: &[&str]) -> bool {
+    pub(crate) fn unchanged(&self, keys: &[&str]) -> bool {
         let Some(prev) = self.previous_inputs else {
             return false;
         };

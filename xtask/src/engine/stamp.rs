@@ -10,28 +10,28 @@ use serde::{Deserialize, Serialize};
 /// Written after a stage completed: what it was built from and what it made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stamp {
-    pub format: u32,
-    pub stage: String,
-    pub digest: String,
-    pub inputs: BTreeMap<String, String>,
-    pub outputs: BTreeMap<String, OutputRecord>,
-    pub finished_unix: u64,
-    pub seconds: f64,
+    pub(crate) format: u32,
+    pub(crate) stage: String,
+    pub(crate) digest: String,
+    pub(crate) inputs: BTreeMap<String, String>,
+    pub(crate) outputs: BTreeMap<String, OutputRecord>,
+    pub(crate) finished_unix: u64,
+    pub(crate) seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutputRecord {
-    pub path: PathBuf,
+pub(crate) struct OutputRecord {
+    pub(crate) path: PathBuf,
     /// Changes each time the output is rebuilt; later stages depend on it.
-    pub generation: String,
-    pub bytes: u64,
-    pub files: u64,
+    pub(crate) generation: String,
+    pub(crate) bytes: u64,
+    pub(crate) files: u64,
 }
 
 pub(super) const STAMP_FORMAT: u32 = 1;
 
 impl Stamp {
-    pub fn load(path: &Path) -> Option<Stamp> {
+    pub(crate) fn load(path: &Path) -> Option<Stamp> {
         let text = fs::read(path).ok()?;
         serde_json::from_slice::<Stamp>(&text)
             .ok()

@@ -19,14 +19,14 @@ use crate::shell::StageShell;
 
 /// What the user logs in with, once decided for this build dir.
 pub(crate) struct Credentials {
-    pub user: String,
+    pub(crate) user: String,
     /// crypt(3) hash, or `!` (no password login: keys only).
-    pub password_hash: String,
+    pub(crate) password_hash: String,
     /// Set when krgiso made the password: shown at the end of the build.
-    pub generated_password: Option<String>,
+    pub(crate) generated_password: Option<String>,
     /// The cluster key pair (RSA: lenny's OpenSSH 5.1 knows no ed25519).
-    pub private_key: PathBuf,
-    pub public_key: String,
+    pub(crate) private_key: PathBuf,
+    pub(crate) public_key: String,
 }
 
 impl Credentials {

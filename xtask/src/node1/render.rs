@@ -45,9 +45,9 @@ pub(crate) const HTTP_USER: &str = "www-data";
 /// The files the nodes boot over HTTP, as the kernel stage staged them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BootFiles {
-    pub kind: KernelKind,
-    pub kernel: String,
-    pub initrd: Option<String>,
+    pub(crate) kind: KernelKind,
+    pub(crate) kernel: String,
+    pub(crate) initrd: Option<String>,
 }
 
 impl BootFiles {

@@ -29,46 +29,46 @@ pub struct Profile {
     /// Why this profile has never been built end to end, when it has not:
     /// said at the start of every command that uses it.
     #[serde(default)]
-    pub untested: Option<String>,
+    pub(crate) untested: Option<String>,
     /// The live system on the USB stick (node1).
-    pub node1: RootSpec,
+    pub(crate) node1: RootSpec,
     /// The root the PXE nodes mount over NFS.
-    pub nodes: RootSpec,
+    pub(crate) nodes: RootSpec,
     /// Where the kernel is compiled with `kernel.toolchain = "current"`: a
     /// root of its own (current Debian, the nodes' architecture), never
     /// part of the image.
     #[serde(default)]
-    pub buildroot: Option<RootSpec>,
-    pub kernel: KernelSpec,
+    pub(crate) buildroot: Option<RootSpec>,
+    pub(crate) kernel: KernelSpec,
     #[serde(default)]
-    pub sources: Vec<Source>,
-    pub network: Network,
-    pub cluster: Cluster,
-    pub iso: IsoSpec,
+    pub(crate) sources: Vec<Source>,
+    pub(crate) network: Network,
+    pub(crate) cluster: Cluster,
+    pub(crate) iso: IsoSpec,
     /// node1's status page.
     #[serde(default)]
-    pub status: StatusSpec,
+    pub(crate) status: StatusSpec,
 }
 
 /// node1's status page (`[status]`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StatusSpec {
+pub(crate) struct StatusSpec {
     /// Where it answers: the cluster link only (default), or every link.
     #[serde(default)]
-    pub listen: Listen,
+    pub(crate) listen: Listen,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Listen {
+pub(crate) enum Listen {
     #[default]
     Cluster,
     All,
 }
 
 impl Listen {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Listen::Cluster => "cluster",
             Listen::All => "all",
@@ -79,38 +79,38 @@ impl Listen {
 /// One debootstrapped root filesystem.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RootSpec {
-    pub suite: String,
-    pub arch: String,
-    pub mirror: String,
+pub(crate) struct RootSpec {
+    pub(crate) suite: String,
+    pub(crate) arch: String,
+    pub(crate) mirror: String,
     /// debootstrap `--variant`; absent means debootstrap's default.
     #[serde(default)]
-    pub variant: Option<Variant>,
+    pub(crate) variant: Option<Variant>,
     #[serde(default = "default_components")]
-    pub components: Vec<String>,
+    pub(crate) components: Vec<String>,
     /// Keyring that verifies the suite's Release file.
     #[serde(default)]
-    pub keyring: Option<PathBuf>,
+    pub(crate) keyring: Option<PathBuf>,
     /// Accept an archive whose signature cannot be checked. Never implied.
     #[serde(default)]
-    pub allow_unsigned: bool,
+    pub(crate) allow_unsigned: bool,
     /// How `packages` get in: apt in the chroot after debootstrap, or
     /// debootstrap's own `--include` (verified against the Release file
     /// even where the suite's own apt would call its expired key invalid).
     #[serde(default)]
-    pub install: InstallMethod,
+    pub(crate) install: InstallMethod,
     /// What the root's programs are: Debian's (debootstrap, `packages`
     /// installed from `mirror`), or, for the nodes of a 2.6.20 kernel that
     /// current glibc refuses, static programs built against musl in the
     /// build root from the Debian *source* packages `packages`.
     #[serde(default, skip_serializing_if = "Userland::is_debian")]
-    pub userland: Userland,
-    pub packages: Vec<String>,
+    pub(crate) userland: Userland,
+    pub(crate) packages: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Userland {
+pub(crate) enum Userland {
     #[default]
     Debian,
     Static,
@@ -123,11 +123,11 @@ impl Userland {
 }
 
 /// The source packages a static userland knows how to build.
-pub const STATIC_PACKAGES: &[&str] = &["busybox", "dropbear"];
+pub(crate) const STATIC_PACKAGES: &[&str] = &["busybox", "dropbear"];
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum InstallMethod {
+pub(crate) enum InstallMethod {
     #[default]
     Apt,
     Include,
@@ -139,13 +139,13 @@ fn default_components() -> Vec<String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Variant {
+pub(crate) enum Variant {
     Minbase,
     Buildd,
 }
 
 impl Variant {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Variant::Minbase => "minbase",
             Variant::Buildd => "buildd",
@@ -155,32 +155,32 @@ impl Variant {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KernelSpec {
-    pub kind: KernelKind,
+pub(crate) struct KernelSpec {
+    pub(crate) kind: KernelKind,
     /// Config fragment merged over `make defconfig` (kind = "kerrighed").
     #[serde(default)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The compiler inside the root the kernel is built in, e.g. `gcc-4.1`
     /// (kind = "kerrighed").
     #[serde(default)]
-    pub cc: Option<String>,
+    pub(crate) cc: Option<String>,
     /// Which toolchain builds the kerrighed kernel: the nodes root's own
     /// (`era`), or a current Debian build root's with `patches` (`current`).
     #[serde(default)]
-    pub toolchain: Toolchain,
+    pub(crate) toolchain: Toolchain,
     /// A directory of patch files (`*.patch`, applied in name order with
     /// `patch -p1` at the top of the kerrighed tree once it has made its
     /// patched kernel): what a current compiler needs of a 2007 tree.
     #[serde(default)]
-    pub patches: Option<PathBuf>,
+    pub(crate) patches: Option<PathBuf>,
     /// Extra arguments to kerrighed's `./configure`.
     #[serde(default)]
-    pub configure_args: Vec<String>,
+    pub(crate) configure_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Toolchain {
+pub(crate) enum Toolchain {
     /// The nodes root's own compiler, make and binutils (lenny's gcc-4.1).
     #[default]
     Era,
@@ -190,7 +190,7 @@ pub enum Toolchain {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum KernelKind {
+pub(crate) enum KernelKind {
     /// linux-2.6.20 + kerrighed-2.4.1, built in the nodes root.
     Kerrighed,
     /// The nodes root's own Debian kernel with an NFS-root initramfs.
@@ -211,43 +211,43 @@ pub struct Source {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Network {
+pub(crate) struct Network {
     /// An interface name, or `auto`: the wired interface that is not the uplink.
-    pub cluster_iface: String,
+    pub(crate) cluster_iface: String,
     /// node1's address on the cluster link.
-    pub address: Ipv4Cidr,
-    pub dhcp_range: DhcpRange,
+    pub(crate) address: Ipv4Cidr,
+    pub(crate) dhcp_range: DhcpRange,
     /// NAT the cluster link out through the uplink.
     #[serde(default)]
-    pub gateway: bool,
+    pub(crate) gateway: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// Kerrighed session id, 1..=254.
-    pub session: u8,
+    pub(crate) session: u8,
     /// Nodes that must be up before the cluster starts by itself.
-    pub nbmin: u16,
-    pub user: String,
+    pub(crate) nbmin: u16,
+    pub(crate) user: String,
     /// crypt(3) hash (`mkpasswd -m sha-512`); never a clear-text password.
     #[serde(default)]
-    pub password_hash: Option<String>,
+    pub(crate) password_hash: Option<String>,
     #[serde(default)]
-    pub authorized_keys: Vec<String>,
+    pub(crate) authorized_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IsoSpec {
-    pub volume: String,
+pub(crate) struct IsoSpec {
+    pub(crate) volume: String,
     #[serde(default = "default_compression")]
-    pub compression: Compression,
-    pub output: String,
+    pub(crate) compression: Compression,
+    pub(crate) output: String,
     /// Keep man pages, info, changelogs, READMEs and translations in the
     /// images (default: leave them out, the cluster does not read them).
     #[serde(default)]
-    pub docs: bool,
+    pub(crate) docs: bool,
 }
 
 fn default_compression() -> Compression {
@@ -256,20 +256,20 @@ fn default_compression() -> Compression {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Compression {
+pub(crate) enum Compression {
     Zstd,
     Xz,
 }
 
 /// An IPv4 address with its prefix length, written `10.77.0.1/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
+pub(crate) struct Ipv4Cidr {
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) prefix: u8,
 }
 
 impl Ipv4Cidr {
-    pub fn netmask(self) -> Ipv4Addr {
+    pub(crate) fn netmask(self) -> Ipv4Addr {
         let bits = if self.prefix == 0 {
             0
         } else {
@@ -277,13 +277,13 @@ impl Ipv4Cidr {
         };
         Ipv4Addr::from(bits)
     }
-    pub fn network(self) -> Ipv4Addr {
+    pub(crate) fn network(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
     }
-    pub fn broadcast(self) -> Ipv4Addr {
+    pub(crate) fn broadcast(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.netmask()))
     }
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network())
     }
 }
@@ -314,13 +314,13 @@ impl fmt::Display for Ipv4Cidr {
 
 /// The addresses handed to nodes, written `10.77.0.100-10.77.0.199`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DhcpRange {
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
+pub(crate) struct DhcpRange {
+    pub(crate) start: Ipv4Addr,
+    pub(crate) end: Ipv4Addr,
 }
 
 impl DhcpRange {
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(self, ip: Ipv4Addr) -> bool {
         (u32::from(self.start)..=u32::from(self.end)).contains(&u32::from(ip))
     }
 }
@@ -378,7 +378,7 @@ pub struct ProfileError {
     pub key: String,
     /// 1-based; 0 when unknown.
     pub line: usize,
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ProfileError {
@@ -399,7 +399,7 @@ impl ProfileError {
 /// Where a profile name or path points: `smoke` → `<project>/profiles/smoke.toml`.
 /// The profile `--profile` defaults to: the Kerrighed 2.4.4 cluster, built
 /// with a current toolchain, the one CI builds and boots.
-pub const DEFAULT: &str = "kerrighed-2.4.4";
+pub(crate) const DEFAULT: &str = "kerrighed-2.4.4";
 
 /// Names profiles had before the default became kerrighed-2.4.4, with what
 /// to say to someone who still types them.
@@ -415,7 +415,7 @@ the lenny + gcc-4.1 + kerrighed-2.4.1 one is `kerrighed-2.4.1-lenny`",
     ),
 ];
 
-pub fn resolve(name_or_path: &str, project: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve(name_or_path: &str, project: &Path) -> anyhow::Result<PathBuf> {
     let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");
     let path = if looks_like_path {
         PathBuf::from(name_or_path)
@@ -438,7 +438,7 @@ pub fn resolve(name_or_path: &str, project: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Names of the profiles under `<project>/profiles/`.
-pub fn known_profiles(project: &Path) -> Vec<String> {
+pub(crate) fn known_profiles(project: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(project.join("profiles"))
         .into_iter()
         .flatten()
@@ -526,7 +526,7 @@ impl Profile {
     }
 
     /// Things to say on every run that uses this profile.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let untested = self.untested.as_ref().map(|why| {
             format!("this profile has never been built end to end ({why}); the default profile, {DEFAULT}, is the one proven in CI")
         });
@@ -547,7 +547,7 @@ impl Profile {
     /// and the build root when there is one.
     /// In the order they are built: a static nodes root is built in the
     /// build root, so after it.
-    pub fn roots(&self) -> Vec<(&'static str, &RootSpec)> {
+    pub(crate) fn roots(&self) -> Vec<(&'static str, &RootSpec)> {
         let mut roots = vec![("node1", &self.node1)];
         if let Some(build) = &self.buildroot {
             roots.push(("buildroot", build));
@@ -557,7 +557,7 @@ impl Profile {
     }
 
     /// Looks up a source by name.
-    pub fn source(&self, name: &str) -> Option<&Source> {
+    pub(crate) fn source(&self, name: &str) -> Option<&Source> {
         self.sources.iter().find(|s| s.name == name)
     }
 }

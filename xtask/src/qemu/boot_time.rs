@@ -10,29 +10,29 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct BootTime {
     /// `systemd-analyze time`'s first line.
-    pub summary: String,
+    pub(crate) summary: String,
     /// From the unit asked about down to the first unit of the boot.
-    pub critical_chain: Vec<ChainLink>,
+    pub(crate) critical_chain: Vec<ChainLink>,
     /// `systemd-analyze blame`: the units that took longest, slowest first.
-    pub slowest: Vec<UnitTime>,
+    pub(crate) slowest: Vec<UnitTime>,
     /// Units still starting when the boot had not finished 30 s after
     /// multi-user.target (`systemctl list-jobs`).
-    pub unfinished: Vec<String>,
+    pub(crate) unfinished: Vec<String>,
 }
 
 /// One unit of the critical chain: when it became active (seconds since
 /// the kernel handed over to init) and how long it took to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ChainLink {
-    pub unit: String,
-    pub at: Option<f64>,
-    pub took: Option<f64>,
+    pub(crate) unit: String,
+    pub(crate) at: Option<f64>,
+    pub(crate) took: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct UnitTime {
-    pub unit: String,
-    pub seconds: f64,
+    pub(crate) unit: String,
+    pub(crate) seconds: f64,
 }
 
 /// Where node1's `krgiso-boot-time` leaves its files.

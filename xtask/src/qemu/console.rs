@@ -28,8 +28,8 @@ pub(crate) struct Console {
 /// A line found in the transcript: its text and where it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Found {
-    pub line: String,
-    pub end: usize,
+    pub(crate) line: String,
+    pub(crate) end: usize,
 }
 
 impl Console {

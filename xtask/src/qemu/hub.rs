@@ -21,7 +21,7 @@ use crate::interrupt::lock;
 /// A packet seen on the link.
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
-    pub packet: Packet,
+    pub(crate) packet: Packet,
 }
 
 pub(crate) struct Hub {

@@ -111,24 +111,24 @@ pub(super) enum Detail {
 /// A bench target read from a boot test's report (bench.rs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct BenchTarget {
-    pub what: &'static str,
+    pub(crate) what: &'static str,
     /// The target, in seconds from the VM's power-on (2-core machine, TCG).
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// The boot test it is read from ("Bios", "Uefi").
-    pub firmware: &'static str,
+    pub(crate) firmware: &'static str,
     /// The VM it is read from; None: the last node to reach it.
-    pub vm: Option<&'static str>,
+    pub(crate) vm: Option<&'static str>,
 }
 
 /// Everything a milestone needs, in one place: a new milestone is one new
 /// arm in [`Milestone::spec`], which the compiler asks for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Spec {
-    pub label: &'static str,
+    pub(crate) label: &'static str,
     pub(super) sign: Sign,
     /// Shown, from power-on, in the test parts' timings.
-    pub timed: bool,
-    pub bench: &'static [BenchTarget],
+    pub(crate) timed: bool,
+    pub(crate) bench: &'static [BenchTarget],
 }
 
 const fn line(pattern: &'static str, detail: Detail) -> Sign {
@@ -444,12 +444,12 @@ impl NodesBoot {
 /// A milestone reached: seconds since the VM's power-on and since the start.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Reached {
-    pub vm: String,
-    pub milestone: Milestone,
-    pub label: &'static str,
-    pub since_power_on: f64,
-    pub since_start: f64,
-    pub detail: String,
+    pub(crate) vm: String,
+    pub(crate) milestone: Milestone,
+    pub(crate) label: &'static str,
+    pub(crate) since_power_on: f64,
+    pub(crate) since_start: f64,
+    pub(crate) detail: String,
 }
 
 /// A VM powered on again during a run, not by the test's plan (a KVM that
@@ -457,26 +457,26 @@ pub(crate) struct Reached {
 /// that needed it is never read as a clean one.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PoweredOnAgain {
-    pub vm: String,
-    pub why: String,
-    pub since_start: f64,
+    pub(crate) vm: String,
+    pub(crate) why: String,
+    pub(crate) since_start: f64,
 }
 
 /// What the boot test saw.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
-    pub firmware: String,
-    pub accel: String,
-    pub nodes: u32,
-    pub reached: Vec<Reached>,
-    pub node1_status: String,
-    pub leases: BTreeMap<String, String>,
-    pub seconds: f64,
+    pub(crate) firmware: String,
+    pub(crate) accel: String,
+    pub(crate) nodes: u32,
+    pub(crate) reached: Vec<Reached>,
+    pub(crate) node1_status: String,
+    pub(crate) leases: BTreeMap<String, String>,
+    pub(crate) seconds: f64,
     /// Where each VM's boot went, as its init measured it (node1, and one
     /// node when the nodes run systemd).
-    pub boot_times: BTreeMap<String, BootTime>,
+    pub(crate) boot_times: BTreeMap<String, BootTime>,
     /// Every VM powered on again, and why.
-    pub powered_on_again: Vec<PoweredOnAgain>,
+    pub(crate) powered_on_again: Vec<PoweredOnAgain>,
 }
 
 /// One VM and how far it got.

@@ -73,29 +73,29 @@ const NODE_REPORTS: &str = "var/lib/krgiso/nodes";
 /// What to boot and how.
 #[derive(Debug, Clone)]
 pub(crate) struct BootTest {
-    pub iso: PathBuf,
+    pub(crate) iso: PathBuf,
     /// Boot node1 from this USB stick image (`usb --allow-file` writes
     /// one) instead of the ISO as a CD.
-    pub stick: Option<PathBuf>,
+    pub(crate) stick: Option<PathBuf>,
     /// build/qemu: logs, consoles, captures, report.json.
-    pub dir: PathBuf,
-    pub nodes: u32,
-    pub firmware: Firmware,
-    pub accel: Accel,
-    pub timeout: Duration,
-    pub keep: bool,
-    pub network: Network,
+    pub(crate) dir: PathBuf,
+    pub(crate) nodes: u32,
+    pub(crate) firmware: Firmware,
+    pub(crate) accel: Accel,
+    pub(crate) timeout: Duration,
+    pub(crate) keep: bool,
+    pub(crate) network: Network,
     /// Where node1 exports the nodes' root.
-    pub export_dir: String,
+    pub(crate) export_dir: String,
     /// The cluster user and password, to log in on node1's console.
-    pub login: (String, String),
+    pub(crate) login: (String, String),
     /// What the nodes boot, and so which milestones they must pass.
-    pub nodes_boot: NodesBoot,
+    pub(crate) nodes_boot: NodesBoot,
     /// Whether Chromium renders node1's status page into a screenshot.
-    pub screenshot: Screenshot,
+    pub(crate) screenshot: Screenshot,
     /// After the checks, power node1 off and on again (it keeps what
     /// KRGISO-DATA holds), then each node: the same addresses, nothing lost.
-    pub reboot: bool,
+    pub(crate) reboot: bool,
 }
 
 /// The status page in a browser: always in `cargo xtask test` (which

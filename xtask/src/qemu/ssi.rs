@@ -35,9 +35,9 @@ const RECORD: &str = ".krgiso-ssi";
 /// What the job last wrote: its PID, its counter, the node it ran on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Record {
-    pub pid: u32,
-    pub count: u64,
-    pub node: String,
+    pub(crate) pid: u32,
+    pub(crate) count: u64,
+    pub(crate) node: String,
 }
 
 impl Record {

@@ -22,13 +22,13 @@ pub(crate) const QEMU_I386: &str = "qemu-system-i386";
 pub(crate) const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Accel {
+pub(crate) enum Accel {
     Tcg,
     Kvm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Firmware {
+pub(crate) enum Firmware {
     /// SeaBIOS, QEMU's default
     Bios,
     /// OVMF (UEFI)
@@ -74,24 +74,24 @@ pub(crate) const TCG_TB_SIZE_MIB: u32 = 128;
 /// What a VM is: everything its QEMU command line says.
 #[derive(Debug, Clone)]
 pub(crate) struct VmSpec {
-    pub name: String,
-    pub machine: Machine,
-    pub memory_mib: u32,
-    pub cpus: u32,
-    pub firmware: Firmware,
-    pub boot: Boot,
+    pub(crate) name: String,
+    pub(crate) machine: Machine,
+    pub(crate) memory_mib: u32,
+    pub(crate) cpus: u32,
+    pub(crate) firmware: Firmware,
+    pub(crate) boot: Boot,
     /// QEMU's user-mode network (its own DHCP server, nothing reachable
     /// from the guest: `restrict=on`), recorded into this pcap file.
-    pub uplink: Option<(Mac, PathBuf)>,
+    pub(crate) uplink: Option<(Mac, PathBuf)>,
     /// The cluster NIC: (MAC, hub port to send to, port to receive on).
-    pub cluster: (Mac, u16, u16),
+    pub(crate) cluster: (Mac, u16, u16),
 }
 
 /// Where a VM's files are: build/qemu/<name>.{log,qemu.log,console}.
 pub(crate) struct VmFiles {
-    pub log: PathBuf,
-    pub qemu_log: PathBuf,
-    pub console: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) qemu_log: PathBuf,
+    pub(crate) console: PathBuf,
 }
 
 impl VmFiles {
@@ -197,11 +197,11 @@ impl VmSpec {
 
 /// A running VM.
 pub(crate) struct Vm {
-    pub spec: VmSpec,
-    pub files: VmFiles,
-    pub accel: Accel,
-    pub started: Instant,
-    pub console: Console,
+    pub(crate) spec: VmSpec,
+    pub(crate) files: VmFiles,
+    pub(crate) accel: Accel,
+    pub(crate) started: Instant,
+    pub(crate) console: Console,
     child: Child,
     _guard: ChildGuard,
 }

@@ -20,22 +20,22 @@ use crate::files;
 
 /// Which kernel modules an initramfs carries.
 #[derive(Debug, Clone, Copy)]
-pub struct ModuleSet {
+pub(crate) struct ModuleSet {
     /// Why, said in the hook's header.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
     /// initramfs-tools' module groups (the arguments of its
     /// `auto_add_modules`): MODULES=most is all of them, MODULES=netboot
     /// is `base` and `net`.
-    pub groups: &'static [&'static str],
+    pub(crate) groups: &'static [&'static str],
     /// Module directories under `kernel/` left out, also when another hook
     /// (live-boot's adds every network driver) put them in.
-    pub unneeded: &'static [&'static str],
+    pub(crate) unneeded: &'static [&'static str],
 }
 
 /// node1's live-boot image: MODULES=most without network, graphics and
 /// sound. node1 boots from its own stick or CD, so it needs storage, USB
 /// and file system drivers; the rest loads from the root later.
-pub const NODE1_MODULES: ModuleSet = ModuleSet {
+pub(crate) const NODE1_MODULES: ModuleSet = ModuleSet {
     why: "node1 boots from its stick: no network, graphics or sound modules in its initramfs",
     groups: &[
         "base",
@@ -65,7 +65,7 @@ pub const NODE1_MODULES: ModuleSet = ModuleSet {
 
 /// A node's NFS-root image: MODULES=netboot without local file systems,
 /// RAID or InfiniBand.
-pub const NFS_NODE_MODULES: ModuleSet = ModuleSet {
+pub(crate) const NFS_NODE_MODULES: ModuleSet = ModuleSet {
     why: "a node's root is NFS: no local file system or RAID modules in its initramfs",
     groups: &["base", "net"],
     unneeded: &[
@@ -93,18 +93,18 @@ pub const NFS_NODE_MODULES: ModuleSet = ModuleSet {
 
 /// Where the hook goes in an initramfs-tools configuration directory
 /// (mkinitramfs runs the configuration's hooks after its own).
-pub const HOOK: &str = "hooks/krgiso-modules";
+pub(crate) const HOOK: &str = "hooks/krgiso-modules";
 
 /// initramfs-tools' shell functions, which every hook sources.
 const HOOK_FUNCTIONS: &str = "/usr/share/initramfs-tools/hook-functions";
 
 /// The private configuration directory, inside the root.
-pub const CONF_DIR: &str = "/tmp/krgiso-initramfs";
+pub(crate) const CONF_DIR: &str = "/tmp/krgiso-initramfs";
 
 /// The hook: adds the set's modules and their dependencies, then removes
 /// the unneeded directories from the image being made (mkinitramfs runs
 /// depmod after the hooks).
-pub fn modules_hook(set: &ModuleSet) -> String {
+pub(crate) fn modules_hook(set: &ModuleSet) -> String {
     let groups = set.groups.join(" ");
     let dirs = set.unneeded.join(" ");
     let filter = if set.unneeded.is_empty() {
@@ -158,19 +158,19 @@ exit 0
 /// node1's initramfs). A wrapper answers it and hands every other call to
 /// the hook, diverted with dpkg-divert (an upgrade of live-boot then updates
 /// the diverted file, not the wrapper).
-pub const LIVE_HOOK: &str = "/usr/share/initramfs-tools/hooks/live";
+pub(crate) const LIVE_HOOK: &str = "/usr/share/initramfs-tools/hooks/live";
 /// Where the diverted hook goes: outside the hooks directory, which
 /// mkinitramfs runs every program of.
-pub const LIVE_HOOK_DIVERTED: &str = "/usr/share/initramfs-tools/live-hook.distrib";
+pub(crate) const LIVE_HOOK_DIVERTED: &str = "/usr/share/initramfs-tools/live-hook.distrib";
 
 /// The root's live-boot hook runs in full when asked for its prereqs.
-pub fn live_hook_needs_wrapper(root: &Path) -> bool {
+pub(crate) fn live_hook_needs_wrapper(root: &Path) -> bool {
     fs::read_to_string(root.join(LIVE_HOOK.trim_start_matches('/')))
         .is_ok_and(|text| !text.contains("prereqs"))
 }
 
 /// The dpkg-divert command that moves the live-boot hook aside.
-pub fn divert_live_hook() -> [&'static str; 7] {
+pub(crate) fn divert_live_hook() -> [&'static str; 7] {
     [
         "dpkg-divert",
         "--local",
@@ -183,7 +183,7 @@ pub fn divert_live_hook() -> [&'static str; 7] {
 }
 
 /// The wrapper put where the live-boot hook was.
-pub fn live_hook_wrapper() -> String {
+pub(crate) fn live_hook_wrapper() -> String {
     format!(
         r#"#!/bin/sh
 # krgiso: live-boot's hook, diverted to {LIVE_HOOK_DIVERTED}, runs in full when
@@ -197,12 +197,16 @@ exec {LIVE_HOOK_DIVERTED} "$@"
 /// A private copy of `root`'s initramfs-tools configuration at
 /// [`CONF_DIR`] with these settings and the modules hook; removed when
 /// dropped. MODULES is always `list`: the hook adds the modules.
-pub struct ConfDir {
+pub(crate) struct ConfDir {
     dir: PathBuf,
 }
 
 impl ConfDir {
-    pub fn write(root: &Path, settings: &[(&str, &str)], set: &ModuleSet) -> Result<ConfDir> {
+    pub(crate) fn write(
+        root: &Path,
+        settings: &[(&str, &str)],
+        set: &ModuleSet,
+    ) -> Result<ConfDir> {
         let dir = root.join(CONF_DIR.trim_start_matches('/'));
         files::remove_tree(&dir)?;
         files::copy_tree(&root.join("etc/initramfs-tools"), &dir)?;
@@ -225,7 +229,7 @@ impl ConfDir {
 impl ConfDir {
     /// The mkinitramfs command that makes the image at `output` (a path
     /// inside the root) for kernel `version` with this configuration.
-    pub fn mkinitramfs<'a>(&self, output: &'a str, version: &'a str) -> [&'a str; 6] {
+    pub(crate) fn mkinitramfs<'a>(&self, output: &'a str, version: &'a str) -> [&'a str; 6] {
         ["mkinitramfs", "-d", CONF_DIR, "-o", output, version]
     }
 }
@@ -237,7 +241,7 @@ impl Drop for ConfDir {
 }
 
 /// Shell-variable config text (`KEY=value` lines) with these keys set.
-pub fn set_shell_vars(text: &str, vars: &[(&str, &str)]) -> String {
+pub(crate) fn set_shell_vars(text: &str, vars: &[(&str, &str)]) -> String {
     let mut out = String::new();
     let mut done = Vec::new();
     for line in text.lines() {

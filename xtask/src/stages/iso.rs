@@ -26,7 +26,7 @@ use crate::shell::StageShell;
 use crate::stages::root_kernels::newest_kernel;
 use crate::stages::BuildContext;
 
-pub struct Iso(pub Arc<BuildContext>);
+pub(crate) struct Iso(pub Arc<BuildContext>);
 
 /// Never in an image: kernel file systems, scratch, caches, logs.
 const EXCLUDED: &[&str] = &[
@@ -278,7 +278,12 @@ impl Stage for Iso {
 /// The hybrid image of `tree` (which holds isolinux/isolinux.bin and
 /// boot/efiboot.img): El Torito for BIOS and UEFI, an isohybrid MBR and a
 /// GPT, so the same bytes boot from a CD and from a `dd`'ed USB stick.
-pub fn hybrid_iso(shell: &StageShell, volume: &str, tree: &Path, image: &Path) -> Result<()> {
+pub(crate) fn hybrid_iso(
+    shell: &StageShell,
+    volume: &str,
+    tree: &Path,
+    image: &Path,
+) -> Result<()> {
     let sh = shell.sh();
     shell.run(cmd!(
         sh,
@@ -352,7 +357,7 @@ fn live_cmdline(toram: bool) -> String {
 
 /// BIOS: isolinux's menu. The first entry boots node1 after 2 seconds
 /// (node1 starts with nobody typing; a key press stops the count).
-pub fn isolinux_cfg(spec: &IsoSpec) -> String {
+pub(crate) fn isolinux_cfg(spec: &IsoSpec) -> String {
     format!(
         "SERIAL 0 115200\n\
          # Rendered by krgiso (cargo xtask iso).\n\
@@ -373,7 +378,7 @@ pub fn isolinux_cfg(spec: &IsoSpec) -> String {
 }
 
 /// UEFI: GRUB's menu, the same entries.
-pub fn grub_cfg(spec: &IsoSpec) -> String {
+pub(crate) fn grub_cfg(spec: &IsoSpec) -> String {
     format!(
         "# Rendered by krgiso (cargo xtask iso).\n\
          serial --unit=0 --speed=115200\n\

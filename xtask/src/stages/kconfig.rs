@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 /// What a config line says about one symbol.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Setting {
+pub(crate) enum Setting {
     /// `CONFIG_X=value` (`y`, `m`, a number, a quoted string).
     Value(String),
     /// `# CONFIG_X is not set`
@@ -15,7 +15,7 @@ pub enum Setting {
 
 /// Reads `CONFIG_X=...` and `# CONFIG_X is not set` lines; later lines win.
 /// Other lines (comments, blanks) are ignored. Keys keep the `CONFIG_` prefix.
-pub fn parse(text: &str) -> BTreeMap<String, Setting> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, Setting> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         if let Some((symbol, setting)) = parse_line(line) {
@@ -50,7 +50,7 @@ fn render(symbol: &str, setting: &Setting) -> String {
 
 /// `config` with every symbol the fragment sets replaced in place, and the
 /// ones it did not have appended, in the fragment's order.
-pub fn merge(config: &str, fragment: &str) -> String {
+pub(crate) fn merge(config: &str, fragment: &str) -> String {
     let wanted = parse(fragment);
     let mut seen = Vec::new();
     let mut out = String::with_capacity(config.len() + fragment.len());
@@ -90,7 +90,7 @@ pub fn merge(config: &str, fragment: &str) -> String {
 
 /// Symbols the fragment sets to `y` (its last word on each) that are not
 /// `=y` in the resolved config: dropped for unmet dependencies, or demoted.
-pub fn dropped(fragment: &str, resolved: &str) -> Vec<String> {
+pub(crate) fn dropped(fragment: &str, resolved: &str) -> Vec<String> {
     let wanted = parse(fragment);
     let got = parse(resolved);
     wanted

@@ -5,14 +5,14 @@
 //! stage's outputs are) and on the shared steps here (`userland`,
 //! `kconfig`, `root_kernels`), never on another stage.
 
-pub mod initramfs;
-pub mod iso;
-pub mod kconfig;
+pub(crate) mod initramfs;
+pub(crate) mod iso;
+pub(crate) mod kconfig;
 pub mod kernel;
-pub mod node1;
-pub mod packages;
-pub mod root_kernels;
-pub mod userland;
+pub(crate) mod node1;
+pub(crate) mod packages;
+pub(crate) mod root_kernels;
+pub(crate) mod userland;
 
 use iso::Iso;
 use kernel::Kernel;
@@ -47,7 +47,7 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
-    pub fn sources_lock(&self) -> anyhow::Result<SourcesLock> {
+    pub(crate) fn sources_lock(&self) -> anyhow::Result<SourcesLock> {
         SourcesLock::of_profile(&self.profile_path)
     }
 }
@@ -61,7 +61,7 @@ pub fn stages(cx: &Arc<BuildContext>) -> Vec<Box<dyn Stage>> {
     ]
 }
 
-pub fn engine(cx: BuildContext) -> Engine {
+pub(crate) fn engine(cx: BuildContext) -> Engine {
     let cx = Arc::new(cx);
     Engine::new(cx.layout.clone(), stages(&cx))
 }

@@ -18,7 +18,7 @@ use crate::node1::{accounts, render};
 use crate::profile::Userland;
 use crate::stages::BuildContext;
 
-pub struct Node1(pub Arc<BuildContext>);
+pub(crate) struct Node1(pub Arc<BuildContext>);
 
 impl Stage for Node1 {
     fn name(&self) -> &'static str {

@@ -27,7 +27,7 @@ use crate::stages::root_kernels::installed_kernels;
 use crate::stages::userland;
 use crate::stages::BuildContext;
 
-pub struct Packages(pub Arc<BuildContext>);
+pub(crate) struct Packages(pub Arc<BuildContext>);
 
 /// One root to build: which output, which profile section.
 struct RootJob<'a> {
@@ -530,7 +530,7 @@ fn check_installed(shell: &StageShell, dir: &Path, packages: &[String]) -> Resul
 
 /// What a finished root must not carry: the build's apt lists, .debs, logs,
 /// machine-id, ssh host keys, and the build host's resolv.conf.
-pub fn finish_root(dir: &Path) -> Result<()> {
+pub(crate) fn finish_root(dir: &Path) -> Result<()> {
     for path in [APT_BUILD_CONF, DPKG_BUILD_CONF] {
         let _ = fs::remove_file(dir.join(path));
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 /// The kernels a root has (in /boot with their modules), oldest first by
 /// version.
-pub fn installed_kernels(root: &Path) -> Vec<String> {
+pub(crate) fn installed_kernels(root: &Path) -> Vec<String> {
     let mut releases: Vec<String> = fs::read_dir(root.join("lib/modules"))
         .into_iter()
         .flatten()
@@ -23,7 +23,7 @@ pub fn installed_kernels(root: &Path) -> Vec<String> {
 
 /// The newest kernel (by version) a root has; `section` names the root and
 /// its profile section in the error.
-pub fn newest_kernel(root: &Path, section: &str) -> Result<String> {
+pub(crate) fn newest_kernel(root: &Path, section: &str) -> Result<String> {
     installed_kernels(root).pop().with_context(|| {
         format!("the {section} root has no kernel: add a kernel package (e.g. linux-image-amd64) to [{section}] packages")
     })

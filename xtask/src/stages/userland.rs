@@ -25,15 +25,15 @@ use crate::stages::kconfig;
 
 /// Where the build root sees the work dir, the nodes root being built, the
 /// source package cache and the compiler cache.
-pub const WORK_INSIDE: &str = "/usr/src/krgiso-userland";
+pub(crate) const WORK_INSIDE: &str = "/usr/src/krgiso-userland";
 const ROOT_INSIDE: &str = "/krgiso/nodes-root";
 const SOURCES_INSIDE: &str = "/var/cache/krgiso-sources";
-pub const CCACHE_INSIDE: &str = "/var/cache/krgiso-ccache";
+pub(crate) const CCACHE_INSIDE: &str = "/var/cache/krgiso-ccache";
 /// The kernel's user-space headers (linux/, asm/, …) for musl, which ships
 /// none: links into the build root's linux-libc-dev.
-pub const KHEADERS_INSIDE: &str = "/usr/src/krgiso-userland/kheaders";
+pub(crate) const KHEADERS_INSIDE: &str = "/usr/src/krgiso-userland/kheaders";
 /// The musl compiler Debian's musl-tools provides.
-pub const MUSL_CC: &str = "musl-gcc";
+pub(crate) const MUSL_CC: &str = "musl-gcc";
 
 /// The busybox options krgiso sets over `make defconfig`.
 const BUSYBOX_CONFIG: &str = "\
@@ -55,7 +55,7 @@ const DROPBEAR_OPTIONS: &str = "\
 
 /// Builds the static userland of `spec` into `out` (a fresh directory),
 /// compiling in `build_root`.
-pub fn build(
+pub(crate) fn build(
     shell: &StageShell,
     layout: &Layout,
     spec: &RootSpec,
@@ -149,7 +149,7 @@ pub fn build(
 
 /// Every program in a static userland root must start without a dynamic
 /// loader: one that asks for one would not run on the node.
-pub fn require_static(root: &Path) -> Result<()> {
+pub(crate) fn require_static(root: &Path) -> Result<()> {
     let dynamic = dynamic_programs(root)?;
     if !dynamic.is_empty() {
         bail!(
@@ -165,7 +165,7 @@ pub fn require_static(root: &Path) -> Result<()> {
 }
 
 /// `-jN`, every core.
-pub fn jobs() -> String {
+pub(crate) fn jobs() -> String {
     format!(
         "-j{}",
         std::thread::available_parallelism()
@@ -175,7 +175,7 @@ pub fn jobs() -> String {
 }
 
 /// Binds the compiler cache when the build root has ccache; says whether.
-pub fn compiler_cache(
+pub(crate) fn compiler_cache(
     build_root: &Path,
     layout: &Layout,
     binds: &mut Vec<ExtraBind>,
@@ -194,7 +194,7 @@ pub fn compiler_cache(
 }
 
 /// Every compiler the chroot runs goes through the compiler cache.
-pub fn use_compiler_cache(chroot: &mut Chroot) {
+pub(crate) fn use_compiler_cache(chroot: &mut Chroot) {
     chroot.set_env("PATH", &format!("/usr/lib/ccache:{CHROOT_PATH}"));
     chroot.set_env("CCACHE_DIR", CCACHE_INSIDE);
 }
@@ -210,7 +210,7 @@ fn require_musl(chroot: &Chroot) -> Result<()> {
 
 /// Links the build root's kernel headers where musl builds look (see
 /// [`KHEADERS_INSIDE`]); the directory is inside the work dir.
-pub fn kernel_headers(chroot: &Chroot) -> Result<()> {
+pub(crate) fn kernel_headers(chroot: &Chroot) -> Result<()> {
     let multiarch = chroot.read(&["gcc", "-print-multiarch"])?;
     let script = "mkdir -p \"$1\" && cd \"$1\" && \
                   for d in linux asm-generic mtd; do ln -sfn /usr/include/$d $d; done && \
@@ -219,7 +219,7 @@ pub fn kernel_headers(chroot: &Chroot) -> Result<()> {
 }
 
 /// The musl compiler's flags: size over speed, the kernel headers.
-pub fn musl_cflags() -> String {
+pub(crate) fn musl_cflags() -> String {
     format!("-Os -isystem {KHEADERS_INSIDE}")
 }
 
@@ -252,7 +252,7 @@ fn apt_options(work: &Path, spec: &RootSpec) -> Result<Vec<String>> {
 
 /// The `.dsc` file name in `apt-get source --print-uris` output: lines
 /// `'URI' NAME SIZE HASH`.
-pub fn dsc_of(uris: &str) -> Option<String> {
+pub(crate) fn dsc_of(uris: &str) -> Option<String> {
     uris.lines()
         .filter_map(|l| l.split_whitespace().nth(1))
         .find(|name| name.ends_with(".dsc"))
@@ -440,7 +440,7 @@ fn mknod_char(path: &Path, major: u32, minor: u32, mode: u32) -> Result<()> {
 
 /// Programs under `root` that ask for a dynamic loader (an ELF
 /// `PT_INTERP`): they would not start on a static-userland node.
-pub fn dynamic_programs(root: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn dynamic_programs(root: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -464,7 +464,7 @@ pub fn dynamic_programs(root: &Path) -> Result<Vec<PathBuf>> {
 
 /// Whether an ELF file has a `PT_INTERP` program header (32- or 64-bit,
 /// little-endian).
-pub fn has_interpreter(bytes: &[u8]) -> bool {
+pub(crate) fn has_interpreter(bytes: &[u8]) -> bool {
     if bytes.len() < 52 || !bytes.starts_with(b"\x7fELF") || bytes[5] != 1 {
         return false;
     }

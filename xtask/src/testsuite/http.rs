@@ -43,7 +43,7 @@ pub struct Seen {
 }
 
 pub struct TestServer {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     routes: Arc<Mutex<HashMap<String, Route>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,

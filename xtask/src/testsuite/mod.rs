@@ -197,7 +197,7 @@ const END_TO_END: &[EndToEnd] = &[
 ];
 
 /// Every part's name, for `--only`.
-pub fn part_names() -> Vec<&'static str> {
+pub(crate) fn part_names() -> Vec<&'static str> {
     PARTS
         .iter()
         .map(|p| p.name)
@@ -207,7 +207,7 @@ pub fn part_names() -> Vec<&'static str> {
 
 /// Which parts a run takes.
 #[derive(Debug, Clone, Copy)]
-pub enum Parts<'a> {
+pub(crate) enum Parts<'a> {
     All,
     Only(&'a str),
     /// This part and every one after it.
@@ -228,7 +228,7 @@ impl Parts<'_> {
     }
 }
 
-pub fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
+pub(crate) fn run(project: &Path, parts: Parts, dry_run: bool) -> Result<()> {
     let wanted = |name: &str| parts.wanted(name);
     if let Parts::Only(o) | Parts::From(o) = parts {
         if !part_names().contains(&o) {

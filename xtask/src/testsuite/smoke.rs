@@ -24,10 +24,10 @@ pub(crate) type Timings = Vec<(String, f64)>;
 
 /// The smoke profile, in its own build dir under the project's `build/`.
 pub(crate) struct SmokeRun {
-    pub project: PathBuf,
-    pub build: PathBuf,
-    pub exe: PathBuf,
-    pub profile: Profile,
+    pub(crate) project: PathBuf,
+    pub(crate) build: PathBuf,
+    pub(crate) exe: PathBuf,
+    pub(crate) profile: Profile,
 }
 
 impl SmokeRun {

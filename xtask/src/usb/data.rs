@@ -25,8 +25,8 @@ pub(crate) const MBR_ENTRY3: usize = 446 + 2 * 16;
 /// after the image to the end of the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DataPartition {
-    pub start_lba: u32,
-    pub sectors: u32,
+    pub(crate) start_lba: u32,
+    pub(crate) sectors: u32,
 }
 
 impl DataPartition {

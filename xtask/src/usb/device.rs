@@ -18,11 +18,11 @@ use super::SECTOR;
 #[derive(Debug, Clone)]
 pub(crate) struct Sysfs {
     /// `/sys`.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// `/proc/self/mountinfo`.
-    pub mountinfo: PathBuf,
+    pub(crate) mountinfo: PathBuf,
     /// `/proc/swaps`.
-    pub swaps: PathBuf,
+    pub(crate) swaps: PathBuf,
 }
 
 impl Default for Sysfs {
@@ -38,8 +38,8 @@ impl Default for Sysfs {
 /// A device number, `major:minor`, as sysfs and mountinfo write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct DevNum {
-    pub major: u32,
-    pub minor: u32,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
 }
 
 impl DevNum {
@@ -69,8 +69,8 @@ impl fmt::Display for DevNum {
 /// the image. `dev` is the device its file system is on.
 #[derive(Debug, Clone)]
 pub(crate) struct Protected {
-    pub what: String,
-    pub dev: DevNum,
+    pub(crate) what: String,
+    pub(crate) dev: DevNum,
 }
 
 impl Protected {
@@ -89,24 +89,24 @@ impl Protected {
 /// A partition of the disk about to be overwritten, for the warning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Partition {
-    pub name: String,
-    pub dev: DevNum,
-    pub bytes: u64,
+    pub(crate) name: String,
+    pub(crate) dev: DevNum,
+    pub(crate) bytes: u64,
 }
 
 /// A whole disk that passed every check.
 #[derive(Debug, Clone)]
 pub(crate) struct BlockDevice {
     /// The device node, symlinks resolved (`/dev/sdb`).
-    pub node: PathBuf,
+    pub(crate) node: PathBuf,
     /// The kernel's name (`sdb`).
-    pub name: String,
-    pub dev: DevNum,
-    pub bytes: u64,
-    pub vendor: String,
-    pub model: String,
-    pub usb: bool,
-    pub partitions: Vec<Partition>,
+    pub(crate) name: String,
+    pub(crate) dev: DevNum,
+    pub(crate) bytes: u64,
+    pub(crate) vendor: String,
+    pub(crate) model: String,
+    pub(crate) usb: bool,
+    pub(crate) partitions: Vec<Partition>,
 }
 
 /// Why a device must not be written: every reason, each naming the device
@@ -114,8 +114,8 @@ pub(crate) struct BlockDevice {
 #[derive(Debug, thiserror::Error)]
 #[error("refusing to write to {device}:{}", bullets(.reasons))]
 pub(crate) struct Refusal {
-    pub device: String,
-    pub reasons: Vec<String>,
+    pub(crate) device: String,
+    pub(crate) reasons: Vec<String>,
 }
 
 fn bullets(reasons: &[String]) -> String {

@@ -87,23 +87,23 @@ impl UsbTarget {
 #[derive(Debug, Clone)]
 pub(crate) struct UsbOptions {
     /// The stick (or, with `allow_file`, a file).
-    pub device: PathBuf,
-    pub image: PathBuf,
+    pub(crate) device: PathBuf,
+    pub(crate) image: PathBuf,
     /// The image's `.sha256`.
-    pub checksum: PathBuf,
+    pub(crate) checksum: PathBuf,
     /// Write without asking.
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// `device` may be a regular file (created if missing): for tests.
-    pub allow_file: bool,
+    pub(crate) allow_file: bool,
     /// Add the `KRGISO-DATA` partition after the image.
-    pub data: bool,
+    pub(crate) data: bool,
     /// Check everything, say what would be written, write nothing.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Paths whose disk must never be written, with what they are.
-    pub protected: Vec<(String, PathBuf)>,
-    pub sysfs: Sysfs,
+    pub(crate) protected: Vec<(String, PathBuf)>,
+    pub(crate) sysfs: Sysfs,
     /// Where `host.log` (tool installs) and `usb.log` go.
-    pub logs: PathBuf,
+    pub(crate) logs: PathBuf,
 }
 
 /// `cargo xtask usb`: checks, shows, asks, writes, reads back.

@@ -18,11 +18,11 @@ use super::patches::PatchSet;
 use super::{DESTDIR, PATCHES_INSIDE};
 
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
-pub const KRG_RELEASE: &str = "2.6.20-krg";
+pub(crate) const KRG_RELEASE: &str = "2.6.20-krg";
 
 /// What the installs must leave in the nodes root (seed 001's list, and
 /// the Kerrighed module itself).
-pub const KRG_INSTALLED: &[&str] = &[
+pub(crate) const KRG_INSTALLED: &[&str] = &[
     "boot/vmlinuz-2.6.20-krg",
     "boot/System.map-2.6.20-krg",
     "lib/modules/2.6.20-krg",
@@ -34,7 +34,7 @@ pub const KRG_INSTALLED: &[&str] = &[
 
 /// Kerrighed's service files for a Debian nodes root (an LSB init script:
 /// a static userland boots with its own rcS instead).
-pub const KRG_SERVICE_FILES: &[&str] = &["etc/init.d/kerrighed", "etc/default/kerrighed"];
+pub(crate) const KRG_SERVICE_FILES: &[&str] = &["etc/init.d/kerrighed", "etc/default/kerrighed"];
 
 /// A kerrighed tree being built in its chroot: each step announces itself
 /// and runs in the tree with `CC=` from the profile.
@@ -279,7 +279,7 @@ impl KrgBuild<'_> {
 /// The release a bzImage says it is (its `kernel_version` string, as
 /// `file` shows it: "2.6.20-krg (root@host) #1 SMP ..."), read from the
 /// setup header (boot protocol 2.00 and later).
-pub fn bzimage_release(path: &Path) -> Result<String> {
+pub(crate) fn bzimage_release(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let not_bzimage = || anyhow::anyhow!("{} is not a bzImage (no setup header)", path.display());
     let u16_at = |at: usize| -> Option<usize> {
@@ -299,14 +299,14 @@ pub fn bzimage_release(path: &Path) -> Result<String> {
 
 /// What ccache says it did, in one phrase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
+pub(crate) struct CacheStats {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
 }
 
 impl CacheStats {
     /// From `ccache --print-stats` (tab-separated `key value` lines).
-    pub fn parse(text: &str) -> CacheStats {
+    pub(crate) fn parse(text: &str) -> CacheStats {
         let mut stats = CacheStats::default();
         for line in text.lines() {
             let mut words = line.split_whitespace();

@@ -17,9 +17,9 @@
 //! dir, so a rebuild after `clean kernel` or a config change compiles only
 //! what changed.
 
-pub mod krg;
+pub(crate) mod krg;
 pub mod makefile_shell;
-pub mod patches;
+pub(crate) mod patches;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,7 @@ const PATCHES_INSIDE: &str = "/usr/src/krgiso-patches";
 const DESTDIR: &str = "/krgiso/nodes-root";
 /// Where the second kerrighed tree (for the static tools) is, under the work dir.
 const MUSL_TREES: &str = "musl";
-pub struct Kernel(pub Arc<BuildContext>);
+pub(crate) struct Kernel(pub Arc<BuildContext>);
 
 impl Kernel {
     fn nodes_root(&self) -> PathBuf {

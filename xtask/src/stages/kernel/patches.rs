@@ -14,15 +14,15 @@ use crate::shell::StageShell;
 
 /// The patch files of a directory, in name order.
 #[derive(Debug, Clone)]
-pub struct PatchSet {
+pub(crate) struct PatchSet {
     /// The directory, as the profile names it (for messages).
-    pub dir: PathBuf,
-    pub files: Vec<PathBuf>,
+    pub(crate) dir: PathBuf,
+    pub(crate) files: Vec<PathBuf>,
 }
 
 /// What became of one patch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Applied,
     /// The tree already has it (it applies in reverse): skipped.
     AlreadyApplied,
@@ -31,7 +31,7 @@ pub enum Outcome {
 impl PatchSet {
     /// Every `*.patch` in `dir`, sorted by name. A missing or empty
     /// directory is an error: the profile asked for patches.
-    pub fn load(dir: &Path) -> Result<PatchSet> {
+    pub(crate) fn load(dir: &Path) -> Result<PatchSet> {
         let entries = fs::read_dir(dir)
             .with_context(|| format!("reading the kernel patches directory {}", dir.display()))?;
         let mut files: Vec<PathBuf> = entries
@@ -56,7 +56,7 @@ impl PatchSet {
     /// chroot), where `inside` is where this set's files are seen in the
     /// chroot. Each is tried with `--dry-run` first, so a patch that fails
     /// changes nothing. Returns each file name with what became of it.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         chroot: &Chroot,
         shell: &StageShell,
@@ -100,7 +100,7 @@ impl PatchSet {
 
 /// What GNU patch's output says failed, as `file: hunk #N (at line L)`
 /// phrases, or the reason it gave when no hunk was tried.
-pub fn failed_hunks(output: &str) -> String {
+pub(crate) fn failed_hunks(output: &str) -> String {
     let mut file = String::new();
     let mut failures = Vec::new();
     for line in output.lines().map(str::trim) {
