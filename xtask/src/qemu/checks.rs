@@ -135,6 +135,21 @@ impl Run<'_> {
         let user = self.test.login.0.clone();
         let until = within(CHECKS, self.deadline);
         let console = self.log_in_on_node1(until, "to check the nodes' root")?;
+        // What the nodes write is theirs: node1 runs no setuid program
+        // and opens no device node from it.
+        let mounts = console.run("grep -E ' /(srv|run)/krgiso' /proc/mounts", until)?;
+        let export = &self.test.export_dir;
+        let unsafe_mounts: Vec<&str> = mounts
+            .lines()
+            .filter(|l| {
+                let options = l.split_whitespace().nth(3).unwrap_or("");
+                let has = |o: &str| options.split(',').any(|x| x == o);
+                !(has("nosuid") && has("nodev"))
+            })
+            .collect();
+        if !mounts.contains(&format!(" {export} ")) || !unsafe_mounts.is_empty() {
+            bail!("node1 mounts the nodes' tree without nosuid,nodev: {unsafe_mounts:?} (of {mounts:?})");
+        }
         if reports {
             let dir = format!("{}/{NODE_REPORTS}", self.test.export_dir);
             let listed = console.run(&format!("ls -1 {dir}"), until)?;

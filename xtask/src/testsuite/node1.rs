@@ -235,8 +235,25 @@ impl Node1Netns {
     /// without NFS (this host's kernel has no nfsd); returns the status
     /// line it wrote.
     fn start(&self, s: &StageShell, listen: &str) -> Result<String> {
+        let (ok, status, text) = self.run_start(s, listen)?;
+        ensure!(ok, "krgiso-node1 start failed:\n{text}");
+        Ok(status)
+    }
+
+    /// `start` that must fail (exit non-zero); returns the status line.
+    fn start_failing(&self, s: &StageShell) -> Result<String> {
+        let (ok, status, text) = self.run_start(s, "cluster")?;
+        ensure!(!ok, "krgiso-node1 start succeeded:\n{text}");
+        Ok(status)
+    }
+
+    /// Whether `krgiso-node1 start` succeeded, the status line it wrote
+    /// (none: empty) and what it said.
+    fn run_start(&self, s: &StageShell, listen: &str) -> Result<(bool, String, String)> {
         let sh = s.sh();
         let (n1, merged) = (self.n1, &self.merged);
+        let status = merged.join("run/krgiso/status");
+        let _ = fs::remove_file(&status);
         let listen = format!("KRGISO_STATUS_LISTEN={listen}");
         let out = cmd!(sh, "ip netns exec {n1} chroot {merged} env KRGISO_NFS=no KRGISO_CLUSTER_IFACE=eth-cl {listen} /usr/local/sbin/krgiso-node1 start")
             .ignore_status()
@@ -244,8 +261,8 @@ impl Node1Netns {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         s.note(&text);
-        ensure!(out.status.success(), "krgiso-node1 start failed:\n{text}");
-        Ok(fs::read_to_string(self.merged.join("run/krgiso/status")).unwrap_or_default())
+        let status = fs::read_to_string(&status).unwrap_or_default();
+        Ok((out.status.success(), status, text))
     }
 
     fn stop(&self, s: &StageShell) -> Result<()> {
@@ -649,12 +666,68 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {kernel_url}"
     ))?;
     node1.stop(&s)?;
+    refused_offers(&s, &node1, foreign, &fpid, &fleases)?;
 
     node1.finish(&s)?;
     Ok(vec![(
         "node1 boot service in namespaces (full, proxy)".to_owned(),
         t.elapsed().as_secs_f64(),
     )])
+}
+
+/// What a foreign DHCP server sends is untrusted: offers node1 must not
+/// serve beside (an option 1 of two values, a /1 mask, a mask with a hole)
+/// are refused with a status line that says why; no DHCP from node1, no
+/// route wider than /16, nothing run from what the server sent.
+fn refused_offers(
+    s: &StageShell,
+    node1: &Node1Netns,
+    foreign: &str,
+    pid: &Path,
+    leases: &Path,
+) -> Result<()> {
+    let sh = s.sh();
+    let n1 = node1.n1;
+    for (option, why) in [
+        ("1,255.255.255.0,1.2.3.4", "is not a dotted quad"),
+        ("1,128.0.0.0", "is wider than /16"),
+        ("1,255.0.255.0", "is not contiguous"),
+    ] {
+        s.step(&format!("a foreign offer with option {option}: refused"));
+        if let Ok(p) = fs::read_to_string(pid) {
+            let p = p.trim();
+            let _ = cmd!(sh, "kill {p}").quiet().run();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let _ = fs::remove_file(leases);
+        s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-option={option} --dhcp-leasefile={leases} --pid-file={pid}"))?;
+        let status = node1.start_failing(s)?;
+        ensure!(
+            status.contains("dhcp=failed(") && status.contains(why) && status.contains("tftp=off"),
+            "an offer with option {option} was not refused (\"{why}\"): {status:?}"
+        );
+        ensure!(
+            node1.daemon("dnsmasq").is_none(),
+            "node1 runs dnsmasq beside a refused offer ({option})"
+        );
+        let routes = cmd!(sh, "ip -n {n1} -4 -o route show").read()?;
+        let wide: Vec<&str> = routes
+            .lines()
+            .filter(|r| {
+                let dest = r.split_whitespace().next().unwrap_or("");
+                dest == "default"
+                    || dest
+                        .split_once('/')
+                        .is_some_and(|(_, bits)| bits.parse::<u8>().is_ok_and(|b| b < 16))
+            })
+            .collect();
+        ensure!(
+            wide.is_empty(),
+            "an offer with option {option} gave node1 routes wider than /16: {wide:?}"
+        );
+        node1.stop(s)?;
+    }
+    Ok(())
 }
 
 /// How many PXE clients boot at once in e2e-pxe-crowd.
