@@ -82,6 +82,10 @@ pub(crate) fn dnsmasq_full(net: &Network) -> String {
         net.dhcp_range.end,
         net.address.netmask()
     );
+    // No more leases than the range has addresses: a host that makes up
+    // MAC addresses cannot grow the table (dnsmasq's default is 1000).
+    let size = u32::from(net.dhcp_range.end) - u32::from(net.dhcp_range.start) + 1;
+    let _ = writeln!(s, "dhcp-lease-max={size}");
     // No ping before an offer: dnsmasq waits 3 s for an answer, one new
     // client after the other (24 nodes: the last one 72 s). The link is
     // node1's own (it found no other DHCP server on it) and the range is
@@ -184,6 +188,33 @@ pub(crate) fn ipxe_script(node1: &str, cluster: &Cluster, boot: &BootFiles) -> S
     )
 }
 
+/// node1's firewall: on every link but the cluster link (and lo) nothing
+/// comes in but replies to what node1 asked, ICMP, DHCP replies to its own
+/// client and ssh. So TFTP, rpcbind, NFS, mountd, statd, lockd (whatever
+/// ports they take) and the status page never answer the uplink; with
+/// `[status] listen = "all"` the web server lets its port through when it
+/// starts. `krgiso-guard.service` loads it before any link is up;
+/// `cluster-link` loads it again at each start and adds the cluster link
+/// to `cluster_links`.
+pub(crate) fn guard_nft() -> String {
+    format!(
+        "#!/usr/sbin/nft -f\n{HEADER}table inet {GUARD_TABLE}\ndelete table inet {GUARD_TABLE}\ntable inet {GUARD_TABLE} {{\n    set cluster_links {{\n        type ifname\n    }}\n    chain input {{\n        type filter hook input priority 0; policy drop;\n        iifname \"lo\" accept\n        iifname @cluster_links accept\n        ct state established,related accept\n        ct state invalid drop\n        meta l4proto {{ icmp, ipv6-icmp }} accept\n        udp sport 67 udp dport 68 accept\n        tcp dport 22 accept\n    }}\n}}\n"
+    )
+}
+
+/// The nft table [`guard_nft`] makes.
+pub(crate) const GUARD_TABLE: &str = "krgiso_guard";
+
+/// sshd on node1: keys from anywhere, a password only from the cluster
+/// subnet (node1's uplink is any LAN it is plugged into).
+pub(crate) fn sshd_conf(net: &Network) -> String {
+    format!(
+        "{HEADER}PasswordAuthentication no\nKbdInteractiveAuthentication no\n\nMatch Address {}/{}\n    PasswordAuthentication yes\n",
+        net.address.network(),
+        net.address.prefix
+    )
+}
+
 /// node1's wired interfaces take DHCP from outside (the uplink); the boot
 /// service gives the cluster link its static address with a file in
 /// /run/systemd/network that sorts before this one.
@@ -261,6 +292,8 @@ pub(crate) fn node1_files(
         ("etc/krgiso/cluster.env", cluster_env(net, status)),
         ("etc/exports", exports(net)),
         ("etc/nfs.conf.d/krgiso.conf", nfs_conf()),
+        ("etc/krgiso/guard.nft", guard_nft()),
+        ("etc/ssh/sshd_config.d/krgiso.conf", sshd_conf(net)),
         (
             "etc/systemd/network/90-krgiso-uplink.network",
             uplink_network(),

@@ -15,7 +15,7 @@ use crate::files;
 use crate::host;
 use crate::shell::StageShell;
 
-use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT, BOOT_TEMPLATE, NODE1};
+use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT, BOOT_TEMPLATE, GUARD_TABLE, NODE1};
 use crate::node1::status::StatusReport;
 
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
@@ -433,9 +433,10 @@ fn check_status_page(
     // The control: without node1's firewall rule the same request is
     // answered (Linux takes it for its address on any link), so the rule is
     // what keeps the page off that link, not the route.
+    let table = GUARD_TABLE;
     s.run(cmd!(
         sh,
-        "ip netns exec {n1} chroot {merged} nft delete table inet krgiso_http"
+        "ip netns exec {n1} chroot {merged} nft delete table inet {table}"
     ))?;
     let unguarded = from_other()?;
     ensure!(
@@ -597,6 +598,7 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         "the status page does not say it listens everywhere: {}",
         report.node1.status_page
     );
+    uplink_guard(&s, &node1, (n1, cl, other), node1_ip)?;
     node1.stop(&s)?;
     let _ = fs::remove_file(merged.join("run/krgiso/dnsmasq.leases"));
 
@@ -673,6 +675,146 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         "node1 boot service in namespaces (full, proxy)".to_owned(),
         t.elapsed().as_secs_f64(),
     )])
+}
+
+/// Runs `f` on a thread of its own inside network namespace `ns` (setns
+/// moves only the calling thread): the sockets it makes stay in `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns with a namespace file this thread holds open;
+        // it changes this thread's network namespace only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns into {ns}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread in a network namespace panicked"))?
+}
+
+/// The ports node1's NFS and RPC services take (rpcbind, nfsd, mountd's
+/// usual one), and ssh.
+const RPC_PORTS: [u16; 3] = [111, 2049, 20048];
+
+/// The ports of `ports` that a TCP connection from namespace `ns` reaches
+/// at `address`.
+fn reachable(ns: &str, address: std::net::Ipv4Addr, ports: &[u16]) -> Result<Vec<u16>> {
+    let ports = ports.to_vec();
+    in_netns(ns, move || {
+        ports
+            .into_iter()
+            .filter(|&p| {
+                let to = std::net::SocketAddr::from((address, p));
+                std::net::TcpStream::connect_timeout(&to, Duration::from_millis(1500)).is_ok()
+            })
+            .collect()
+    })
+}
+
+/// How many packets node1's kernel dropped by reverse-path filtering.
+fn rp_filtered(s: &StageShell, n1: &str) -> Result<u64> {
+    let netstat = cmd!(s.sh(), "ip netns exec {n1} cat /proc/net/netstat").read()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "IPReversePathFilter")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("no IPReversePathFilter counter in /proc/net/netstat")
+}
+
+/// node1's firewall (guard.nft, loaded by its start), tried from the other
+/// link: with stand-in listeners on the NFS and RPC ports in node1's
+/// namespace (this host runs no nfsd in it), nothing but ssh answers from
+/// there, at node1's address on that link or routed to its cluster
+/// address, and TFTP does not either; from the cluster link they all
+/// answer. A packet with a cluster source that comes in on the other link
+/// is dropped by reverse-path filtering. sshd takes a password only from
+/// the cluster subnet.
+fn uplink_guard(
+    s: &StageShell,
+    node1: &Node1Netns,
+    (n1, cl, other): (&str, &str, &str),
+    node1_ip: std::net::Ipv4Addr,
+) -> Result<()> {
+    s.step("node1's firewall, tried from the other link");
+    let sh = s.sh();
+    let mut ports = RPC_PORTS.to_vec();
+    ports.push(22);
+    let listen = ports.clone();
+    let _listeners = in_netns(n1, move || {
+        listen
+            .iter()
+            .map(|&p| std::net::TcpListener::bind(("0.0.0.0", p)))
+            .collect::<std::io::Result<Vec<_>>>()
+    })?
+    .context("stand-in listeners in node1's namespace")?;
+    let uplink: std::net::Ipv4Addr = "192.0.2.1".parse()?;
+    for address in [uplink, node1_ip] {
+        let open = reachable(other, address, &ports)?;
+        ensure!(
+            open == [22],
+            "from the other link, {address} answers on {open:?}: only ssh (22) may"
+        );
+    }
+    let open = reachable(cl, node1_ip, &ports)?;
+    ensure!(
+        open == ports,
+        "from the cluster link node1 answers only on {open:?} of {ports:?}: the firewall is in the way"
+    );
+    let url = format!("tftp://{node1_ip}/{BOOT_SCRIPT}");
+    let tftp = cmd!(sh, "ip netns exec {other} curl -sS --max-time 3 {url}")
+        .quiet()
+        .ignore_status()
+        .output()?;
+    ensure!(!tftp.status.success(), "TFTP answered from the other link");
+    // A cluster address from the wrong side: strict rp_filter drops it.
+    let before = rp_filtered(s, n1)?;
+    s.run(cmd!(sh, "ip -n {other} addr add 10.77.0.250/32 dev eth0"))?;
+    let _ = cmd!(
+        sh,
+        "ip netns exec {other} curl -sS --max-time 2 --interface 10.77.0.250 telnet://192.0.2.1:22"
+    )
+    .quiet()
+    .ignore_status()
+    .output();
+    s.run(cmd!(sh, "ip -n {other} addr del 10.77.0.250/32 dev eth0"))?;
+    let after = rp_filtered(s, n1)?;
+    ensure!(
+        after > before,
+        "a packet from the other link with a cluster source (10.77.0.250) was not dropped by reverse-path filtering ({before} -> {after})"
+    );
+    // sshd's own reading of its configuration, for a client on each side.
+    let merged = &node1.merged;
+    let key = "/run/krgiso/e2e-hostkey";
+    for f in [key.to_owned(), format!("{key}.pub")] {
+        let _ = fs::remove_file(merged.join(f.trim_start_matches('/')));
+    }
+    fs::create_dir_all(merged.join("run/sshd"))?;
+    let no_passphrase = "";
+    s.run(cmd!(
+        sh,
+        "chroot {merged} ssh-keygen -q -t ed25519 -N {no_passphrase} -f {key}"
+    ))?;
+    for (from, want) in [("192.0.2.2", "no"), ("10.77.0.150", "yes")] {
+        let said = cmd!(
+            sh,
+            "chroot {merged} /usr/sbin/sshd -T -h {key} -C user=krg,host=client,addr={from}"
+        )
+        .read()?;
+        ensure!(
+            said.lines()
+                .any(|l| l == format!("passwordauthentication {want}")),
+            "sshd on node1 says passwordauthentication is not {want} for a client at {from}"
+        );
+    }
+    s.note("from the other link only ssh answers, by key; a forged cluster source is dropped");
+    Ok(())
 }
 
 /// What a foreign DHCP server sends is untrusted: offers node1 must not
