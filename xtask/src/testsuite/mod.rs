@@ -119,7 +119,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-node1-netns",
-        about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP",
+        about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP, the status page; its firewall tried from the other link; refused foreign offers",
         check: node1::node1_netns,
     },
     EndToEnd {
