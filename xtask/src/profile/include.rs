@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spans::{line_of, plain_words, SpanIndex};
+use super::spans::plain_words;
 use super::ProfileError;
 
 /// One file of a profile: an included file, or the profile itself (last).
@@ -37,7 +37,7 @@ pub(super) fn parts(text: &str, file: &Path) -> Result<Vec<Part>, ProfileError> 
     let Some(names) = table.get("include") else {
         return Ok(Vec::new());
     };
-    let at = |message: String| error_at_key(text, file, "include", message);
+    let at = |message: String| ProfileError::at_key(text, file, "include", message);
     let names: Vec<&str> = names
         .as_array()
         .map(|a| {
@@ -56,11 +56,11 @@ pub(super) fn parts(text: &str, file: &Path) -> Result<Vec<Part>, ProfileError> 
                 path.display()
             ))
         })?;
-        let table = included
-            .parse::<toml::Table>()
-            .map_err(|e| error_at(&included, &path, e.span(), plain_words(e.message().trim())))?;
+        let table = included.parse::<toml::Table>().map_err(|e| {
+            ProfileError::at_span(&included, &path, e.span(), plain_words(e.message().trim()))
+        })?;
         if table.contains_key("include") {
-            return Err(error_at_key(
+            return Err(ProfileError::at_key(
                 &included,
                 &path,
                 "include",
@@ -137,7 +137,7 @@ pub(super) fn error_for_key(parts: &[Part], key: &str, message: String) -> Profi
         .find_map(|len| parts.iter().rev().find(|p| has(&p.table, &names[..len])))
         .or(parts.last());
     match owner {
-        Some(p) => error_at_key(&p.text, &p.file, key, message),
+        Some(p) => ProfileError::at_key(&p.text, &p.file, key, message),
         None => ProfileError {
             file: PathBuf::new(),
             key: key.to_owned(),
@@ -157,37 +157,5 @@ fn has(table: &toml::Table, names: &[&str]) -> bool {
         Some(toml::Value::Table(t)) => has(t, rest),
         Some(_) => true,
         None => false,
-    }
-}
-
-fn error_at_key(text: &str, file: &Path, key: &str, message: String) -> ProfileError {
-    let line = SpanIndex::new(text)
-        .span_of(key)
-        .map_or(0, |span| line_of(text, span.start));
-    ProfileError {
-        file: file.to_owned(),
-        key: key.to_owned(),
-        line,
-        message,
-    }
-}
-
-fn error_at(
-    text: &str,
-    file: &Path,
-    span: Option<std::ops::Range<usize>>,
-    message: String,
-) -> ProfileError {
-    let (key, line) = span.map_or((String::new(), 0), |span| {
-        (
-            SpanIndex::new(text).key_at(&span),
-            line_of(text, span.start),
-        )
-    });
-    ProfileError {
-        file: file.to_owned(),
-        key,
-        line,
-        message,
     }
 }

@@ -382,6 +382,35 @@ pub struct ProfileError {
 }
 
 impl ProfileError {
+    /// An error at `span` of `text`: the key there and its line.
+    fn at_span(text: &str, file: &Path, span: Option<Range<usize>>, message: String) -> Self {
+        let (key, line) = span.map_or((String::new(), 0), |span| {
+            (
+                SpanIndex::new(text).key_at(&span),
+                line_of(text, span.start),
+            )
+        });
+        ProfileError {
+            file: file.to_owned(),
+            key,
+            line,
+            message,
+        }
+    }
+
+    /// An error about dotted `key` (or its nearest parent) in `text`.
+    fn at_key(text: &str, file: &Path, key: &str, message: String) -> Self {
+        let line = SpanIndex::new(text)
+            .span_of(key)
+            .map_or(0, |span| line_of(text, span.start));
+        ProfileError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            line,
+            message,
+        }
+    }
+
     fn render(&self) -> String {
         let mut s = format!("profile {}", self.file.display());
         if self.line > 0 {
@@ -493,34 +522,17 @@ impl Profile {
     /// `text`.
     fn parse_one(text: &str, file: &Path) -> Result<Profile, ProfileError> {
         // Only an error needs the spans: the good path parses the text once.
-        let error_at = |span: Option<Range<usize>>, message: String| {
-            let (key, line) = match span {
-                Some(span) => (
-                    SpanIndex::new(text).key_at(&span),
-                    line_of(text, span.start),
-                ),
-                None => (String::new(), 0),
-            };
-            ProfileError {
-                file: file.to_owned(),
-                key,
-                line,
-                message,
-            }
-        };
-        let profile: Profile = toml::from_str(text)
-            .map_err(|e| error_at(e.span(), plain_words(e.message().trim())))?;
+        let profile: Profile = toml::from_str(text).map_err(|e| {
+            ProfileError::at_span(text, file, e.span(), plain_words(e.message().trim()))
+        })?;
         if let Some(problem) = profile.problems().into_iter().next() {
             // The problem names its key: only its line is looked up.
-            let line = SpanIndex::new(text)
-                .span_of(&problem.key)
-                .map_or(0, |span| line_of(text, span.start));
-            return Err(ProfileError {
-                file: file.to_owned(),
-                key: problem.key,
-                line,
-                message: problem.message,
-            });
+            return Err(ProfileError::at_key(
+                text,
+                file,
+                &problem.key,
+                problem.message,
+            ));
         }
         Ok(profile)
     }
