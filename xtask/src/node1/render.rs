@@ -146,9 +146,8 @@ pub(crate) const EXPORT_OPTIONS: &str = "rw,no_root_squash,no_subtree_check,asyn
 
 pub(crate) fn exports(net: &Network) -> String {
     format!(
-        "{HEADER}{EXPORT_DIR} {}/{}({EXPORT_OPTIONS})\n",
-        net.address.network(),
-        net.address.prefix
+        "{HEADER}{EXPORT_DIR} {}({EXPORT_OPTIONS})\n",
+        net.address.subnet()
     )
 }
 
@@ -209,9 +208,8 @@ pub(crate) const GUARD_TABLE: &str = "krgiso_guard";
 /// subnet (node1's uplink is any LAN it is plugged into).
 pub(crate) fn sshd_conf(net: &Network) -> String {
     format!(
-        "{HEADER}PasswordAuthentication no\nKbdInteractiveAuthentication no\n\nMatch Address {}/{}\n    PasswordAuthentication yes\n",
-        net.address.network(),
-        net.address.prefix
+        "{HEADER}PasswordAuthentication no\nKbdInteractiveAuthentication no\n\nMatch Address {}\n    PasswordAuthentication yes\n",
+        net.address.subnet()
     )
 }
 

@@ -298,9 +298,8 @@ impl Network {
                 p.add(
                     "network.dhcp_range",
                     format!(
-                        "{ip} is not a host address of node1's subnet {}/{}",
-                        net.network(),
-                        net.prefix
+                        "{ip} is not a host address of node1's subnet {}",
+                        net.subnet()
                     ),
                 );
                 return;

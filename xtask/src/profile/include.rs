@@ -27,9 +27,9 @@ pub(super) struct Part {
 /// Where included files named without a path are.
 pub(crate) const INCLUDE_DIR: &str = "profiles/include";
 
-/// The profile's parts: its included files, in order, then itself. Just
-/// itself when it includes nothing, or is not TOML (the caller reports
-/// that as it always has).
+/// The profile's parts: its included files, in order, then itself. None
+/// when it includes nothing, or is not TOML: the caller then parses it
+/// alone (and reports a syntax error at its place).
 pub(super) fn parts(text: &str, file: &Path) -> Result<Vec<Part>, ProfileError> {
     let Ok(table) = text.parse::<toml::Table>() else {
         return Ok(Vec::new());

@@ -280,6 +280,10 @@ impl Ipv4Cidr {
     pub(crate) fn network(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
     }
+    /// The subnet as `10.77.0.0/24`.
+    pub(crate) fn subnet(self) -> String {
+        format!("{}/{}", self.network(), self.prefix)
+    }
     pub(crate) fn broadcast(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.netmask()))
     }
@@ -521,7 +525,7 @@ impl Profile {
     /// A profile that includes nothing: its errors are at their place in
     /// `text`.
     fn parse_one(text: &str, file: &Path) -> Result<Profile, ProfileError> {
-        // Only an error needs the spans: the good path parses the text once.
+        // Only an error needs the spans: they are looked up then.
         let profile: Profile = toml::from_str(text).map_err(|e| {
             ProfileError::at_span(text, file, e.span(), plain_words(e.message().trim()))
         })?;
