@@ -157,11 +157,10 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
         .iter()
         .flat_map(|&m| m.spec().bench.iter().map(move |b| (m, b)));
     for (milestone, b) in benched {
-        let (what, target, firmware, vm) = (b.what, b.seconds, b.firmware, b.vm);
-        let (measured, source) = from_boot(firmware, vm, milestone);
+        let (measured, source) = from_boot(b.firmware, b.vm, milestone);
         rows.push(TargetRow {
-            what: what.into(),
-            target,
+            what: b.what.into(),
+            target: b.seconds,
             measured,
             source,
         });

@@ -178,15 +178,15 @@ type StampBytes = BTreeMap<&'static str, Option<Vec<u8>>>;
 /// After a kill, a stage has a new stamp if and only if it said it was
 /// done: never a stamp for work cut short, never a finished stage without
 /// one. A stamp from before the run may stay while its stage is redone
-/// (the engine replaces it only once the new outputs are in place). The
+/// (the engine removes it only once the stage's work is done). The
 /// engine writes the stamp just before it says so: a kill between the two
 /// leaves a new stamp unsaid, accepted only if every output it records is
 /// in place.
 fn stamps_only_when_done(run: &SmokeRun, before: &StampBytes, said: &str) -> Result<()> {
     for (stage, now) in stamps_now(run) {
         let done = said.contains(&format!("==> {stage}: done in"));
-        let was = before.get(stage).cloned().flatten();
-        let new = now.is_some() && now != was;
+        let was = before.get(stage).and_then(Option::as_ref);
+        let new = now.is_some() && now.as_ref() != was;
         if done {
             ensure!(
                 new,

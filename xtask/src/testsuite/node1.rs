@@ -126,16 +126,21 @@ impl Netns {
     }
 }
 
+/// Sends SIGTERM to the daemon `pid_file` names, if it names one.
+fn stop_daemon(pid_file: &Path) {
+    if let Some(pid) = fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        // SAFETY: a daemon this check started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for pid_file in &self.pid_files {
-            if let Some(pid) = fs::read_to_string(pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                // SAFETY: a daemon this check started.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
+            stop_daemon(pid_file);
         }
         for name in self.names.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
@@ -836,11 +841,8 @@ fn refused_offers(
         ("1,255.0.255.0", "is not contiguous"),
     ] {
         s.step(&format!("a foreign offer with option {option}: refused"));
-        if let Ok(p) = fs::read_to_string(pid) {
-            let p = p.trim();
-            let _ = cmd!(sh, "kill {p}").quiet().run();
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        stop_daemon(pid);
+        std::thread::sleep(Duration::from_millis(300));
         let _ = fs::remove_file(leases);
         s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-option={option} --dhcp-leasefile={leases} --pid-file={pid}"))?;
         let status = node1.start_failing(s)?;
