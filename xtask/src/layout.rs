@@ -8,7 +8,7 @@
 //!   kernel/                                 kernel: the node kernel, staged
 //!   kernel-work/, userland-work/            kernel, packages: scratch, never in the image
 //!   node1/node1, node1/nodes                node1: the layers over each root
-//!   credentials, credentials.d/             node1: the cluster user's password and key
+//!   credentials                             node1: the cluster user's generated password (0600)
 //!   stamps/<stage>.json, logs/<stage>.log   the engine
 //!   qemu/                                   the boot test
 //! out/<image>.iso, out/<image>.iso.sha256   iso
@@ -213,10 +213,6 @@ impl Layout {
     /// The cluster user's password, readable by root only.
     pub(crate) fn credentials(&self) -> PathBuf {
         self.build.join("credentials")
-    }
-    /// The cluster user's generated secrets, kept between node1 runs.
-    pub(crate) fn credentials_dir(&self) -> PathBuf {
-        self.build.join("credentials.d")
     }
     /// The iso stage's scratch: the ISO tree and the stacked roots.
     pub(crate) fn iso_tree(&self) -> PathBuf {

@@ -1,14 +1,16 @@
 //! The cluster's user: in both roots, with no known password. The profile
 //! gives a crypt(3) hash and/or ssh keys; with neither, a random password is
-//! made once per build dir, kept in `build/credentials` (0600) and printed.
-//! One ssh key pair per build dir lets the user ssh from node1 to any node.
+//! made once per build dir and kept in `build/credentials` (0600), never
+//! printed or logged. No private key goes into the image: node1 makes the
+//! cluster key pair at its first boot (`cluster-key`, in the image), which
+//! lets the user ssh from node1 to any node.
 //!
 //! The roots are not touched: their passwd, shadow, group and gshadow are
 //! read, the user is added, and the results go into the layers.
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use xshell::cmd;
@@ -22,29 +24,22 @@ pub(crate) struct Credentials {
     pub(crate) user: String,
     /// crypt(3) hash, or `!` (no password login: keys only).
     pub(crate) password_hash: String,
-    /// Set when krgiso made the password: shown at the end of the build.
-    pub(crate) generated_password: Option<String>,
-    /// The cluster key pair (RSA: lenny's OpenSSH 5.1 knows no ed25519).
-    pub(crate) private_key: PathBuf,
-    pub(crate) public_key: String,
+    /// Set when krgiso made the password (kept in build/credentials).
+    pub(crate) generated: bool,
 }
 
 impl Credentials {
     /// Decides the credentials, reusing what an earlier run of this build
-    /// dir made (so rebuilding the image keeps the same password and key).
+    /// dir made (so rebuilding the image keeps the same password).
     pub(crate) fn for_build(
         cluster: &Cluster,
         layout: &Layout,
         shell: &StageShell,
     ) -> Result<Credentials> {
-        let dir = layout.credentials_dir();
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let sh = shell.sh();
-
-        let (password_hash, generated_password) = match &cluster.password_hash {
-            Some(hash) => (hash.clone(), None),
-            None if !cluster.authorized_keys.is_empty() => ("!".to_owned(), None),
+        let (password_hash, generated) = match &cluster.password_hash {
+            Some(hash) => (hash.clone(), false),
+            None if !cluster.authorized_keys.is_empty() => ("!".to_owned(), false),
             None => {
                 let saved = layout.credentials();
                 let password = match read_saved_password(&saved, &cluster.user) {
@@ -65,28 +60,13 @@ impl Credentials {
                     .quiet()
                     .read()
                     .context("hashing the generated password with openssl")?;
-                (hash, Some(password))
+                (hash, true)
             }
         };
-
-        let private_key = dir.join("cluster_rsa");
-        if !private_key.exists() {
-            shell.step("make the cluster ssh key pair");
-            shell.run(cmd!(
-                sh,
-                "ssh-keygen -q -t rsa -b 3072 -N '' -C krgiso-cluster -f {private_key}"
-            ))?;
-        }
-        let public_key = fs::read_to_string(private_key.with_extension("pub"))
-            .context("reading the cluster public key")?
-            .trim()
-            .to_owned();
         Ok(Credentials {
             user: cluster.user.clone(),
             password_hash,
-            generated_password,
-            private_key,
-            public_key,
+            generated,
         })
     }
 }
@@ -237,16 +217,18 @@ pub(crate) fn add_user(
     let home = layer.join("home").join(user);
     let ssh = home.join(".ssh");
     fs::create_dir_all(&ssh)?;
-    let mut keys: Vec<&str> = cluster.authorized_keys.iter().map(String::as_str).collect();
-    keys.push(&creds.public_key);
-    fs::write(ssh.join("authorized_keys"), keys.join("\n") + "\n")?;
+    // The user's own keys. On the nodes, node1 adds the cluster key it
+    // makes at its first boot to a copy of this file.
+    let keys: String = cluster
+        .authorized_keys
+        .iter()
+        .map(|key| format!("{key}\n"))
+        .collect();
+    fs::write(ssh.join("authorized_keys"), keys)?;
     fs::set_permissions(
         ssh.join("authorized_keys"),
         fs::Permissions::from_mode(0o600),
     )?;
-    fs::copy(&creds.private_key, ssh.join("id_rsa"))?;
-    fs::set_permissions(ssh.join("id_rsa"), fs::Permissions::from_mode(0o600))?;
-    fs::write(ssh.join("id_rsa.pub"), format!("{}\n", creds.public_key))?;
     fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700))?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o750))?;
     for path in crate::files::walk(&home) {
@@ -325,14 +307,10 @@ mod tests {
         fs::write(root.join("etc/group"), "root:x:0:\nshadow:x:42:\n").unwrap();
         fs::create_dir_all(root.join("bin")).unwrap();
         fs::write(root.join("bin/bash"), "").unwrap();
-        let key = t.path().join("k");
-        fs::write(&key, "PRIVATE").unwrap();
         let creds = Credentials {
             user: "krg".into(),
             password_hash: "$6$salt$hash".into(),
-            generated_password: None,
-            private_key: key,
-            public_key: "ssh-rsa AAAA krgiso-cluster".into(),
+            generated: false,
         };
         let cluster = Cluster {
             session: 1,
@@ -374,17 +352,16 @@ mod tests {
             "root:x:0:0:root:/root:/bin/bash\n"
         );
         let keys = fs::read_to_string(layer.join("home/krg/.ssh/authorized_keys")).unwrap();
-        assert_eq!(
-            keys,
-            "ssh-ed25519 BBBB me@laptop\nssh-rsa AAAA krgiso-cluster\n"
-        );
-        assert_eq!(
-            fs::read_to_string(layer.join("home/krg/.ssh/id_rsa")).unwrap(),
-            "PRIVATE"
-        );
+        assert_eq!(keys, "ssh-ed25519 BBBB me@laptop\n");
+        // No key pair: node1 makes the cluster's at its first boot.
+        let in_ssh: Vec<_> = fs::read_dir(layer.join("home/krg/.ssh"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(in_ssh, ["authorized_keys"]);
         use std::os::unix::fs::MetadataExt;
         assert_eq!(
-            fs::metadata(layer.join("home/krg/.ssh/id_rsa"))
+            fs::metadata(layer.join("home/krg/.ssh/authorized_keys"))
                 .unwrap()
                 .uid(),
             1000

@@ -5,5 +5,6 @@
 //! layers; the boot service itself is `overlay/node1`.
 
 pub(crate) mod accounts;
+mod nodes_root;
 pub(crate) mod render;
 pub mod status;

@@ -221,10 +221,11 @@ pub(crate) fn uplink_network() -> String {
 }
 
 /// The values the boot service reads (shell syntax).
-pub(crate) fn cluster_env(net: &Network, status: &StatusSpec) -> String {
+pub(crate) fn cluster_env(net: &Network, cluster: &Cluster, status: &StatusSpec) -> String {
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
+        "{HEADER}CLUSTER_USER={}\nCLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
+        cluster.user,
         net.cluster_iface,
         a.addr,
         a.prefix,
@@ -287,7 +288,7 @@ pub(crate) fn node1_files(
     let mut files: Vec<(PathBuf, String)> = [
         ("etc/krgiso/dnsmasq-full.conf", dnsmasq_full(net)),
         ("etc/krgiso/dnsmasq-proxy.conf", dnsmasq_proxy()),
-        ("etc/krgiso/cluster.env", cluster_env(net, status)),
+        ("etc/krgiso/cluster.env", cluster_env(net, cluster, status)),
         ("etc/exports", exports(net)),
         ("etc/nfs.conf.d/krgiso.conf", nfs_conf()),
         ("etc/krgiso/guard.nft", guard_nft()),

@@ -125,8 +125,8 @@ impl Run<'_> {
 
     /// Logged in on node1's serial console: every node's file in the
     /// export (when the nodes write one), where node1's boot went and
-    /// where one node's went (systemd nodes, over ssh), and with a
-    /// Kerrighed profile an ssh session on every node with the cluster key.
+    /// where one node's went (systemd nodes, over ssh), and an ssh session
+    /// on every node with the cluster key node1 made.
     pub(super) fn session_on_node1(
         &mut self,
         leases: &[(String, Ipv4Addr)],
@@ -190,21 +190,17 @@ impl Run<'_> {
             None
         };
         let ssh_to = |ip: &Ipv4Addr, command: &str| ssh_command(&user, ip, command);
+        // ssh from node1 to each node with the key node1 made at its boot
+        // (the image holds none): `uname -nr` answered by the node itself.
         let mut ssh = Vec::new();
-        if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. }) {
-            for (i, (name, ip)) in leases.iter().enumerate() {
-                let said = console.run(&ssh_to(ip, "uname -nr"), until)?;
-                let release = crate::stages::kernel::krg::KRG_RELEASE;
-                if !said.contains(release) {
-                    bail!("node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}");
-                }
-                let line = said
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains(release))
-                    .unwrap_or("");
-                ssh.push((i + 1, line.trim().to_owned()));
-            }
+        for (i, (name, ip)) in leases.iter().enumerate().filter(|_| reports) {
+            let said = console.run(&ssh_to(ip, "uname -nr"), until)?;
+            let Some(line) = node_uname(&said, self.test.nodes_boot) else {
+                bail!(
+                    "node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}"
+                );
+            };
+            ssh.push((i + 1, line.to_owned()));
         }
         // Where the boots went: a measurement, never a reason to fail.
         let mut boot_times = vec![("node1".to_owned(), boot_time::NODE1_DIR.to_owned())];
@@ -502,7 +498,25 @@ pub(super) enum Fetch {
     Http,
 }
 
-/// node1's status line must say: full DHCP, TFTP, HTTP and NFS up.
+/// The line `uname -nr` printed on a node, in what node1's console showed
+/// after ssh: a name that is not node1's and a release (the Kerrighed
+/// kernel's, on Kerrighed nodes).
+fn node_uname(said: &str, nodes_boot: NodesBoot) -> Option<&str> {
+    said.lines().map(str::trim).rev().find(|line| {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [host, release] => {
+                *host != "node1"
+                    && release.starts_with(|c: char| c.is_ascii_digit())
+                    && (!matches!(nodes_boot, NodesBoot::Kerrighed { .. })
+                        || *release == crate::stages::kernel::krg::KRG_RELEASE)
+            }
+            _ => false,
+        }
+    })
+}
+
+/// node1's status line must say: full DHCP, TFTP, HTTP and NFS up, and
+/// the cluster key made.
 pub(super) fn check_node1_status(line: &str) -> Result<()> {
     let fields: BTreeMap<&str, &str> = line
         .split_whitespace()
@@ -514,6 +528,7 @@ pub(super) fn check_node1_status(line: &str) -> Result<()> {
         ("tftp", "ok"),
         ("http", "ok"),
         ("nfs", "ok"),
+        ("key", "ok"),
     ] {
         match fields.get(key) {
             Some(v) if *v == want => {}
@@ -532,8 +547,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ssh_counts_only_when_the_node_itself_answered() {
+        let krg = NodesBoot::Kerrighed {
+            userland: true,
+            session: 1,
+            nbmin: 2,
+        };
+        let release = crate::stages::kernel::krg::KRG_RELEASE;
+        let answered =
+            format!("ssh -o BatchMode=yes krg@10.77.0.131 uname -nr\r\n(none) {release}\r\n");
+        assert_eq!(
+            node_uname(&answered, krg),
+            Some(format!("(none) {release}").as_str())
+        );
+        assert_eq!(
+            node_uname("krgiso 6.1.0-50-amd64\n", NodesBoot::Stock),
+            Some("krgiso 6.1.0-50-amd64")
+        );
+        // Refused, or answered by node1 itself, or the wrong kernel.
+        assert_eq!(
+            node_uname(
+                "krg@10.77.0.131: Permission denied (publickey).\n",
+                NodesBoot::Stock
+            ),
+            None
+        );
+        assert_eq!(node_uname("node1 6.1.0-50-amd64\n", NodesBoot::Stock), None);
+        assert_eq!(node_uname("krgiso 6.1.0-50-amd64\n", krg), None);
+    }
+
+    #[test]
     fn node1_status_must_say_full_dhcp_tftp_http_and_nfs() {
-        let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok http=ok nfs=ok nodes=ram";
+        let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok http=ok nfs=ok nodes=ram key=ok";
         check_node1_status(ok).unwrap();
         let no_http = ok.replace("http=ok", "http=failed(see /run/krgiso/httpd.log)");
         let e = check_node1_status(&no_http).unwrap_err().to_string();

@@ -52,10 +52,7 @@ impl Stage for Node1 {
         vec![Output::dir(LAYERS.name, self.0.layout.layers()).estimate(64 * MIB)]
     }
     fn host_tools(&self) -> Vec<HostTool> {
-        vec![
-            HostTool::new("ssh-keygen", "openssh-client"),
-            HostTool::new("openssl", "openssl"),
-        ]
+        vec![HostTool::new("openssl", "openssl")]
     }
     fn run(&self, run: &mut StageRun) -> Result<()> {
         let cx = &self.0;
@@ -125,24 +122,21 @@ impl Stage for Node1 {
                 .with_context(|| format!("copying {name} from the kernel stage"))?;
         }
 
-        run.step(&format!(
-            "the cluster user `{}` and its ssh key",
-            cluster.user
-        ));
+        run.step(&format!("the cluster user `{}`", cluster.user));
         let creds = accounts::Credentials::for_build(cluster, &cx.layout, run.shell)?;
         // On node1, the cluster head, the user may use sudo; not on the nodes.
         accounts::add_user(&root, &node1, &creds, cluster, true)?;
         accounts::add_user(&cx.layout.root(Root::Nodes), &nodes, &creds, cluster, false)?;
-        if let Some(password) = &creds.generated_password {
-            run.shell.note(&format!(
-                "the cluster user {} got a generated password (kept in build/credentials)",
-                creds.user
-            ));
-            eprintln!(
-                "==> node1: log in as `{}` with password `{password}` (no password or key in the profile; kept in {})",
+        if creds.generated {
+            // The password itself is never printed or logged: a build's
+            // output ends up in CI logs and bug reports.
+            let said = format!(
+                "no password or key in the profile: `{}` logs in with the password kept in {} (mode 0600: `sudo cat` it)",
                 creds.user,
                 cx.layout.credentials().display()
             );
+            run.shell.note(&said);
+            eprintln!("==> node1: {said}");
         }
         Ok(())
     }

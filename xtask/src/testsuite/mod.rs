@@ -411,6 +411,30 @@ mod tests {
         assert!(Parts::All.wanted("fmt"));
     }
 
+    /// A program the image runs must be executable there: the overlay's
+    /// modes go into the image as they are (a new `cluster-key` without
+    /// its x bit failed node1's start). A library that is only sourced is
+    /// named `*.sh`.
+    #[test]
+    fn the_overlays_programs_are_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let project = crate::project_root();
+        let programs: Vec<_> = shell_programs(&project)
+            .into_iter()
+            .filter(|p| p.starts_with(project.join("overlay")))
+            .filter(|p| p.extension().is_none_or(|e| e != "sh"))
+            .collect();
+        assert!(programs.len() > 10, "{programs:?}");
+        for program in programs {
+            let mode = std::fs::metadata(&program).unwrap().permissions().mode();
+            assert!(
+                mode & 0o111 == 0o111,
+                "{} has mode {mode:o}",
+                program.display()
+            );
+        }
+    }
+
     #[test]
     fn shell_programs_are_found_by_their_interpreter_line() {
         let project = crate::project_root();

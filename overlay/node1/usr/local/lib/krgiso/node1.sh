@@ -8,8 +8,9 @@
 #   KRGISO_NFS=no         serve PXE and TFTP only (no nodes root, no NFS)
 #   KRGISO_UPLINK_WAIT    seconds to wait for the uplink's lease (20)
 #   KRGISO_STATUS_LISTEN  where the status page answers: cluster or all
+#   KRGISO_RUN            the run directory (/run/krgiso)
 ENV_FILE=${KRGISO_ENV:-/etc/krgiso/cluster.env}
-RUN=/run/krgiso
+RUN=${KRGISO_RUN:-/run/krgiso}
 # Set here for the programs that source this file.
 # shellcheck disable=SC2034
 {
