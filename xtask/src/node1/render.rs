@@ -289,7 +289,7 @@ pub(crate) fn node1_files(
         ("etc/krgiso/dnsmasq-full.conf", dnsmasq_full(net)),
         ("etc/krgiso/dnsmasq-proxy.conf", dnsmasq_proxy()),
         ("etc/krgiso/cluster.env", cluster_env(net, cluster, status)),
-        ("etc/exports", exports(net)),
+        ("etc/krgiso/exports-full", exports(net)),
         ("etc/nfs.conf.d/krgiso.conf", nfs_conf()),
         ("etc/krgiso/guard.nft", guard_nft()),
         ("etc/ssh/sshd_config.d/krgiso.conf", sshd_conf(net)),

@@ -45,7 +45,7 @@ pub(crate) fn node1_layers(project: &Path) -> Result<Timings> {
         "{BOOT_TEMPLATE} names another kernel:\n{script}"
     );
     for (layer, file) in [
-        (&n1, "etc/exports"),
+        (&n1, "etc/krgiso/exports-full"),
         (&n1, "etc/krgiso/dnsmasq-full.conf"),
         (&nd, "etc/kerrighed_nodes"),
         (&nd, "etc/fstab"),
@@ -667,11 +667,7 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
     );
     let kernel_url = urls[0];
     s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
-    let fetched = work.join("fetched-proxy-kernel");
-    s.run(cmd!(
-        sh,
-        "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {kernel_url}"
-    ))?;
+    proxy_export_follows_the_boot_script(&s, &merged, cl, &lease, kernel_url)?;
     node1.stop(&s)?;
     refused_offers(&s, &node1, foreign, &fpid, &fleases)?;
 
@@ -680,6 +676,51 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         "node1 boot service in namespaces (full, proxy)".to_owned(),
         t.elapsed().as_secs_f64(),
     )])
+}
+
+/// In proxy mode the link is a LAN other hosts share: the nodes' root is
+/// for the addresses that fetched the boot script by TFTP, each told to
+/// node1 by dnsmasq (`--dhcp-script`, nfs-client). A lease from the LAN's
+/// server is not enough, and neither is the kernel by HTTP.
+fn proxy_export_follows_the_boot_script(
+    s: &StageShell,
+    merged: &Path,
+    cl: &str,
+    lease: &str,
+    kernel_url: &str,
+) -> Result<()> {
+    let sh = s.sh();
+    let clients = merged.join("run/krgiso/nfs-clients");
+    let listed = || fs::read_to_string(&clients).unwrap_or_default();
+    let host = kernel_url
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    let fetched = merged.with_file_name("fetched-proxy-kernel");
+    s.run(cmd!(
+        sh,
+        "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {kernel_url}"
+    ))?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        listed().trim().is_empty(),
+        "before the client fetched its boot script, node1 would export the root to: {:?}",
+        listed()
+    );
+    let url = format!("tftp://{host}/{BOOT_SCRIPT}");
+    s.run(cmd!(sh, "ip netns exec {cl} curl -sS --fail --max-time 20 -o /dev/null {url}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed().trim() != lease && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        listed().trim() == lease,
+        "after {lease} fetched {url}, node1 would export the root to {:?}, not to exactly {lease}",
+        listed()
+    );
+    s.note(&format!("proxy mode: the root is for {lease} once it fetched its boot script, for nobody before"));
+    Ok(())
 }
 
 /// Runs `f` on a thread of its own inside network namespace `ns` (setns
