@@ -237,7 +237,7 @@ fn installed(root: &Path) -> Result<BTreeSet<String>> {
 /// The entries a squashfs image of the ISO holds, or the ISO's own: each
 /// path with its type and mode, and in a squashfs its owner and a link's
 /// target (`-rw-r----- root/shadow /etc/gshadow`).
-fn contents(
+pub(super) fn contents(
     s: &StageShell,
     image: &Path,
     tmp: &Path,

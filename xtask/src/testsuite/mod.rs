@@ -15,6 +15,7 @@ pub(crate) mod kill;
 pub(crate) mod krg;
 pub(crate) mod node1;
 pub(crate) mod packages;
+pub(crate) mod security;
 pub(crate) mod smoke;
 pub(crate) mod usb;
 pub(crate) mod user;
@@ -188,6 +189,11 @@ const END_TO_END: &[EndToEnd] = &[
         name: "e2e-boot-uefi",
         about: "`usb --data` to a stick file, node1 boots it under OVMF (UEFI), nodes root on KRGISO-DATA, one PXE node",
         check: image::boot_uefi_stick,
+    },
+    EndToEnd {
+        name: "e2e-security",
+        about: "what every copy of the smoke image holds and its build and boots left: no private key in the ISO or its squashfs images, the generated password in no log",
+        check: security::security,
     },
     EndToEnd {
         name: "e2e-bench-quick",

@@ -709,7 +709,10 @@ fn proxy_export_follows_the_boot_script(
         listed()
     );
     let url = format!("tftp://{host}/{BOOT_SCRIPT}");
-    s.run(cmd!(sh, "ip netns exec {cl} curl -sS --fail --max-time 20 -o /dev/null {url}"))?;
+    s.run(cmd!(
+        sh,
+        "ip netns exec {cl} curl -sS --fail --max-time 20 -o /dev/null {url}"
+    ))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while listed().trim() != lease && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -719,7 +722,9 @@ fn proxy_export_follows_the_boot_script(
         "after {lease} fetched {url}, node1 would export the root to {:?}, not to exactly {lease}",
         listed()
     );
-    s.note(&format!("proxy mode: the root is for {lease} once it fetched its boot script, for nobody before"));
+    s.note(&format!(
+        "proxy mode: the root is for {lease} once it fetched its boot script, for nobody before"
+    ));
     Ok(())
 }
 
