@@ -226,6 +226,79 @@ mod tests {
         drop(listener);
     }
 
+    /// The reports' directory is the nodes': a link there is not followed,
+    /// a name that is no address is skipped, only MAX_REPORTS files are
+    /// read, and an address only a report names is never probed (it could
+    /// be any host).
+    #[test]
+    fn the_nodes_reports_are_read_with_care() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (run, export) = (t.join("run"), t.join("export"));
+        let reports = export.join("var/lib/krgiso/nodes");
+        fs::create_dir_all(&run).unwrap();
+        fs::create_dir_all(&reports).unwrap();
+        fs::write(
+            t.join("cluster.env"),
+            format!(
+                "ADDRESS=10.77.0.1\nPREFIX=24\nEXPORT_DIR={}\n",
+                export.display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            run.join("node1.env"),
+            "MODE=full\nIFACE=ens5\nSERVE=10.77.0.1\n",
+        )
+        .unwrap();
+        // A host that would accept the probe, named only by a report.
+        let listener = TcpListener::bind("127.0.0.7:0").unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        fs::write(reports.join("127.0.0.7"), "load=1.00\n").unwrap();
+        fs::write(t.join("secret"), "load=node1's secret\n").unwrap();
+        std::os::unix::fs::symlink(t.join("secret"), reports.join("127.0.0.8")).unwrap();
+        fs::write(reports.join("node9"), "load=9\n").unwrap();
+        for i in 1..=3 {
+            fs::write(reports.join(format!("127.0.1.{i}")), "load=0.5\n").unwrap();
+        }
+        let json = |max: &str| {
+            let out = Command::new(
+                crate::project_root()
+                    .join("overlay/node1")
+                    .join(STATUS_PROGRAM),
+            )
+            .arg("json")
+            .env("KRGISO_ENV", t.join("cluster.env"))
+            .env("KRGISO_RUN", &run)
+            .env("KRGISO_SSH_PORT", &port)
+            .env("KRGISO_MAX_REPORTS", max)
+            .output()
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            StatusReport::parse(&String::from_utf8(out.stdout).unwrap()).unwrap()
+        };
+        let report = json("256");
+        let ips: Vec<&str> = report.nodes.iter().map(|n| n.ip.as_str()).collect();
+        assert_eq!(ips, ["127.0.0.7", "127.0.1.1", "127.0.1.2", "127.0.1.3"]);
+        let named = report.node("127.0.0.7").unwrap();
+        assert_eq!(named.load, "1.00");
+        assert!(
+            !named.reachable,
+            "an address only a report names was probed"
+        );
+        assert!(
+            !serde_json::to_string(&report.nodes.iter().map(|n| &n.load).collect::<Vec<_>>())
+                .unwrap()
+                .contains("secret")
+        );
+        assert_eq!(json("2").nodes.len(), 2, "MAX_REPORTS is not a cap");
+        drop(listener);
+    }
+
     /// As busybox httpd runs it: for /status.json (interpreter of *.json,
     /// the file as argument) and as cgi-bin/index.cgi, with a CGI header.
     #[test]
