@@ -5,6 +5,6 @@
 //! layers; the boot service itself is `overlay/node1`.
 
 pub(crate) mod accounts;
-mod nodes_root;
+mod programs;
 pub(crate) mod render;
 pub mod status;

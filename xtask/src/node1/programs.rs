@@ -1,6 +1,7 @@
-//! The in-image `nodes-root` program, tried on fixtures: what it does to a
-//! tree the nodes control. (Its other work needs mounts: the boot test
-//! and `e2e-security` see it on node1 itself.)
+//! node1's in-image programs (`overlay/node1/usr/local/lib/krgiso`), tried
+//! on fixtures as the test's user: `nodes-root lay` on a tree the nodes
+//! control, `cap-logs` on the run directory. (What needs mounts or
+//! namespaces is tried on node1 itself: the boot test, e2e-node1-netns.)
 
 #[cfg(test)]
 mod tests {
@@ -9,22 +10,16 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
-    /// `nodes-root lay` on the nodes' tree at `t/export`, from the layer at
-    /// `t/layer`.
-    fn lay(t: &Path) {
+    /// Runs node1's program `name` with `args`, on the settings `env` (lines
+    /// of cluster.env), the run directory `t/run` and the variables `vars`. The program sources
+    /// node1.sh from its place in the image: the overlay's copy is given
+    /// by path.
+    fn run_program(t: &Path, name: &str, args: &[&str], env: &str, vars: &[(&str, &str)]) {
         fs::create_dir_all(t.join("run")).unwrap();
-        fs::write(
-            t.join("cluster.env"),
-            format!(
-                "CLUSTER_USER=krg\nCLUSTER_IFACE=auto\nEXPORT_DIR={}\nNODES_LAYER={}\n",
-                t.join("export").display(),
-                t.join("layer").display()
-            ),
-        )
-        .unwrap();
-        let program = crate::project_root().join("overlay/node1/usr/local/lib/krgiso/nodes-root");
-        // Run as the test's user: the program sources node1.sh from its
-        // place in the image, so the overlay's copy is given by path.
+        fs::write(t.join("cluster.env"), format!("CLUSTER_IFACE=auto\n{env}")).unwrap();
+        let program = crate::project_root()
+            .join("overlay/node1/usr/local/lib/krgiso")
+            .join(name);
         let out = Command::new("bash")
             .arg("-c")
             .arg(format!(
@@ -32,18 +27,30 @@ mod tests {
                 program.with_file_name("node1.sh").display(),
                 program.display()
             ))
-            .arg("nodes-root")
-            .arg("lay")
+            .arg(name)
+            .args(args)
             .env("KRGISO_ENV", t.join("cluster.env"))
             .env("KRGISO_RUN", t.join("run"))
+            .envs(vars.iter().copied())
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "nodes-root lay: {}{}",
+            "{name}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `nodes-root lay` on the nodes' tree at `t/export`, from the layer at
+    /// `t/layer`.
+    fn lay(t: &Path) {
+        let env = format!(
+            "CLUSTER_USER=krg\nEXPORT_DIR={}\nNODES_LAYER={}\n",
+            t.join("export").display(),
+            t.join("layer").display()
+        );
+        run_program(t, "nodes-root", &["lay"], &env, &[]);
     }
 
     /// Links a node planted where the layer has a directory or a file are
@@ -103,5 +110,42 @@ mod tests {
             fs::read_to_string(export.join("etc/motd")).unwrap(),
             "mine\n"
         );
+    }
+
+    /// A log past the cap keeps its last part, from a line's start; a log
+    /// under it, and a link named like a log, are left alone.
+    #[test]
+    fn cap_logs_keeps_the_end_of_a_long_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let run = t.join("run");
+        fs::create_dir_all(&run).unwrap();
+        let long: String = (0..40_000)
+            .map(|i| format!("dnsmasq-dhcp: line {i}\n"))
+            .collect();
+        assert!(long.len() > 900 * 1024);
+        fs::write(run.join("dnsmasq.log"), &long).unwrap();
+        fs::write(run.join("httpd.log"), "short\n").unwrap();
+        fs::write(t.join("elsewhere"), &long).unwrap();
+        symlink(t.join("elsewhere"), run.join("linked.log")).unwrap();
+        let caps = [
+            ("KRGISO_LOG_LIMIT_KIB", "512"),
+            ("KRGISO_LOG_KEEP_KIB", "256"),
+        ];
+        run_program(t, "cap-logs", &[], "", &caps);
+        let kept = fs::read_to_string(run.join("dnsmasq.log")).unwrap();
+        assert!(
+            kept.len() <= 256 * 1024 && kept.len() > 200 * 1024,
+            "{}",
+            kept.len()
+        );
+        assert!(kept.starts_with("dnsmasq-dhcp: line "), "{:?}", &kept[..40]);
+        assert!(kept.ends_with("dnsmasq-dhcp: line 39999\n"));
+        assert!(long.ends_with(&kept));
+        assert_eq!(
+            fs::read_to_string(run.join("httpd.log")).unwrap(),
+            "short\n"
+        );
+        assert_eq!(fs::read_to_string(t.join("elsewhere")).unwrap(), long);
     }
 }
