@@ -205,7 +205,7 @@ impl Node1Netns {
             chroot::ChrootMounts::set_up(&merged, &[], std::sync::Arc::new(chroot::SystemMounts))?;
         let mut ns = Netns {
             names: Vec::new(),
-            pid_files: ["dnsmasq", "httpd", "radvd"]
+            pid_files: ["dnsmasq", "httpd", "radvd", "proxy-lease"]
                 .iter()
                 .map(|d| merged.join(format!("run/krgiso/{d}.pid")))
                 .collect(),
@@ -668,6 +668,7 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
     let kernel_url = urls[0];
     s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
     proxy_export_follows_the_boot_script(&s, &merged, cl, &lease, kernel_url)?;
+    proxy_lease_is_kept(&s, &merged, n1)?;
     node1.stop(&s)?;
     refused_offers(&s, &node1, foreign, &fpid, &fleases)?;
 
@@ -676,6 +677,67 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         "node1 boot service in namespaces (full, proxy)".to_owned(),
         t.elapsed().as_secs_f64(),
     )])
+}
+
+/// In proxy mode node1's address on the LAN is a lease: added without a
+/// prefix route (the route node1 adds loses to any other), renewed by
+/// node1's udhcpc, and its loss (here: udhcpc told to release it) is in
+/// the status line.
+fn proxy_lease_is_kept(s: &StageShell, merged: &Path, n1: &str) -> Result<()> {
+    let sh = s.sh();
+    let run = merged.join("run/krgiso");
+    let serve = fs::read_to_string(run.join("link.env"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("SERVE=").map(str::to_owned))
+        .context("link.env has no SERVE")?;
+    let addrs = cmd!(sh, "ip -n {n1} -4 -o addr show dev eth-cl")
+        .quiet()
+        .read()?;
+    ensure!(
+        addrs
+            .lines()
+            .any(|l| l.contains(&format!(" {serve}/")) && l.contains("noprefixroute")),
+        "node1's proxy address {serve} was added with its prefix route: {addrs}"
+    );
+    let routes = cmd!(sh, "ip -n {n1} -4 route show dev eth-cl")
+        .quiet()
+        .read()?;
+    ensure!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("192.168.77.0/24") && l.contains("metric 1024")),
+        "no route to the LAN's subnet with metric 1024 on the cluster link: {routes}"
+    );
+    let kept = || fs::read_to_string(run.join("proxy-lease.env")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kept().contains(&format!("LEASE_IP={serve}\n")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        kept().contains(&format!("LEASE_IP={serve}\n")),
+        "node1 does not keep its lease of {serve} from the LAN's server: {:?}",
+        kept()
+    );
+    let pid: i32 = fs::read_to_string(run.join("proxy-lease.pid"))?
+        .trim()
+        .parse()
+        .context("proxy-lease.pid")?;
+    // SAFETY: the udhcpc node1 started; SIGUSR2 makes it release the lease.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    let status = || fs::read_to_string(run.join("status")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !status().contains("dhcp=proxy(lease-lost)") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        status().contains("dhcp=proxy(lease-lost)"),
+        "the lost lease is not in node1's status line: {}",
+        status()
+    );
+    s.note(&format!(
+        "proxy mode: {serve} added noprefixroute, its lease kept by udhcpc, its loss in the status line"
+    ));
+    Ok(())
 }
 
 /// In proxy mode the link is a LAN other hosts share: the nodes' root is
