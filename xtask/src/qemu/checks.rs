@@ -4,7 +4,7 @@
 //! page (its JSON, and the page in Chromium).
 
 use super::timing::{within, CHECKS, STATUS_PAGE_SETTLES};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -191,8 +191,10 @@ impl Run<'_> {
         };
         let ssh_to = |ip: &Ipv4Addr, command: &str| ssh_command(&user, ip, command);
         // ssh from node1 to each node with the key node1 made at its boot
-        // (the image holds none): `uname -nr` answered by the node itself.
+        // (the image holds none): `uname -nr` answered by the node itself;
+        // and each node's host key is its own (ssh-keyscan from node1).
         let mut ssh = Vec::new();
+        let mut host_keys_seen: Vec<(String, BTreeSet<String>)> = Vec::new();
         for (i, (name, ip)) in leases.iter().enumerate().filter(|_| reports) {
             let said = console.run(&ssh_to(ip, "uname -nr"), until)?;
             let Some(line) = node_uname(&said, self.test.nodes_boot) else {
@@ -200,6 +202,15 @@ impl Run<'_> {
                     "node1 could not ssh to {name} ({ip}) as {user} with the cluster key: {said:?}"
                 );
             };
+            let keys = console.run(&format!("ssh-keyscan -T 10 {ip} 2>/dev/null"), until)?;
+            let keys = host_keys(&keys);
+            if keys.is_empty() {
+                bail!("node1's ssh-keyscan got no host key from {name} ({ip})");
+            }
+            if let Some((other, _)) = host_keys_seen.iter().find(|(_, k)| !keys.is_disjoint(k)) {
+                bail!("{name} ({ip}) has the same ssh host key as {other}: the nodes share one root, yet each must have its own");
+            }
+            host_keys_seen.push((name.clone(), keys));
             ssh.push((i + 1, line.to_owned()));
         }
         // Where the boots went: a measurement, never a reason to fail.
@@ -498,6 +509,21 @@ pub(super) enum Fetch {
     Http,
 }
 
+/// The host keys in what `ssh-keyscan` printed: `TYPE BASE64` of each
+/// `HOST TYPE BASE64` line.
+fn host_keys(said: &str) -> BTreeSet<String> {
+    said.lines()
+        .filter_map(
+            |l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+                [_, kind, key] if kind.starts_with("ssh-") || kind.starts_with("ecdsa-") => {
+                    Some(format!("{kind} {key}"))
+                }
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 /// The line `uname -nr` printed on a node, in what node1's console showed
 /// after ssh: a name that is not node1's and a release (the Kerrighed
 /// kernel's, on Kerrighed nodes).
@@ -545,6 +571,19 @@ pub(super) fn check_node1_status(line: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_keys_are_read_from_keyscan_lines() {
+        let said = "# 10.77.0.131:22 SSH-2.0-OpenSSH_9.2p1\r\n10.77.0.131 ssh-ed25519 AAAAC3Nz\r\n10.77.0.131 ecdsa-sha2-nistp256 AAAAE2V\r\nKRGISO-OUTPUT-END\r\n";
+        let keys = host_keys(said);
+        assert_eq!(
+            keys.into_iter().collect::<Vec<_>>(),
+            ["ecdsa-sha2-nistp256 AAAAE2V", "ssh-ed25519 AAAAC3Nz"]
+        );
+        assert!(
+            host_keys("ssh: connect to host 10.77.0.131 port 22: Connection refused\n").is_empty()
+        );
+    }
 
     #[test]
     fn ssh_counts_only_when_the_node_itself_answered() {
