@@ -120,7 +120,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-node1-netns",
-        about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP, the status page; its firewall tried from the other link; refused foreign offers",
+        about: "node1's boot service in network namespaces: full and proxy DHCP, TFTP, the status page, the proxy lease kept",
         check: node1::node1_netns,
     },
     EndToEnd {
@@ -192,7 +192,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-security",
-        about: "what every copy of the smoke image holds and its build and boots left: no private key in the ISO or its squashfs images, the generated password in no log",
+        about: "node1 and its image tried from outside: no private key in the ISO or its squashfs images, the password in no log; in network namespaces an uplink host (only ssh, by key; forged sources dropped), a proxy-LAN host that did not PXE-boot (no export for it), rogue DHCP offers (refused)",
         check: security::security,
     },
     EndToEnd {

@@ -148,6 +148,32 @@ impl Drop for Netns {
     }
 }
 
+/// The namespaces of a netns check: node1, the cluster link's bridge, a
+/// client on it, a host on node1's other link, a DHCP server not node1's.
+struct Hosts {
+    n1: &'static str,
+    sw: &'static str,
+    cl: &'static str,
+    other: &'static str,
+    foreign: &'static str,
+}
+
+const E2E_HOSTS: Hosts = Hosts {
+    n1: "krgiso-e2e-n1",
+    sw: "krgiso-e2e-sw",
+    cl: "krgiso-e2e-cl",
+    other: "krgiso-e2e-ot",
+    foreign: "krgiso-e2e-fg",
+};
+
+const SECURITY_HOSTS: Hosts = Hosts {
+    n1: "krgiso-sec-n1",
+    sw: "krgiso-sec-sw",
+    cl: "krgiso-sec-cl",
+    other: "krgiso-sec-ot",
+    foreign: "krgiso-sec-fg",
+};
+
 /// node1's root chrooted in a network namespace, joined to a bridge in
 /// another: the root is the smoke build's node1 root with its layer
 /// stacked over it by overlayfs, writes going to a scratch dir under
@@ -226,6 +252,47 @@ impl Node1Netns {
             n1,
             sw,
         })
+    }
+
+    /// node1 with the hosts around it: a client (`cl`) and a DHCP server
+    /// (`foreign`, not started) on the cluster link's bridge, and a host on
+    /// its other link (`other`, node1 192.0.2.1 there).
+    fn with_hosts(run: &SmokeRun, s: &StageShell, name: &str, hosts: &Hosts) -> Result<Node1Netns> {
+        host::ensure_tools(
+            &[
+                host::HostTool::new("udhcpc", "udhcpc"),
+                host::HostTool::new("dnsmasq", "dnsmasq-base"),
+                host::HostTool::new("curl", "curl"),
+            ],
+            true,
+            s.log_path(),
+        )?;
+        let mut node1 = Node1Netns::set_up(run, s, name, (hosts.n1, hosts.sw))?;
+        node1.attach(s, hosts.cl, "p-cl")?;
+        node1.attach(s, hosts.foreign, "p-fg")?;
+        node1.ns.add(s, hosts.other)?;
+        node1
+            .ns
+            .link(s, (hosts.n1, "eth-ot"), (hosts.other, "eth0"))?;
+        let n1 = hosts.n1;
+        s.run(cmd!(s.sh(), "ip -n {n1} addr add 192.0.2.1/24 dev eth-ot"))?;
+        Ok(node1)
+    }
+
+    /// The DHCP server on the link that is not node1's, started in
+    /// namespace `foreign` (192.168.77.1/24): its pid file and lease file.
+    fn foreign_server(&mut self, s: &StageShell, foreign: &str) -> Result<(PathBuf, PathBuf)> {
+        s.run(cmd!(
+            s.sh(),
+            "ip -n {foreign} addr add 192.168.77.1/24 dev eth0"
+        ))?;
+        let (pid, leases) = (
+            self.work.join("foreign.pid"),
+            self.work.join("foreign.leases"),
+        );
+        self.ns.pid_files.push(pid.clone());
+        start_foreign(s, foreign, &pid, &leases, None)?;
+        Ok((pid, leases))
     }
 
     /// A new namespace `name` whose `eth0` is a port (`port`) of the bridge.
@@ -315,6 +382,39 @@ impl Node1Netns {
         overlay.dismiss();
         no_mounts_under(&work)
     }
+}
+
+/// udhcpc's script for the test's clients: it writes the address it was
+/// given to `client.lease` beside it.
+fn client_script(work: &Path) -> Result<PathBuf> {
+    let script = work.join("client.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) echo \"$ip\" > {} ;; esac\nexit 0\n",
+            script.with_extension("lease").display()
+        ),
+    )?;
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(script)
+}
+
+/// A DHCP server that is not node1's, on `eth0` of namespace `foreign`
+/// (192.168.77.1/24 already there), with `option` if given; its earlier
+/// run, if any, stopped first.
+fn start_foreign(
+    s: &StageShell,
+    foreign: &str,
+    pid: &Path,
+    leases: &Path,
+    option: Option<&str>,
+) -> Result<()> {
+    stop_daemon(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = fs::remove_file(leases);
+    let option = option.map(|o| format!("--dhcp-option={o}"));
+    let sh = s.sh();
+    s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h {option...} --dhcp-leasefile={leases} --pid-file={pid}"))
 }
 
 /// A DHCP client on `iface` in namespace `ns`: the lease it got, if any.
@@ -466,52 +566,24 @@ fn boot_urls(script: &str) -> Vec<&str> {
 /// scratch dir) chrooted in a namespace joined to a client by a bridge.
 /// Full DHCP: the client gets a lease in the range and fetches iPXE and its
 /// script by TFTP and the kernel by HTTP; node1's other link gets no
-/// lease. Then with a foreign DHCP server on the link first: node1 comes up in proxy mode and
-/// hands out no lease. (This host's kernel has no nfsd: the NFS export is
-/// checked by the QEMU boot test, where node1 runs its own kernel.)
+/// lease. Then with a foreign DHCP server on the link first: node1 comes up in proxy mode,
+/// hands out no lease and keeps its own. (This host's kernel has no nfsd:
+/// the NFS export is checked by the QEMU boot test, where node1 runs its
+/// own kernel.) What tries node1 from outside is `attackers`.
 pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-netns")?;
-    host::ensure_tools(
-        &[
-            host::HostTool::new("udhcpc", "udhcpc"),
-            host::HostTool::new("dnsmasq", "dnsmasq-base"),
-            host::HostTool::new("curl", "curl"),
-        ],
-        true,
-        s.log_path(),
-    )?;
     let t = Instant::now();
-    let (n1, cl, other, foreign) = (
-        "krgiso-e2e-n1",
-        "krgiso-e2e-cl",
-        "krgiso-e2e-ot",
-        "krgiso-e2e-fg",
-    );
-    let mut node1 = Node1Netns::set_up(&run, &s, "netns", (n1, "krgiso-e2e-sw"))?;
-    node1.attach(&s, cl, "p-cl")?;
-    node1.attach(&s, foreign, "p-fg")?;
-    node1.ns.add(&s, other)?;
-    node1.ns.link(&s, (n1, "eth-ot"), (other, "eth0"))?;
+    let hosts = &E2E_HOSTS;
+    let (n1, cl, other, foreign) = (hosts.n1, hosts.cl, hosts.other, hosts.foreign);
+    let mut node1 = Node1Netns::with_hosts(&run, &s, "netns", hosts)?;
     let sh = s.sh();
-    s.run(cmd!(sh, "ip -n {n1} addr add 192.0.2.1/24 dev eth-ot"))?;
     let (work, merged, layer) = (
         node1.work.clone(),
         node1.merged.clone(),
         run.build.join("node1/node1"),
     );
-    let client_script = work.join("client.sh");
-    fs::write(
-        &client_script,
-        format!(
-            "#!/bin/sh\ncase \"$1\" in bound|renew) echo \"$ip\" > {} ;; esac\nexit 0\n",
-            client_script.with_extension("lease").display()
-        ),
-    )?;
-    fs::set_permissions(
-        &client_script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    let client_script = client_script(&work)?;
     s.step("full DHCP: no other server on the cluster link");
     let status = node1.start(&s, "cluster")?;
     ensure!(
@@ -603,18 +675,11 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
         "the status page does not say it listens everywhere: {}",
         report.node1.status_page
     );
-    uplink_guard(&s, &node1, (n1, cl, other), node1_ip)?;
     node1.stop(&s)?;
     let _ = fs::remove_file(merged.join("run/krgiso/dnsmasq.leases"));
 
     s.step("proxy DHCP: another server answers on the cluster link first");
-    s.run(cmd!(
-        sh,
-        "ip -n {foreign} addr add 192.168.77.1/24 dev eth0"
-    ))?;
-    let (fleases, fpid) = (work.join("foreign.leases"), work.join("foreign.pid"));
-    node1.ns.pid_files.push(fpid.clone());
-    s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-leasefile={fleases} --pid-file={fpid}"))?;
+    let (_, fleases) = node1.foreign_server(&s, foreign)?;
     // node1's dnsmasq log goes on from the full-mode run above, which
     // acknowledged leases: only what proxy mode adds is read below.
     let dnsmasq_log = merged.join("run/krgiso/dnsmasq.log");
@@ -667,11 +732,13 @@ pub(crate) fn node1_netns(project: &Path) -> Result<Timings> {
     );
     let kernel_url = urls[0];
     s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
-    proxy_export_follows_the_boot_script(&s, &merged, cl, &lease, kernel_url)?;
+    let fetched = work.join("fetched-proxy-kernel");
+    s.run(cmd!(
+        sh,
+        "ip netns exec {cl} curl -sS --fail --max-time 60 -o {fetched} {kernel_url}"
+    ))?;
     proxy_lease_is_kept(&s, &merged, n1)?;
     node1.stop(&s)?;
-    refused_offers(&s, &node1, foreign, &fpid, &fleases)?;
-
     node1.finish(&s)?;
     Ok(vec![(
         "node1 boot service in namespaces (full, proxy)".to_owned(),
@@ -880,6 +947,18 @@ fn uplink_guard(
         open == ports,
         "from the cluster link node1 answers only on {open:?} of {ports:?}: the firewall is in the way"
     );
+    // node1's web server (the boot files, the status page) listens on the
+    // cluster address; routed there from the uplink, it is dropped.
+    for address in [uplink, node1_ip] {
+        ensure!(
+            reachable(other, address, &[80])?.is_empty(),
+            "from the other link, HTTP answers at {address}"
+        );
+    }
+    ensure!(
+        reachable(cl, node1_ip, &[80])? == [80],
+        "node1's web server does not answer the cluster link"
+    );
     let url = format!("tftp://{node1_ip}/{BOOT_SCRIPT}");
     let tftp = cmd!(sh, "ip netns exec {other} curl -sS --max-time 3 {url}")
         .quiet()
@@ -926,7 +1005,7 @@ fn uplink_guard(
             "sshd on node1 says passwordauthentication is not {want} for a client at {from}"
         );
     }
-    s.note("from the other link only ssh answers, by key; a forged cluster source is dropped");
+    s.note("from the other link only ssh answers, by key (no TFTP, HTTP, rpcbind, NFS, mountd); a forged cluster source is dropped");
     Ok(())
 }
 
@@ -949,10 +1028,7 @@ fn refused_offers(
         ("1,255.0.255.0", "is not contiguous"),
     ] {
         s.step(&format!("a foreign offer with option {option}: refused"));
-        stop_daemon(pid);
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = fs::remove_file(leases);
-        s.run(cmd!(sh, "ip netns exec {foreign} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces --dhcp-range=192.168.77.50,192.168.77.60,255.255.255.0,1h --dhcp-option={option} --dhcp-leasefile={leases} --pid-file={pid}"))?;
+        start_foreign(s, foreign, pid, leases, Some(option))?;
         let status = node1.start_failing(s)?;
         ensure!(
             status.contains("dhcp=failed(") && status.contains(why) && status.contains("tftp=off"),
@@ -980,6 +1056,53 @@ fn refused_offers(
         node1.stop(s)?;
     }
     Ok(())
+}
+
+/// e2e-security's hosts that try node1 from outside, in network
+/// namespaces around node1's root chrooted in its own: one on the uplink
+/// side; one on a proxy-mode LAN that has a lease from the LAN's server but
+/// did not PXE-boot from node1; DHCP servers that offer what node1 must
+/// refuse. Only loopback and these namespaces are contacted.
+pub(crate) fn attackers(run: &SmokeRun, s: &StageShell) -> Result<()> {
+    let hosts = &SECURITY_HOSTS;
+    let (n1, cl, other, foreign) = (hosts.n1, hosts.cl, hosts.other, hosts.foreign);
+    let mut node1 = Node1Netns::with_hosts(run, s, "security-netns", hosts)?;
+    let sh = s.sh();
+    let node1_ip = run.profile.network.address.addr;
+    s.run(cmd!(sh, "ip -n {other} addr add 192.0.2.2/24 dev eth0"))?;
+    // The uplink host routes node1's cluster address through node1.
+    let to_node1 = format!("{node1_ip}/32");
+    s.run(cmd!(sh, "ip -n {other} route add {to_node1} via 192.0.2.1"))?;
+    s.run(cmd!(sh, "ip -n {cl} addr add 10.77.0.150/24 dev eth0"))?;
+
+    s.step("the uplink host: node1 with its status page on the cluster link only");
+    node1.start(s, "cluster")?;
+    uplink_guard(s, &node1, (n1, cl, other), node1_ip)?;
+    node1.stop(s)?;
+
+    s.step("a host on a proxy-mode LAN that did not PXE-boot from node1");
+    let (work, merged) = (node1.work.clone(), node1.merged.clone());
+    let script = client_script(&work)?;
+    s.run(cmd!(sh, "ip -n {cl} addr flush dev eth0"))?;
+    let (fpid, fleases) = node1.foreign_server(s, foreign)?;
+    let status = node1.start(s, "cluster")?;
+    ensure!(
+        status.contains("dhcp=proxy"),
+        "node1 did not choose proxy DHCP: {status}"
+    );
+    let lease = client_lease(s, cl, "eth0", &script, "5")?
+        .context("the LAN host got no lease from the LAN's server")?;
+    s.run(cmd!(sh, "ip -n {cl} addr add {lease}/24 dev eth0"))?;
+    let served = fs::read_to_string(crate::layout::served_dir(&merged).join(BOOT_SCRIPT))?;
+    let kernel_url = boot_urls(&served)
+        .first()
+        .map(|u| u.to_string())
+        .context("node1's boot script has no kernel URL")?;
+    proxy_export_follows_the_boot_script(s, &merged, cl, &lease, &kernel_url)?;
+    node1.stop(s)?;
+
+    refused_offers(s, &node1, foreign, &fpid, &fleases)?;
+    node1.finish(s)
 }
 
 /// How many PXE clients boot at once in e2e-pxe-crowd.

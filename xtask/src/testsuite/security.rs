@@ -1,10 +1,11 @@
-//! e2e-security: what every copy of the smoke image carries and what its
-//! build left behind, read as an attacker holding a copy would: no private
-//! key in the ISO or its squashfs images (by name anywhere, by content in
-//! the layers krgiso adds), and the generated password in no log of the
-//! build or the boot tests. node1's network surfaces are tried from outside
-//! in e2e-node1-netns (the uplink, the proxy LAN, rogue offers), its mounts
-//! in the boot tests, planted links in `cargo test` (docs/security.md).
+//! e2e-security: node1 and its image tried as an outsider would. What
+//! every copy of the smoke image carries and what its build left behind:
+//! no private key in the ISO or its squashfs images (by name anywhere, by
+//! content in the layers krgiso adds), the generated password in no log
+//! of the build or the boot tests. node1's network surfaces, tried from
+//! hosts in network namespaces (`node1::attackers`): the uplink, a proxy
+//! LAN, rogue DHCP offers. node1's mounts are read in the boot tests,
+//! planted links in `cargo test` (docs/security.md).
 
 use std::fs;
 use std::path::Path;
@@ -77,6 +78,8 @@ pub(crate) fn security(project: &Path) -> Result<Timings> {
     }
     files::remove_tree(&tmp)?;
 
+    super::node1::attackers(&run, &s)?;
+
     s.step("the generated password in no log");
     let user = &run.profile.cluster.user;
     let password = read_saved_password(&run.layout().credentials(), user)
@@ -105,7 +108,7 @@ pub(crate) fn security(project: &Path) -> Result<Timings> {
         "no private key among {entries} image entries (by name) and {read} files of the layers (by content); the password in none of {logs} logs"
     ));
     Ok(vec![(
-        "no key in the image, no password in a log".to_owned(),
+        "the image, its logs, node1 tried from outside".to_owned(),
         t.elapsed().as_secs_f64(),
     )])
 }
