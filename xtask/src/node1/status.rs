@@ -85,13 +85,14 @@ mod tests {
     use std::process::Command;
 
     /// What the status program (or a link to it) prints, run as httpd or a
-    /// person runs it, on the settings and run directory under `t`.
-    fn status_output(program: &Path, args: &[&str], t: &Path, ssh_port: &str) -> String {
+    /// person runs it, on the settings and run directory under `t`, with
+    /// the variables `vars` (the nodes' ssh port, caps).
+    fn status_output(program: &Path, args: &[&str], t: &Path, vars: &[(&str, &str)]) -> String {
         let out = Command::new(program)
             .args(args)
             .env("KRGISO_ENV", t.join("cluster.env"))
             .env("KRGISO_RUN", t.join("run"))
-            .env("KRGISO_SSH_PORT", ssh_port)
+            .envs(vars.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -169,7 +170,8 @@ mod tests {
         let program = crate::project_root()
             .join("overlay/node1")
             .join(STATUS_PROGRAM);
-        let run_it = |args: &[&str]| status_output(&program, args, t, &port);
+        let run_it =
+            |args: &[&str]| status_output(&program, args, t, &[("KRGISO_SSH_PORT", &port)]);
         let json = run_it(&["json"]);
         let report = StatusReport::parse(&json).unwrap();
         assert_eq!(report.node1.mode, "full");
@@ -261,25 +263,15 @@ mod tests {
         for i in 1..=3 {
             fs::write(reports.join(format!("127.0.1.{i}")), "load=0.5\n").unwrap();
         }
+        let program = crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM);
         let json = |max: &str| {
-            let out = Command::new(
-                crate::project_root()
-                    .join("overlay/node1")
-                    .join(STATUS_PROGRAM),
-            )
-            .arg("json")
-            .env("KRGISO_ENV", t.join("cluster.env"))
-            .env("KRGISO_RUN", &run)
-            .env("KRGISO_SSH_PORT", &port)
-            .env("KRGISO_MAX_REPORTS", max)
-            .output()
-            .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            StatusReport::parse(&String::from_utf8(out.stdout).unwrap()).unwrap()
+            let vars = [
+                ("KRGISO_SSH_PORT", port.as_str()),
+                ("KRGISO_MAX_REPORTS", max),
+            ];
+            StatusReport::parse(&status_output(&program, &["json"], t, &vars)).unwrap()
         };
         let report = json("256");
         let ips: Vec<&str> = report.nodes.iter().map(|n| n.ip.as_str()).collect();
@@ -324,7 +316,7 @@ mod tests {
                 "Content-Type: text/html; charset=utf-8\r\n",
             ),
         ] {
-            let text = status_output(&program, &args, t, "22");
+            let text = status_output(&program, &args, t, &[("KRGISO_SSH_PORT", "22")]);
             assert!(text.starts_with(header), "{text}");
             let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
             if header.contains("json") {
