@@ -46,3 +46,15 @@ stop_pid() {
 default_route_dev() {
     ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }'
 }
+
+# A dotted quad as a number; fails for anything else.
+as_number() {
+    local IFS=. parts p n=0
+    [[ $1 =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || return 1
+    read -r -a parts <<< "$1"
+    for p in "${parts[@]}"; do
+        [ "$((10#$p))" -le 255 ] || return 1
+        n=$(((n << 8) | 10#$p))
+    done
+    echo "$n"
+}
