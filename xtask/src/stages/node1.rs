@@ -89,10 +89,7 @@ impl Stage for Node1 {
         let boot = render::BootFiles::for_release(cx.profile.kernel.kind, release.trim());
         let (net, cluster) = (&cx.profile.network, &cx.profile.cluster);
         for (layer, files) in [
-            (
-                &node1,
-                render::node1_files(net, cluster, &cx.profile.status, &boot),
-            ),
+            (&node1, render::node1_files(&cx.profile, &boot)),
             (&nodes, render::nodes_files(net, cluster)),
         ] {
             for (path, text) in files {
