@@ -147,6 +147,9 @@ pub(crate) struct QemuArgs {
     /// After the checks, power node1 off and on again, then each node: same addresses, nothing lost (needs --stick with KRGISO-DATA)
     #[arg(long, requires = "stick")]
     pub(crate) reboot: bool,
+    /// Make the cluster link a LAN with a DHCP server of its own (in a network namespace): node1 must only proxy, and a host of that LAN that did not PXE-boot must be refused the nodes' root
+    #[arg(long, conflicts_with = "reboot")]
+    pub(crate) foreign_dhcp: bool,
 }
 
 /// `usb`'s options.
@@ -350,8 +353,12 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
         firmware,
         stick,
         reboot,
+        foreign_dhcp,
     } = args;
-    let test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?;
+    let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?;
+    if *foreign_dhcp {
+        test = test.on_a_foreign_lan(&session.layout.log("qemu"))?;
+    }
     let test = BootTest {
         stick: stick.as_deref().map(std::path::absolute).transpose()?,
         reboot: *reboot,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use xshell::cmd;
 
 use crate::shell::StageShell;
@@ -255,6 +255,28 @@ pub(crate) fn apt_install(pkgs: &[&str], log: &Path) -> Result<()> {
             log.display()
         ))
     })
+}
+
+/// Runs `f` on a thread of its own inside network namespace `ns` (setns
+/// moves only the calling thread): the sockets it makes stay in `ns`.
+pub(crate) fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns with a namespace file this thread holds open;
+        // it changes this thread's network namespace only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns into {ns}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread in a network namespace panicked"))?
 }
 
 #[cfg(test)]

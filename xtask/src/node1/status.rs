@@ -228,6 +228,51 @@ mod tests {
         drop(listener);
     }
 
+    /// Proxy mode: node1 sees no lease, yet a node that asked it on port
+    /// 4011 has its row with its MAC, and no lease time is made up.
+    #[test]
+    fn in_proxy_mode_a_node_is_known_by_its_pxe_request() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (run, export) = (t.join("run"), t.join("export"));
+        fs::create_dir_all(&run).unwrap();
+        fs::create_dir_all(&export).unwrap();
+        fs::write(
+            t.join("cluster.env"),
+            format!(
+                "ADDRESS=10.77.0.1\nPREFIX=24\nEXPORT_DIR={}\nBOOT_SCRIPT=boot.ipxe\n",
+                export.display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            run.join("node1.env"),
+            "MODE=proxy\nIFACE=ens4\nSERVE=192.168.77.101\n",
+        )
+        .unwrap();
+        // What node1's dnsmasq logged as two iPXE nodes booted through it
+        // (e2e-boot-bios), a LAN host's DHCP request among them.
+        fs::write(
+            run.join("dnsmasq.log"),
+            "Dec  3 19:09:23 dnsmasq-dhcp[548]: 2387643400 PXE(ens4) 52:54:00:77:00:02 proxy\n\
+             Dec  3 19:09:24 dnsmasq-dhcp[548]: 2387643401 DHCPREQUEST(ens4) 192.168.77.40 52:54:00:99:00:01\n\
+             Dec  3 19:09:39 dnsmasq-dhcp[548]: 0 PXE(ens4) 192.168.77.122 52:54:00:77:00:02 boot.ipxe\n\
+             Dec  3 19:09:39 dnsmasq-tftp[548]: sent /run/krgiso/tftp/boot.ipxe to 192.168.77.122\n",
+        )
+        .unwrap();
+        let program = crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM);
+        let report = StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
+        assert_eq!(report.node1.mode, "proxy");
+        let ips: Vec<&str> = report.nodes.iter().map(|n| n.ip.as_str()).collect();
+        assert_eq!(ips, ["192.168.77.122"], "a LAN host's request makes no row");
+        let node = report.node("192.168.77.122").unwrap();
+        assert_eq!(node.mac, "52:54:00:77:00:02");
+        assert_eq!(node.lease_at, "");
+        assert!(node.pxe.boot_script);
+    }
+
     /// The reports' directory is the nodes': a link there is not followed,
     /// a name that is no address is skipped, only MAX_REPORTS files are
     /// read, and an address only a report names is never probed (it could

@@ -15,15 +15,18 @@ use super::browser;
 use super::console::Console;
 use super::frame::{Mac, Packet};
 use super::milestone::{Milestone, NodesBoot};
-use super::{Run, Screenshot, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
+use super::{LinkDhcp, Run, Screenshot, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
 use crate::files;
+use crate::node1::render::BOOT_SCRIPT;
 use crate::node1::status::StatusReport;
 
 impl Run<'_> {
-    /// Every node's lease came from node1, in the range; no one else served
-    /// DHCP on the cluster link.
+    /// Every node's lease came from the link's DHCP server (node1, or the
+    /// LAN's own), in its range; no one else served DHCP on the cluster
+    /// link.
     pub(super) fn check_cluster_link(&self) -> Result<Vec<(String, Ipv4Addr)>> {
         let seen = self.hub.seen();
+        let server = self.dhcp_server();
         let rogue: Vec<String> = seen
             .iter()
             .filter_map(|s| match &s.packet {
@@ -31,12 +34,22 @@ impl Run<'_> {
                     sender,
                     from_server: true,
                     ..
-                } if *sender != NODE1_CLUSTER => Some(sender.to_string()),
+                } if *sender != NODE1_CLUSTER && *sender != server => Some(sender.to_string()),
                 _ => None,
             })
             .collect();
         if !rogue.is_empty() {
-            bail!("a DHCP server other than node1 answered on the cluster link: {rogue:?}");
+            bail!("an unknown DHCP server answered on the cluster link: {rogue:?}");
+        }
+        if self.test.link_dhcp == LinkDhcp::Foreign {
+            let handed = addresses_handed_out(&seen, NODE1_CLUSTER, server);
+            if !handed.is_empty() {
+                bail!("node1 handed out addresses on a LAN with its own DHCP server: {handed:?}");
+            }
+            self.say(
+                "node1",
+                "only proxied: every address on the LAN came from its own server",
+            );
         }
         let mut leases = Vec::new();
         for t in self.vms.iter().skip(1) {
@@ -45,11 +58,12 @@ impl Run<'_> {
                 .detail(Milestone::Lease)
                 .parse()
                 .with_context(|| format!("{name}: no lease address seen"))?;
-            if !self.test.network.dhcp_range.contains(lease) {
+            let range = self.lease_range();
+            if !range.contains(lease) {
                 bail!(
-                    "{name} got {lease}, outside the profile's DHCP range {}-{}",
-                    self.test.network.dhcp_range.start,
-                    self.test.network.dhcp_range.end
+                    "{name} got {lease}, outside the DHCP range {}-{}",
+                    range.start,
+                    range.end
                 );
             }
             if t.steps.contains(&Milestone::NfsRootRw) {
@@ -89,8 +103,12 @@ impl Run<'_> {
     }
 
     /// node1 served no DHCP on the uplink (and the capture did see node1
-    /// there: its own DHCP request to QEMU's server).
+    /// there: its own DHCP request to QEMU's server). On a LAN with its own
+    /// server node1 has no other link: `check_cluster_link` saw to it.
     pub(super) fn check_uplink(&self) -> Result<()> {
+        if self.test.link_dhcp == LinkDhcp::Foreign {
+            return Ok(());
+        }
         let path = self.test.dir.join("node1-uplink.pcap");
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut asked = false;
@@ -171,7 +189,9 @@ impl Run<'_> {
         // mount may come a few seconds after its login prompt, so it is
         // asked again, every 3 s for up to 60 s, until every row is whole.
         let status_page = if reports {
-            let url = format!("http://{}/", self.test.network.address.addr);
+            let status = self.vms[0].detail(Milestone::Ready);
+            let address = node1_address(status).unwrap_or(self.test.network.address.addr);
+            let url = format!("http://{address}/");
             let settled = within(STATUS_PAGE_SETTLES, until);
             let json = loop {
                 let json = console.run(&format!("busybox wget -qO- {url}status.json"), until)?;
@@ -260,6 +280,57 @@ impl Run<'_> {
         if let Some((json, page)) = status_page {
             self.check_status_page(leases, &json, &page)?;
         }
+        Ok(())
+    }
+
+    /// On a LAN with its own DHCP server, the LAN's host (which never
+    /// PXE-booted) tries a real NFS mount of the nodes' root at node1's
+    /// address, with a user-space client: refused. Then it fetches the boot
+    /// script by TFTP, as a node's iPXE does, and the same mount is granted:
+    /// node1 exports to the hosts that booted from it, and to no other.
+    pub(super) fn check_export_to_booted_only(&mut self) -> Result<()> {
+        let Some(lan) = &self.lan else {
+            return Ok(());
+        };
+        let status = self.vms[0].detail(Milestone::Ready);
+        let address = node1_address(status)
+            .with_context(|| format!("node1's status line has no address: {status}"))?;
+        let url = format!("nfs://{address}{}", self.test.export_dir);
+        let (mounted, said) = lan.run("nfs-ls", &[&url])?;
+        if mounted || !mount_refused(&said) {
+            bail!(
+                "a LAN host that never PXE-booted tried to mount {url}: it should be refused by node1's mountd, yet nfs-ls said {said:?}"
+            );
+        }
+        let refused = said.trim().to_owned();
+        let script = format!("tftp://{address}/{BOOT_SCRIPT}");
+        let (fetched, said) = lan.run(
+            "curl",
+            &["-sS", "--max-time", "20", "-o", "/dev/null", &script],
+        )?;
+        if !fetched {
+            bail!("the LAN host could not fetch {script}: {said}");
+        }
+        // node1 exports from dnsmasq's TFTP hook: give it a few seconds.
+        let until = within(Duration::from_secs(30), self.deadline);
+        let listing = loop {
+            let (mounted, said) = lan.run("nfs-ls", &[&url])?;
+            if mounted {
+                break said;
+            }
+            if Instant::now() >= until {
+                bail!("the LAN host fetched node1's boot script, yet its mount of {url} is still refused: {said:?}");
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        if !listing.lines().any(|l| l.trim_end().ends_with(" etc")) {
+            bail!("the LAN host mounted {url} but its listing has no etc: {listing:?}");
+        }
+        self.record(
+            0,
+            Milestone::ExportToBootedOnly,
+            format!("refused ({refused}); granted after the boot script"),
+        );
         Ok(())
     }
 
@@ -352,7 +423,12 @@ impl Run<'_> {
             let mut missing = Vec::new();
             let checks = [
                 (row.mac == mac, "its MAC"),
-                (!row.lease_at.is_empty(), "its lease time"),
+                // In proxy mode the lease is the LAN server's: node1 sees
+                // none.
+                (
+                    !row.lease_at.is_empty() || self.test.link_dhcp == LinkDhcp::Foreign,
+                    "its lease time",
+                ),
                 (row.pxe.boot_script, "the boot script fetched"),
                 (row.pxe.kernel, "the kernel fetched"),
                 // The Kerrighed kernel mounts its NFS root itself: no initramfs.
@@ -425,7 +501,8 @@ impl Run<'_> {
         let html = dir.join("status.html");
         let png = dir.join("status.png");
         let text = browser::render(&format!("file://{}", html.display()), &png, dir)?;
-        let mut absent: Vec<&str> = ["krgiso cluster: node1", "DHCP mode full"]
+        let mode = format!("DHCP mode {}", dhcp_mode(self.test.link_dhcp));
+        let mut absent: Vec<&str> = ["krgiso cluster: node1", mode.as_str()]
             .into_iter()
             .filter(|t| !text.contains(t))
             .collect();
@@ -541,16 +618,17 @@ fn node_uname(said: &str, nodes_boot: NodesBoot) -> Option<&str> {
     })
 }
 
-/// node1's status line must say: full DHCP, TFTP, HTTP and NFS up, and
-/// the cluster key made.
-pub(super) fn check_node1_status(line: &str) -> Result<()> {
+/// node1's status line must say: DHCP as the link calls for (full on a
+/// link of its own, proxy on a LAN with a server), TFTP, HTTP and NFS up,
+/// and the cluster key made.
+pub(super) fn check_node1_status(line: &str, link: LinkDhcp) -> Result<()> {
     let fields: BTreeMap<&str, &str> = line
         .split_whitespace()
         .filter_map(|w| w.split_once('='))
         .collect();
     let mut wrong = Vec::new();
     for (key, want) in [
-        ("dhcp", "full"),
+        ("dhcp", dhcp_mode(link)),
         ("tftp", "ok"),
         ("http", "ok"),
         ("nfs", "ok"),
@@ -566,6 +644,54 @@ pub(super) fn check_node1_status(line: &str) -> Result<()> {
         bail!("node1 is not ready: {} in \"{line}\"", wrong.join(", "));
     }
     Ok(())
+}
+
+/// The addresses `node1` offered or acknowledged to a client that the
+/// LAN's `server` did not give it: a proxy answers with none (0.0.0.0),
+/// or, on port 4011, with the client's own.
+fn addresses_handed_out(seen: &[super::hub::Seen], node1: Mac, server: Mac) -> Vec<String> {
+    let given_by = |who: Mac| {
+        seen.iter().filter_map(move |s| match &s.packet {
+            Packet::Dhcp {
+                sender,
+                from_server: true,
+                client,
+                your_address,
+                ..
+            } if *sender == who && !your_address.is_unspecified() => Some((*client, *your_address)),
+            _ => None,
+        })
+    };
+    let leased: BTreeSet<(Mac, Ipv4Addr)> = given_by(server).collect();
+    given_by(node1)
+        .filter(|given| !leased.contains(given))
+        .map(|(client, ip)| format!("{ip} to {client}"))
+        .collect()
+}
+
+/// Whether an NFS client's words say the server refused the mount (not
+/// that it could not be reached).
+fn mount_refused(said: &str) -> bool {
+    said.contains("MNT3ERR_ACCES") || said.contains("Permission denied")
+}
+
+/// What node1's status line and page call the DHCP mode the link wants.
+fn dhcp_mode(link: LinkDhcp) -> &'static str {
+    match link {
+        LinkDhcp::Node1 => "full",
+        LinkDhcp::Foreign => "proxy",
+    }
+}
+
+/// node1's address on the cluster link, from its status line
+/// (`address=A/P`): the profile's in full mode, the LAN's lease in proxy
+/// mode.
+pub(super) fn node1_address(status: &str) -> Option<Ipv4Addr> {
+    status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
 }
 
 #[cfg(test)]
@@ -615,18 +741,86 @@ mod tests {
         assert_eq!(node_uname("krgiso 6.1.0-50-amd64\n", krg), None);
     }
 
+    /// On a LAN with its own server, node1's proxy answers carry no
+    /// address (0.0.0.0), or on port 4011 the one the LAN gave the node:
+    /// neither counts. An address of node1's own choosing does.
     #[test]
-    fn node1_status_must_say_full_dhcp_tftp_http_and_nfs() {
+    fn a_proxy_hands_out_no_address_of_its_own() {
+        use crate::qemu::frame::{self, tests::bootp, tests::udp_frame};
+        let (lan, node1, node) = (
+            Mac([0x52, 0x54, 0, 0x77, 0xfe, 1]),
+            Mac([0x52, 0x54, 0, 0x77, 0, 1]),
+            Mac([0x52, 0x54, 0, 0x77, 0, 2]),
+        );
+        let leased = Ipv4Addr::new(192, 168, 77, 122);
+        let seen = |packets: &[(Mac, Ipv4Addr)]| -> Vec<super::super::hub::Seen> {
+            packets
+                .iter()
+                .map(|&(sender, yiaddr)| {
+                    let f = udp_frame(
+                        sender,
+                        Ipv4Addr::UNSPECIFIED,
+                        (67, 68),
+                        &bootp(2, node, yiaddr, frame::DHCP_ACK),
+                    );
+                    super::super::hub::Seen {
+                        packet: frame::parse(&f).unwrap(),
+                    }
+                })
+                .collect()
+        };
+        let proxy = seen(&[
+            (lan, leased),
+            (node1, Ipv4Addr::UNSPECIFIED),
+            (node1, leased),
+        ]);
+        assert!(addresses_handed_out(&proxy, node1, lan).is_empty());
+        let serving = seen(&[(lan, leased), (node1, Ipv4Addr::new(10, 77, 0, 150))]);
+        assert_eq!(
+            addresses_handed_out(&serving, node1, lan),
+            ["10.77.0.150 to 52:54:00:77:00:02"]
+        );
+    }
+
+    #[test]
+    fn node1s_address_is_read_from_its_status_line() {
+        let line = "krgiso: node1 iface=ens4 address=192.168.77.101/24 dhcp=proxy tftp=ok";
+        assert_eq!(node1_address(line), Some(Ipv4Addr::new(192, 168, 77, 101)));
+        assert_eq!(
+            node1_address("krgiso: node1 iface=none dhcp=failed(x)"),
+            None
+        );
+    }
+
+    /// libnfs's words for a refusal by mountd (what e2e-boot-bios saw),
+    /// not for a server out of reach.
+    #[test]
+    fn a_refused_mount_is_told_from_an_unreachable_server() {
+        assert!(mount_refused("Failed to mount nfs share : mount_cb: RPC error: Mount failed with error MNT3ERR_ACCES(13) Permission denied(13)"));
+        assert!(!mount_refused(
+            "Failed to mount nfs share : nfs_service failed. Connection refused"
+        ));
+    }
+
+    #[test]
+    fn node1_status_must_say_the_links_dhcp_mode_tftp_http_and_nfs() {
+        let own = LinkDhcp::Node1;
         let ok = "krgiso: node1 iface=ens4 address=10.77.0.1/24 dhcp=full tftp=ok http=ok nfs=ok nodes=ram key=ok";
-        check_node1_status(ok).unwrap();
+        check_node1_status(ok, own).unwrap();
         let no_http = ok.replace("http=ok", "http=failed(see /run/krgiso/httpd.log)");
-        let e = check_node1_status(&no_http).unwrap_err().to_string();
+        let e = check_node1_status(&no_http, own).unwrap_err().to_string();
         assert!(e.contains("http=failed(see /run/krgiso/httpd.log)"), "{e}");
         let proxy = ok.replace("dhcp=full", "dhcp=proxy");
-        let e = check_node1_status(&proxy).unwrap_err().to_string();
+        let e = check_node1_status(&proxy, own).unwrap_err().to_string();
         assert!(e.contains("dhcp=proxy (want dhcp=full)"), "{e}");
+        // On a LAN with its own DHCP server, the other way round.
+        check_node1_status(&proxy, LinkDhcp::Foreign).unwrap();
+        let e = check_node1_status(ok, LinkDhcp::Foreign)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dhcp=full (want dhcp=proxy)"), "{e}");
         let broken = "krgiso: node1 iface=ens4 dhcp=full tftp=FAILED(no boot.ipxe)";
-        let e = check_node1_status(broken).unwrap_err().to_string();
+        let e = check_node1_status(broken, own).unwrap_err().to_string();
         assert!(e.contains("tftp=FAILED(no boot.ipxe)"), "{e}");
         assert!(e.contains("no nfs= field"), "{e}");
     }

@@ -17,7 +17,6 @@ use super::console::Console;
 use super::frame::{Mac, Packet, DHCP_ACK};
 use super::hub::Seen;
 use super::vm::{Machine, Vm};
-use super::NODE1_CLUSTER;
 
 /// The steps a VM goes through, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -54,6 +53,10 @@ pub(crate) enum Milestone {
     /// A node: what it wrote before node1's NFS server restarted is still
     /// there, and its next write after succeeds.
     NfsRestart,
+    /// node1 on a LAN with its own DHCP server: a host of that LAN that
+    /// did not PXE-boot has its NFS mount of the nodes' root refused, and
+    /// granted once it fetched the boot script.
+    ExportToBootedOnly,
     /// node1 powered on again: its lease table is the one from before.
     LeasesKept,
     /// A node that ran through node1's power-off: its next write succeeds,
@@ -141,7 +144,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 23] = [
+    pub(crate) const ALL: [Milestone; 24] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -157,6 +160,7 @@ impl Milestone {
         Milestone::ClusterUp,
         Milestone::SshFromNode1,
         Milestone::NfsRestart,
+        Milestone::ExportToBootedOnly,
         Milestone::LeasesKept,
         Milestone::CarriedOn,
         Milestone::SameAddress,
@@ -195,7 +199,7 @@ impl Milestone {
                     },
                 ],
             ),
-            Milestone::Lease => ("lease from node1", Sign::Lease, false, &[]),
+            Milestone::Lease => ("DHCP lease", Sign::Lease, false, &[]),
             Milestone::BootScript => (
                 "iPXE asked for its script",
                 Sign::Fetch(Fetch::Tftp, BOOT_SCRIPT),
@@ -263,6 +267,12 @@ impl Milestone {
             ),
             Milestone::SshFromNode1 => ("ssh from node1", Sign::Checked, false, &[]),
             Milestone::NfsRestart => ("NFS server restart survived", Sign::Checked, false, &[]),
+            Milestone::ExportToBootedOnly => (
+                "NFS root refused to a LAN host until it PXE-booted",
+                Sign::Checked,
+                false,
+                &[],
+            ),
             Milestone::LeasesKept => ("leases kept across the reboot", Sign::Checked, false, &[]),
             Milestone::CarriedOn => (
                 "carried on through node1's reboot",
@@ -304,17 +314,26 @@ pub(super) struct Scan {
     pub(super) kernel_at: usize,
 }
 
+/// A VM on the cluster link, and who gives it its lease.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Link {
+    pub(super) node: Mac,
+    /// node1's cluster NIC, or a LAN's own DHCP server.
+    pub(super) dhcp_server: Mac,
+}
+
 /// Looks for `steps` not yet reached (`has`) in the VM's console (from its
 /// banner at `kernel_at`, 0 before it is seen) and in what the hub saw of
-/// the VM (`mac`) on the cluster link.
+/// the VM (`link.node`) on the cluster link.
 pub(super) fn scan(
     steps: &[Milestone],
     has: impl Fn(Milestone) -> bool,
     console: &Console,
     kernel_at: usize,
     seen: &[Seen],
-    mac: Mac,
+    link: Link,
 ) -> Result<Scan> {
+    let mac = link.node;
     let mut scan = Scan {
         reached: Vec::new(),
         kernel_at,
@@ -345,7 +364,9 @@ pub(super) fn scan(
                     message: Some(DHCP_ACK),
                     client,
                     your_address,
-                } if *client == mac && *sender == NODE1_CLUSTER => Some(your_address.to_string()),
+                } if *client == mac && *sender == link.dhcp_server => {
+                    Some(your_address.to_string())
+                }
                 _ => None,
             }),
             Sign::Fetch(by, name) => fetched(seen, mac, by, |f| f.contains(name)),
@@ -548,6 +569,7 @@ pub(super) fn print_table(report: &Report) {
 mod tests {
     use super::*;
     use crate::qemu::node_mac;
+    use crate::qemu::NODE1_CLUSTER;
     use std::io::Write as _;
     use std::net::Ipv4Addr;
     use std::os::unix::net::UnixStream;
@@ -657,13 +679,21 @@ mod tests {
     /// `observe()`'s search, on a scripted console and link: each
     /// milestone from what really shows it, in order, never from a line
     /// before this boot's banner or a packet of another VM or server.
+    fn on_node1s_link(node: Mac) -> Link {
+        Link {
+            node,
+            dhcp_server: NODE1_CLUSTER,
+        }
+    }
+
     #[test]
     fn a_scan_sees_each_milestone_from_the_console_and_the_link_in_order() {
         let mac = node_mac(2);
+        let on = on_node1s_link(mac);
         let steps = KRG_NODE_STEPS;
         let none = |_| false;
         let (console, _guest) = scripted(KRG_BOOT);
-        let all = scan(steps, none, &console, 0, &link(mac), mac).unwrap();
+        let all = scan(steps, none, &console, 0, &link(mac), on).unwrap();
         let got: Vec<Milestone> = all.reached.iter().map(|r| r.0).collect();
         // The cluster does not start with one node.
         assert_eq!(got, &steps[..steps.len() - 1]);
@@ -679,10 +709,10 @@ mod tests {
         // No lease from node1 for this MAC: nothing, however far the
         // console got.
         let foreign = &link(mac)[..2];
-        let seen = scan(steps, none, &console, 0, foreign, mac).unwrap();
+        let seen = scan(steps, none, &console, 0, foreign, on).unwrap();
         assert!(seen.reached.is_empty(), "{:?}", seen.reached);
         // node1's lease but no fetch yet: only the lease.
-        let seen = scan(steps, none, &console, 0, &link(mac)[..3], mac).unwrap();
+        let seen = scan(steps, none, &console, 0, &link(mac)[..3], on).unwrap();
         assert_eq!(seen.reached.len(), 1);
 
         // The next look goes on from what was reached.
@@ -693,7 +723,7 @@ mod tests {
             &console,
             all.kernel_at,
             &[],
-            mac,
+            on,
         )
         .unwrap();
         assert_eq!(next.reached[0].0, Milestone::Tipc);
@@ -702,17 +732,17 @@ mod tests {
         // an earlier boot printed above it).
         let early = "krgiso: node node2 10.77.0.102 rw=ok\r\nnode2 login: ";
         let (console, _guest) = scripted(early);
-        let seen = scan(STOCK_NODE_STEPS, none, &console, 0, &link(mac), mac).unwrap();
+        let seen = scan(STOCK_NODE_STEPS, none, &console, 0, &link(mac), on).unwrap();
         assert_eq!(seen.reached.last().unwrap().0, Milestone::KernelLoaded);
 
         // "loaded!" missing: Kerrighed is not counted as loaded.
         let (console, _guest) = scripted(&KRG_BOOT.replace("Kerrighed... loaded!", "oops"));
-        let seen = scan(steps, none, &console, 0, &link(mac), mac).unwrap();
+        let seen = scan(steps, none, &console, 0, &link(mac), on).unwrap();
         assert_eq!(seen.reached.last().unwrap().0, Milestone::RootMounted);
 
         // A root that took no write fails the boot test at once.
         let (console, _guest) = scripted(&KRG_BOOT.replace("rw=ok\r\n\r\n", "rw=failed\r\n\r\n"));
-        let err = scan(steps, none, &console, 0, &link(mac), mac).unwrap_err();
+        let err = scan(steps, none, &console, 0, &link(mac), on).unwrap_err();
         assert!(err.to_string().contains("not writable"), "{err}");
     }
 

@@ -13,6 +13,7 @@ mod checks;
 pub(crate) mod console;
 pub(crate) mod frame;
 pub(crate) mod hub;
+mod lan;
 mod milestone;
 mod reboot;
 mod ssi;
@@ -33,11 +34,12 @@ use crate::node1::accounts;
 use crate::profile::{Network, Profile};
 use frame::Mac;
 use hub::Hub;
+use lan::ForeignLan;
 use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
 pub(crate) use boot_time::{BootTime, UnitTime};
 use checks::check_node1_status;
-use milestone::{from_word, print_table, scan, Tracked, NODE1_STEPS};
+use milestone::{from_word, print_table, scan, Link, Tracked, NODE1_STEPS};
 pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
@@ -96,6 +98,17 @@ pub(crate) struct BootTest {
     /// After the checks, power node1 off and on again (it keeps what
     /// KRGISO-DATA holds), then each node: the same addresses, nothing lost.
     pub(crate) reboot: bool,
+    /// Who serves DHCP on the cluster link.
+    pub(crate) link_dhcp: LinkDhcp,
+}
+
+/// Who serves DHCP on the cluster link: node1 (a link of the cluster's
+/// own), or the LAN's own server (a [`ForeignLan`]), node1 then only
+/// proxying the boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkDhcp {
+    Node1,
+    Foreign,
 }
 
 /// The status page in a browser: always in `cargo xtask test` (which
@@ -120,6 +133,8 @@ struct Run<'a> {
     boot_times: BTreeMap<String, BootTime>,
     /// VMs powered on again, and why: a CPU stall is given one per run.
     powered_on_again: Vec<PoweredOnAgain>,
+    /// The LAN with a DHCP server of its own, when the test has one.
+    lan: Option<ForeignLan>,
 }
 
 /// Why a VM was powered on again after its emulated CPU stalled.
@@ -181,6 +196,17 @@ impl BootTest {
             nodes_boot,
             screenshot: Screenshot::IfInstalled,
             reboot: false,
+            link_dhcp: LinkDhcp::Node1,
+        })
+    }
+
+    /// The cluster link as an ordinary LAN with its own DHCP server: its
+    /// tools installed if they are missing.
+    pub(crate) fn on_a_foreign_lan(self, log: &Path) -> Result<BootTest> {
+        host::ensure_tools(&lan::tools(), true, log)?;
+        Ok(BootTest {
+            link_dhcp: LinkDhcp::Foreign,
+            ..self
         })
     }
 
@@ -213,6 +239,15 @@ impl BootTest {
         }
         let started = Instant::now();
         let hub = Hub::start(&self.dir.join("cluster.pcap"))?;
+        let lan = match self.link_dhcp {
+            LinkDhcp::Node1 => None,
+            LinkDhcp::Foreign => {
+                let reserved: Vec<(Mac, std::net::Ipv4Addr)> = (2..2 + self.nodes)
+                    .map(|n| (node_mac(n), lan::address_of_node(n)))
+                    .collect();
+                Some(ForeignLan::start(&hub, &self.dir, &reserved)?)
+            }
+        };
         let mut run = Run {
             test: self,
             started,
@@ -223,7 +258,15 @@ impl BootTest {
             retired: Vec::new(),
             boot_times: BTreeMap::new(),
             powered_on_again: Vec::new(),
+            lan,
         };
+        if run.lan.is_some() {
+            println!(
+                "the cluster link is a LAN with its own DHCP server ({}-{}): node1 must only proxy",
+                lan::LAN_RANGE.start,
+                lan::LAN_RANGE.end
+            );
+        }
         println!(
             "booting {} as node1 ({:?}, {}) with {} PXE node(s); logs in {}",
             self.stick.as_deref().unwrap_or(&self.iso).display(),
@@ -261,7 +304,7 @@ impl Run<'_> {
         self.power_on(node1, NODE1_STEPS)?;
         self.wait_for(|vms| vms[0].done())?;
         let status = self.vms[0].detail(Milestone::Ready).to_owned();
-        check_node1_status(&status)?;
+        check_node1_status(&status, self.test.link_dhcp)?;
 
         for n in 2..2 + self.test.nodes {
             let port = self.hub.add_member()?;
@@ -287,6 +330,7 @@ impl Run<'_> {
             .steps(self.test.nodes)
             .contains(&Milestone::NfsRootRw);
         self.session_on_node1(&leases, self.test.nodes > 0 && reports)?;
+        self.check_export_to_booted_only()?;
         let cluster = self
             .test
             .nodes_boot
@@ -337,7 +381,10 @@ impl Run<'_> {
                 Some(stick) => Boot::UsbStick(stick.clone()),
                 None => Boot::Cdrom(self.test.iso.clone()),
             },
-            uplink: Some((NODE1_UPLINK, self.test.dir.join("node1-uplink.pcap"))),
+            // On a LAN with its own DHCP server node1 has one NIC, as a
+            // PC plugged into an office LAN does: the LAN is its uplink too.
+            uplink: (self.test.link_dhcp == LinkDhcp::Node1)
+                .then(|| (NODE1_UPLINK, self.test.dir.join("node1-uplink.pcap"))),
             cluster: (NODE1_CLUSTER, self.hub.port(), port),
         })
     }
@@ -368,6 +415,22 @@ impl Run<'_> {
             kernel_at: 0,
             seen_from,
         })
+    }
+
+    /// The MAC of whoever gives the nodes their lease.
+    fn dhcp_server(&self) -> Mac {
+        match self.test.link_dhcp {
+            LinkDhcp::Node1 => NODE1_CLUSTER,
+            LinkDhcp::Foreign => lan::LAN_SERVER,
+        }
+    }
+
+    /// Where the nodes' addresses must come from.
+    fn lease_range(&self) -> crate::profile::DhcpRange {
+        match self.test.link_dhcp {
+            LinkDhcp::Node1 => self.test.network.dhcp_range,
+            LinkDhcp::Foreign => lan::LAN_RANGE,
+        }
     }
 
     fn say(&self, vm: &str, what: &str) {
@@ -470,7 +533,11 @@ impl Run<'_> {
                 format!("{STALLED} ({why})"),
             );
         }
-        let found = scan(t.steps, |m| t.has(m), console, t.kernel_at, seen, mac)
+        let link = Link {
+            node: mac,
+            dhcp_server: self.dhcp_server(),
+        };
+        let found = scan(t.steps, |m| t.has(m), console, t.kernel_at, seen, link)
             .with_context(|| t.vm.spec.name.clone())?;
         let (new, kernel_at) = (found.reached, found.kernel_at);
         self.vms[i].kernel_at = kernel_at;

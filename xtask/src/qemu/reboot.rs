@@ -50,7 +50,7 @@ impl Run<'_> {
         self.power_on_again(0, NODE1_STEPS)?;
         self.wait_for(|vms| vms[0].done())?;
         let status = self.vms[0].detail(Milestone::Ready).to_owned();
-        check_node1_status(&status)?;
+        check_node1_status(&status, self.test.link_dhcp)?;
         if !status.contains("nodes=disk:") {
             bail!("node1 powered on again without its nodes' root on KRGISO-DATA: {status}");
         }

@@ -302,8 +302,18 @@ fn interrupt(child: std::process::Child, command: &str) -> Result<String> {
 }
 
 /// The BIOS boot test: node1 and two PXE nodes.
+/// The BIOS boot test, on a LAN with its own DHCP server: node1 only
+/// proxies, the two nodes boot through it with the LAN's addresses, and a
+/// host of that LAN that did not PXE-boot is refused the nodes' root.
 pub(crate) fn boot_bios(project: &Path) -> Result<Timings> {
-    boot(project, 2, QemuFirmware::Bios)
+    let run = SmokeRun::built(project)?;
+    let layout = run.layout();
+    let log = layout.log("qemu");
+    let report = BootTest::for_build(&run.profile, &layout, 2, QemuFirmware::Bios)?
+        .with_screenshot(&log)?
+        .on_a_foreign_lan(&log)?
+        .run()?;
+    Ok(milestone_timings(&report))
 }
 
 /// The UEFI boot test, the way a user boots a modern machine: the image
@@ -338,15 +348,6 @@ pub(crate) fn boot_uefi_stick(project: &Path) -> Result<Timings> {
     );
     timings.extend(milestone_timings(&report));
     Ok(timings)
-}
-
-fn boot(project: &Path, nodes: u32, firmware: QemuFirmware) -> Result<Timings> {
-    let run = SmokeRun::built(project)?;
-    let layout = run.layout();
-    let report = BootTest::for_build(&run.profile, &layout, nodes, firmware)?
-        .with_screenshot(&layout.log("qemu"))?
-        .run()?;
-    Ok(milestone_timings(&report))
 }
 
 pub(crate) fn milestone_timings(report: &Report) -> Timings {

@@ -182,7 +182,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-boot-bios",
-        about: "`qemu --nodes 2`: node1 from the ISO (SeaBIOS), two nodes PXE-boot into the NFS root",
+        about: "`qemu --nodes 2 --foreign-dhcp`: node1 from the ISO (SeaBIOS) on a LAN with its own DHCP server (a network namespace on the cluster link): node1 only proxies, two nodes PXE-boot through it into the NFS root, and a LAN host that did not PXE-boot has its NFS mount refused",
         check: image::boot_bios,
     },
     EndToEnd {

@@ -857,25 +857,6 @@ fn proxy_export_follows_the_boot_script(
     Ok(())
 }
 
-/// Runs `f` on a thread of its own inside network namespace `ns` (setns
-/// moves only the calling thread): the sockets it makes stay in `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
-    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns with a namespace file this thread holds open;
-        // it changes this thread's network namespace only.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            anyhow::bail!("setns into {ns}: {}", std::io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("a thread in a network namespace panicked"))?
-}
-
 /// The ports node1's NFS and RPC services take (rpcbind, nfsd, mountd's
 /// usual one), and ssh.
 const RPC_PORTS: [u16; 3] = [111, 2049, 20048];
@@ -884,7 +865,7 @@ const RPC_PORTS: [u16; 3] = [111, 2049, 20048];
 /// at `address`.
 fn reachable(ns: &str, address: std::net::Ipv4Addr, ports: &[u16]) -> Result<Vec<u16>> {
     let ports = ports.to_vec();
-    in_netns(ns, move || {
+    host::in_netns(ns, move || {
         ports
             .into_iter()
             .filter(|&p| {
@@ -927,7 +908,7 @@ fn uplink_guard(
     let mut ports = RPC_PORTS.to_vec();
     ports.push(22);
     let listen = ports.clone();
-    let _listeners = in_netns(n1, move || {
+    let _listeners = host::in_netns(n1, move || {
         listen
             .iter()
             .map(|&p| std::net::TcpListener::bind(("0.0.0.0", p)))
