@@ -318,6 +318,7 @@ mod tests {
             user: "krg".into(),
             password_hash: None,
             authorized_keys: vec!["ssh-ed25519 BBBB me@laptop".into()],
+            scheduler: Default::default(),
         };
         let uid = add_user(&root, &layer, &creds, &cluster, false).unwrap();
         assert_eq!(uid, 1000);

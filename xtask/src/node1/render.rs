@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::layout::{EXPORT_DIR, NODES_LAYER, NODES_TREE, SERVED_DIR, TFTP_DIR};
-use crate::profile::{Cluster, KernelKind, Network, Profile};
+use crate::profile::{Cluster, KernelKind, Network, Profile, Scheduler};
 
 /// What a node's PXE firmware loads by TFTP: iPXE, on top of the
 /// firmware's own network driver (UNDI). iPXE then fetches `BOOT_SCRIPT`,
@@ -255,8 +255,16 @@ pub(crate) fn kerrighed_nodes(cluster: &Cluster) -> String {
     format!("session={}\nnbmin={}\n", cluster.session, cluster.nbmin)
 }
 
-pub(crate) fn default_kerrighed() -> String {
-    format!("{HEADER}# Start Kerrighed at boot.\nENABLE=true\n")
+/// The nodes' `/etc/default/kerrighed`, read by Kerrighed's own init
+/// script (lenny's nodes) and by the static nodes' rcS alike.
+pub(crate) fn default_kerrighed(cluster: &Cluster) -> String {
+    let legacy = cluster.scheduler == Scheduler::Legacy;
+    format!(
+        "{HEADER}# Start Kerrighed at boot.\nENABLE=true\n\
+         # Load balancing: once the cluster is up, its first node runs\n\
+         # krg_legacy_scheduler (round-robin placement, mosix migration).\n\
+         LEGACY_SCHED={legacy}\n"
+    )
 }
 
 /// The nodes' fstab: the root is NFS from node1 (the kernel mounted it, by
@@ -320,7 +328,7 @@ pub(crate) fn node1_files(p: &Profile, boot: &BootFiles) -> Vec<(PathBuf, String
 pub(crate) fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, String)> {
     let files = vec![
         ("etc/kerrighed_nodes", kerrighed_nodes(cluster)),
-        ("etc/default/kerrighed", default_kerrighed()),
+        ("etc/default/kerrighed", default_kerrighed(cluster)),
         ("etc/fstab", nodes_fstab()),
         ("etc/hosts", hosts(net)),
     ];
@@ -331,6 +339,17 @@ pub(crate) fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, Str
 mod tests {
     use super::*;
     use crate::profile::Profile;
+
+    /// `[cluster] scheduler`: Kerrighed's own variable, as its init script
+    /// reads it; legacy unless the profile says none.
+    #[test]
+    fn the_scheduler_key_sets_legacy_sched() {
+        let path = crate::project_root().join("profiles/kerrighed-2.4.4.toml");
+        let mut p = Profile::load(&path).unwrap();
+        assert!(default_kerrighed(&p.cluster).contains("\nLEGACY_SCHED=true\n"));
+        p.cluster.scheduler = Scheduler::None;
+        assert!(default_kerrighed(&p.cluster).contains("\nLEGACY_SCHED=false\n"));
+    }
     use std::path::Path;
 
     fn profile(name: &str) -> Profile {

@@ -235,6 +235,21 @@ pub(crate) struct Cluster {
     pub(crate) password_hash: Option<String>,
     #[serde(default)]
     pub(crate) authorized_keys: Vec<String>,
+    /// Kerrighed's load balancing, set up once the cluster is up.
+    #[serde(default)]
+    pub(crate) scheduler: Scheduler,
+}
+
+/// How Kerrighed places and moves processes: its own legacy setup (the
+/// `rr` and `mosix` schedulers of `krg_legacy_scheduler`, which its init
+/// script runs by default), or none (processes stay where they start,
+/// unless moved by hand with `migrate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Scheduler {
+    #[default]
+    Legacy,
+    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

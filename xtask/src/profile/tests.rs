@@ -282,6 +282,12 @@ fn bad_values_are_named_with_their_line() {
             "unknown variant",
         ),
         (
+            "nbmin = 2",
+            "nbmin = 2\nscheduler = \"mosix\"",
+            "cluster.scheduler",
+            "unknown variant `mosix`, expected `legacy` or `none`",
+        ),
+        (
             "volume = \"KRGISO_SMOKE\"",
             "volume = \"krg iso\"",
             "iso.volume",
@@ -311,7 +317,7 @@ fn bad_values_are_named_with_their_line() {
         assert_eq!(err.key, key, "{to}: {err}");
         assert!(err.message.contains(words), "{to}: {err}");
         let edited = smoke_text().replacen(from, to, 1);
-        let expected_line = line_of_text(&edited, to.split('\n').next().unwrap());
+        let expected_line = line_of_text(&edited, to.split('\n').next_back().unwrap());
         if key != "kernel.config" {
             assert_eq!(err.line, expected_line, "{to}: {err}");
         } else {

@@ -74,6 +74,9 @@ pub(crate) enum Milestone {
     MigratedBack,
     /// The cluster: one node's /proc/cpuinfo lists every node's processor.
     ClusterCpus,
+    /// The cluster: CPU-bound jobs started on one node, with no `migrate`,
+    /// run on every node (Kerrighed's scheduler moved them).
+    LoadBalanced,
 }
 
 /// How the boot test sees a milestone happen: something the real
@@ -144,7 +147,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 24] = [
+    pub(crate) const ALL: [Milestone; 25] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -169,6 +172,7 @@ impl Milestone {
         Milestone::MigratedAway,
         Milestone::MigratedBack,
         Milestone::ClusterCpus,
+        Milestone::LoadBalanced,
     ];
 
     pub(crate) fn spec(self) -> Spec {
@@ -291,6 +295,7 @@ impl Milestone {
             Milestone::MigratedAway => ("process migrated away", Sign::Checked, true, &[]),
             Milestone::MigratedBack => ("process migrated back", Sign::Checked, true, &[]),
             Milestone::ClusterCpus => ("cluster-wide /proc/cpuinfo", Sign::Checked, true, &[]),
+            Milestone::LoadBalanced => ("load balanced", Sign::Checked, true, &[]),
         };
         Spec {
             label,
@@ -751,7 +756,7 @@ mod tests {
         for (i, m) in Milestone::ALL.iter().enumerate() {
             assert_eq!(*m as usize, i, "{m:?} out of place in ALL");
         }
-        assert_eq!(Milestone::ALL.last(), Some(&Milestone::ClusterCpus));
+        assert_eq!(Milestone::ALL.last(), Some(&Milestone::LoadBalanced));
         // A step the boot test waits for must be one it can see.
         for steps in [NODE1_STEPS, STOCK_NODE_STEPS, KRG_NODE_STEPS] {
             for m in steps {

@@ -31,7 +31,7 @@ use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
 use crate::layout::Layout;
 use crate::node1::accounts;
-use crate::profile::{Network, Profile};
+use crate::profile::{Network, Profile, Scheduler};
 use frame::Mac;
 use hub::Hub;
 use lan::ForeignLan;
@@ -100,6 +100,8 @@ pub(crate) struct BootTest {
     pub(crate) reboot: bool,
     /// Who serves DHCP on the cluster link.
     pub(crate) link_dhcp: LinkDhcp,
+    /// Kerrighed's load balancing, as the profile sets it up.
+    pub(crate) scheduler: Scheduler,
 }
 
 /// Who serves DHCP on the cluster link: node1 (a link of the cluster's
@@ -197,6 +199,7 @@ impl BootTest {
             screenshot: Screenshot::IfInstalled,
             reboot: false,
             link_dhcp: LinkDhcp::Node1,
+            scheduler: profile.cluster.scheduler,
         })
     }
 
@@ -338,6 +341,9 @@ impl Run<'_> {
             .contains(&Milestone::ClusterUp);
         if cluster && self.test.nodes >= 2 {
             self.prove_single_system_image(&leases)?;
+            if self.test.scheduler == Scheduler::Legacy {
+                self.prove_load_balancing(&leases)?;
+            }
         }
         if self.test.reboot {
             self.reboot_node1_then_the_nodes(&leases)?;

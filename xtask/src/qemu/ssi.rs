@@ -21,7 +21,8 @@
 //! `krgcapset -d +CAN_MIGRATE`; and where a process runs is what it reads
 //! in `/proc/nodes/self` (`ps` is cluster-wide).
 
-use super::timing::{within, CHECKS, JOB_RECORDS};
+use super::timing::{within, CHECKS, JOB_RECORDS, LOAD_SPREADS, SCHEDULER_APPEARS};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ use super::{Milestone, Reached, Run};
 
 /// Where the job records itself, in the cluster user's home (shared root).
 const RECORD: &str = ".krgiso-ssi";
+
+/// Where the load-balancing jobs record themselves, one file each.
+const LOAD_RECORDS: &str = ".krgiso-load";
 
 /// What the job last wrote: its PID, its counter, the node it ran on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,21 @@ impl Record {
             words.next().is_none().then_some(record)
         })
     }
+}
+
+/// Where the load-balancing jobs say they run: job PID to node, from their
+/// `PID nodeN` lines (the last line of a job wins).
+pub(super) fn job_places(text: &str) -> BTreeMap<u32, String> {
+    text.lines()
+        .filter_map(
+            |l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+                [pid, node] if node.starts_with("node") => {
+                    Some((pid.parse().ok()?, (*node).to_owned()))
+                }
+                _ => None,
+            },
+        )
+        .collect()
 }
 
 /// Whether `krgadm nodes` output says every id is online (`131:online`).
@@ -201,6 +220,90 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Kerrighed's scheduler at work (`[cluster] scheduler = "legacy"`):
+    /// `krg_legacy_scheduler` made its schedulers, then 2 × nodes
+    /// CPU-bound jobs started on the first node, with no `migrate`, each
+    /// writing where it runs (`/proc/nodes/self`) to the shared root, are
+    /// found on every node.
+    pub(super) fn prove_load_balancing(&mut self, leases: &[(String, Ipv4Addr)]) -> Result<()> {
+        let a = 1;
+        let user = self.test.login.0.clone();
+        let until = within(CHECKS, self.deadline);
+        let give_up = within(SCHEDULER_APPEARS, until);
+        loop {
+            // A glob, not ls: the login shell's ls may colour its names.
+            let said = self.on(a, "echo /config/krg_scheduler/schedulers/*", until)?;
+            let made: Vec<&str> = said
+                .split_whitespace()
+                .filter_map(|p| p.strip_prefix("/config/krg_scheduler/schedulers/"))
+                .collect();
+            if made.contains(&"mosix") && made.contains(&"rr") {
+                break;
+            }
+            if Instant::now() > give_up {
+                bail!(
+                    "no Kerrighed scheduler on {}: /config/krg_scheduler/schedulers lists {made:?}, \
+                     not rr and mosix (krg_legacy_scheduler's output is in the first node's /var/log/krg_legacy_scheduler.log)",
+                    self.name(a)
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let jobs = 2 * leases.len();
+        let dir = format!("/home/{user}/{LOAD_RECORDS}");
+        let job = format!(
+            "while :; do echo \"$$ $(readlink /proc/nodes/self)\" > {dir}/$$.new; mv {dir}/$$.new {dir}/$$; \
+             i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; done"
+        );
+        self.on(a, "krgcapset -d +CAN_MIGRATE", until)?;
+        self.on(
+            a,
+            &format!("rm -rf {dir}; mkdir {dir}; for j in $(seq {jobs}); do setsid sh -c '{job}' </dev/null >/dev/null 2>&1 & done"),
+            until,
+        )?;
+        let started = Instant::now();
+        let wanted: Vec<String> = leases
+            .iter()
+            .map(|(_, ip)| format!("node{}", ip.octets()[3]))
+            .collect();
+        let give_up = within(LOAD_SPREADS, until);
+        let places = loop {
+            let places = job_places(&self.on(a, &format!("cat {dir}/*"), until)?);
+            let everywhere = wanted.iter().all(|n| places.values().any(|p| p == n));
+            if places.len() >= jobs && everywhere {
+                break places;
+            }
+            if Instant::now() > give_up {
+                let pids: Vec<String> = places.keys().map(u32::to_string).collect();
+                let _ = self.on(a, &format!("kill {}", pids.join(" ")), until);
+                bail!(
+                    "{jobs} CPU-bound jobs started on {} did not spread over every node ({wanted:?}) in {} s: \
+                     they run on {places:?}",
+                    self.name(a),
+                    LOAD_SPREADS.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        };
+        let took = started.elapsed().as_secs_f64();
+        let pids: Vec<String> = places.keys().map(u32::to_string).collect();
+        self.on(a, &format!("kill {}; rm -rf {dir}", pids.join(" ")), until)?;
+        let per_node: Vec<String> = wanted
+            .iter()
+            .map(|n| format!("{n} x{}", places.values().filter(|p| *p == n).count()))
+            .collect();
+        self.record(
+            a,
+            Milestone::LoadBalanced,
+            format!(
+                "{jobs} jobs started on {}: {} after {took:.0} s",
+                self.name(a),
+                per_node.join(", ")
+            ),
+        );
+        Ok(())
+    }
+
     fn name(&self, vm: usize) -> String {
         self.vms[vm].vm.spec.name.clone()
     }
@@ -259,6 +362,16 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_job_is_placed_by_its_last_line() {
+        let said = "cat /home/krg/.krgiso-load/*\r\n812 node131\r\n813 node132\r\n[ 12.3] TIPC: noise\r\n812 node132\r\nmv: can't rename\r\n";
+        let places = job_places(said);
+        assert_eq!(places.len(), 2);
+        assert_eq!(places[&812], "node132");
+        assert_eq!(places[&813], "node132");
+        assert!(job_places("no jobs here\n").is_empty());
+    }
 
     #[test]
     fn the_jobs_record_is_read_among_console_noise() {

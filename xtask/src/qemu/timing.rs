@@ -14,6 +14,11 @@ pub(crate) const PROMPT_ANSWERS: Duration = Duration::from_secs(10);
 pub(crate) const SUDO_ASKS: Duration = Duration::from_secs(30);
 /// A job's record on the shared root saying what the proof waits for.
 pub(crate) const JOB_RECORDS: Duration = Duration::from_secs(90);
+/// Kerrighed's scheduler, set up once the cluster is up (its first node
+/// runs krg_legacy_scheduler), then spreading CPU-bound jobs over every
+/// node: the mosix balancer moves one every 2 s at most.
+pub(crate) const SCHEDULER_APPEARS: Duration = Duration::from_secs(60);
+pub(crate) const LOAD_SPREADS: Duration = Duration::from_secs(120);
 
 /// node1: 2 vCPUs and 2 GiB, a small server of today.
 pub(crate) const NODE1_CPUS: u32 = 2;

@@ -203,6 +203,7 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         Milestone::MigratedAway,
         Milestone::MigratedBack,
         Milestone::ClusterCpus,
+        Milestone::LoadBalanced,
     ] {
         ensure!(
             report.reached.iter().any(|r| r.milestone == proof),
