@@ -150,7 +150,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-boot-krg",
-        about: "`qemu --nodes 2` on the default profile: two 2.6.20-krg nodes form a Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo",
+        about: "`qemu --nodes 2` on the default profile: two 2.6.20-krg nodes form a Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo, load balanced by Kerrighed's scheduler",
         check: krg::boot_krg,
     },
     EndToEnd {
