@@ -84,6 +84,25 @@ mod tests {
     use std::path::Path;
     use std::process::Command;
 
+    /// node1's settings under `t`, as its programs read them:
+    /// `cluster.env` (`cluster`, then `EXPORT_DIR` at `t/export`) and
+    /// `run/node1.env` (`node1`); the run directory and the nodes' reports
+    /// directory made. Returns those two directories.
+    fn node1_settings(
+        t: &Path,
+        cluster: &str,
+        node1: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (run, export) = (t.join("run"), t.join("export"));
+        let reports = export.join("var/lib/krgiso/nodes");
+        fs::create_dir_all(&run).unwrap();
+        fs::create_dir_all(&reports).unwrap();
+        let env = format!("{cluster}EXPORT_DIR={}\n", export.display());
+        fs::write(t.join("cluster.env"), env).unwrap();
+        fs::write(run.join("node1.env"), node1).unwrap();
+        (run, reports)
+    }
+
     /// What the status program (or a link to it) prints, run as httpd or a
     /// person runs it, on the settings and run directory under `t`, with
     /// the variables `vars` (the nodes' ssh port, caps).
@@ -111,29 +130,20 @@ mod tests {
     fn the_status_program_gathers_each_nodes_facts() {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let (run, export, tftp) = (t.join("run"), t.join("export"), t.join("tftp"));
+        let tftp = t.join("tftp");
         fs::create_dir_all(&tftp).unwrap();
         for f in ["vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"] {
             fs::write(tftp.join(f), "boot file").unwrap();
         }
-        let reports = export.join("var/lib/krgiso/nodes");
-        fs::create_dir_all(&run).unwrap();
-        fs::create_dir_all(&reports).unwrap();
         // Loopback addresses stand for the nodes: the program probes them.
-        fs::write(
-            t.join("cluster.env"),
-            format!(
-                "ADDRESS=127.0.0.1\nPREFIX=8\nEXPORT_DIR={}\nTFTP_DIR={}\nBOOT_LOADER=undionly.kpxe\nBOOT_SCRIPT=boot.ipxe\nHTTP_PORT=80\nSTATUS_LISTEN=cluster\n",
-                export.display(),
+        let (run, reports) = node1_settings(
+            t,
+            &format!(
+                "ADDRESS=127.0.0.1\nPREFIX=8\nTFTP_DIR={}\nBOOT_LOADER=undionly.kpxe\nBOOT_SCRIPT=boot.ipxe\nHTTP_PORT=80\nSTATUS_LISTEN=cluster\n",
                 tftp.display()
             ),
-        )
-        .unwrap();
-        fs::write(
-            run.join("node1.env"),
             "MODE=full\nIFACE=ens5\nSERVE=127.0.0.1\nNODES=ram\n",
-        )
-        .unwrap();
+        );
         fs::write(run.join("status"), "krgiso: node1 iface=ens5 dhcp=full\n").unwrap();
         fs::write(
             run.join("dnsmasq.leases"),
@@ -234,22 +244,11 @@ mod tests {
     fn in_proxy_mode_a_node_is_known_by_its_pxe_request() {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let (run, export) = (t.join("run"), t.join("export"));
-        fs::create_dir_all(&run).unwrap();
-        fs::create_dir_all(&export).unwrap();
-        fs::write(
-            t.join("cluster.env"),
-            format!(
-                "ADDRESS=10.77.0.1\nPREFIX=24\nEXPORT_DIR={}\nBOOT_SCRIPT=boot.ipxe\n",
-                export.display()
-            ),
-        )
-        .unwrap();
-        fs::write(
-            run.join("node1.env"),
+        let (run, _) = node1_settings(
+            t,
+            "ADDRESS=10.77.0.1\nPREFIX=24\nBOOT_SCRIPT=boot.ipxe\n",
             "MODE=proxy\nIFACE=ens4\nSERVE=192.168.77.101\n",
-        )
-        .unwrap();
+        );
         // What node1's dnsmasq logged as two iPXE nodes booted through it
         // (e2e-boot-bios), a LAN host's DHCP request among them.
         fs::write(
@@ -281,23 +280,11 @@ mod tests {
     fn the_nodes_reports_are_read_with_care() {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let (run, export) = (t.join("run"), t.join("export"));
-        let reports = export.join("var/lib/krgiso/nodes");
-        fs::create_dir_all(&run).unwrap();
-        fs::create_dir_all(&reports).unwrap();
-        fs::write(
-            t.join("cluster.env"),
-            format!(
-                "ADDRESS=10.77.0.1\nPREFIX=24\nEXPORT_DIR={}\n",
-                export.display()
-            ),
-        )
-        .unwrap();
-        fs::write(
-            run.join("node1.env"),
+        let (_, reports) = node1_settings(
+            t,
+            "ADDRESS=10.77.0.1\nPREFIX=24\n",
             "MODE=full\nIFACE=ens5\nSERVE=10.77.0.1\n",
-        )
-        .unwrap();
+        );
         // A host that would accept the probe, named only by a report.
         let listener = TcpListener::bind("127.0.0.7:0").unwrap();
         let port = listener.local_addr().unwrap().port().to_string();
