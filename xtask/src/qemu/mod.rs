@@ -142,6 +142,10 @@ struct Run<'a> {
 /// Why a VM was powered on again after its emulated CPU stalled.
 const STALLED: &str = "its emulated CPU stalled";
 
+/// Why a VM was powered on again after QEMU died of a signal (seen once in
+/// CI: SIGSEGV under TCG 1.4 s into node1's kernel).
+const EMULATOR_CRASHED: &str = "QEMU crashed";
+
 impl BootTest {
     /// The boot test of a build's image, with the defaults `cargo xtask
     /// test` uses. Refuses when there is no image, before installing
@@ -485,6 +489,9 @@ impl Run<'_> {
             if self.vms[i].vm.accel == Accel::Kvm {
                 return self.fall_back_to_tcg(i, &why);
             }
+            if self.vms[i].vm.crashed() {
+                return self.second_chance(i, EMULATOR_CRASHED, why);
+            }
             let t = &self.vms[i];
             bail!(
                 "{} stopped before \"{}\": {why}",
@@ -508,36 +515,7 @@ impl Run<'_> {
         }
         if let Some(f) = console.find(t.kernel_at, CPU_STALL) {
             let why = from_word(&f.line, "rcu:");
-            // Once a VM is up (node1 serves, a node has its root), starting
-            // it again would lose what later checks need: fail instead.
-            let up = [
-                Milestone::Ready,
-                Milestone::NfsRootRw,
-                Milestone::RootMounted,
-            ];
-            let stalled_before = self
-                .powered_on_again
-                .iter()
-                .any(|p| p.why.starts_with(STALLED));
-            if stalled_before || up.iter().any(|&m| t.has(m)) {
-                bail!(
-                    "{}: its emulated CPU stalled before \"{}\" ({why}); \
-                     QEMU stopped running it: run the test again",
-                    t.vm.spec.name,
-                    t.next().map_or("the end", Milestone::label)
-                );
-            }
-            eprintln!(
-                "warning: {}: its emulated CPU stalled ({why}); powering it on again (once per run)",
-                t.vm.spec.name
-            );
-            let accel = self.accel;
-            return self.restart(
-                i,
-                accel,
-                "power on again (CPU stall)",
-                format!("{STALLED} ({why})"),
-            );
+            return self.second_chance(i, STALLED, why);
         }
         let link = Link {
             node: mac,
@@ -568,6 +546,36 @@ impl Run<'_> {
             });
         }
         Ok(())
+    }
+
+    /// The emulator failed VM `i` (`fault`: its CPU stalled, or QEMU
+    /// crashed): it is powered on again, with a warning, once per run and
+    /// only before it is up (node1 serves, a node has its root), since
+    /// starting it again later would lose what the checks need.
+    fn second_chance(&mut self, i: usize, fault: &str, why: String) -> Result<()> {
+        let t = &self.vms[i];
+        let up = [
+            Milestone::Ready,
+            Milestone::NfsRootRw,
+            Milestone::RootMounted,
+        ];
+        let given_before = self
+            .powered_on_again
+            .iter()
+            .any(|p| p.why.starts_with(STALLED) || p.why.starts_with(EMULATOR_CRASHED));
+        if given_before || up.iter().any(|&m| t.has(m)) {
+            bail!(
+                "{}: {fault} before \"{}\" ({why}): run the test again",
+                t.vm.spec.name,
+                t.next().map_or("the end", Milestone::label)
+            );
+        }
+        eprintln!(
+            "warning: {}: {fault} ({why}); powering it on again (once per run)",
+            t.vm.spec.name
+        );
+        let accel = self.accel;
+        self.restart(i, accel, "power on again", format!("{fault} ({why})"))
     }
 
     /// KVM failed (it does on some hosts, with "internal error"): start

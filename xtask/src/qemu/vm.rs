@@ -279,6 +279,11 @@ impl Vm {
         None
     }
 
+    /// Whether QEMU crashed (see [`is_crash`]).
+    pub(crate) fn crashed(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(status)) if is_crash(status))
+    }
+
     fn qemu_said(&self) -> String {
         let said = fs::read_to_string(&self.files.qemu_log).unwrap_or_default();
         let lines: Vec<&str> = said.lines().skip(1).collect();
@@ -316,9 +321,34 @@ impl Drop for Vm {
     }
 }
 
+/// A process that died of a fault signal, not of one sent to stop it
+/// (Ctrl-C, the test's own SIGTERM or SIGKILL) nor by exiting.
+fn is_crash(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    const FAULTS: [i32; 5] = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGABRT,
+        libc::SIGFPE,
+    ];
+    status.signal().is_some_and(|s| FAULTS.contains(&s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_signal_is_a_crash_and_a_stop_is_not() {
+        let died = |how: &str| Command::new("sh").args(["-c", how]).status().unwrap();
+        assert!(is_crash(died("kill -SEGV $$")));
+        assert!(is_crash(died("kill -ABRT $$")));
+        assert!(!is_crash(died("kill -TERM $$")));
+        assert!(!is_crash(died("kill -INT $$")));
+        assert!(!is_crash(died("kill -KILL $$")));
+        assert!(!is_crash(died("exit 1")));
+    }
 
     fn spec() -> VmSpec {
         VmSpec {
