@@ -279,6 +279,17 @@ pub(crate) fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("a thread in a network namespace panicked"))?
 }
 
+/// Sends SIGTERM to the daemon `pid_file` names, if it names one.
+pub(crate) fn stop_daemon(pid_file: &Path) {
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        // SAFETY: kill(2) on the daemon the caller started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

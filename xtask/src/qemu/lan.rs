@@ -187,17 +187,9 @@ impl ForeignLan {
 
 impl Drop for ForeignLan {
     fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: the dnsmasq this LAN started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        host::stop_daemon(&self.pid_file);
         self.stop.store(true, Ordering::SeqCst);
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
+        let _ = ip(&["netns", "del", &self.netns]);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -229,7 +221,7 @@ fn remove_stale_lans() {
                         }
                     }
                 });
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            let _ = ip(&["netns", "del", &name]);
         }
     }
 }

@@ -126,21 +126,10 @@ impl Netns {
     }
 }
 
-/// Sends SIGTERM to the daemon `pid_file` names, if it names one.
-fn stop_daemon(pid_file: &Path) {
-    if let Some(pid) = fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        // SAFETY: a daemon this check started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-}
-
 impl Drop for Netns {
     fn drop(&mut self) {
         for pid_file in &self.pid_files {
-            stop_daemon(pid_file);
+            host::stop_daemon(pid_file);
         }
         for name in self.names.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
@@ -409,7 +398,7 @@ fn start_foreign(
     leases: &Path,
     option: Option<&str>,
 ) -> Result<()> {
-    stop_daemon(pid);
+    host::stop_daemon(pid);
     std::thread::sleep(Duration::from_millis(300));
     let _ = fs::remove_file(leases);
     let option = option.map(|o| format!("--dhcp-option={o}"));
