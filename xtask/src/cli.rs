@@ -150,6 +150,9 @@ pub(crate) struct QemuArgs {
     /// Make the cluster link a LAN with a DHCP server of its own (in a network namespace): node1 must only proxy, and a host of that LAN that did not PXE-boot must be refused the nodes' root
     #[arg(long, conflicts_with = "reboot")]
     pub(crate) foreign_dhcp: bool,
+    /// Kerrighed: once the cluster of --nodes runs, power on one more node; it must be left out, and say so
+    #[arg(long)]
+    pub(crate) late_node: bool,
 }
 
 /// `usb`'s options.
@@ -354,10 +357,14 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
         stick,
         reboot,
         foreign_dhcp,
+        late_node,
     } = args;
     let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?;
     if *foreign_dhcp {
         test = test.on_a_foreign_lan(&session.layout.log("qemu"))?;
+    }
+    if *late_node {
+        test = test.with_a_late_node()?;
     }
     let test = BootTest {
         stick: stick.as_deref().map(std::path::absolute).transpose()?,

@@ -315,6 +315,7 @@ mod tests {
         let cluster = Cluster {
             session: 1,
             nbmin: 2,
+            settle: 15,
             user: "krg".into(),
             password_hash: None,
             authorized_keys: vec!["ssh-ed25519 BBBB me@laptop".into()],

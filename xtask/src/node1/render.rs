@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::layout::{EXPORT_DIR, NODES_LAYER, NODES_TREE, SERVED_DIR, TFTP_DIR};
-use crate::profile::{Cluster, KernelKind, Network, Profile, Scheduler};
+use crate::profile::{Cluster, KernelKind, Network, Profile, Scheduler, Userland};
 
 /// What a node's PXE firmware loads by TFTP: iPXE, on top of the
 /// firmware's own network driver (UNDI). iPXE then fetches `BOOT_SCRIPT`,
@@ -250,21 +250,41 @@ pub(crate) fn cluster_env(p: &Profile) -> String {
 }
 
 /// Kerrighed's own file. Its parser counts every other line, comments and
-/// blank ones too, as a node: so nothing but the two settings.
-pub(crate) fn kerrighed_nodes(cluster: &Cluster) -> String {
-    format!("session={}\nnbmin={}\n", cluster.session, cluster.nbmin)
+/// blank ones too, as a node: so nothing but the settings. With `nbmin`
+/// Kerrighed starts the cluster by itself as soon as that many nodes are
+/// present, leaving out for good any node a moment later (2.4 adds no node
+/// to a running cluster): the static nodes' file has none, which turns
+/// that off (the kernel keeps -1), and `krgiso-cluster-start` starts the
+/// cluster once no new node has come for the settle time. lenny's nodes
+/// keep Kerrighed's own way.
+pub(crate) fn kerrighed_nodes(cluster: &Cluster, userland: Userland) -> String {
+    match userland {
+        Userland::Static => format!("session={}\n", cluster.session),
+        Userland::Debian => format!("session={}\nnbmin={}\n", cluster.session, cluster.nbmin),
+    }
 }
 
 /// The nodes' `/etc/default/kerrighed`, read by Kerrighed's own init
-/// script (lenny's nodes) and by the static nodes' rcS alike.
-pub(crate) fn default_kerrighed(cluster: &Cluster) -> String {
+/// script (lenny's nodes) and by the static nodes' rcS alike; the static
+/// nodes' cluster start reads NBMIN and SETTLE from it too.
+pub(crate) fn default_kerrighed(cluster: &Cluster, userland: Userland) -> String {
     let legacy = cluster.scheduler == Scheduler::Legacy;
-    format!(
+    let mut s = format!(
         "{HEADER}# Start Kerrighed at boot.\nENABLE=true\n\
          # Load balancing: once the cluster is up, its first node runs\n\
          # krg_legacy_scheduler (round-robin placement, mosix migration).\n\
          LEGACY_SCHED={legacy}\n"
-    )
+    );
+    if userland == Userland::Static {
+        let _ = write!(
+            s,
+            "# krgiso-cluster-start: the cluster starts once at least NBMIN nodes\n\
+             # are present and no new one has come for SETTLE seconds.\n\
+             NBMIN={}\nSETTLE={}\n",
+            cluster.nbmin, cluster.settle
+        );
+    }
+    s
 }
 
 /// The nodes' fstab: the root is NFS from node1 (the kernel mounted it, by
@@ -325,10 +345,14 @@ pub(crate) fn node1_files(p: &Profile, boot: &BootFiles) -> Vec<(PathBuf, String
     files
 }
 
-pub(crate) fn nodes_files(net: &Network, cluster: &Cluster) -> Vec<(PathBuf, String)> {
+pub(crate) fn nodes_files(p: &Profile) -> Vec<(PathBuf, String)> {
+    let (net, cluster, userland) = (&p.network, &p.cluster, p.nodes.userland);
     let files = vec![
-        ("etc/kerrighed_nodes", kerrighed_nodes(cluster)),
-        ("etc/default/kerrighed", default_kerrighed(cluster)),
+        ("etc/kerrighed_nodes", kerrighed_nodes(cluster, userland)),
+        (
+            "etc/default/kerrighed",
+            default_kerrighed(cluster, userland),
+        ),
         ("etc/fstab", nodes_fstab()),
         ("etc/hosts", hosts(net)),
     ];
@@ -346,9 +370,10 @@ mod tests {
     fn the_scheduler_key_sets_legacy_sched() {
         let path = crate::project_root().join("profiles/kerrighed-2.4.4.toml");
         let mut p = Profile::load(&path).unwrap();
-        assert!(default_kerrighed(&p.cluster).contains("\nLEGACY_SCHED=true\n"));
+        let u = p.nodes.userland;
+        assert!(default_kerrighed(&p.cluster, u).contains("\nLEGACY_SCHED=true\n"));
         p.cluster.scheduler = Scheduler::None;
-        assert!(default_kerrighed(&p.cluster).contains("\nLEGACY_SCHED=false\n"));
+        assert!(default_kerrighed(&p.cluster, u).contains("\nLEGACY_SCHED=false\n"));
     }
     use std::path::Path;
 
@@ -389,24 +414,34 @@ mod tests {
             for (path, text) in node1_files(&p, &boot(&p)) {
                 checked.push(golden(name, "node1", &path, &text));
             }
-            for (path, text) in nodes_files(&p.network, &p.cluster) {
+            for (path, text) in nodes_files(&p) {
                 checked.push(golden(name, "nodes", &path, &text));
             }
         }
         crate::golden::no_stale_files("node1/golden", &checked);
     }
 
+    /// Kerrighed's parser takes any other line for a node. The static
+    /// nodes' file has no nbmin, so that Kerrighed's autostart stays off
+    /// and the settle window decides; lenny's nodes keep Kerrighed's own.
     #[test]
-    fn kerrighed_nodes_has_only_the_two_settings() {
-        let p = profile(crate::profile::DEFAULT);
-        let text = kerrighed_nodes(&p.cluster);
-        assert_eq!(text.lines().count(), 2);
-        assert!(
-            text.lines()
-                .all(|l| l.starts_with("session=") || l.starts_with("nbmin=")),
-            "{text}"
-        );
-        assert!(!text.contains('#'));
+    fn kerrighed_nodes_has_only_settings_and_nbmin_only_for_lenny() {
+        for (name, nbmin) in [
+            (crate::profile::DEFAULT, false),
+            ("kerrighed-2.4.1-lenny", true),
+        ] {
+            let p = profile(name);
+            let text = kerrighed_nodes(&p.cluster, p.nodes.userland);
+            assert!(
+                text.lines()
+                    .all(|l| l.starts_with("session=") || l.starts_with("nbmin=")),
+                "{text}"
+            );
+            assert!(text.starts_with(&format!("session={}\n", p.cluster.session)));
+            assert_eq!(text.contains("nbmin="), nbmin, "{name}: {text}");
+            let default = default_kerrighed(&p.cluster, p.nodes.userland);
+            assert_eq!(!default.contains("\nSETTLE="), nbmin, "{name}: {default}");
+        }
     }
 
     #[test]

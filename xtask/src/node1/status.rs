@@ -54,6 +54,8 @@ pub struct NodeStatus {
     pub reported_at: String,
     pub krg_node_id: String,
     pub krg_session: String,
+    /// The static nodes' cluster start: waiting, settling, up, left out.
+    pub krg_cluster: String,
 }
 
 /// What node1 saw the node fetch: iPXE and its script (TFTP), kernel and
@@ -173,6 +175,13 @@ mod tests {
             "node2 127.0.0.2 6.1.0-50-amd64 2026-11-30T12:34:00Z\nhostname=node2\nload=0.12 0.05 0.01\nmem=812 MiB free of 983 MiB\nreported=2026-11-30T12:35:00Z\n",
         )
         .unwrap();
+        // A Kerrighed node that booted after the cluster started.
+        let left_out = "left out: the cluster is up on 130 131 without this node";
+        fs::write(
+            reports.join("127.0.0.3"),
+            format!("node3 127.0.0.3 2.6.20-krg 2026-11-30T12:36:00Z\nkrg_node_id=3\nkrg_session=status: down\nkrg_cluster={left_out}\n"),
+        )
+        .unwrap();
         // node2 accepts on "its ssh port"; node3 refuses (nothing listens
         // there): both answered, both are reachable.
         let listener = TcpListener::bind("127.0.0.2:0").unwrap();
@@ -218,6 +227,11 @@ mod tests {
         assert!(n3.reachable, "a refused connection is an answer");
         assert!(!n3.nfs_mounted);
         assert!(!n3.pxe.boot_loader && !n3.pxe.kernel);
+        assert_eq!(
+            (n3.krg_node_id.as_str(), n3.krg_cluster.as_str()),
+            ("3", left_out)
+        );
+        assert_eq!(n2.krg_cluster, "", "a node without Kerrighed");
         // The log: its events, not log-dhcp's option dumps; quotes kept.
         assert!(report
             .log
@@ -229,6 +243,10 @@ mod tests {
         let page = run_it(&["html"]);
         assert!(page.contains("<td class=\"ip\">127.0.0.2</td>"), "{page}");
         assert!(page.contains("52:54:00:77:00:03"));
+        assert!(
+            page.contains(&format!("<td class=\"krg\">node 3, {left_out}</td>")),
+            "the cluster start's state, not krgadm's \"down\": {page}"
+        );
         assert!(
             page.contains("&lt;b&gt;&quot;x&quot;"),
             "log lines are escaped"

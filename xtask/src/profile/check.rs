@@ -332,6 +332,15 @@ impl Cluster {
                 "at least one node must be up to start the cluster",
             );
         }
+        if !(1..=600).contains(&self.settle) {
+            p.add(
+                "cluster.settle",
+                format!(
+                    "{} s is not a settle time: 1 to 600 seconds with no new node before the cluster starts",
+                    self.settle
+                ),
+            );
+        }
         let u = &self.user;
         let valid = !u.is_empty()
             && u.len() <= 32

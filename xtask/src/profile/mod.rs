@@ -229,6 +229,11 @@ pub(crate) struct Cluster {
     pub(crate) session: u8,
     /// Nodes that must be up before the cluster starts by itself.
     pub(crate) nbmin: u16,
+    /// Seconds with no new node before the cluster starts (static
+    /// userland): every node that boots with the others joins, since a
+    /// Kerrighed 2.4 cluster takes no node once it runs.
+    #[serde(default = "default_settle")]
+    pub(crate) settle: u16,
     pub(crate) user: String,
     /// crypt(3) hash (`mkpasswd -m sha-512`); never a clear-text password.
     #[serde(default)]
@@ -238,6 +243,10 @@ pub(crate) struct Cluster {
     /// Kerrighed's load balancing, set up once the cluster is up.
     #[serde(default)]
     pub(crate) scheduler: Scheduler,
+}
+
+fn default_settle() -> u16 {
+    15
 }
 
 /// How Kerrighed places and moves processes: its own legacy setup (the

@@ -288,6 +288,12 @@ fn bad_values_are_named_with_their_line() {
             "unknown variant `mosix`, expected `legacy` or `none`",
         ),
         (
+            "nbmin = 2",
+            "nbmin = 2\nsettle = 0",
+            "cluster.settle",
+            "0 s is not a settle time",
+        ),
+        (
             "volume = \"KRGISO_SMOKE\"",
             "volume = \"krg iso\"",
             "iso.volume",

@@ -87,16 +87,6 @@ impl Run<'_> {
                     }
                 }
             }
-            if t.steps.contains(&Milestone::ClusterUp) {
-                let said = t.detail(Milestone::ClusterUp);
-                let all = format!("Kerrighed is running on {} nodes", self.test.nodes);
-                if !said.starts_with(&all) {
-                    bail!(
-                        "{name}: \"{said}\": the cluster did not start with all {} nodes",
-                        self.test.nodes
-                    );
-                }
-            }
             leases.push((name.clone(), lease));
         }
         Ok(leases)
@@ -189,9 +179,7 @@ impl Run<'_> {
         // mount may come a few seconds after its login prompt, so it is
         // asked again, every 3 s for up to 60 s, until every row is whole.
         let status_page = if reports {
-            let status = self.vms[0].detail(Milestone::Ready);
-            let address = node1_address(status).unwrap_or(self.test.network.address.addr);
-            let url = format!("http://{address}/");
+            let url = self.status_url();
             let settled = within(STATUS_PAGE_SETTLES, until);
             let json = loop {
                 let json = console.run(&format!("busybox wget -qO- {url}status.json"), until)?;
@@ -402,6 +390,13 @@ impl Run<'_> {
             self.record(vm, Milestone::NfsRestart, detail);
         }
         Ok(())
+    }
+
+    /// node1's status page, where its status line says it serves.
+    pub(super) fn status_url(&self) -> String {
+        let status = self.vms[0].detail(Milestone::Ready);
+        let address = node1_address(status).unwrap_or(self.test.network.address.addr);
+        format!("http://{address}/")
     }
 
     /// Every node's row on the status page, whole: the test saw the node

@@ -77,6 +77,10 @@ pub(crate) enum Milestone {
     /// The cluster: CPU-bound jobs started on one node, with no `migrate`,
     /// run on every node (Kerrighed's scheduler moved them).
     LoadBalanced,
+    /// A Kerrighed node powered on once the cluster ran: it stays out
+    /// (its own Kerrighed says down, the members do not list it online),
+    /// and node1's status page says it was left out.
+    LeftOut,
 }
 
 /// How the boot test sees a milestone happen: something the real
@@ -147,7 +151,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 25] = [
+    pub(crate) const ALL: [Milestone; 26] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -173,6 +177,7 @@ impl Milestone {
         Milestone::MigratedBack,
         Milestone::ClusterCpus,
         Milestone::LoadBalanced,
+        Milestone::LeftOut,
     ];
 
     pub(crate) fn spec(self) -> Spec {
@@ -296,6 +301,7 @@ impl Milestone {
             Milestone::MigratedBack => ("process migrated back", Sign::Checked, true, &[]),
             Milestone::ClusterCpus => ("cluster-wide /proc/cpuinfo", Sign::Checked, true, &[]),
             Milestone::LoadBalanced => ("load balanced", Sign::Checked, true, &[]),
+            Milestone::LeftOut => ("booted late: left out", Sign::Checked, true, &[]),
         };
         Spec {
             label,
@@ -308,6 +314,34 @@ impl Milestone {
     pub(crate) fn label(self) -> &'static str {
         self.spec().label
     }
+}
+
+/// Why a node that must join the cluster (`steps` holds ClusterUp) never
+/// can, said at once rather than at the deadline: the cluster started
+/// (`cluster_up`, the kernel's line) without all `nodes` booted together,
+/// a Kerrighed 2.4 cluster taking no node once it runs; or the node's
+/// cluster start found it up without this node.
+pub(super) fn cluster_dead_end(
+    steps: &[Milestone],
+    cluster_up: Option<&str>,
+    console: &Console,
+    kernel_at: usize,
+    nodes: u32,
+) -> Option<String> {
+    if !steps.contains(&Milestone::ClusterUp) {
+        return None;
+    }
+    if let Some(said) = cluster_up {
+        let all = format!("Kerrighed is running on {nodes} nodes");
+        return (!said.starts_with(&all)).then(|| {
+            format!("\"{said}\": the cluster started without all {nodes} nodes booted together")
+        });
+    }
+    let f = console.find(kernel_at, LEFT_OUT)?;
+    Some(format!(
+        "it was left out of the cluster, which can no longer take it: {}",
+        from_word(&f.line, "krgiso:")
+    ))
 }
 
 /// What one look at a VM found: the milestones of `steps` it newly
@@ -411,6 +445,14 @@ pub(super) const KRG_NODE_STEPS: &[Milestone] = &[
     Milestone::ClusterUp,
 ];
 
+/// A Kerrighed node powered on once the cluster runs: all a node goes
+/// through but the cluster start, which it cannot join.
+pub(super) const KRG_LATE_STEPS: &[Milestone] = KRG_NODE_STEPS.split_at(KRG_NODE_STEPS.len() - 1).0;
+
+/// What `krgiso-cluster-start` says on the console of a node that found
+/// the cluster up without it.
+pub(super) const LEFT_OUT: &str = "krgiso: cluster: left out";
+
 /// The Kerrighed kernel's own steps: up to the root it mounts.
 pub(super) const KRG_KERNEL_STEPS: &[Milestone] = KRG_NODE_STEPS.split_at(7).0;
 
@@ -455,7 +497,7 @@ impl NodesBoot {
                 userland: false, ..
             } => KRG_KERNEL_STEPS,
             NodesBoot::Kerrighed { nbmin, .. } if nodes >= u32::from(nbmin) => KRG_NODE_STEPS,
-            NodesBoot::Kerrighed { .. } => KRG_NODE_STEPS.split_at(KRG_NODE_STEPS.len() - 1).0,
+            NodesBoot::Kerrighed { .. } => KRG_LATE_STEPS,
         }
     }
 
@@ -624,6 +666,32 @@ mod tests {
         assert_eq!(bare.steps(2).last(), Some(&Milestone::RootMounted));
     }
 
+    /// The cluster that started without a node, or a node left out, fails
+    /// the run at once; the cluster of every node, or a node still waiting,
+    /// does not. A late node (no ClusterUp among its steps) is never
+    /// failed for being left out.
+    #[test]
+    fn a_cluster_milestone_that_can_no_longer_come_is_a_dead_end() {
+        let (console, _guest) =
+            scripted("Linux version 2.6.20-krg\r\nkrgiso: cluster: settling: 131 132 present\r\n");
+        let dead = |up, nodes| cluster_dead_end(KRG_NODE_STEPS, up, &console, 0, nodes);
+        assert_eq!(dead(None, 3), None, "still settling");
+        assert_eq!(
+            dead(Some("Kerrighed is running on 3 nodes: 131-133"), 3),
+            None
+        );
+        let two = dead(Some("Kerrighed is running on 2 nodes: 131,132"), 3).unwrap();
+        assert!(two.contains("without all 3 nodes"), "{two}");
+        assert!(dead(Some("Kerrighed is running on 30 nodes"), 3).is_some());
+
+        let (left, _guest) = scripted(
+            "Linux version 2.6.20-krg\r\nkrgiso: cluster: left out: the cluster is up on 131 132 without this node\r\n",
+        );
+        let why = cluster_dead_end(KRG_NODE_STEPS, None, &left, 0, 3).unwrap();
+        assert!(why.ends_with("up on 131 132 without this node"), "{why}");
+        assert_eq!(cluster_dead_end(KRG_LATE_STEPS, None, &left, 0, 3), None);
+    }
+
     /// A console that printed `text`, all of it read in.
     fn scripted(text: &str) -> (Console, UnixStream) {
         let (guest, ours) = UnixStream::pair().unwrap();
@@ -756,9 +824,14 @@ mod tests {
         for (i, m) in Milestone::ALL.iter().enumerate() {
             assert_eq!(*m as usize, i, "{m:?} out of place in ALL");
         }
-        assert_eq!(Milestone::ALL.last(), Some(&Milestone::LoadBalanced));
+        assert_eq!(Milestone::ALL.last(), Some(&Milestone::LeftOut));
         // A step the boot test waits for must be one it can see.
-        for steps in [NODE1_STEPS, STOCK_NODE_STEPS, KRG_NODE_STEPS] {
+        for steps in [
+            NODE1_STEPS,
+            STOCK_NODE_STEPS,
+            KRG_NODE_STEPS,
+            KRG_LATE_STEPS,
+        ] {
             for m in steps {
                 assert_ne!(m.spec().sign, Sign::Checked, "{m:?} is waited for");
             }

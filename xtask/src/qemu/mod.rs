@@ -14,6 +14,7 @@ pub(crate) mod console;
 pub(crate) mod frame;
 pub(crate) mod hub;
 mod lan;
+mod late;
 mod milestone;
 mod reboot;
 mod ssi;
@@ -39,7 +40,7 @@ use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
 pub(crate) use boot_time::{BootTime, UnitTime};
 use checks::check_node1_status;
-use milestone::{from_word, print_table, scan, Link, Tracked, NODE1_STEPS};
+use milestone::{cluster_dead_end, from_word, print_table, scan, Link, Tracked, NODE1_STEPS};
 pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
@@ -102,6 +103,11 @@ pub(crate) struct BootTest {
     pub(crate) link_dhcp: LinkDhcp,
     /// Kerrighed's load balancing, as the profile sets it up.
     pub(crate) scheduler: Scheduler,
+    /// Once the cluster runs, power on one more node: it must be left out,
+    /// and say so (Kerrighed nodes).
+    pub(crate) late_node: bool,
+    /// How long the nodes' cluster start waits for no new node.
+    pub(crate) settle: Duration,
 }
 
 /// Who serves DHCP on the cluster link: node1 (a link of the cluster's
@@ -204,6 +210,8 @@ impl BootTest {
             reboot: false,
             link_dhcp: LinkDhcp::Node1,
             scheduler: profile.cluster.scheduler,
+            late_node: false,
+            settle: Duration::from_secs(profile.cluster.settle.into()),
         })
     }
 
@@ -215,6 +223,28 @@ impl BootTest {
             link_dhcp: LinkDhcp::Foreign,
             ..self
         })
+    }
+
+    /// One more node powered on once the cluster runs, to be left out: for
+    /// Kerrighed nodes that start a cluster of two or more.
+    pub(crate) fn with_a_late_node(self) -> Result<BootTest> {
+        match self.nodes_boot {
+            NodesBoot::Kerrighed {
+                userland: true,
+                nbmin,
+                ..
+            } if self.nodes >= u32::from(nbmin).max(2) => Ok(BootTest {
+                late_node: true,
+                ..self
+            }),
+            NodesBoot::Kerrighed { nbmin, .. } => bail!(
+                "--late-node needs a running cluster to be late for: boot at least {} nodes (--nodes), with a userland that starts Kerrighed",
+                nbmin.max(2)
+            ),
+            NodesBoot::Stock => {
+                bail!("--late-node is for Kerrighed nodes: this profile's nodes boot a stock kernel")
+            }
+        }
     }
 
     /// The test as `cargo xtask test` runs it: Chromium installed if it is
@@ -314,17 +344,7 @@ impl Run<'_> {
         check_node1_status(&status, self.test.link_dhcp)?;
 
         for n in 2..2 + self.test.nodes {
-            let port = self.hub.add_member()?;
-            let spec = VmSpec {
-                name: format!("node{n}"),
-                machine: self.test.nodes_boot.machine(),
-                memory_mib: timing::NODE_MEMORY_MIB,
-                cpus: timing::NODE_CPUS,
-                firmware: Firmware::Bios,
-                boot: Boot::Network,
-                uplink: None,
-                cluster: (node_mac(n), self.hub.port(), port),
-            };
+            let spec = self.node_spec(n)?;
             self.power_on(spec, self.test.nodes_boot.steps(self.test.nodes))?;
         }
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
@@ -348,6 +368,9 @@ impl Run<'_> {
             if self.test.scheduler == Scheduler::Legacy {
                 self.prove_load_balancing(&leases)?;
             }
+        }
+        if self.test.late_node {
+            self.prove_a_late_node_left_out(&leases)?;
         }
         if self.test.reboot {
             self.reboot_node1_then_the_nodes(&leases)?;
@@ -396,6 +419,21 @@ impl Run<'_> {
             uplink: (self.test.link_dhcp == LinkDhcp::Node1)
                 .then(|| (NODE1_UPLINK, self.test.dir.join("node1-uplink.pcap"))),
             cluster: (NODE1_CLUSTER, self.hub.port(), port),
+        })
+    }
+
+    /// PXE node `n` (node2, node3, ...), on a new port of the hub.
+    fn node_spec(&mut self, n: u32) -> Result<VmSpec> {
+        let port = self.hub.add_member()?;
+        Ok(VmSpec {
+            name: format!("node{n}"),
+            machine: self.test.nodes_boot.machine(),
+            memory_mib: timing::NODE_MEMORY_MIB,
+            cpus: timing::NODE_CPUS,
+            firmware: Firmware::Bios,
+            boot: Boot::Network,
+            uplink: None,
+            cluster: (node_mac(n), self.hub.port(), port),
         })
     }
 
@@ -545,7 +583,19 @@ impl Run<'_> {
                 detail,
             });
         }
+        if let Some(why) = self.dead_end(i) {
+            bail!("{name}: {why}");
+        }
         Ok(())
+    }
+
+    /// What makes a milestone of VM `i` unreachable for good.
+    fn dead_end(&self, i: usize) -> Option<String> {
+        let t = &self.vms[i];
+        let up = t
+            .has(Milestone::ClusterUp)
+            .then(|| t.detail(Milestone::ClusterUp));
+        cluster_dead_end(t.steps, up, &t.vm.console, t.kernel_at, self.test.nodes)
     }
 
     /// The emulator failed VM `i` (`fault`: its CPU stalled, or QEMU

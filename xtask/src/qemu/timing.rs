@@ -20,6 +20,10 @@ pub(crate) const JOB_RECORDS: Duration = Duration::from_secs(90);
 pub(crate) const SCHEDULER_APPEARS: Duration = Duration::from_secs(60);
 pub(crate) const LOAD_SPREADS: Duration = Duration::from_secs(120);
 
+/// A node powered on once the cluster runs, saying it was left out: after
+/// the profile's settle time, its boot's own stragglers, and this.
+pub(crate) const LEFT_OUT_SAID: Duration = Duration::from_secs(60);
+
 /// node1: 2 vCPUs and 2 GiB, a small server of today.
 pub(crate) const NODE1_CPUS: u32 = 2;
 pub(crate) const NODE1_MEMORY_MIB: u32 = 2048;

@@ -87,10 +87,10 @@ impl Stage for Node1 {
         let release = fs::read_to_string(kernel.join("release"))
             .context("the kernel stage left no release file: run `cargo xtask kernel`")?;
         let boot = render::BootFiles::for_release(cx.profile.kernel.kind, release.trim());
-        let (net, cluster) = (&cx.profile.network, &cx.profile.cluster);
+        let cluster = &cx.profile.cluster;
         for (layer, files) in [
             (&node1, render::node1_files(&cx.profile, &boot)),
-            (&nodes, render::nodes_files(net, cluster)),
+            (&nodes, render::nodes_files(&cx.profile)),
         ] {
             for (path, text) in files {
                 write_file(&layer.join(path), text.as_bytes())?;

@@ -150,7 +150,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-boot-krg",
-        about: "`qemu --nodes 2` on the default profile: two 2.6.20-krg nodes form a Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo, load balanced by Kerrighed's scheduler",
+        about: "`qemu --nodes 3 --late-node` on the default profile: three 2.6.20-krg nodes form one Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo, load balanced by Kerrighed's scheduler; a node powered on later is left out and says so",
         check: krg::boot_krg,
     },
     EndToEnd {
