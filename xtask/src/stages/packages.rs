@@ -27,6 +27,10 @@ use crate::stages::root_kernels::installed_kernels;
 use crate::stages::userland;
 use crate::stages::BuildContext;
 
+/// The input that says what krgiso changes in the static userland's
+/// sources: a change rebuilds that root alone.
+const STATIC_SOURCE_FIXES: &str = "static userland: source fixes";
+
 pub(crate) struct Packages(pub Arc<BuildContext>);
 
 /// One root to build: which output, which profile section.
@@ -249,6 +253,9 @@ impl Stage for Packages {
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         for job in self.jobs() {
             inputs.value(&input_key(job.section), job.spec);
+            if job.spec.userland == Userland::Static {
+                inputs.value(STATIC_SOURCE_FIXES, &userland::INIT_SIGCHLD_FIX);
+            }
         }
         Ok(())
     }
@@ -291,6 +298,7 @@ impl Stage for Packages {
             let mut keys = vec![input_key(job.section)];
             if job.spec.userland == Userland::Static {
                 keys.push(input_key("buildroot"));
+                keys.push(STATIC_SOURCE_FIXES.to_owned());
             }
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let partial = if run.previous(job.output).is_some() && run.unchanged(&keys) {

@@ -259,7 +259,42 @@ pub(crate) fn dsc_of(uris: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// busybox's init waits for SIGCHLD in `sigtimedwait()` with the signal's
+/// action left at SIG_DFL. While it sleeps there 2.6.20 unblocks the
+/// waited-for signals, then takes a SIG_DFL SIGCHLD for an ignored one and
+/// drops it (`sig_ignored()`; later kernels also look at `real_blocked`).
+/// So init never woke: on the nodes it reaped no child, every orphan stayed
+/// a zombie (a checkpointed application could never be restarted: "already
+/// running"), and after a logout the console got no new login. With a
+/// handler the signal counts; init never runs it, as SIGCHLD stays blocked
+/// outside `sigtimedwait()`, which takes it first.
+pub(crate) const INIT_SIGCHLD_FIX: &str = "\tsignal(SIGCHLD, record_signo); /* krgiso: 2.6.20 drops a SIG_DFL SIGCHLD during sigtimedwait() */\n";
+
+/// Where the fix goes: right after init blocks the signals it waits for.
+const INIT_SIGCHLD_AFTER: &str = "\tsigprocmask(SIG_BLOCK, &G.delayed_sigset, NULL);\n";
+
+/// Puts [`INIT_SIGCHLD_FIX`] into busybox's `init/init.c` under `tree`.
+fn fix_init_sigchld(tree: &Path) -> Result<()> {
+    let path = tree.join("init/init.c");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if text.matches(INIT_SIGCHLD_AFTER).count() != 1 {
+        bail!(
+            "{} no longer has one `{}`: busybox's init changed; check whether 2.6.20 nodes still need krgiso's SIGCHLD fix (stages/userland.rs)",
+            path.display(),
+            INIT_SIGCHLD_AFTER.trim()
+        );
+    }
+    let fixed = text.replacen(
+        INIT_SIGCHLD_AFTER,
+        &format!("{INIT_SIGCHLD_AFTER}{INIT_SIGCHLD_FIX}"),
+        1,
+    );
+    fs::write(&path, fixed).with_context(|| format!("writing {}", path.display()))
+}
+
 fn busybox(shell: &StageShell, chroot: &Chroot, host: &Path, tree: &str, jobs: &str) -> Result<()> {
+    shell.step("busybox: init reaps its children on 2.6.20 (SIGCHLD fix)");
+    fix_init_sigchld(host)?;
     let cc = format!("CC={MUSL_CC}");
     let flags = format!("EXTRA_CFLAGS={}", musl_cflags());
     let make = |what: &str, args: &[&str], answer: bool| -> Result<()> {
@@ -499,6 +534,33 @@ pub(crate) fn has_interpreter(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fix lands once, right after init blocks its signals; a tree
+    /// without that line stops the build instead of shipping an init
+    /// that never reaps.
+    #[test]
+    fn init_gets_its_sigchld_handler_once_or_the_build_stops() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("init")).unwrap();
+        let init = t.path().join("init/init.c");
+        fs::write(
+            &init,
+            format!("int main(void)\n{{\n{INIT_SIGCHLD_AFTER}\trun();\n}}\n"),
+        )
+        .unwrap();
+        fix_init_sigchld(t.path()).unwrap();
+        let fixed = fs::read_to_string(&init).unwrap();
+        assert!(
+            fixed.contains(&format!("{INIT_SIGCHLD_AFTER}{INIT_SIGCHLD_FIX}\trun();")),
+            "{fixed}"
+        );
+        fs::write(&init, "int main(void) { run(); }\n").unwrap();
+        let err = fix_init_sigchld(t.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("init/init.c") && err.contains("SIGCHLD"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_dsc_is_found_in_apt_print_uris() {
