@@ -77,6 +77,10 @@ pub(crate) enum Milestone {
     /// The cluster: CPU-bound jobs started on one node, with no `migrate`,
     /// run on every node (Kerrighed's scheduler moved them).
     LoadBalanced,
+    /// The cluster: a job started under `krgcr-run` is checkpointed,
+    /// killed, and `restart`ed from the other node, counting on from the
+    /// checkpoint (checkpoint.rs).
+    CheckpointRestart,
     /// A Kerrighed node powered on once the cluster ran: it stays out
     /// (its own Kerrighed says down, the members do not list it online),
     /// and node1's status page says it was left out.
@@ -151,7 +155,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 26] = [
+    pub(crate) const ALL: [Milestone; 27] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -177,6 +181,7 @@ impl Milestone {
         Milestone::MigratedBack,
         Milestone::ClusterCpus,
         Milestone::LoadBalanced,
+        Milestone::CheckpointRestart,
         Milestone::LeftOut,
     ];
 
@@ -301,6 +306,7 @@ impl Milestone {
             Milestone::MigratedBack => ("process migrated back", Sign::Checked, true, &[]),
             Milestone::ClusterCpus => ("cluster-wide /proc/cpuinfo", Sign::Checked, true, &[]),
             Milestone::LoadBalanced => ("load balanced", Sign::Checked, true, &[]),
+            Milestone::CheckpointRestart => ("checkpoint, kill, restart", Sign::Checked, true, &[]),
             Milestone::LeftOut => ("booted late: left out", Sign::Checked, true, &[]),
         };
         Spec {

@@ -9,6 +9,7 @@
 
 mod boot_time;
 pub(crate) mod browser;
+mod checkpoint;
 mod checks;
 pub(crate) mod console;
 pub(crate) mod frame;
@@ -365,6 +366,8 @@ impl Run<'_> {
             .contains(&Milestone::ClusterUp);
         if cluster && self.test.nodes >= 2 {
             self.prove_single_system_image(&leases)?;
+            let id = |i: usize| leases[i].1.octets()[3];
+            self.prove_checkpoint_restart(id(0), id(1))?;
             if self.test.scheduler == Scheduler::Legacy {
                 self.prove_load_balancing(&leases)?;
             }

@@ -59,6 +59,15 @@ impl Record {
     }
 }
 
+/// A shell loop that, every second, writes its PID, a counter and the node
+/// it runs on (`/proc/nodes/self`) to `file` in the shared root (written
+/// aside and renamed: a reader never sees half a line).
+pub(super) fn counting_job(file: &str) -> String {
+    format!(
+        "i=0; while :; do i=$((i+1)); echo \"$$ $i $(readlink /proc/nodes/self)\" > {file}.new; mv {file}.new {file}; sleep 1; done"
+    )
+}
+
 /// Where the load-balancing jobs say they run: job PID to node, from their
 /// `PID nodeN` lines (the last line of a job wins).
 pub(super) fn job_places(text: &str) -> BTreeMap<u32, String> {
@@ -116,9 +125,7 @@ impl Run<'_> {
         );
 
         let file = format!("/home/{user}/{RECORD}");
-        let job = format!(
-            "i=0; while :; do i=$((i+1)); echo \"$$ $i $(readlink /proc/nodes/self)\" > {file}.new; mv {file}.new {file}; sleep 1; done"
-        );
+        let job = counting_job(&file);
         // krgcapset -d changes what its parent (the login shell) hands on to
         // the processes it starts from now on: run it in that shell itself.
         self.on(a, "krgcapset -d +CAN_MIGRATE", until)?;
@@ -304,12 +311,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn name(&self, vm: usize) -> String {
+    pub(super) fn name(&self, vm: usize) -> String {
         self.vms[vm].vm.spec.name.clone()
     }
 
     /// Runs `command` in the session logged in on `vm`'s console.
-    fn on(&self, vm: usize, command: &str, until: Instant) -> Result<String> {
+    pub(super) fn on(&self, vm: usize, command: &str, until: Instant) -> Result<String> {
         self.vms[vm]
             .vm
             .console
@@ -319,7 +326,7 @@ impl Run<'_> {
 
     /// Reads the job's record (from `vm`) until `wanted` holds. The NFS
     /// client may show the old file for a few seconds: it is read again.
-    fn wait_record(
+    pub(super) fn wait_record(
         &self,
         vm: usize,
         file: &str,

@@ -24,6 +24,9 @@ pub(crate) const LOAD_SPREADS: Duration = Duration::from_secs(120);
 /// the profile's settle time, its boot's own stragglers, and this.
 pub(crate) const LEFT_OUT_SAID: Duration = Duration::from_secs(60);
 
+/// Killed processes gone from `ps`, reaped by their parents or init.
+pub(crate) const ZOMBIES_REAPED: Duration = Duration::from_secs(20);
+
 /// node1: 2 vCPUs and 2 GiB, a small server of today.
 pub(crate) const NODE1_CPUS: u32 = 2;
 pub(crate) const NODE1_MEMORY_MIB: u32 = 2048;

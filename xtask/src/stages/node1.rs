@@ -15,8 +15,12 @@ use crate::files;
 use crate::host::HostTool;
 use crate::layout::{tftp_dir, Root, LAYERS, NODE1_ROOT, NODES_ROOT, NODES_TREE, STAGED_KERNEL};
 use crate::node1::{accounts, render};
-use crate::profile::Userland;
+use crate::profile::{KernelKind, Userland};
 use crate::stages::BuildContext;
+
+/// Kerrighed's checkpoint directory (its tools' `CHKPT_DIR`), in the
+/// nodes' root.
+const CHECKPOINT_DIR: &str = "var/chkpt";
 
 pub(crate) struct Node1(pub Arc<BuildContext>);
 
@@ -33,7 +37,9 @@ impl Stage for Node1 {
     fn recipe(&self) -> u32 {
         // 2: the nodes boot iPXE and fetch their kernel over HTTP.
         // 3: node1 is named node1; the cluster user may sudo there.
-        3
+        // 4: Kerrighed's /var/chkpt in the nodes' root; no nbmin for
+        //    static nodes (the settle window starts the cluster).
+        4
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);
@@ -95,6 +101,15 @@ impl Stage for Node1 {
             for (path, text) in files {
                 write_file(&layer.join(path), text.as_bytes())?;
             }
+        }
+
+        if cx.profile.kernel.kind == KernelKind::Kerrighed {
+            // Where Kerrighed's `checkpoint` writes and `restart` reads, on
+            // the shared root: any user's, like /tmp (each application's
+            // directory is its owner's).
+            let chkpt = nodes.join(CHECKPOINT_DIR);
+            fs::create_dir_all(&chkpt).with_context(|| format!("creating {}", chkpt.display()))?;
+            fs::set_permissions(&chkpt, fs::Permissions::from_mode(0o1777))?;
         }
 
         run.step("the boot files: iPXE and the node kernel");

@@ -207,6 +207,7 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         Milestone::MigratedBack,
         Milestone::ClusterCpus,
         Milestone::LoadBalanced,
+        Milestone::CheckpointRestart,
         Milestone::LeftOut,
     ] {
         ensure!(
