@@ -10,6 +10,7 @@ pub const STATUS_PROGRAM: &str = "usr/local/lib/krgiso/krgiso-status";
 #[derive(Debug, Clone, Deserialize)]
 pub struct StatusReport {
     pub node1: Node1Status,
+    pub cluster: ClusterStatus,
     pub nodes: Vec<NodeStatus>,
     /// The last events of dnsmasq's log (leases, TFTP transfers).
     pub log: Vec<String>,
@@ -30,6 +31,19 @@ pub struct Node1Status {
     pub status_page: String,
     pub services: Services,
     pub status_line: String,
+}
+
+/// The Kerrighed cluster, as its nodes' reports say.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterStatus {
+    /// Nodes that report a Kerrighed node id.
+    pub kerrighed_nodes: u32,
+    /// The ids the cluster is up on (`131 132 133`), or empty.
+    pub up_on: String,
+    /// The ids of nodes that booted after the start.
+    pub left_out: String,
+    /// The schedulers made (`mosix rr`), or empty.
+    pub scheduler: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +70,8 @@ pub struct NodeStatus {
     pub krg_session: String,
     /// The static nodes' cluster start: waiting, settling, up, left out.
     pub krg_cluster: String,
+    /// Processes and threads running on the node (Kerrighed nodes).
+    pub processes: String,
 }
 
 /// What node1 saw the node fetch: iPXE and its script (TFTP), kernel and
@@ -179,7 +195,7 @@ mod tests {
         let left_out = "left out: the cluster is up on 130 131 without this node";
         fs::write(
             reports.join("127.0.0.3"),
-            format!("node3 127.0.0.3 2.6.20-krg 2026-11-30T12:36:00Z\nkrg_node_id=3\nkrg_session=status: down\nkrg_cluster={left_out}\n"),
+            format!("node3 127.0.0.3 2.6.20-krg 2026-11-30T12:36:00Z\nkrg_node_id=3\nkrg_session=status: down\nkrg_cluster={left_out}\nprocesses=41\nkrg_scheduler=mosix rr\n"),
         )
         .unwrap();
         // node2 accepts on "its ssh port"; node3 refuses (nothing listens
@@ -232,6 +248,17 @@ mod tests {
             ("3", left_out)
         );
         assert_eq!(n2.krg_cluster, "", "a node without Kerrighed");
+        assert_eq!(n3.processes, "41");
+        let c = &report.cluster;
+        assert_eq!(
+            (
+                c.kerrighed_nodes,
+                c.up_on.as_str(),
+                c.left_out.as_str(),
+                c.scheduler.as_str()
+            ),
+            (1, "", "3", "mosix rr")
+        );
         // The log: its events, not log-dhcp's option dumps; quotes kept.
         assert!(report
             .log
@@ -244,8 +271,22 @@ mod tests {
         assert!(page.contains("<td class=\"ip\">127.0.0.2</td>"), "{page}");
         assert!(page.contains("52:54:00:77:00:03"));
         assert!(
-            page.contains(&format!("<td class=\"krg\">node 3, {left_out}</td>")),
+            page.contains(&format!(
+                "<td class=\"krg\">node 3, {left_out}, 41 processes here</td>"
+            )),
             "the cluster start's state, not krgadm's \"down\": {page}"
+        );
+        assert!(
+            page.contains("<dt>State</dt><dd>not started</dd>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<dt>Left out</dt><dd>3: booted after"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<dt>Scheduler</dt><dd>mosix rr</dd>"),
+            "{page}"
         );
         assert!(
             page.contains("&lt;b&gt;&quot;x&quot;"),

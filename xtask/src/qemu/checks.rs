@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use crate::profile::Scheduler;
 use anyhow::{bail, Context, Result};
 
 use super::boot_time::{self, BootTime};
@@ -392,6 +393,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// What the status page must say the cluster is up on (`131 132`),
+    /// when the test's nodes form one.
+    fn cluster_summary(&self, leases: &[(String, Ipv4Addr)]) -> Option<String> {
+        let cluster = self
+            .test
+            .nodes_boot
+            .steps(self.test.nodes)
+            .contains(&Milestone::ClusterUp);
+        let mut ids: Vec<u8> = leases.iter().map(|(_, ip)| ip.octets()[3]).collect();
+        ids.sort_unstable();
+        cluster.then(|| ids.iter().map(u8::to_string).collect::<Vec<_>>().join(" "))
+    }
+
     /// node1's status page, where its status line says it serves.
     pub(super) fn status_url(&self) -> String {
         let status = self.vms[0].detail(Milestone::Ready);
@@ -439,10 +453,13 @@ impl Run<'_> {
                     missing.push(what);
                 }
             }
-            if matches!(self.test.nodes_boot, NodesBoot::Kerrighed { .. })
-                && row.krg_node_id != ip.octets()[3].to_string()
-            {
-                missing.push("its Kerrighed node id");
+            if let NodesBoot::Kerrighed { userland, .. } = self.test.nodes_boot {
+                if row.krg_node_id != ip.octets()[3].to_string() {
+                    missing.push("its Kerrighed node id");
+                }
+                if userland && row.processes.is_empty() {
+                    missing.push("how many processes run on it");
+                }
             }
             if !missing.is_empty() {
                 bail!(
@@ -451,6 +468,20 @@ impl Run<'_> {
                 );
             }
             rows.push((ip.to_string(), mac));
+        }
+        if let Some(wanted) = self.cluster_summary(leases) {
+            let c = &report.cluster;
+            let schedulers = self.test.scheduler == Scheduler::Legacy;
+            if c.up_on != wanted || (schedulers && !c.scheduler.contains("mosix")) {
+                bail!(
+                    "node1's status page does not show the cluster up on {wanted}{}: {c:?}",
+                    if schedulers {
+                        " with the mosix scheduler"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         Ok(rows)
     }
@@ -497,8 +528,12 @@ impl Run<'_> {
         let png = dir.join("status.png");
         let text = browser::render(&format!("file://{}", html.display()), &png, dir)?;
         let mode = format!("DHCP mode {}", dhcp_mode(self.test.link_dhcp));
+        let up = self
+            .cluster_summary(leases)
+            .map(|ids| format!("up on {} nodes: {ids}", leases.len()));
         let mut absent: Vec<&str> = ["krgiso cluster: node1", mode.as_str()]
             .into_iter()
+            .chain(up.as_deref())
             .filter(|t| !text.contains(t))
             .collect();
         for (ip, mac) in &rows {

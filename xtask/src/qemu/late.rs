@@ -9,7 +9,8 @@
 //! - the late node's own `krgadm cluster status` (over ssh from node1)
 //!   says down;
 //! - node1's status page gives the late node's row the state its cluster
-//!   start reported: left out, with what to do.
+//!   start reported (left out, with what to do), and lists it among the
+//!   cluster's nodes left out.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -111,13 +112,17 @@ impl Run<'_> {
                 .vm
                 .console
                 .run(&format!("busybox wget -qO- {url}status.json"), until)?;
-            let state = StatusReport::parse(&json)
-                .ok()
-                .and_then(|r| r.node(&ip.to_string()).map(|n| n.krg_cluster.clone()));
+            // Its row, and the cluster's "left out" list.
+            let id = ip.octets()[3].to_string();
+            let state = StatusReport::parse(&json).ok().and_then(|r| {
+                let listed = r.cluster.left_out.split_whitespace().any(|l| l == id);
+                r.node(&ip.to_string())
+                    .map(|n| (n.krg_cluster.clone(), listed))
+            });
             match state {
-                Some(s) if s.starts_with("left out") => return Ok(s),
+                Some((s, true)) if s.starts_with("left out") => return Ok(s),
                 _ if Instant::now() > give_up => {
-                    bail!("node1's status page does not say {ip} was left out: its row says {state:?}")
+                    bail!("node1's status page does not say {ip} was left out (its row and the cluster's list): {state:?}")
                 }
                 _ => std::thread::sleep(Duration::from_secs(3)),
             }
