@@ -181,16 +181,8 @@ impl Run<'_> {
         // asked again, every 3 s for up to 60 s, until every row is whole.
         let status_page = if reports {
             let url = self.status_url();
-            let settled = within(STATUS_PAGE_SETTLES, until);
-            let json = loop {
-                let json = console.run(&format!("busybox wget -qO- {url}status.json"), until)?;
-                let whole = StatusReport::parse(&json)
-                    .is_ok_and(|report| self.status_rows(leases, &report).is_ok());
-                if whole || Instant::now() >= settled {
-                    break json;
-                }
-                std::thread::sleep(Duration::from_secs(3));
-            };
+            let json =
+                self.status_json_until(until, |report| self.status_rows(leases, report).is_ok())?;
             Some((
                 json,
                 console.run(&format!("busybox wget -qO- {url}"), until)?,
@@ -391,6 +383,29 @@ impl Run<'_> {
             self.record(vm, Milestone::NfsRestart, detail);
         }
         Ok(())
+    }
+
+    /// node1's `status.json`, fetched by node1's own busybox from its
+    /// logged-in console, asked again every 3 s for up to
+    /// [`STATUS_PAGE_SETTLES`] until `whole` accepts it (what a page says
+    /// is what is true now, and a node's report may lag): the last one.
+    pub(super) fn status_json_until(
+        &self,
+        until: Instant,
+        whole: impl Fn(&StatusReport) -> bool,
+    ) -> Result<String> {
+        let url = self.status_url();
+        let settled = within(STATUS_PAGE_SETTLES, until);
+        loop {
+            let json = self.vms[0]
+                .vm
+                .console
+                .run(&format!("busybox wget -qO- {url}status.json"), until)?;
+            if StatusReport::parse(&json).is_ok_and(|r| whole(&r)) || Instant::now() >= settled {
+                return Ok(json);
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
     }
 
     /// What the status page must say the cluster is up on (`131 132`),

@@ -13,13 +13,13 @@
 //!   cluster's nodes left out.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use super::checks::ssh_command;
 use super::milestone::{KRG_LATE_STEPS, LEFT_OUT};
-use super::timing::{within, CHECKS, LEFT_OUT_SAID, STATUS_PAGE_SETTLES};
+use super::timing::{within, CHECKS, LEFT_OUT_SAID};
 use super::{Milestone, Run};
 use crate::interrupt;
 use crate::node1::status::StatusReport;
@@ -45,11 +45,7 @@ impl Run<'_> {
         self.wait_left_out(late)?;
         let until = within(CHECKS, self.deadline);
         let member = &members[0].0;
-        let listing = self.vms[1]
-            .vm
-            .console
-            .run("krgadm nodes; krgadm cluster status", until)
-            .with_context(|| format!("asking {member}'s krgadm"))?;
+        let listing = self.on(1, "krgadm nodes; krgadm cluster status", until)?;
         let up = format!("up on {} nodes", members.len());
         if listing.contains(&format!("{id}:online")) || !listing.contains(&up) {
             bail!("{member}'s krgadm, with {name} (id {id}) booted late: {listing:?}: not the cluster {up} without it");
@@ -103,29 +99,24 @@ impl Run<'_> {
     }
 
     /// The late node's row on node1's status page, asked again until it
-    /// says left out (the node's report reaches node1 through the NFS root).
+    /// says left out (the node's report reaches node1 through the NFS
+    /// root), and the cluster's list of nodes left out, with its id.
     fn left_out_on_status_page(&self, ip: &Ipv4Addr, until: Instant) -> Result<String> {
-        let url = self.status_url();
-        let give_up = within(STATUS_PAGE_SETTLES, until);
-        loop {
-            let json = self.vms[0]
-                .vm
-                .console
-                .run(&format!("busybox wget -qO- {url}status.json"), until)?;
-            // Its row, and the cluster's "left out" list.
-            let id = ip.octets()[3].to_string();
-            let state = StatusReport::parse(&json).ok().and_then(|r| {
-                let listed = r.cluster.left_out.split_whitespace().any(|l| l == id);
-                r.node(&ip.to_string())
-                    .map(|n| (n.krg_cluster.clone(), listed))
-            });
-            match state {
-                Some((s, true)) if s.starts_with("left out") => return Ok(s),
-                _ if Instant::now() > give_up => {
-                    bail!("node1's status page does not say {ip} was left out (its row and the cluster's list): {state:?}")
-                }
-                _ => std::thread::sleep(Duration::from_secs(3)),
-            }
-        }
+        let id = ip.octets()[3].to_string();
+        let left_out = |r: &StatusReport| {
+            let listed = r.cluster.left_out.split_whitespace().any(|l| l == id);
+            r.node(&ip.to_string())
+                .filter(|n| listed && n.krg_cluster.starts_with("left out"))
+                .map(|n| n.krg_cluster.clone())
+        };
+        let json = self.status_json_until(until, |r| left_out(r).is_some())?;
+        let report = StatusReport::parse(&json)?;
+        left_out(&report).with_context(|| {
+            format!(
+                "node1's status page does not say {ip} was left out (its row and the cluster's list): {:?}, left out: {:?}",
+                report.node(&ip.to_string()),
+                report.cluster.left_out
+            )
+        })
     }
 }
