@@ -411,11 +411,7 @@ impl Run<'_> {
     /// What the status page must say the cluster is up on (`131 132`),
     /// when the test's nodes form one.
     fn cluster_summary(&self, leases: &[(String, Ipv4Addr)]) -> Option<String> {
-        let cluster = self
-            .test
-            .nodes_boot
-            .steps(self.test.nodes)
-            .contains(&Milestone::ClusterUp);
+        let cluster = self.test.forms_a_cluster();
         let mut ids: Vec<u8> = leases.iter().map(|(_, ip)| ip.octets()[3]).collect();
         ids.sort_unstable();
         cluster.then(|| ids.iter().map(u8::to_string).collect::<Vec<_>>().join(" "))

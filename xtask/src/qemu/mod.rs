@@ -230,14 +230,12 @@ impl BootTest {
     /// Kerrighed nodes that start a cluster of two or more.
     pub(crate) fn with_a_late_node(self) -> Result<BootTest> {
         match self.nodes_boot {
-            NodesBoot::Kerrighed {
-                userland: true,
-                nbmin,
-                ..
-            } if self.nodes >= u32::from(nbmin).max(2) => Ok(BootTest {
-                late_node: true,
-                ..self
-            }),
+            NodesBoot::Kerrighed { .. } if self.forms_a_cluster() && self.nodes >= 2 => {
+                Ok(BootTest {
+                    late_node: true,
+                    ..self
+                })
+            }
             NodesBoot::Kerrighed { nbmin, .. } => bail!(
                 "--late-node needs a running cluster to be late for: boot at least {} nodes (--nodes), with a userland that starts Kerrighed",
                 nbmin.max(2)
@@ -246,6 +244,13 @@ impl BootTest {
                 bail!("--late-node is for Kerrighed nodes: this profile's nodes boot a stock kernel")
             }
         }
+    }
+
+    /// Whether the nodes the test boots start a Kerrighed cluster.
+    pub(crate) fn forms_a_cluster(&self) -> bool {
+        self.nodes_boot
+            .steps(self.nodes)
+            .contains(&Milestone::ClusterUp)
     }
 
     /// The test as `cargo xtask test` runs it: Chromium installed if it is
@@ -359,11 +364,7 @@ impl Run<'_> {
             .contains(&Milestone::NfsRootRw);
         self.session_on_node1(&leases, self.test.nodes > 0 && reports)?;
         self.check_export_to_booted_only()?;
-        let cluster = self
-            .test
-            .nodes_boot
-            .steps(self.test.nodes)
-            .contains(&Milestone::ClusterUp);
+        let cluster = self.test.forms_a_cluster();
         if cluster && self.test.nodes >= 2 {
             self.prove_single_system_image(&leases)?;
             let id = |i: usize| leases[i].1.octets()[3];
