@@ -32,6 +32,10 @@ pub(crate) const KRG_INSTALLED: &[&str] = &[
     "usr/local/bin/migrate",
 ];
 
+/// Where Kerrighed's own test programs (tests/apps: `bi`, `bi-cr`, ...)
+/// are installed in a static nodes root.
+pub(crate) const KRG_TESTS_DIR: &str = "/usr/local/lib/kerrighed/tests";
+
 /// Kerrighed's service files for a Debian nodes root (an LSB init script:
 /// a static userland boots with its own rcS instead).
 pub(crate) const KRG_SERVICE_FILES: &[&str] = &["etc/init.d/kerrighed", "etc/default/kerrighed"];
@@ -98,6 +102,12 @@ impl KrgBuild<'_> {
                 "--disable-service",
                 "--disable-shared",
                 "--enable-static",
+                // Kerrighed's own test programs (tests/apps) and no others:
+                // ktp wants LTP, proc and benchmark are not run here.
+                "--enable-tests",
+                "--disable-tests-ktp",
+                "--disable-tests-proc",
+                "--disable-tests-benchmark",
                 &cc,
                 &format!("CFLAGS={cflags}"),
             ],
@@ -120,6 +130,38 @@ impl KrgBuild<'_> {
             tree,
             "install the static tools",
             &["make", "-C", "tools", "install", destdir],
+            false,
+        )?;
+        // The programs link -lbi, built beside them: -L. lets libtool find
+        // its libbi.la (the tarball expects it installed first). musl
+        // declares CLONE_FILES and friends only under _GNU_SOURCE. -O0:
+        // the optimizer drops bi's loop (its sum is never read), and a
+        // test program must run long enough to be moved.
+        let tests_flags = format!("{make_flags} -D_GNU_SOURCE -O0");
+        self.make_in(
+            tree,
+            "build Kerrighed's test programs (tests/apps) static against musl",
+            &[
+                "make",
+                &jobs,
+                "-C",
+                "tests/apps",
+                &tests_flags,
+                "LDFLAGS=-all-static -L.",
+            ],
+            false,
+        )?;
+        self.make_in(
+            tree,
+            "install the test programs",
+            &[
+                "make",
+                "-C",
+                "tests/apps",
+                "install-binPROGRAMS",
+                &format!("bindir={KRG_TESTS_DIR}"),
+                destdir,
+            ],
             false,
         )
     }

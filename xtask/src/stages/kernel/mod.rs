@@ -87,7 +87,8 @@ impl Stage for Kernel {
         // 2: System.map staged; kerrighed.ko checked; toolchains.
         // 3: a static nodes userland gets static tools, no glibc ones.
         // 4: the stock kind's NFS initramfs without local file systems.
-        4
+        // 5: Kerrighed's test programs (tests/apps) in a static nodes root.
+        5
     }
     fn needs_root(&self) -> bool {
         true
