@@ -81,22 +81,7 @@ impl Run<'_> {
             );
         }
 
-        let said = self.on(
-            b,
-            &format!(
-                "restart {} {}; echo \"restart exit $?\"",
-                taken.app_id, taken.version
-            ),
-            until,
-        )?;
-        if !said.contains("restart exit 0") {
-            bail!(
-                "`restart {} {}` on {} failed: {said:?}",
-                taken.app_id,
-                taken.version,
-                self.name(b)
-            );
-        }
+        self.restart_app(b, &taken, until)?;
         let resumed = self
             .wait_record(b, &file, until, |r| r.count < killed.count)
             .with_context(|| {
@@ -142,6 +127,23 @@ impl Run<'_> {
             ),
         );
         Ok(())
+    }
+
+    /// `restart` of `taken`, run on `vm`.
+    pub(super) fn restart_app(&self, vm: usize, taken: &Checkpoint, until: Instant) -> Result<()> {
+        let (id, version) = (taken.app_id, taken.version);
+        let said = self.on(
+            vm,
+            &format!("restart {id} {version}; echo \"restart exit $?\""),
+            until,
+        )?;
+        if said.contains("restart exit 0") {
+            return Ok(());
+        }
+        bail!(
+            "`restart {id} {version}` on {} failed: {said:?}",
+            self.name(vm)
+        )
     }
 
     /// Every process the test killed is reaped: its orphans are init's,

@@ -60,11 +60,16 @@ impl Record {
 }
 
 /// A shell loop that, every second, writes its PID, a counter and the node
-/// it runs on (`/proc/nodes/self`) to `file` in the shared root (written
-/// aside and renamed: a reader never sees half a line).
+/// it runs on (`/proc/nodes/self`) to `file` in the shared root. The file
+/// is written in place, by the shell and then by `readlink`, with no pipe
+/// and no rename: Kerrighed reopens a restarted application's files by
+/// path, and a checkpoint taken while the shell held a file renamed since,
+/// or a command substitution's pipe, failed `restart` (`No such file or
+/// directory`, seen in QEMU). A reader may see the line half written: it
+/// reads again.
 pub(super) fn counting_job(file: &str) -> String {
     format!(
-        "i=0; while :; do i=$((i+1)); echo \"$$ $i $(readlink /proc/nodes/self)\" > {file}.new; mv {file}.new {file}; sleep 1; done"
+        "i=0; while :; do i=$((i+1)); printf \"%s %s \" $$ $i > {file}; readlink /proc/nodes/self >> {file}; sleep 1; done"
     )
 }
 
