@@ -81,6 +81,10 @@ pub(crate) enum Milestone {
     /// killed, and `restart`ed from the other node, counting on from the
     /// checkpoint (checkpoint.rs).
     CheckpointRestart,
+    /// The cluster: Kerrighed's own test programs (tests/apps) migrated
+    /// away and back or refused as documented, some checkpointed and
+    /// restarted, each ending as it says it ends (test_programs.rs).
+    TestPrograms,
     /// A Kerrighed node powered on once the cluster ran: it stays out
     /// (its own Kerrighed says down, the members do not list it online),
     /// and node1's status page says it was left out.
@@ -155,7 +159,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 27] = [
+    pub(crate) const ALL: [Milestone; 28] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -182,6 +186,7 @@ impl Milestone {
         Milestone::ClusterCpus,
         Milestone::LoadBalanced,
         Milestone::CheckpointRestart,
+        Milestone::TestPrograms,
         Milestone::LeftOut,
     ];
 
@@ -307,6 +312,7 @@ impl Milestone {
             Milestone::ClusterCpus => ("cluster-wide /proc/cpuinfo", Sign::Checked, true, &[]),
             Milestone::LoadBalanced => ("load balanced", Sign::Checked, true, &[]),
             Milestone::CheckpointRestart => ("checkpoint, kill, restart", Sign::Checked, true, &[]),
+            Milestone::TestPrograms => ("Kerrighed's test programs", Sign::Checked, true, &[]),
             Milestone::LeftOut => ("booted late: left out", Sign::Checked, true, &[]),
         };
         Spec {

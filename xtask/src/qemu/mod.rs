@@ -19,6 +19,7 @@ mod late;
 mod milestone;
 mod reboot;
 mod ssi;
+mod test_programs;
 mod timing;
 pub(crate) mod vm;
 
@@ -33,7 +34,8 @@ use crate::host::{self, HostTool};
 use crate::interrupt::{self, Interrupted};
 use crate::layout::Layout;
 use crate::node1::accounts;
-use crate::profile::{Network, Profile, Scheduler};
+use crate::profile::{KernelKind, Network, Profile, Scheduler, Userland};
+use crate::stages::kernel::krg::KRG_RELEASE;
 use frame::Mac;
 use hub::Hub;
 use lan::ForeignLan;
@@ -109,6 +111,9 @@ pub(crate) struct BootTest {
     pub(crate) late_node: bool,
     /// How long the nodes' cluster start waits for no new node.
     pub(crate) settle: Duration,
+    /// Kerrighed's test programs are in the nodes' root (a static
+    /// userland): the node kernel's NR_CPUS, to read where a process runs.
+    pub(crate) test_programs: Option<u32>,
 }
 
 /// Who serves DHCP on the cluster link: node1 (a link of the cluster's
@@ -213,6 +218,7 @@ impl BootTest {
             scheduler: profile.cluster.scheduler,
             late_node: false,
             settle: Duration::from_secs(profile.cluster.settle.into()),
+            test_programs: test_programs(profile, layout)?,
         })
     }
 
@@ -341,6 +347,27 @@ fn accel_name(a: Accel) -> &'static str {
     }
 }
 
+/// With a static nodes userland, the kernel stage installs Kerrighed's
+/// test programs: the node kernel's NR_CPUS, read from its staged config.
+fn test_programs(profile: &Profile, layout: &Layout) -> Result<Option<u32>> {
+    if profile.kernel.kind != KernelKind::Kerrighed || profile.nodes.userland != Userland::Static {
+        return Ok(None);
+    }
+    let path = layout.staged_kernel().join(format!("config-{KRG_RELEASE}"));
+    let config = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the node kernel's config {}: {}",
+            path.display(),
+            crate::layout::NO_IMAGE_HINT
+        )
+    })?;
+    let nr_cpus = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_NR_CPUS=")?.trim().parse().ok())
+        .with_context(|| format!("{} sets no CONFIG_NR_CPUS", path.display()))?;
+    Ok(Some(nr_cpus))
+}
+
 impl Run<'_> {
     fn boot_and_check(&mut self) -> Result<Report> {
         let node1 = self.node1_spec()?;
@@ -371,6 +398,9 @@ impl Run<'_> {
             self.prove_checkpoint_restart(id(0), id(1))?;
             if self.test.scheduler == Scheduler::Legacy {
                 self.prove_load_balancing(&leases)?;
+            }
+            if let Some(nr_cpus) = self.test.test_programs {
+                self.prove_test_programs(id(0), id(1), nr_cpus)?;
             }
         }
         if self.test.late_node {

@@ -24,6 +24,13 @@ pub(crate) const LOAD_SPREADS: Duration = Duration::from_secs(120);
 /// the profile's settle time, its boot's own stragglers, and this.
 pub(crate) const LEFT_OUT_SAID: Duration = Duration::from_secs(60);
 
+/// A program started by the test, running (exec'd).
+pub(crate) const PROGRAM_STARTS: Duration = Duration::from_secs(20);
+/// A process `migrate` was told to move, on its new node.
+pub(crate) const MIGRATION_LANDS: Duration = Duration::from_secs(15);
+/// One of Kerrighed's test programs, moved and restarted, at its end.
+pub(crate) const PROGRAM_ENDS: Duration = Duration::from_secs(90);
+
 /// Killed processes gone from `ps`, reaped by their parents or init.
 pub(crate) const ZOMBIES_REAPED: Duration = Duration::from_secs(20);
 

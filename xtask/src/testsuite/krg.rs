@@ -208,6 +208,7 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         Milestone::ClusterCpus,
         Milestone::LoadBalanced,
         Milestone::CheckpointRestart,
+        Milestone::TestPrograms,
         Milestone::LeftOut,
     ] {
         ensure!(
