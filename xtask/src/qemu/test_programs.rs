@@ -32,7 +32,8 @@ use crate::stages::kernel::krg::KRG_TESTS_DIR;
 pub(crate) const REFUSED: &str = "Operation not permitted";
 
 /// How many loops of 10⁸ additions each program runs: long enough, at
-/// about 0.4 s a loop under TCG, to be moved and restarted before its end.
+/// under a second a loop under TCG, to be moved and restarted before its
+/// end.
 const LOOPS: u32 = 15;
 
 /// Where the programs keep their PID, output and exit status, in the
@@ -299,7 +300,7 @@ impl Run<'_> {
                 })?;
             took.push(t.elapsed().as_secs_f64());
         }
-        self.on(a, &format!("rm -rf {work}"), until)?;
+        self.on(a, &format!("rm -rf {work}"), within(CHECKS, self.deadline))?;
         let count = |f: fn(&TestProgram) -> bool| TEST_PROGRAMS.iter().filter(|p| f(p)).count();
         self.record(
             b,
