@@ -19,6 +19,10 @@ use super::{Milestone, Run};
 
 /// Where the job records itself, in the cluster user's home.
 const RECORD: &str = ".krgiso-cr";
+/// What `checkpoint` says when a process of the application is a zombie.
+const ZOMBIE_REFUSED: &str = "can not checkpoint an application with dead/zombie process";
+/// How many times `checkpoint` is asked while it says that.
+const CHECKPOINT_TRIES: u32 = 5;
 
 /// What `checkpoint` printed: the application's id and the version it wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +63,7 @@ impl Run<'_> {
         let started = self.wait_record(a, &file, until, |r| r.count >= 2)?;
         let pid = started.pid;
         let before = self.wait_record(a, &file, until, |r| r.count > started.count)?;
-        let said = self.on(
-            a,
-            &format!("checkpoint {pid}; echo \"checkpoint exit $?\""),
-            until,
-        )?;
-        let taken = Checkpoint::parse(&said)
-            .filter(|_| said.contains("checkpoint exit 0"))
-            .with_context(|| format!("`checkpoint {pid}` on {}: {said:?}", self.name(a)))?;
+        let taken = self.checkpoint(a, pid, until)?;
         let after = self.wait_record(a, &file, until, |r| r.count > before.count)?;
         // Counted well past the checkpoint, then the whole application
         // (its session: the job and its sleep) killed.
@@ -127,6 +124,37 @@ impl Run<'_> {
             ),
         );
         Ok(())
+    }
+
+    /// `checkpoint PID`, run on `vm`: the application PID belongs to. As
+    /// Kerrighed's own tests do, PID is a process of the program itself:
+    /// `checkpoint` runs its C/R callbacks by signalling that very PID
+    /// (libkrgcb's `cr_execute_chkpt_callbacks()`) and waits for their
+    /// answer. Kerrighed refuses an application while one of its processes
+    /// is a zombie not yet reaped (a shell's child that has just ended):
+    /// asked again a second later, as a user would, a few times.
+    pub(super) fn checkpoint(&self, vm: usize, pid: u32, until: Instant) -> Result<Checkpoint> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let said = self.on(
+                vm,
+                &format!("checkpoint {pid}; echo \"checkpoint exit $?\""),
+                until,
+            )?;
+            if said.contains("checkpoint exit 0") {
+                if let Some(taken) = Checkpoint::parse(&said) {
+                    return Ok(taken);
+                }
+            }
+            if !said.contains(ZOMBIE_REFUSED) || tries == CHECKPOINT_TRIES {
+                bail!(
+                    "`checkpoint {pid}` on {} failed (try {tries}): {said:?}",
+                    self.name(vm)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 
     /// `restart` of `taken`, run on `vm`.

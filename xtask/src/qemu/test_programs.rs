@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::checkpoint::Checkpoint;
 use super::timing::{within, CHECKS, MIGRATION_LANDS, PROGRAM_ENDS, PROGRAM_STARTS};
 use super::{Milestone, Run};
 use crate::stages::kernel::krg::KRG_TESTS_DIR;
@@ -486,7 +485,7 @@ impl Run<'_> {
             }
         }
         if p.restart {
-            said.push(self.checkpoint_kill_restart(files, a, b, until)?);
+            said.push(self.checkpoint_kill_restart(pid, files, a, b, until)?);
         }
         if p.outcome == Outcome::SharedMemory {
             // The segment goes once the reader has ended (-d: IPC_RMID).
@@ -496,9 +495,11 @@ impl Run<'_> {
     }
 
     /// The program's application (its wrapper's session) checkpointed on
-    /// A, killed, and restarted from B.
+    /// A through the program's PID (whose C/R callbacks run), killed, and
+    /// restarted from B.
     fn checkpoint_kill_restart(
         &self,
+        pid: u32,
         files: &str,
         a: usize,
         b: usize,
@@ -506,14 +507,7 @@ impl Run<'_> {
     ) -> Result<String> {
         let sid = last_number(&self.on(a, &format!("cat {files}.sid"), until)?)
             .context("no session id from krgcr-run")?;
-        let said = self.on(
-            a,
-            &format!("checkpoint {sid}; echo \"checkpoint exit $?\""),
-            until,
-        )?;
-        let taken = Checkpoint::parse(&said)
-            .filter(|_| said.contains("checkpoint exit 0"))
-            .with_context(|| format!("`checkpoint {sid}`: {said:?}"))?;
+        let taken = self.checkpoint(a, pid, until)?;
         let gone = self.on(a, &format!("kill -9 -{sid}; {}", session_gone(sid)), until)?;
         if !gone.lines().any(|l| l.trim() == "gone") {
             bail!("its application (session {sid}) outlived kill -9: {gone:?}");
