@@ -82,6 +82,21 @@ pub(crate) struct TestProgram {
     /// Checkpointed, killed and restarted (as tests/ktp/cr does with it).
     pub(crate) restart: bool,
     pub(crate) outcome: Outcome,
+    /// It registers C/R callbacks (libkrgcb): `checkpoint` and `restart`
+    /// signal the application's root to run them, so the program itself
+    /// is the root, started by krgcr-run with no wrapper to keep its exit
+    /// status, as Kerrighed's cr_callbacks01 starts it. Its end is read
+    /// from its output and its session gone.
+    pub(crate) callbacks: bool,
+}
+
+impl TestProgram {
+    const fn with_callbacks(self) -> TestProgram {
+        TestProgram {
+            callbacks: true,
+            ..self
+        }
+    }
 }
 
 const fn program(
@@ -97,6 +112,7 @@ const fn program(
         migration,
         restart,
         outcome,
+        callbacks: false,
     }
 }
 
@@ -176,7 +192,8 @@ pub(crate) const TEST_PROGRAMS: [TestProgram; 12] = {
             Refused,
             true,
             Ends(1),
-        ),
+        )
+        .with_callbacks(),
     ]
 };
 
@@ -219,13 +236,22 @@ fn last_number(text: &str) -> Option<u32> {
 
 /// What is wrong with a program's output, given its outcome (None: it
 /// ended as it should). `file`: bi-file's /tmp/monfichier.
-pub(super) fn wrong_end(p: &TestProgram, out: &str, exit: &str, file: &str) -> Option<String> {
-    let exit = program_lines(exit)
-        .into_iter()
-        .rev()
-        .find(|l| l.starts_with("exit "));
-    if exit != Some("exit 0") {
-        return Some(format!("it ended with {exit:?}, not exit 0"));
+/// `exit`: what its wrapper wrote, None for a program that has none
+/// ([`TestProgram::callbacks`]).
+pub(super) fn wrong_end(
+    p: &TestProgram,
+    out: &str,
+    exit: Option<&str>,
+    file: &str,
+) -> Option<String> {
+    if let Some(exit) = exit {
+        let exit = program_lines(exit)
+            .into_iter()
+            .rev()
+            .find(|l| l.starts_with("exit "));
+        if exit != Some("exit 0") {
+            return Some(format!("it ended with {exit:?}, not exit 0"));
+        }
     }
     let out = program_lines(out);
     let ends: Vec<u32> = out
@@ -331,17 +357,29 @@ impl Run<'_> {
         let until = within(CHECKS, self.deadline);
         let files = format!("{work}/{}", p.name);
         let said = self.put_through(p, &files, a, b, nr_cpus, until)?;
-        let exit = self
-            .wait_file(b.0, &format!("{files}.exit"), within(PROGRAM_ENDS, until))
-            .with_context(|| format!("it never ended ({said})"))?;
-        // The wrapper waited for the program's first process: its others
-        // (a fork, a clone) may still be writing.
         let sid = last_number(&self.on(a.0, &format!("cat {files}.sid"), until)?)
             .context("no session id from krgcr-run")?;
-        let gone = self.on(a.0, &session_gone(sid), until)?;
-        if !gone.lines().any(|l| l.trim() == "gone") {
-            bail!("{said}: the wrapper saw it end, but its session {sid} still has processes 20 s later");
-        }
+        let ends = within(PROGRAM_ENDS, until);
+        let exit = if p.callbacks {
+            // No wrapper: it has ended once its session is gone.
+            while !self.on(a.0, &session_gone(sid), until)?.lines().any(|l| l.trim() == "gone") {
+                if Instant::now() > ends {
+                    bail!("it never ended: its session {sid} still has processes ({said})");
+                }
+            }
+            None
+        } else {
+            let exit = self
+                .wait_file(b.0, &format!("{files}.exit"), ends)
+                .with_context(|| format!("it never ended ({said})"))?;
+            // The wrapper waited for the program's first process: its
+            // others (a fork, a clone) may still be writing.
+            let gone = self.on(a.0, &session_gone(sid), until)?;
+            if !gone.lines().any(|l| l.trim() == "gone") {
+                bail!("{said}: the wrapper saw it end, but its session {sid} still has processes 20 s later");
+            }
+            Some(exit)
+        };
         let out = self.on(
             a.0,
             &format!("cat {out}; rm -f {out}", out = output(p, work)),
@@ -351,7 +389,7 @@ impl Run<'_> {
             Outcome::File => self.on(a.0, "cat /tmp/monfichier; rm -f /tmp/monfichier", until)?,
             _ => String::new(),
         };
-        if let Some(wrong) = wrong_end(p, &out, &exit, &file) {
+        if let Some(wrong) = wrong_end(p, &out, exit.as_deref(), &file) {
             bail!("{said}: {wrong}; its output:\n{out}");
         }
         Ok(())
@@ -383,14 +421,14 @@ impl Run<'_> {
             _ => String::new(),
         };
         // The wrapper (the application's root) keeps the program's PID
-        // and exit status; -b: krgcr-run returns once it runs.
-        self.on(
-            a,
-            &format!(
-                "{before}krgcr-run -b -q -o {files}.sid -- sh -c '\"$0\" \"$@\" & echo $! > {files}.pid; wait $!; echo \"exit $?\" > {files}.exit' {program} {args} </dev/null >{out} 2>&1"
-            ),
-            until,
-        )?;
+        // and exit status; -b: krgcr-run returns once it runs (once its
+        // child has written the session id and exec'd).
+        let start = if p.callbacks {
+            format!("krgcr-run -b -q -o {files}.sid -- {program} {args} </dev/null >{out} 2>&1 && cat {files}.sid > {files}.pid")
+        } else {
+            format!("krgcr-run -b -q -o {files}.sid -- sh -c '\"$0\" \"$@\" & echo $! > {files}.pid; wait $!; echo \"exit $?\" > {files}.exit' {program} {args} </dev/null >{out} 2>&1")
+        };
+        self.on(a, &format!("{before}{start}"), until)?;
         // Kernel messages may come first (the scheduler moving another).
         let said = self.wait_file(a, &format!("{files}.pid"), until)?;
         let pid = last_number(&said).with_context(|| format!("no PID in {files}.pid: {said:?}"))?;
@@ -584,7 +622,7 @@ mod tests {
     fn a_program_must_end_with_its_own_last_lines() {
         let bi_cr = by_name("bi-cr");
         assert_eq!(
-            wrong_end(&bi_cr, &loops("5-5", LOOPS), "exit 0\n", ""),
+            wrong_end(&bi_cr, &loops("5-5", LOOPS), Some("exit 0\n"), ""),
             None
         );
         // Killed half-way, or never restarted: no end line.
@@ -593,8 +631,8 @@ mod tests {
             .take(10)
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(wrong_end(&bi_cr, &cut, "exit 0", "").is_some());
-        assert!(wrong_end(&bi_cr, &loops("5-5", LOOPS), "exit 137", "").is_some());
+        assert!(wrong_end(&bi_cr, &cut, Some("exit 0"), "").is_some());
+        assert!(wrong_end(&bi_cr, &loops("5-5", LOOPS), Some("exit 137"), "").is_some());
         // Three threads, three ends; two would mean one was lost.
         let bi_thread = by_name("bi-thread");
         let three = [
@@ -603,9 +641,9 @@ mod tests {
             loops("7-10", LOOPS),
         ]
         .concat();
-        assert_eq!(wrong_end(&bi_thread, &three, "exit 0", ""), None);
+        assert_eq!(wrong_end(&bi_thread, &three, Some("exit 0"), ""), None);
         let two = [loops("7-8", LOOPS), loops("7-9", LOOPS)].concat();
-        assert!(wrong_end(&bi_thread, &two, "exit 0", "").is_some());
+        assert!(wrong_end(&bi_thread, &two, Some("exit 0"), "").is_some());
     }
 
     #[test]
@@ -613,16 +651,16 @@ mod tests {
         let bi_file = by_name("bi-file");
         let all: String = (0..LOOPS).map(|i| format!("{i}\n")).collect();
         assert_eq!(
-            wrong_end(&bi_file, "-- Enter bi --\n", "exit 0", &all),
+            wrong_end(&bi_file, "-- Enter bi --\n", Some("exit 0"), &all),
             None
         );
         // What Kerrighed 2.4.4 does: the writes made away are lost.
         assert_eq!(
-            wrong_end(&bi_file, "-- Enter bi --\n", "exit 0", "0\n1\n2\n3\n"),
+            wrong_end(&bi_file, "-- Enter bi --\n", Some("exit 0"), "0\n1\n2\n3\n"),
             None
         );
-        assert!(wrong_end(&bi_file, "-- Enter bi --\n", "exit 0", "").is_some());
-        assert!(wrong_end(&bi_file, "-- Enter bi --\n", "exit 0", "0\n2\n3\n").is_some());
+        assert!(wrong_end(&bi_file, "-- Enter bi --\n", Some("exit 0"), "").is_some());
+        assert!(wrong_end(&bi_file, "-- Enter bi --\n", Some("exit 0"), "0\n2\n3\n").is_some());
     }
 
     #[test]
@@ -638,17 +676,17 @@ mod tests {
             }
             out
         };
-        assert_eq!(wrong_end(&shm, &read(4, 26), "exit 0", ""), None);
-        assert!(wrong_end(&shm, &read(30, 0), "exit 0", "").is_some());
-        assert!(wrong_end(&shm, &format!("{SHM_SECOND}\n{}", read(3, 3)), "exit 0", "").is_some());
+        assert_eq!(wrong_end(&shm, &read(4, 26), Some("exit 0"), ""), None);
+        assert!(wrong_end(&shm, &read(30, 0), Some("exit 0"), "").is_some());
+        assert!(wrong_end(&shm, &format!("{SHM_SECOND}\n{}", read(3, 3)), Some("exit 0"), "").is_some());
     }
 
     #[test]
     fn a_signal_must_have_been_received() {
         let bi_signal = by_name("bi-signal");
         let got = format!("receive signal 10\n{}", loops("9-9", LOOPS));
-        assert_eq!(wrong_end(&bi_signal, &got, "exit 0", ""), None);
-        assert!(wrong_end(&bi_signal, &loops("9-9", LOOPS), "exit 0", "").is_some());
+        assert_eq!(wrong_end(&bi_signal, &got, Some("exit 0"), ""), None);
+        assert!(wrong_end(&bi_signal, &loops("9-9", LOOPS), Some("exit 0"), "").is_some());
     }
 
     /// docs/kerrighed-tests.md has a row for every program, saying what
