@@ -153,6 +153,9 @@ pub(crate) struct QemuArgs {
     /// Kerrighed: once the cluster of --nodes runs, power on one more node; it must be left out, and say so
     #[arg(long)]
     pub(crate) late_node: bool,
+    /// Kerrighed: at the end, kill a member's QEMU; the others must see it lost, reset, and form the cluster again without it (at least nbmin + 1 nodes)
+    #[arg(long, conflicts_with = "reboot")]
+    pub(crate) lose_node: bool,
 }
 
 /// `usb`'s options.
@@ -358,6 +361,7 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
         reboot,
         foreign_dhcp,
         late_node,
+        lose_node,
     } = args;
     let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?;
     if *foreign_dhcp {
@@ -365,6 +369,9 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
     }
     if *late_node {
         test = test.with_a_late_node()?;
+    }
+    if *lose_node {
+        test = test.with_a_lost_node()?;
     }
     let test = BootTest {
         stick: stick.as_deref().map(std::path::absolute).transpose()?,

@@ -266,7 +266,8 @@ pub(crate) fn kerrighed_nodes(cluster: &Cluster, userland: Userland) -> String {
 
 /// The nodes' `/etc/default/kerrighed`, read by Kerrighed's own init
 /// script (lenny's nodes) and by the static nodes' rcS alike; the static
-/// nodes' cluster start reads NBMIN and SETTLE from it too.
+/// nodes' cluster start reads NBMIN and SETTLE from it too, their
+/// watch LOST_AFTER.
 pub(crate) fn default_kerrighed(cluster: &Cluster, userland: Userland) -> String {
     let legacy = cluster.scheduler == Scheduler::Legacy;
     let mut s = format!(
@@ -280,8 +281,12 @@ pub(crate) fn default_kerrighed(cluster: &Cluster, userland: Userland) -> String
             s,
             "# krgiso-cluster-start: the cluster starts once at least NBMIN nodes\n\
              # are present and no new one has come for SETTLE seconds.\n\
-             NBMIN={}\nSETTLE={}\n",
-            cluster.nbmin, cluster.settle
+             NBMIN={}\nSETTLE={}\n\
+             # krgiso-cluster-watch: a member unanswered for LOST_AFTER\n\
+             # seconds is lost; this node then reboots, and the cluster\n\
+             # forms again with the nodes present.\n\
+             LOST_AFTER={}\n",
+            cluster.nbmin, cluster.settle, cluster.lost_after
         );
     }
     s

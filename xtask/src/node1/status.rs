@@ -42,6 +42,8 @@ pub struct ClusterStatus {
     pub up_on: String,
     /// The ids of nodes that booted after the start.
     pub left_out: String,
+    /// The ids of members a member's watch found silent (`lost: node ID`).
+    pub lost: String,
     /// The schedulers made (`mosix rr`), or empty.
     pub scheduler: String,
 }
@@ -380,6 +382,57 @@ mod tests {
         );
         assert_eq!(json("2").nodes.len(), 2, "MAX_REPORTS is not a cap");
         drop(listener);
+    }
+
+    /// A member lost: the survivors' reports say so (krgiso-cluster-watch's
+    /// words), the lost one's last report still says up. The page names
+    /// the lost id once, calls the cluster down, and says what happens.
+    #[test]
+    fn a_lost_member_is_named_and_the_cluster_called_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (_, reports) = node1_settings(
+            t,
+            "ADDRESS=10.77.0.1\nPREFIX=24\n",
+            "MODE=full\nIFACE=ens5\nSERVE=10.77.0.1\n",
+        );
+        let lost = "lost: node 133 silent for 10 s; this node reboots, and the cluster forms again with the nodes present";
+        for (id, state) in [(131, lost), (132, lost), (133, "up on 131 132 133")] {
+            fs::write(
+                reports.join(format!("127.0.1.{id}")),
+                format!("node{id} 127.0.1.{id} 2.6.20-krg 2026-12-04T08:00:00Z\nkrg_node_id={id}\nkrg_cluster={state}\n"),
+            )
+            .unwrap();
+        }
+        let program = crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM);
+        let report =
+            StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
+        assert_eq!(
+            (report.cluster.lost.as_str(), report.cluster.up_on.as_str()),
+            ("133", "")
+        );
+        let page = status_output(&program, &["html"], t, &[]);
+        assert!(
+            page.contains("<dt>State</dt><dd>down: a member was lost</dd>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<dt>Lost</dt><dd>133: went silent; the other members reboot"),
+            "{page}"
+        );
+        // Once the survivors have booted again, their reports say so.
+        for id in [131, 132] {
+            fs::write(
+                reports.join(format!("127.0.1.{id}")),
+                format!("node{id} 127.0.1.{id} 2.6.20-krg 2026-12-04T08:02:00Z\nkrg_node_id={id}\nkrg_cluster=up on 131 132\n"),
+            )
+            .unwrap();
+        }
+        let report =
+            StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
+        assert_eq!(report.cluster.lost, "");
     }
 
     /// As busybox httpd runs it: for /status.json (interpreter of *.json,

@@ -341,6 +341,15 @@ impl Cluster {
                 ),
             );
         }
+        if !(4..=600).contains(&self.lost_after) {
+            p.add(
+                "cluster.lost_after",
+                format!(
+                    "{} s is not a time to call a member lost: 4 to 600 seconds unanswered (a member is pinged every 2 s)",
+                    self.lost_after
+                ),
+            );
+        }
         let u = &self.user;
         let valid = !u.is_empty()
             && u.len() <= 32

@@ -234,6 +234,11 @@ pub(crate) struct Cluster {
     /// Kerrighed 2.4 cluster takes no node once it runs.
     #[serde(default = "default_settle")]
     pub(crate) settle: u16,
+    /// Seconds a member may go unanswered (its address pinged by each
+    /// other member, static userland) before it counts as lost: the
+    /// members then reboot, and the cluster forms again without it.
+    #[serde(default = "default_lost_after")]
+    pub(crate) lost_after: u16,
     pub(crate) user: String,
     /// crypt(3) hash (`mkpasswd -m sha-512`); never a clear-text password.
     #[serde(default)]
@@ -247,6 +252,10 @@ pub(crate) struct Cluster {
 
 fn default_settle() -> u16 {
     15
+}
+
+fn default_lost_after() -> u16 {
+    10
 }
 
 /// How Kerrighed places and moves processes: its own legacy setup (the

@@ -294,6 +294,12 @@ fn bad_values_are_named_with_their_line() {
             "0 s is not a settle time",
         ),
         (
+            "nbmin = 2",
+            "nbmin = 2\nlost_after = 2",
+            "cluster.lost_after",
+            "2 s is not a time to call a member lost",
+        ),
+        (
             "volume = \"KRGISO_SMOKE\"",
             "volume = \"krg iso\"",
             "iso.volume",

@@ -89,6 +89,13 @@ pub(crate) enum Milestone {
     /// (its own Kerrighed says down, the members do not list it online),
     /// and node1's status page says it was left out.
     LeftOut,
+    /// A member's QEMU killed under the running cluster: every survivor's
+    /// watch says it was lost and resets its node by sysrq, and node1's
+    /// status page names it lost (lost.rs).
+    MemberLost,
+    /// The survivors, PXE-booted again, form the cluster without the lost
+    /// member; what it wrote and synced before is whole.
+    FormedAgain,
 }
 
 /// How the boot test sees a milestone happen: something the real
@@ -159,7 +166,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 28] = [
+    pub(crate) const ALL: [Milestone; 30] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -188,6 +195,8 @@ impl Milestone {
         Milestone::CheckpointRestart,
         Milestone::TestPrograms,
         Milestone::LeftOut,
+        Milestone::MemberLost,
+        Milestone::FormedAgain,
     ];
 
     pub(crate) fn spec(self) -> Spec {
@@ -314,6 +323,8 @@ impl Milestone {
             Milestone::CheckpointRestart => ("checkpoint, kill, restart", Sign::Checked, true, &[]),
             Milestone::TestPrograms => ("Kerrighed's test programs", Sign::Checked, true, &[]),
             Milestone::LeftOut => ("booted late: left out", Sign::Checked, true, &[]),
+            Milestone::MemberLost => ("a member lost, seen", Sign::Checked, true, &[]),
+            Milestone::FormedAgain => ("the cluster formed again", Sign::Checked, true, &[]),
         };
         Spec {
             label,
@@ -836,7 +847,7 @@ mod tests {
         for (i, m) in Milestone::ALL.iter().enumerate() {
             assert_eq!(*m as usize, i, "{m:?} out of place in ALL");
         }
-        assert_eq!(Milestone::ALL.last(), Some(&Milestone::LeftOut));
+        assert_eq!(Milestone::ALL.last(), Some(&Milestone::FormedAgain));
         // A step the boot test waits for must be one it can see.
         for steps in [
             NODE1_STEPS,

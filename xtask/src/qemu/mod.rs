@@ -16,6 +16,7 @@ pub(crate) mod frame;
 pub(crate) mod hub;
 mod lan;
 mod late;
+mod lost;
 mod milestone;
 mod reboot;
 mod ssi;
@@ -109,6 +110,10 @@ pub(crate) struct BootTest {
     /// Once the cluster runs, power on one more node: it must be left out,
     /// and say so (Kerrighed nodes).
     pub(crate) late_node: bool,
+    /// At the end, kill a member's QEMU: the others must see it lost,
+    /// reset, and form the cluster again without it (Kerrighed nodes with
+    /// the static userland, whose watch does it).
+    pub(crate) lose_node: bool,
     /// How long the nodes' cluster start waits for no new node.
     pub(crate) settle: Duration,
     /// Kerrighed's test programs are in the nodes' root (a static
@@ -217,6 +222,7 @@ impl BootTest {
             link_dhcp: LinkDhcp::Node1,
             scheduler: profile.cluster.scheduler,
             late_node: false,
+            lose_node: false,
             settle: Duration::from_secs(profile.cluster.settle.into()),
             test_programs: test_programs(profile, layout)?,
         })
@@ -248,6 +254,30 @@ impl BootTest {
             ),
             NodesBoot::Stock => {
                 bail!("--late-node is for Kerrighed nodes: this profile's nodes boot a stock kernel")
+            }
+        }
+    }
+
+    /// At the end, one member lost: for a cluster whose other members are
+    /// enough to start it again (nbmin), with the static userland's watch.
+    pub(crate) fn with_a_lost_node(self) -> Result<BootTest> {
+        match self.nodes_boot {
+            NodesBoot::Kerrighed { nbmin, .. }
+                if self.forms_a_cluster()
+                    && self.test_programs.is_some()
+                    && self.nodes > u32::from(nbmin.max(2)) =>
+            {
+                Ok(BootTest {
+                    lose_node: true,
+                    ..self
+                })
+            }
+            NodesBoot::Kerrighed { nbmin, .. } => bail!(
+                "--lose-node needs a cluster that can form again without one member: boot at least {} nodes (--nodes; nbmin is {nbmin}), with the static userland (its watch sees the loss)",
+                nbmin.max(2) + 1
+            ),
+            NodesBoot::Stock => {
+                bail!("--lose-node is for Kerrighed nodes: this profile's nodes boot a stock kernel")
             }
         }
     }
@@ -405,6 +435,9 @@ impl Run<'_> {
         }
         if self.test.late_node {
             self.prove_a_late_node_left_out(&leases)?;
+        }
+        if self.test.lose_node {
+            self.prove_a_lost_node_recovered(&leases)?;
         }
         if self.test.reboot {
             self.reboot_node1_then_the_nodes(&leases)?;

@@ -109,7 +109,7 @@ impl Run<'_> {
     /// VM `i` stopped (if it still runs) and powered on again as
     /// `<name>-again`, with the same disks and MAC; the old one's
     /// milestones stay in the report.
-    fn power_on_again(&mut self, i: usize, steps: &'static [Milestone]) -> Result<()> {
+    pub(super) fn power_on_again(&mut self, i: usize, steps: &'static [Milestone]) -> Result<()> {
         let mut old = self.vms.remove(i);
         old.vm.stop();
         let mut spec = old.vm.spec.clone();

@@ -166,12 +166,14 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
 }
 
 /// The Kerrighed cluster in QEMU (`e2e-boot-krg`): the image brought up to
-/// date, then `qemu --nodes 3 --late-node`: three i386 nodes PXE-boot
+/// date, then `qemu --nodes 3 --late-node --lose-node`: three i386 nodes PXE-boot
 /// 2.6.20-krg from node1, run the static userland, start the cluster with
 /// all three once no new node has come for the settle time, and pass the
 /// single-system-image proof (krgadm nodes, one process space, migration
 /// away and back, cluster-wide /proc/cpuinfo, load balancing); a fourth,
-/// powered on once the cluster runs, is left out and says so.
+/// powered on once the cluster runs, is left out and says so; then a
+/// member's QEMU is killed, and the others see it lost, reset, and form
+/// the cluster again without it (`--lose-node`).
 pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
     let run = KrgRun::new(project)?;
     let s = check_shell(project, "e2e-boot-krg")?;
@@ -182,10 +184,11 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         "build (what was stale)".to_owned(),
         t.elapsed().as_secs_f64(),
     )];
-    s.step("qemu --nodes 3 --late-node: the Kerrighed cluster, the single-system-image proof, a node left out");
+    s.step("qemu --nodes 3 --late-node --lose-node: the Kerrighed cluster, the single-system-image proof, a node left out, a member lost and the cluster formed again");
     let layout = run.layout();
     let report = BootTest::for_build(&run.profile, &layout, 3, QemuFirmware::Bios)?
         .with_a_late_node()?
+        .with_a_lost_node()?
         .with_screenshot(&layout.log("qemu"))?
         .run()?;
     for node in ["node2", "node3", "node4", "node5"] {
@@ -210,6 +213,8 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         Milestone::CheckpointRestart,
         Milestone::TestPrograms,
         Milestone::LeftOut,
+        Milestone::MemberLost,
+        Milestone::FormedAgain,
     ] {
         ensure!(
             report.reached.iter().any(|r| r.milestone == proof),
