@@ -407,8 +407,7 @@ mod tests {
         let program = crate::project_root()
             .join("overlay/node1")
             .join(STATUS_PROGRAM);
-        let report =
-            StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
+        let report = StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
         assert_eq!(
             (report.cluster.lost.as_str(), report.cluster.up_on.as_str()),
             ("133", "")
@@ -430,8 +429,7 @@ mod tests {
             )
             .unwrap();
         }
-        let report =
-            StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
+        let report = StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
         assert_eq!(report.cluster.lost, "");
     }
 

@@ -54,7 +54,11 @@ impl Run<'_> {
         {
             let node1 = self.log_in_on_node1(until, "to write on the node to be lost")?;
             let said = node1.run(
-                &ssh_command(&user, &ip, &format!("'echo {line} > {WRITTEN} && sync && cat {WRITTEN}'")),
+                &ssh_command(
+                    &user,
+                    &ip,
+                    &format!("'echo {line} > {WRITTEN} && sync && cat {WRITTEN}'"),
+                ),
                 until,
             )?;
             if said.trim() != line {
@@ -68,7 +72,8 @@ impl Run<'_> {
         self.vms[victim].vm.stop();
         self.say(&name, "QEMU killed (a power cut under the running cluster)");
 
-        let page = self.lost_on_status_page(id, killed + PAGE_NAMES_LOST.min(self.deadline - killed))?;
+        let page =
+            self.lost_on_status_page(id, killed + PAGE_NAMES_LOST.min(self.deadline - killed))?;
         let named_after = killed.elapsed().as_secs_f64();
         let _ = self.vms[0].vm.console.send("exit\n");
 
@@ -77,20 +82,33 @@ impl Run<'_> {
         let mut said = Vec::new();
         for (k, i) in (1..victim).enumerate() {
             let t = &self.vms[i];
-            let found = t.vm.console.wait_text(from[k], &format!("{LOST}{id} "), resets);
+            let found =
+                t.vm.console
+                    .wait_text(from[k], &format!("{LOST}{id} "), resets);
             let lost_at = killed.elapsed().as_secs_f64();
             found.with_context(|| format!("{} never said node {id} was lost", t.vm.spec.name))?;
-            t.vm.console.wait_text(from[k], RESETTING, resets).with_context(|| {
-                format!("{} said node {id} was lost, but never reset", t.vm.spec.name)
-            })?;
+            t.vm.console
+                .wait_text(from[k], RESETTING, resets)
+                .with_context(|| {
+                    format!(
+                        "{} said node {id} was lost, but never reset",
+                        t.vm.spec.name
+                    )
+                })?;
             while self.vms[i].vm.failure().is_none() {
                 interrupt::check()?;
                 if Instant::now() > resets {
-                    bail!("{}'s QEMU went on after its reset", self.vms[i].vm.spec.name);
+                    bail!(
+                        "{}'s QEMU went on after its reset",
+                        self.vms[i].vm.spec.name
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(250));
             }
-            said.push(format!("{} saw it at {lost_at:.0} s", self.vms[i].vm.spec.name));
+            said.push(format!(
+                "{} saw it at {lost_at:.0} s",
+                self.vms[i].vm.spec.name
+            ));
         }
         self.record(
             1,
@@ -110,6 +128,9 @@ impl Run<'_> {
         let mut gone = self.vms.remove(victim);
         gone.vm.stop();
         self.retired.push(gone);
+        // Every Kerrighed node left forms it: the survivors, and a node
+        // left out before, present now.
+        self.cluster_nodes = u32::try_from(self.vms.len() - 1)?;
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
         let formed_after = killed.elapsed().as_secs_f64();
         let until = within(CHECKS, self.deadline);

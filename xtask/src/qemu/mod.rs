@@ -154,6 +154,9 @@ struct Run<'a> {
     powered_on_again: Vec<PoweredOnAgain>,
     /// The LAN with a DHCP server of its own, when the test has one.
     lan: Option<ForeignLan>,
+    /// How many nodes the cluster must start with: the test's nodes, then
+    /// those present when it forms again after a loss (lost.rs).
+    cluster_nodes: u32,
 }
 
 /// Why a VM was powered on again after its emulated CPU stalled.
@@ -338,6 +341,7 @@ impl BootTest {
             boot_times: BTreeMap::new(),
             powered_on_again: Vec::new(),
             lan,
+            cluster_nodes: self.nodes,
         };
         if run.lan.is_some() {
             println!(
@@ -662,7 +666,7 @@ impl Run<'_> {
         let up = t
             .has(Milestone::ClusterUp)
             .then(|| t.detail(Milestone::ClusterUp));
-        cluster_dead_end(t.steps, up, &t.vm.console, t.kernel_at, self.test.nodes)
+        cluster_dead_end(t.steps, up, &t.vm.console, t.kernel_at, self.cluster_nodes)
     }
 
     /// The emulator failed VM `i` (`fault`: its CPU stalled, or QEMU

@@ -362,7 +362,11 @@ impl Run<'_> {
         let ends = within(PROGRAM_ENDS, until);
         let exit = if p.callbacks {
             // No wrapper: it has ended once its session is gone.
-            while !self.on(a.0, &session_gone(sid), until)?.lines().any(|l| l.trim() == "gone") {
+            while !self
+                .on(a.0, &session_gone(sid), until)?
+                .lines()
+                .any(|l| l.trim() == "gone")
+            {
                 if Instant::now() > ends {
                     bail!("it never ended: its session {sid} still has processes ({said})");
                 }
@@ -678,7 +682,13 @@ mod tests {
         };
         assert_eq!(wrong_end(&shm, &read(4, 26), Some("exit 0"), ""), None);
         assert!(wrong_end(&shm, &read(30, 0), Some("exit 0"), "").is_some());
-        assert!(wrong_end(&shm, &format!("{SHM_SECOND}\n{}", read(3, 3)), Some("exit 0"), "").is_some());
+        assert!(wrong_end(
+            &shm,
+            &format!("{SHM_SECOND}\n{}", read(3, 3)),
+            Some("exit 0"),
+            ""
+        )
+        .is_some());
     }
 
     #[test]
