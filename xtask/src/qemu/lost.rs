@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::checks::ssh_command;
+use super::milestone::{KRG_LATE_STEPS, KRG_NODE_STEPS};
 use super::timing::{within, CHECKS};
+use super::vm::VmSpec;
 use super::{Milestone, Run, Tracked};
 use crate::interrupt;
 use crate::node1::status::StatusReport;
@@ -35,8 +37,11 @@ const WRITTEN: &str = ".krgiso-before-the-loss";
 /// node1's page must name the lost member within this of the kill (the
 /// issue's bound; the watch takes LOST_AFTER, 10 s by default).
 pub(super) const PAGE_NAMES_LOST: Duration = Duration::from_secs(30);
-/// A survivor reset, from the kill: LOST_AFTER, the pings, the sync.
-const SURVIVOR_RESETS: Duration = Duration::from_secs(90);
+/// What the watch says on each member when a lost one answers again.
+const TAKING_BACK: &str = "krgiso: cluster: taking back: node ";
+/// A member reset, from the kill or the lost one's power-on: LOST_AFTER
+/// or its kernel's DHCP, the pings, the sync.
+const NODE_RESETS: Duration = Duration::from_secs(90);
 
 impl Run<'_> {
     /// Kills the last member of `members` (the cluster's nodes, vms 1..)
@@ -77,56 +82,22 @@ impl Run<'_> {
         let named_after = killed.elapsed().as_secs_f64();
         let _ = self.vms[0].vm.console.send("exit\n");
 
-        // Each survivor: the watch's words, the kernel's reset, its QEMU ended.
-        let resets = within(SURVIVOR_RESETS, self.deadline);
-        let mut said = Vec::new();
-        for (k, i) in (1..victim).enumerate() {
-            let t = &self.vms[i];
-            let found =
-                t.vm.console
-                    .wait_text(from[k], &format!("{LOST}{id} "), resets);
-            let lost_at = killed.elapsed().as_secs_f64();
-            found.with_context(|| format!("{} never said node {id} was lost", t.vm.spec.name))?;
-            t.vm.console
-                .wait_text(from[k], RESETTING, resets)
-                .with_context(|| {
-                    format!(
-                        "{} said node {id} was lost, but never reset",
-                        t.vm.spec.name
-                    )
-                })?;
-            while self.vms[i].vm.failure().is_none() {
-                interrupt::check()?;
-                if Instant::now() > resets {
-                    bail!(
-                        "{}'s QEMU went on after its reset",
-                        self.vms[i].vm.spec.name
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            said.push(format!(
-                "{} saw it at {lost_at:.0} s",
-                self.vms[i].vm.spec.name
-            ));
-        }
+        // Each survivor: the watch's words, the kernel's reset, its QEMU
+        // ended; then powered on again, as the reset boots a real machine.
+        let survivors: Vec<usize> = (1..victim).collect();
+        let said = self.follow_resets(&survivors, &from, &format!("{LOST}{id} "), killed)?;
         self.record(
             1,
             Milestone::MemberLost,
             format!(
-                "node {id} killed: {}, each reset by sysrq; node1's page named it lost after {named_after:.0} s: {page}",
+                "node {id} killed: {}; node1's page named it lost after {named_after:.0} s: {page}",
                 said.join(", ")
             ),
         );
 
-        // Powered on again, as the reset does to a real machine: each
-        // PXE-boots, and the cluster forms with the nodes present.
-        for i in 1..victim {
-            let steps = self.vms[i].steps;
-            self.power_on_again(i, steps)?;
-        }
         let mut gone = self.vms.remove(victim);
         gone.vm.stop();
+        let gone_spec = gone.vm.spec.clone();
         self.retired.push(gone);
         // Every Kerrighed node left forms it: the survivors, and a node
         // left out before, present now.
@@ -172,7 +143,104 @@ impl Run<'_> {
                 online.join(" ")
             ),
         );
+        self.take_back(gone_spec, id)
+    }
+
+    /// The lost member, `spec` with the id `id`, powered on again once the
+    /// cluster runs without it: every member says it takes it back and
+    /// resets, and the cluster forms again with it.
+    fn take_back(&mut self, mut spec: VmSpec, id: u8) -> Result<()> {
+        let members: Vec<usize> = (1..self.vms.len()).collect();
+        let from: Vec<usize> = members
+            .iter()
+            .map(|&i| self.vms[i].vm.console.position())
+            .collect();
+        spec.name = format!("{}-again", spec.name);
+        let name = spec.name.clone();
+        let on = Instant::now();
+        // Left out at first, maybe, until the members reset: its cluster
+        // start is then looked for by hand.
+        self.power_on(spec, KRG_LATE_STEPS)?;
+        let back = self.vms.len() - 1;
+        let said = self.follow_resets(&members, &from, &format!("{TAKING_BACK}{id} "), on)?;
+        self.cluster_nodes = u32::try_from(self.vms.len() - 1)?;
+        self.wait_for(|vms| vms.iter().all(Tracked::done))?;
+        let t = &self.vms[back];
+        t.vm.console
+            .wait_text(
+                t.kernel_at,
+                "Kerrighed is running on",
+                within(CHECKS, self.deadline),
+            )
+            .with_context(|| format!("{name} never joined the cluster that took it back"))?;
+        let joined_after = on.elapsed().as_secs_f64();
+        let until = within(CHECKS, self.deadline);
+        let (user, password) = self.test.login.clone();
+        self.vms[1]
+            .vm
+            .console
+            .login(&user, &password, until)
+            .with_context(|| format!("logging in on {} after taking {name} back", self.name(1)))?;
+        let listing = self.on(1, "krgadm nodes", until)?;
+        let online: Vec<&str> = listing
+            .split_whitespace()
+            .filter_map(|w| w.strip_suffix(":online"))
+            .collect();
+        if online.len() != self.vms.len() - 1 || !online.contains(&id.to_string().as_str()) {
+            bail!(
+                "after taking node {id} back, krgadm nodes on {} says {listing:?}: not all {} nodes online",
+                self.name(1),
+                self.vms.len() - 1
+            );
+        }
+        self.record(
+            back,
+            Milestone::TakenBack,
+            format!(
+                "powered on again: {}; the cluster up again with it (online: {}) {joined_after:.0} s after its power-on",
+                said.join(", "),
+                online.join(" ")
+            ),
+        );
         Ok(())
+    }
+
+    /// VMs `vms` (their consoles read from `from`) each say `says` (the
+    /// watch), then the kernel's reset, and their QEMU ends (it runs with
+    /// `-no-reboot`); each is then powered on again, as the reset boots a
+    /// real machine. What each did, with its time from `since`.
+    fn follow_resets(
+        &mut self,
+        vms: &[usize],
+        from: &[usize],
+        says: &str,
+        since: Instant,
+    ) -> Result<Vec<String>> {
+        let resets = within(NODE_RESETS, self.deadline);
+        let mut said = Vec::new();
+        for (k, &i) in vms.iter().enumerate() {
+            let t = &self.vms[i];
+            let name = t.vm.spec.name.clone();
+            t.vm.console
+                .wait_text(from[k], says, resets)
+                .with_context(|| format!("{name} never said \"{}\"", says.trim()))?;
+            let saw = since.elapsed().as_secs_f64();
+            t.vm.console
+                .wait_text(from[k], RESETTING, resets)
+                .with_context(|| format!("{name} said \"{}\", but never reset", says.trim()))?;
+            while self.vms[i].vm.failure().is_none() {
+                interrupt::check()?;
+                if Instant::now() > resets {
+                    bail!("{name}'s QEMU went on after its reset");
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            said.push(format!("{name} said it {saw:.0} s on, and reset"));
+        }
+        for &i in vms {
+            self.power_on_again(i, KRG_NODE_STEPS)?;
+        }
+        Ok(said)
     }
 
     /// node1's status page until it names member `id` lost.

@@ -96,6 +96,9 @@ pub(crate) enum Milestone {
     /// The survivors, PXE-booted again, form the cluster without the lost
     /// member; what it wrote and synced before is whole.
     FormedAgain,
+    /// The lost member powered on again: every member takes it back
+    /// (resets), and the cluster forms again with it.
+    TakenBack,
 }
 
 /// How the boot test sees a milestone happen: something the real
@@ -166,7 +169,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 30] = [
+    pub(crate) const ALL: [Milestone; 31] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -197,6 +200,7 @@ impl Milestone {
         Milestone::LeftOut,
         Milestone::MemberLost,
         Milestone::FormedAgain,
+        Milestone::TakenBack,
     ];
 
     pub(crate) fn spec(self) -> Spec {
@@ -325,6 +329,7 @@ impl Milestone {
             Milestone::LeftOut => ("booted late: left out", Sign::Checked, true, &[]),
             Milestone::MemberLost => ("a member lost, seen", Sign::Checked, true, &[]),
             Milestone::FormedAgain => ("the cluster formed again", Sign::Checked, true, &[]),
+            Milestone::TakenBack => ("the lost node taken back", Sign::Checked, true, &[]),
         };
         Spec {
             label,
@@ -847,7 +852,7 @@ mod tests {
         for (i, m) in Milestone::ALL.iter().enumerate() {
             assert_eq!(*m as usize, i, "{m:?} out of place in ALL");
         }
-        assert_eq!(Milestone::ALL.last(), Some(&Milestone::FormedAgain));
+        assert_eq!(Milestone::ALL.last(), Some(&Milestone::TakenBack));
         // A step the boot test waits for must be one it can see.
         for steps in [
             NODE1_STEPS,

@@ -215,6 +215,7 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         Milestone::LeftOut,
         Milestone::MemberLost,
         Milestone::FormedAgain,
+        Milestone::TakenBack,
     ] {
         ensure!(
             report.reached.iter().any(|r| r.milestone == proof),
