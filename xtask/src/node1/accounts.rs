@@ -316,7 +316,7 @@ mod tests {
             session: 1,
             nbmin: 2,
             settle: 15,
-            lost_after: 10,
+            lost_after: 8,
             user: "krg".into(),
             password_hash: None,
             authorized_keys: vec!["ssh-ed25519 BBBB me@laptop".into()],

@@ -345,7 +345,7 @@ impl Cluster {
             p.add(
                 "cluster.lost_after",
                 format!(
-                    "{} s is not a time to call a member lost: 4 to 600 seconds unanswered (a member is pinged every 2 s)",
+                    "{} s is not a time to call a member lost: 4 to 600 seconds unanswered (a member is pinged every second or two)",
                     self.lost_after
                 ),
             );

@@ -255,7 +255,7 @@ fn default_settle() -> u16 {
 }
 
 fn default_lost_after() -> u16 {
-    10
+    8
 }
 
 /// How Kerrighed places and moves processes: its own legacy setup (the

@@ -35,7 +35,7 @@ const RESETTING: &str = "SysRq : Resetting";
 /// The file the lost member writes, in the cluster user's home.
 const WRITTEN: &str = ".krgiso-before-the-loss";
 /// node1's page must name the lost member within this of the kill (the
-/// issue's bound; the watch takes LOST_AFTER, 10 s by default).
+/// issue's bound; the watch takes LOST_AFTER, 8 s by default).
 pub(super) const PAGE_NAMES_LOST: Duration = Duration::from_secs(30);
 /// What the watch says on each member when a lost one answers again.
 const TAKING_BACK: &str = "krgiso: cluster: taking back: node ";
