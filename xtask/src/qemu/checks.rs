@@ -386,7 +386,7 @@ impl Run<'_> {
     }
 
     /// node1's `status.json`, fetched by node1's own busybox from its
-    /// logged-in console, asked again every 3 s for up to
+    /// logged-in console, asked again a second after each answer, for up to
     /// [`STATUS_PAGE_SETTLES`] until `whole` accepts it (what a page says
     /// is what is true now, and a node's report may lag): the last one.
     pub(super) fn status_json_until(
@@ -404,7 +404,9 @@ impl Run<'_> {
             if StatusReport::parse(&json).is_ok_and(|r| whole(&r)) || Instant::now() >= settled {
                 return Ok(json);
             }
-            std::thread::sleep(Duration::from_secs(3));
+            // A second: how soon the page says a change (a lost member)
+            // is measured by this.
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 
