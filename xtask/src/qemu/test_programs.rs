@@ -488,12 +488,15 @@ impl Run<'_> {
             // `migrate` returns once Kerrighed has the request; the process
             // moves at its next return to user space: read until then.
             let mut node = node_of(&text, nr_cpus);
+            let mut last = String::new();
             let lands = within(MIGRATION_LANDS, until);
             while text.contains("migrate exit 0") && node != Some(to) && Instant::now() < lands {
                 std::thread::sleep(Duration::from_millis(500));
-                node = node_of(&self.on(b, &stat, until)?, nr_cpus);
+                last = self.on(b, &stat, until)?;
+                node = node_of(&last, nr_cpus);
             }
-            Ok((text, node))
+            // What it said, and where the process was last seen.
+            Ok((format!("{text}\nlast seen: {last}"), node))
         };
         match p.migration {
             Migration::Moves => {
