@@ -105,17 +105,8 @@ impl Run<'_> {
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
         let formed_after = killed.elapsed().as_secs_f64();
         let until = within(CHECKS, self.deadline);
-        let password = self.test.login.1.clone();
-        self.vms[1]
-            .vm
-            .console
-            .login(&user, &password, until)
-            .with_context(|| format!("logging in on {} after the loss", self.name(1)))?;
-        let listing = self.on(1, "krgadm nodes", until)?;
-        let online: Vec<&str> = listing
-            .split_whitespace()
-            .filter_map(|w| w.strip_suffix(":online"))
-            .collect();
+        let (listing, online) = self.online_on_first_node("after the loss", until)?;
+        let online: Vec<&str> = online.iter().map(String::as_str).collect();
         let survivors: Vec<String> = members[..victim - 1]
             .iter()
             .map(|(_, ip)| ip.octets()[3].to_string())
@@ -175,17 +166,9 @@ impl Run<'_> {
             .with_context(|| format!("{name} never joined the cluster that took it back"))?;
         let joined_after = on.elapsed().as_secs_f64();
         let until = within(CHECKS, self.deadline);
-        let (user, password) = self.test.login.clone();
-        self.vms[1]
-            .vm
-            .console
-            .login(&user, &password, until)
-            .with_context(|| format!("logging in on {} after taking {name} back", self.name(1)))?;
-        let listing = self.on(1, "krgadm nodes", until)?;
-        let online: Vec<&str> = listing
-            .split_whitespace()
-            .filter_map(|w| w.strip_suffix(":online"))
-            .collect();
+        let (listing, online) =
+            self.online_on_first_node(&format!("after taking {name} back"), until)?;
+        let online: Vec<&str> = online.iter().map(String::as_str).collect();
         if online.len() != self.vms.len() - 1 || !online.contains(&id.to_string().as_str()) {
             bail!(
                 "after taking node {id} back, krgadm nodes on {} says {listing:?}: not all {} nodes online",
@@ -241,6 +224,23 @@ impl Run<'_> {
             self.power_on_again(i, KRG_NODE_STEPS)?;
         }
         Ok(said)
+    }
+
+    /// `krgadm nodes` on the first node (vm 1, freshly booted: logged in
+    /// first, `when` saying why), and the ids it lists online.
+    fn online_on_first_node(&self, when: &str, until: Instant) -> Result<(String, Vec<String>)> {
+        let (user, password) = &self.test.login;
+        self.vms[1]
+            .vm
+            .console
+            .login(user, password, until)
+            .with_context(|| format!("logging in on {} {when}", self.name(1)))?;
+        let listing = self.on(1, "krgadm nodes", until)?;
+        let online = listing
+            .split_whitespace()
+            .filter_map(|w| w.strip_suffix(":online").map(str::to_owned))
+            .collect();
+        Ok((listing, online))
     }
 
     /// node1's status page until it names member `id` lost.
