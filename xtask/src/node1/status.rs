@@ -384,6 +384,41 @@ mod tests {
         drop(listener);
     }
 
+    /// A node writes its own report: quotes, backslashes, tabs, control
+    /// characters and markup in it are text in the JSON and on the page,
+    /// never structure.
+    #[test]
+    fn a_nodes_report_cannot_break_the_json_or_the_page() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (run, reports) = node1_settings(
+            t,
+            "ADDRESS=10.77.0.1\nPREFIX=24\n",
+            "MODE=full\nIFACE=ens5\nSERVE=10.77.0.1\n",
+        );
+        fs::write(
+            run.join("dnsmasq.leases"),
+            "1764500000 52:54:00:77:00:05 127.0.0.5 node5 *\n",
+        )
+        .unwrap();
+        fs::write(
+            reports.join("127.0.0.5"),
+            "load=a\"b\\c\td\u{1}e\u{1b}[0m\nkrg_cluster=up on 5 </td><script>x</script>\n",
+        )
+        .unwrap();
+        let program = crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM);
+        let vars = [("KRGISO_SSH_PORT", "1")];
+        let report = StatusReport::parse(&status_output(&program, &["json"], t, &vars)).unwrap();
+        let node = report.node("127.0.0.5").unwrap();
+        assert_eq!(node.load, "a\"b\\c de[0m");
+        assert_eq!(node.krg_cluster, "up on 5 </td><script>x</script>");
+        let page = status_output(&program, &["html"], t, &vars);
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("a&quot;b\\c"), "{page}");
+    }
+
     /// A member lost: the survivors' reports say so (krgiso-cluster-watch's
     /// words), the lost one's last report still says up. The page names
     /// the lost id once, calls the cluster down, and says what happens.
