@@ -24,6 +24,19 @@ use crate::profile::{Cluster, KernelKind, Network, Profile, Scheduler, Userland}
 /// is iPXE already (QEMU's, many servers') skips this step.
 pub(crate) const BOOT_LOADER: &str = "undionly.kpxe";
 
+/// What a UEFI node's PXE firmware loads by TFTP instead: iPXE built as
+/// an EFI program that drives the network card through the firmware's own
+/// driver (its Simple Network Protocol), as undionly.kpxe does through
+/// UNDI. Debian's ipxe package also ships `ipxe.efi`, with iPXE's own
+/// drivers: it knows only the cards iPXE knows, where every machine that
+/// can PXE-boot in UEFI mode has a firmware driver for its card.
+pub(crate) const EFI_BOOT_LOADER: &str = "snponly.efi";
+
+/// The DHCP client architectures (option 93, RFC 4578) of x86-64 UEFI
+/// firmware: 7 (what EDK2, OVMF among them, sends) and 9 (what the RFC's
+/// errata and some firmware call x86-64 EFI).
+const EFI_X86_64_ARCHS: [u8; 2] = [7, 9];
+
 /// The iPXE script every node runs, in the TFTP root (and on the web).
 pub(crate) const BOOT_SCRIPT: &str = "boot.ipxe";
 
@@ -97,7 +110,7 @@ pub(crate) fn dnsmasq_full(net: &Network) -> String {
         s.push_str("# no gateway: the nodes get no default route\ndhcp-option=option:router\n");
     }
     s.push_str("dhcp-option=option:dns-server\n");
-    s.push_str(&ipxe_lines("dhcp-boot", ""));
+    s.push_str(&full_boot_lines());
     // iPXE's option 176 (no-pxedhcp): this server's offer is all there
     // is, do not wait seconds for a proxy DHCP offer.
     s.push_str("dhcp-option=tag:ipxe,encap:175,176,1\n");
@@ -117,22 +130,40 @@ pub(crate) fn dnsmasq_proxy() -> String {
     );
     s.push_str("port=0\nbind-interfaces\nexcept-interface=lo\n");
     s.push_str("# dhcp-range=NET,proxy: on the command line, from the DHCP probe at boot\n");
-    s.push_str(&ipxe_lines(
-        "pxe-service",
-        "x86PC,\"krgiso: boot a Kerrighed node\",",
-    ));
+    s.push_str(&proxy_boot_lines());
     s.push_str(&tftp_lines());
     s.push_str("log-dhcp\n");
     s
 }
 
-/// PXE firmware gets iPXE; iPXE (it sends DHCP option 175) gets the script.
-/// `key` is the option that names a boot file in this mode (`dhcp-boot`, or
-/// `pxe-service` in proxy mode) and `before` what precedes the file name.
-fn ipxe_lines(key: &str, before: &str) -> String {
-    format!(
-        "dhcp-match=set:ipxe,175\n{key}=tag:!ipxe,{before}{BOOT_LOADER}\n{key}=tag:ipxe,{before}{BOOT_SCRIPT}\n"
-    )
+/// PXE firmware gets iPXE, the BIOS or the UEFI build by its client
+/// architecture; iPXE (it sends DHCP option 175) gets the script.
+fn full_boot_lines() -> String {
+    let mut s = String::from("dhcp-match=set:ipxe,175\n");
+    for arch in EFI_X86_64_ARCHS {
+        let _ = writeln!(s, "dhcp-match=set:efi64,option:client-arch,{arch}");
+    }
+    // Tags that exclude one another: the order of the lines does not matter.
+    let _ = writeln!(s, "dhcp-boot=tag:!ipxe,tag:!efi64,{BOOT_LOADER}");
+    let _ = writeln!(s, "dhcp-boot=tag:!ipxe,tag:efi64,{EFI_BOOT_LOADER}");
+    let _ = writeln!(s, "dhcp-boot=tag:ipxe,{BOOT_SCRIPT}");
+    s
+}
+
+/// The same in proxy mode, where a PXE boot service is chosen by the
+/// client's system type (dnsmasq's names for architectures 0, 7 and 9).
+fn proxy_boot_lines() -> String {
+    let mut s = String::from("dhcp-match=set:ipxe,175\n");
+    let menu = "\"krgiso: boot a Kerrighed node\"";
+    for (system, loader) in [
+        ("x86PC", BOOT_LOADER),
+        ("BC_EFI", EFI_BOOT_LOADER),
+        ("X86-64_EFI", EFI_BOOT_LOADER),
+    ] {
+        let _ = writeln!(s, "pxe-service=tag:!ipxe,{system},{menu},{loader}");
+        let _ = writeln!(s, "pxe-service=tag:ipxe,{system},{menu},{BOOT_SCRIPT}");
+    }
+    s
 }
 
 fn tftp_lines() -> String {
@@ -175,6 +206,13 @@ pub(crate) fn ipxe_script(node1: &str, cluster: &Cluster, boot: &BootFiles) -> S
     }
     args.push("console=tty0".to_owned());
     args.push("console=ttyS0,115200".to_owned());
+    // iPXE's EFI builds before 1.21 hand the initramfs to the kernel's
+    // EFI stub only when the command line names it (QEMU's ROM one did
+    // not, and the node found no root); the BIOS build and the kernel
+    // ignore the word.
+    if let Some(initrd) = &boot.initrd {
+        args.insert(0, format!("initrd={initrd}"));
+    }
     let initrd = boot
         .initrd
         .as_ref()
@@ -235,7 +273,7 @@ pub(crate) fn cluster_env(p: &Profile) -> String {
     let (net, cluster, status) = (&p.network, &p.cluster, &p.status);
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_USER={}\nCLUSTER_KEY={}\nCLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
+        "{HEADER}CLUSTER_USER={}\nCLUSTER_KEY={}\nCLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nEFI_BOOT_LOADER={EFI_BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
         cluster.user,
         cluster_key_type(&p.nodes.suite),
         net.cluster_iface,

@@ -81,6 +81,8 @@ pub struct NodeStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct PxeSteps {
     pub boot_loader: bool,
+    /// iPXE's EFI build: the node booted in UEFI mode.
+    pub efi_loader: bool,
     pub boot_script: bool,
     pub kernel: bool,
     pub initrd: bool,
@@ -178,7 +180,8 @@ mod tests {
              Nov 30 12:33:17 dnsmasq-dhcp[24791]: 3044131650 DHCPACK(ens5) 127.0.0.2 52:54:00:77:00:02 node2\n\
              Nov 30 12:33:18 dnsmasq-tftp[24791]: sent /srv/krgiso/tftp/undionly.kpxe to 127.0.0.2\n\
              Nov 30 12:33:18 dnsmasq-tftp[24791]: sent /srv/krgiso/tftp/boot.ipxe to 127.0.0.2\n\
-             Nov 30 12:33:19 dnsmasq-dhcp[24791]: 3044131651 DHCPACK(ens5) 127.0.0.3 52:54:00:77:00:03 <b>\"x\"\n",
+             Nov 30 12:33:19 dnsmasq-dhcp[24791]: 3044131651 DHCPACK(ens5) 127.0.0.3 52:54:00:77:00:03 <b>\"x\"\n\
+             Nov 30 12:33:20 dnsmasq-tftp[24791]: sent /srv/krgiso/tftp/snponly.efi to 127.0.0.3\n",
         )
         .unwrap();
         fs::write(
@@ -232,6 +235,7 @@ mod tests {
             n2.pxe,
             PxeSteps {
                 boot_loader: true,
+                efi_loader: false,
                 boot_script: true,
                 kernel: true,
                 initrd: true
@@ -245,6 +249,7 @@ mod tests {
         assert!(n3.reachable, "a refused connection is an answer");
         assert!(!n3.nfs_mounted);
         assert!(!n3.pxe.boot_loader && !n3.pxe.kernel);
+        assert!(n3.pxe.efi_loader, "a UEFI node's EFI loader: {:?}", n3.pxe);
         assert_eq!(
             (n3.krg_node_id.as_str(), n3.krg_cluster.as_str()),
             ("3", left_out)

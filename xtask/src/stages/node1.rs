@@ -116,15 +116,18 @@ impl Stage for Node1 {
         let tftp = tftp_dir(&node1);
         fs::create_dir_all(&tftp).with_context(|| format!("creating {}", tftp.display()))?;
         let root = cx.layout.root(Root::Node1);
-        let loader = root.join("usr/lib/ipxe").join(render::BOOT_LOADER);
-        if !loader.exists() {
-            bail!(
-                "{} is not in the node1 root: add ipxe to [node1] packages",
-                loader.display()
-            );
+        // iPXE for BIOS and for UEFI firmware (the node kernel decides
+        // whether a UEFI node can run it: the boot script says).
+        for name in [render::BOOT_LOADER, render::EFI_BOOT_LOADER] {
+            let loader = root.join("usr/lib/ipxe").join(name);
+            if !loader.exists() {
+                bail!(
+                    "{} is not in the node1 root: add ipxe to [node1] packages",
+                    loader.display()
+                );
+            }
+            fs::copy(&loader, tftp.join(name)).with_context(|| format!("copying {name}"))?;
         }
-        fs::copy(&loader, tftp.join(render::BOOT_LOADER))
-            .with_context(|| format!("copying {}", render::BOOT_LOADER))?;
         // node1 serves them to the nodes with busybox's httpd.
         if !root.join("bin/busybox").exists() && !root.join("usr/bin/busybox").exists() {
             bail!("busybox is not in the node1 root (its httpd serves the nodes' kernel): add busybox to [node1] packages");

@@ -15,7 +15,9 @@ use crate::files;
 use crate::host;
 use crate::shell::StageShell;
 
-use crate::node1::render::{BOOT_LOADER, BOOT_SCRIPT, BOOT_TEMPLATE, GUARD_TABLE, NODE1};
+use crate::node1::render::{
+    BOOT_LOADER, BOOT_SCRIPT, BOOT_TEMPLATE, EFI_BOOT_LOADER, GUARD_TABLE, NODE1,
+};
 use crate::node1::status::StatusReport;
 
 use super::smoke::{check_shell, no_mounts_under, SmokeRun, Timings};
@@ -34,6 +36,7 @@ pub(crate) fn node1_layers(project: &Path) -> Result<Timings> {
     let tftp = crate::layout::tftp_dir(&n1);
     for name in [
         BOOT_LOADER.to_owned(),
+        EFI_BOOT_LOADER.to_owned(),
         format!("vmlinuz-{release}"),
         format!("initrd.img-{release}"),
     ] {
