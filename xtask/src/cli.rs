@@ -141,6 +141,9 @@ pub(crate) struct QemuArgs {
     /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
     #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
     pub(crate) firmware: QemuFirmware,
+    /// Boot the last N PXE nodes in UEFI mode (OVMF): they load iPXE's EFI build (stock-kernel profiles)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) uefi_nodes: u32,
     /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
     #[arg(long, value_name = "FILE")]
     pub(crate) stick: Option<PathBuf>,
@@ -357,13 +360,15 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
         timeout,
         accel,
         firmware,
+        uefi_nodes,
         stick,
         reboot,
         foreign_dhcp,
         late_node,
         lose_node,
     } = args;
-    let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?;
+    let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?
+        .with_uefi_nodes(*uefi_nodes, &session.layout.log("qemu"))?;
     if *foreign_dhcp {
         test = test.on_a_foreign_lan(&session.layout.log("qemu"))?;
     }

@@ -16,6 +16,7 @@ use super::browser;
 use super::console::Console;
 use super::frame::{Mac, Packet};
 use super::milestone::{Milestone, NodesBoot};
+use super::vm::Firmware;
 use super::{LinkDhcp, Run, Screenshot, NODE1_CLUSTER, NODE1_UPLINK, NODE_REPORTS};
 use crate::files;
 use crate::node1::render::BOOT_SCRIPT;
@@ -450,6 +451,12 @@ impl Run<'_> {
                 (
                     !row.lease_at.is_empty() || self.test.link_dhcp == LinkDhcp::Foreign,
                     "its lease time",
+                ),
+                // A UEFI node's firmware loaded iPXE's EFI build from node1
+                // (a BIOS node in QEMU has iPXE in its card's ROM).
+                (
+                    row.pxe.efi_loader == (self.vms[i + 1].vm.spec.firmware == Firmware::Uefi),
+                    "iPXE's EFI build fetched exactly when it is a UEFI node",
                 ),
                 (row.pxe.boot_script, "the boot script fetched"),
                 (row.pxe.kernel, "the kernel fetched"),

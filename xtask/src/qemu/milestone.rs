@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::node1::render::BOOT_SCRIPT;
+use crate::node1::render::{BOOT_SCRIPT, EFI_BOOT_LOADER};
 use crate::profile::{KernelKind, Profile, Toolchain, Userland};
 
 use super::boot_time::BootTime;
@@ -28,6 +28,8 @@ pub(crate) enum Milestone {
     Ready,
     /// A node: a DHCP ACK from node1 for its MAC.
     Lease,
+    /// A UEFI node: its firmware loads iPXE's EFI build by TFTP.
+    EfiLoader,
     /// A node: iPXE runs (it asks for its boot script over TFTP).
     BootScript,
     /// A node: iPXE asks node1's web server for the kernel.
@@ -169,10 +171,11 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 31] = [
+    pub(crate) const ALL: [Milestone; 32] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
+        Milestone::EfiLoader,
         Milestone::BootScript,
         Milestone::KernelLoaded,
         Milestone::NodeKernelUp,
@@ -232,6 +235,12 @@ impl Milestone {
                 ],
             ),
             Milestone::Lease => ("DHCP lease", Sign::Lease, false, &[]),
+            Milestone::EfiLoader => (
+                "UEFI firmware loaded iPXE",
+                Sign::Fetch(Fetch::Tftp, EFI_BOOT_LOADER),
+                false,
+                &[],
+            ),
             Milestone::BootScript => (
                 "iPXE asked for its script",
                 Sign::Fetch(Fetch::Tftp, BOOT_SCRIPT),
@@ -452,6 +461,18 @@ pub(super) const NODE1_STEPS: &[Milestone] = &[Milestone::KernelUp, Milestone::R
 
 pub(super) const STOCK_NODE_STEPS: &[Milestone] = &[
     Milestone::Lease,
+    Milestone::BootScript,
+    Milestone::KernelLoaded,
+    Milestone::NodeKernelUp,
+    Milestone::NfsRootRw,
+    Milestone::MultiUser,
+];
+
+/// A stock-kernel node in UEFI mode: its firmware loads iPXE's EFI build
+/// first (QEMU's BIOS nodes have iPXE in their network card's ROM already).
+pub(super) const STOCK_UEFI_NODE_STEPS: &[Milestone] = &[
+    Milestone::Lease,
+    Milestone::EfiLoader,
     Milestone::BootScript,
     Milestone::KernelLoaded,
     Milestone::NodeKernelUp,

@@ -44,7 +44,10 @@ use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 
 pub(crate) use boot_time::{BootTime, UnitTime};
 use checks::check_node1_status;
-use milestone::{cluster_dead_end, from_word, print_table, scan, Link, Tracked, NODE1_STEPS};
+use milestone::{
+    cluster_dead_end, from_word, print_table, scan, Link, Tracked, NODE1_STEPS,
+    STOCK_UEFI_NODE_STEPS,
+};
 pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
@@ -88,6 +91,9 @@ pub(crate) struct BootTest {
     pub(crate) dir: PathBuf,
     pub(crate) nodes: u32,
     pub(crate) firmware: Firmware,
+    /// How many of the PXE nodes (the last ones) boot with OVMF, in UEFI
+    /// mode: they load iPXE's EFI build (stock-kernel nodes).
+    pub(crate) uefi_nodes: u32,
     pub(crate) accel: Accel,
     pub(crate) timeout: Duration,
     pub(crate) keep: bool,
@@ -213,6 +219,7 @@ impl BootTest {
             dir: layout.qemu(),
             nodes,
             firmware,
+            uefi_nodes: 0,
             accel: Accel::Tcg,
             timeout: Duration::from_secs(900),
             keep: false,
@@ -239,6 +246,46 @@ impl BootTest {
             link_dhcp: LinkDhcp::Foreign,
             ..self
         })
+    }
+
+    /// The last `n` PXE nodes in UEFI mode (OVMF installed if it is
+    /// missing): for nodes that boot a stock kernel, which has an EFI
+    /// stub; the Kerrighed kernel (2.6.20) has none.
+    pub(crate) fn with_uefi_nodes(self, n: u32, log: &Path) -> Result<BootTest> {
+        if n > self.nodes {
+            bail!(
+                "--uefi-nodes {n}: more than the {} PXE nodes (--nodes)",
+                self.nodes
+            );
+        }
+        if n > 0 && self.nodes_boot != NodesBoot::Stock {
+            bail!("--uefi-nodes: the Kerrighed kernel (2.6.20, no EFI stub) boots on BIOS or CSM nodes only; this profile's nodes boot it");
+        }
+        if n > 0 {
+            host::ensure_tools(&[HostTool::new(vm::OVMF, "ovmf")], true, log)?;
+        }
+        Ok(BootTest {
+            uefi_nodes: n,
+            ..self
+        })
+    }
+
+    /// PXE node `n`'s firmware (2, 3, ...): the last [`Self::uefi_nodes`]
+    /// are UEFI.
+    fn node_firmware(&self, n: u32) -> Firmware {
+        if n + self.uefi_nodes >= 2 + self.nodes {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        }
+    }
+
+    /// What PXE node `n` must pass.
+    fn node_steps(&self, n: u32) -> &'static [Milestone] {
+        match self.node_firmware(n) {
+            Firmware::Uefi => STOCK_UEFI_NODE_STEPS,
+            Firmware::Bios => self.nodes_boot.steps(self.nodes),
+        }
     }
 
     /// One more node powered on once the cluster runs, to be left out: for
@@ -412,7 +459,7 @@ impl Run<'_> {
 
         for n in 2..2 + self.test.nodes {
             let spec = self.node_spec(n)?;
-            self.power_on(spec, self.test.nodes_boot.steps(self.test.nodes))?;
+            self.power_on(spec, self.test.node_steps(n))?;
         }
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
 
@@ -501,7 +548,7 @@ impl Run<'_> {
             machine: self.test.nodes_boot.machine(),
             memory_mib: timing::NODE_MEMORY_MIB,
             cpus: timing::NODE_CPUS,
-            firmware: Firmware::Bios,
+            firmware: self.test.node_firmware(n),
             boot: Boot::Network,
             uplink: None,
             cluster: (node_mac(n), self.hub.port(), port),

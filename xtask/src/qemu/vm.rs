@@ -185,11 +185,22 @@ impl VmSpec {
             ]);
         }
         let (mac, hub, port) = &self.cluster;
+        // QEMU's network cards carry iPXE in their ROM, the EFI build as
+        // well: OVMF would run it and skip the PXE step a UEFI PC goes
+        // through. A UEFI node's card has no ROM, and one OVMF has a
+        // driver for (virtio): OVMF's own PXE client boots it, asking for
+        // iPXE's EFI build, as a PC's firmware does with its card's driver.
+        let nic = match (&self.boot, self.firmware) {
+            (Boot::Network, Firmware::Uefi) => {
+                format!("virtio-net-pci,netdev=cluster,mac={mac},romfile=,bootindex=0")
+            }
+            _ => format!("e1000,netdev=cluster,mac={mac}"),
+        };
         a.extend([
             "-netdev".into(),
             format!("socket,id=cluster,udp=127.0.0.1:{hub},localaddr=127.0.0.1:{port}"),
             "-device".into(),
-            format!("e1000,netdev=cluster,mac={mac}"),
+            nic,
         ]);
         a
     }
@@ -401,6 +412,14 @@ mod tests {
         assert!(line.contains("-accel kvm "), "{line}");
         assert!(!line.contains("tb-size"), "{line}");
         assert!(line.contains(&format!("-bios {OVMF}")));
+        // No iPXE ROM on its card: OVMF's own PXE client must boot it.
+        assert!(
+            line.contains(
+                "virtio-net-pci,netdev=cluster,mac=52:54:00:77:00:01,romfile=,bootindex=0"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("e1000"), "{line}");
     }
 
     #[test]

@@ -301,15 +301,17 @@ fn interrupt(child: std::process::Child, command: &str) -> Result<String> {
     Ok(said)
 }
 
-/// The BIOS boot test: node1 and two PXE nodes.
 /// The BIOS boot test, on a LAN with its own DHCP server: node1 only
-/// proxies, the two nodes boot through it with the LAN's addresses, and a
-/// host of that LAN that did not PXE-boot is refused the nodes' root.
+/// proxies, two nodes boot through it with the LAN's addresses, one in
+/// BIOS mode and one in UEFI mode (iPXE's EFI build from node1's proxy
+/// offer), and a host of that LAN that did not PXE-boot is refused the
+/// nodes' root.
 pub(crate) fn boot_bios(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let layout = run.layout();
     let log = layout.log("qemu");
     let report = BootTest::for_build(&run.profile, &layout, 2, QemuFirmware::Bios)?
+        .with_uefi_nodes(1, &log)?
         .with_screenshot(&log)?
         .on_a_foreign_lan(&log)?
         .run()?;
@@ -319,7 +321,8 @@ pub(crate) fn boot_bios(project: &Path) -> Result<Timings> {
 /// The UEFI boot test, the way a user boots a modern machine: the image
 /// written to a "USB stick" (a file) by `usb --data`, booted under OVMF
 /// from an emulated USB stick; node1 must put the nodes' root on the stick's
-/// KRGISO-DATA partition, and a node must boot from it.
+/// KRGISO-DATA partition, and a node must boot from it, in UEFI mode too
+/// (iPXE's EFI build from node1's own DHCP offer).
 pub(crate) fn boot_uefi_stick(project: &Path) -> Result<Timings> {
     let run = SmokeRun::built(project)?;
     let s = check_shell(project, "e2e-boot-uefi")?;
@@ -334,7 +337,8 @@ pub(crate) fn boot_uefi_stick(project: &Path) -> Result<Timings> {
         "usb --data to a 2 GiB stick file".to_owned(),
         t.elapsed().as_secs_f64(),
     )];
-    let mut test = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?;
+    let mut test = BootTest::for_build(&run.profile, &run.layout(), 1, QemuFirmware::Uefi)?
+        .with_uefi_nodes(1, &run.layout().log("qemu"))?;
     test.dir = run.layout().qemu_uefi();
     test.stick = Some(stick.clone());
     test.reboot = true;

@@ -182,12 +182,12 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-boot-bios",
-        about: "`qemu --nodes 2 --foreign-dhcp`: node1 from the ISO (SeaBIOS) on a LAN with its own DHCP server (a network namespace on the cluster link): node1 only proxies, two nodes PXE-boot through it into the NFS root, and a LAN host that did not PXE-boot has its NFS mount refused",
+        about: "`qemu --nodes 2 --uefi-nodes 1 --foreign-dhcp`: node1 from the ISO (SeaBIOS) on a LAN with its own DHCP server (a network namespace on the cluster link): node1 only proxies, two nodes (one BIOS, one UEFI: `--uefi-nodes 1`) PXE-boot through it into the NFS root, and a LAN host that did not PXE-boot has its NFS mount refused",
         check: image::boot_bios,
     },
     EndToEnd {
         name: "e2e-boot-uefi",
-        about: "`usb --data` to a stick file, node1 boots it under OVMF (UEFI), nodes root on KRGISO-DATA, one PXE node",
+        about: "`usb --data` to a stick file, node1 boots it under OVMF (UEFI), nodes root on KRGISO-DATA, one PXE node in UEFI mode",
         check: image::boot_uefi_stick,
     },
     EndToEnd {
