@@ -39,7 +39,9 @@ impl Stage for Node1 {
         // 3: node1 is named node1; the cluster user may sudo there.
         // 4: Kerrighed's /var/chkpt in the nodes' root; no nbmin for
         //    static nodes (the settle window starts the cluster).
-        4
+        // 5: UEFI nodes get iPXE's EFI build (snponly.efi); the boot
+        //    script names the initramfs on the kernel's command line.
+        5
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);
