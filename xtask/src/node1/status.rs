@@ -125,6 +125,13 @@ mod tests {
         (run, reports)
     }
 
+    /// The status program in the overlay, as node1 runs it.
+    fn status_program() -> std::path::PathBuf {
+        crate::project_root()
+            .join("overlay/node1")
+            .join(STATUS_PROGRAM)
+    }
+
     /// What the status program (or a link to it) prints, run as httpd or a
     /// person runs it, on the settings and run directory under `t`, with
     /// the variables `vars` (the nodes' ssh port, caps).
@@ -207,9 +214,7 @@ mod tests {
         // there): both answered, both are reachable.
         let listener = TcpListener::bind("127.0.0.2:0").unwrap();
         let port = listener.local_addr().unwrap().port().to_string();
-        let program = crate::project_root()
-            .join("overlay/node1")
-            .join(STATUS_PROGRAM);
+        let program = status_program();
         let run_it =
             |args: &[&str]| status_output(&program, args, t, &[("KRGISO_SSH_PORT", &port)]);
         let json = run_it(&["json"]);
@@ -325,9 +330,7 @@ mod tests {
              Dec  3 19:09:39 dnsmasq-tftp[548]: sent /run/krgiso/tftp/boot.ipxe to 192.168.77.122\n",
         )
         .unwrap();
-        let program = crate::project_root()
-            .join("overlay/node1")
-            .join(STATUS_PROGRAM);
+        let program = status_program();
         let report = StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
         assert_eq!(report.node1.mode, "proxy");
         let ips: Vec<&str> = report.nodes.iter().map(|n| n.ip.as_str()).collect();
@@ -361,9 +364,7 @@ mod tests {
         for i in 1..=3 {
             fs::write(reports.join(format!("127.0.1.{i}")), "load=0.5\n").unwrap();
         }
-        let program = crate::project_root()
-            .join("overlay/node1")
-            .join(STATUS_PROGRAM);
+        let program = status_program();
         let json = |max: &str| {
             let vars = [
                 ("KRGISO_SSH_PORT", port.as_str()),
@@ -411,9 +412,7 @@ mod tests {
             "load=a\"b\\c\td\u{1}e\u{1b}[0m\nkrg_cluster=up on 5 </td><script>x</script>\n",
         )
         .unwrap();
-        let program = crate::project_root()
-            .join("overlay/node1")
-            .join(STATUS_PROGRAM);
+        let program = status_program();
         let vars = [("KRGISO_SSH_PORT", "1")];
         let report = StatusReport::parse(&status_output(&program, &["json"], t, &vars)).unwrap();
         let node = report.node("127.0.0.5").unwrap();
@@ -444,9 +443,7 @@ mod tests {
             )
             .unwrap();
         }
-        let program = crate::project_root()
-            .join("overlay/node1")
-            .join(STATUS_PROGRAM);
+        let program = status_program();
         let report = StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
         assert_eq!(
             (report.cluster.lost.as_str(), report.cluster.up_on.as_str()),
@@ -480,9 +477,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
         fs::write(t.join("cluster.env"), "ADDRESS=127.0.0.1\nPREFIX=8\n").unwrap();
-        let program = crate::project_root()
-            .join("overlay/node1")
-            .join(STATUS_PROGRAM);
+        let program = status_program();
         let cgi = t.join("cgi-bin");
         fs::create_dir_all(&cgi).unwrap();
         std::os::unix::fs::symlink(&program, cgi.join("index.cgi")).unwrap();
