@@ -76,6 +76,17 @@ fn node_mac(n: u32) -> Mac {
     ])
 }
 
+/// PXE node `n`'s firmware (2, 3, ...) in a test of `nodes` nodes whose
+/// last `uefi_nodes` are UEFI; a node powered on later (`--late-node`,
+/// beyond the test's nodes) is a BIOS one.
+fn node_firmware(n: u32, nodes: u32, uefi_nodes: u32) -> Firmware {
+    if n < 2 + nodes && n + uefi_nodes >= 2 + nodes {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    }
+}
+
 /// Where each node says it is up and whether its root is writable
 /// (overlay/nodes/usr/local/sbin/krgiso-node-report), in the shared root.
 const NODE_REPORTS: &str = "var/lib/krgiso/nodes";
@@ -270,14 +281,9 @@ impl BootTest {
         })
     }
 
-    /// PXE node `n`'s firmware (2, 3, ...): the last [`Self::uefi_nodes`]
-    /// are UEFI.
+    /// PXE node `n`'s firmware (2, 3, ...).
     fn node_firmware(&self, n: u32) -> Firmware {
-        if n + self.uefi_nodes >= 2 + self.nodes {
-            Firmware::Uefi
-        } else {
-            Firmware::Bios
-        }
+        node_firmware(n, self.nodes, self.uefi_nodes)
     }
 
     /// What PXE node `n` must pass.
@@ -814,5 +820,27 @@ impl Run<'_> {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last --uefi-nodes of the test's nodes are UEFI; none when it is
+    /// 0, and never a node powered on later (the late node, n = nodes + 2:
+    /// CI once booted it under OVMF, where no Kerrighed kernel runs).
+    #[test]
+    fn only_the_last_uefi_nodes_of_the_tests_nodes_are_uefi() {
+        let firmwares = |nodes, uefi| -> Vec<Firmware> {
+            (2..2 + nodes + 1)
+                .map(|n| node_firmware(n, nodes, uefi))
+                .collect()
+        };
+        use Firmware::{Bios, Uefi};
+        assert_eq!(firmwares(3, 0), [Bios, Bios, Bios, Bios]);
+        assert_eq!(firmwares(2, 1), [Bios, Uefi, Bios]);
+        assert_eq!(firmwares(1, 1), [Uefi, Bios]);
+        assert_eq!(firmwares(3, 2), [Bios, Uefi, Uefi, Bios]);
     }
 }
