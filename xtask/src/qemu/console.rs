@@ -108,6 +108,16 @@ impl Console {
             if self.closed() {
                 bail!("the VM's console closed before it printed {needle:?}");
             }
+            // A kernel that stopped prints nothing more: say so now, with
+            // where it stopped, not at the deadline.
+            if let Some(panic) = self.find(from, super::KERNEL_PANIC) {
+                let at = self.find(from, "EIP is at").map(|f| f.line);
+                bail!(
+                    "the VM's kernel stopped before it printed {needle:?}: {}{}",
+                    panic.line,
+                    at.map_or(String::new(), |l| format!(" ({l})"))
+                );
+            }
             if Instant::now() > until {
                 bail!("timed out waiting for {needle:?} on the console");
             }
@@ -280,6 +290,39 @@ mod tests {
             None,
             "unfinished line"
         );
+    }
+
+    /// A guest whose kernel stops while a command runs: the wait ends at
+    /// once with the kernel's words, not at its deadline.
+    #[test]
+    fn a_kernel_that_stops_ends_the_wait_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // The oops a Kerrighed node printed in CI, cut short.
+            s.write_all(b"krg@node132:~$ BUG: unable to handle kernel NULL pointer dereference at virtual address 00000000\r\nEIP is at __get_alloc_kddm_obj_entry+0x51/0x84 [kerrighed]\r\n <0>Kernel panic - not syncing: Fatal exception in interrupt\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let console = Console::connect(&path, Duration::from_secs(5)).unwrap();
+        let t = Instant::now();
+        let err = console
+            .wait_text(0, "KRGISO-OUTPUT-BEGIN", t + Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "waited {:?}",
+            t.elapsed()
+        );
+        assert!(
+            err.contains("Kernel panic - not syncing: Fatal exception")
+                && err.contains("EIP is at __get_alloc_kddm_obj_entry"),
+            "{err}"
+        );
+        guest.join().unwrap();
     }
 
     /// A fake guest on the other end of the socket: a getty and a shell.
