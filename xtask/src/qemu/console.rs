@@ -110,19 +110,25 @@ impl Console {
             }
             // A kernel that stopped prints nothing more: say so now, with
             // where it stopped, not at the deadline.
-            if let Some(panic) = self.find(from, super::KERNEL_PANIC) {
-                let at = self.find(from, "EIP is at").map(|f| f.line);
-                bail!(
-                    "the VM's kernel stopped before it printed {needle:?}: {}{}",
-                    panic.line,
-                    at.map_or(String::new(), |l| format!(" ({l})"))
-                );
+            if let Some(panic) = self.kernel_panic(from) {
+                bail!("the VM's kernel stopped before it printed {needle:?}: {panic}");
             }
             if Instant::now() > until {
                 bail!("timed out waiting for {needle:?} on the console");
             }
             self.wait_a_little();
         }
+    }
+
+    /// The kernel's panic after `from`, in its words, and where an oops
+    /// before it found the kernel (`EIP is at ...`).
+    pub(crate) fn kernel_panic(&self, from: usize) -> Option<String> {
+        let panic = self.find(from, super::KERNEL_PANIC)?;
+        let said = super::from_word(&panic.line, super::KERNEL_PANIC);
+        Some(match self.find(from, "EIP is at") {
+            Some(at) => format!("{said} ({})", at.line),
+            None => said,
+        })
     }
 
     /// Waits for new output (or a short while).
@@ -292,21 +298,29 @@ mod tests {
         );
     }
 
+    /// A console socket whose guest end runs `guest`, and the console
+    /// connected to it (the directory holds the socket).
+    fn fake_guest(
+        guest: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (tempfile::TempDir, Console, std::thread::JoinHandle<()>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = std::thread::spawn(move || guest(listener.accept().unwrap().0));
+        let console = Console::connect(&path, Duration::from_secs(5)).unwrap();
+        (dir, console, guest)
+    }
+
     /// A guest whose kernel stops while a command runs: the wait ends at
     /// once with the kernel's words, not at its deadline.
     #[test]
     fn a_kernel_that_stops_ends_the_wait_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console");
-        let listener = UnixListener::bind(&path).unwrap();
-        let guest = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+        let (_dir, console, guest) = fake_guest(|mut s| {
             // The oops a Kerrighed node printed in CI, cut short.
             s.write_all(b"krg@node132:~$ BUG: unable to handle kernel NULL pointer dereference at virtual address 00000000\r\nEIP is at __get_alloc_kddm_obj_entry+0x51/0x84 [kerrighed]\r\n <0>Kernel panic - not syncing: Fatal exception in interrupt\r\n")
                 .unwrap();
             std::thread::sleep(Duration::from_secs(3));
         });
-        let console = Console::connect(&path, Duration::from_secs(5)).unwrap();
         let t = Instant::now();
         let err = console
             .wait_text(0, "KRGISO-OUTPUT-BEGIN", t + Duration::from_secs(60))
@@ -328,11 +342,7 @@ mod tests {
     /// A fake guest on the other end of the socket: a getty and a shell.
     #[test]
     fn logs_in_and_reads_a_command_output_between_markers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console");
-        let listener = UnixListener::bind(&path).unwrap();
-        let guest = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+        let (_dir, console, guest) = fake_guest(|mut s| {
             let mut typed = String::new();
             let mut read_line = |s: &mut UnixStream| {
                 typed.clear();
@@ -356,7 +366,6 @@ mod tests {
             s.write_all(b"KRGISO-OUTPUT-BEGIN\r\n10.77.0.150\r\n10.77.0.151\r\nKRGISO-OUTPUT-END\r\nkrg@node1:~$ ")
                 .unwrap();
         });
-        let console = Console::connect(&path, Duration::from_secs(5)).unwrap();
         let until = Instant::now() + Duration::from_secs(20);
         console.login("krg", "s3cret", until).unwrap();
         let out = console.run("ls /srv", until).unwrap();

@@ -667,12 +667,11 @@ impl Run<'_> {
         let console = &t.vm.console;
         // A panicked kernel never gets further, and QEMU stays up: stop now
         // rather than at the deadline.
-        if let Some(f) = console.find(t.kernel_at, KERNEL_PANIC) {
+        if let Some(panic) = console.kernel_panic(t.kernel_at) {
             bail!(
-                "{} panicked before \"{}\": {}",
+                "{} panicked before \"{}\": {panic}",
                 t.vm.spec.name,
                 t.next().map_or("the end", Milestone::label),
-                from_word(&f.line, KERNEL_PANIC)
             );
         }
         if let Some(f) = console.find(t.kernel_at, CPU_STALL) {
