@@ -141,7 +141,7 @@ pub(crate) struct QemuArgs {
     /// node1's firmware: bios (SeaBIOS) or uefi (OVMF)
     #[arg(long, value_enum, default_value_t = QemuFirmware::Bios)]
     pub(crate) firmware: QemuFirmware,
-    /// Boot the last N PXE nodes in UEFI mode (OVMF): they load iPXE's EFI build (stock-kernel profiles)
+    /// Boot the last N PXE nodes in UEFI mode (OVMF): they load iPXE's EFI build; on a Kerrighed profile they must be turned away (no EFI stub in 2.6.20)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) uefi_nodes: u32,
     /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD

@@ -218,11 +218,42 @@ pub(crate) fn ipxe_script(node1: &str, cluster: &Cluster, boot: &BootFiles) -> S
         .as_ref()
         .map(|i| format!("initrd {http}{i} || goto failed\n"))
         .unwrap_or_default();
+    let (uefi_check, needs_bios) = if boot.kind == KernelKind::Kerrighed {
+        (
+            "# Linux 2.6.20 has no EFI stub: a node in UEFI mode cannot run it.\niseq ${platform} efi && goto needs_bios ||\n".to_owned(),
+            format!(
+                ":needs_bios\n# node1's web server logs this fetch: its status page names the node.\nimgfetch --name {NEEDS_BIOS} {http}{NEEDS_BIOS} ||\n{NEEDS_BIOS_SAID}:wait\nsleep 60\ngoto wait\n"
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
-        "#!ipxe\n# Rendered by krgiso from the profile; node1 puts in its address at boot.\n:load\nkernel {http}{} {} || goto failed\n{initrd}boot || goto failed\n:failed\necho krgiso: could not load the node kernel from {node1}: trying again in 5 s\nsleep 5\ngoto load\n",
+        "#!ipxe\n# Rendered by krgiso from the profile; node1 puts in its address at boot.\n{uefi_check}:load\nkernel {http}{} {} || goto failed\n{initrd}boot || goto failed\n:failed\necho krgiso: could not load the node kernel from {node1}: trying again in 5 s\nsleep 5\ngoto load\n{needs_bios}",
         boot.kernel,
         args.join(" ")
     )
+}
+
+/// What a UEFI node asks node1's web server for when the boot script finds
+/// it cannot run the Kerrighed kernel: the request is the status page's
+/// sign of it. The file says what the node's screen says.
+pub(crate) const NEEDS_BIOS: &str = "needs-bios.txt";
+
+/// What the node's screen says then, and the text of [`NEEDS_BIOS`] (as
+/// iPXE `echo` lines).
+const NEEDS_BIOS_SAID: &str = "echo krgiso: this PC started its network boot in UEFI mode, and the Kerrighed node kernel (Linux 2.6.20) boots only in legacy BIOS mode.\n\
+    echo krgiso: turn on legacy boot (CSM) in its firmware setup, then power every node off and on together to boot the cluster again.\n";
+
+/// The start of the first line the node's screen shows.
+pub(crate) const NEEDS_BIOS_LINE: &str = "krgiso: this PC started its network boot in UEFI mode";
+
+/// The text node1 serves as [`NEEDS_BIOS`].
+pub(crate) fn needs_bios_text() -> String {
+    NEEDS_BIOS_SAID
+        .lines()
+        .map(|l| format!("{}\n", l.trim_start_matches("echo ")))
+        .collect()
 }
 
 /// node1's firewall: on every link but the cluster link (and lo) nothing
@@ -522,6 +553,32 @@ mod tests {
         assert!(
             !text.contains("initrd"),
             "the kerrighed kernel has NIC and NFS built in: {text}"
+        );
+    }
+
+    /// A UEFI node on a Kerrighed image is sent away before any kernel,
+    /// asks node1 for the file the status page names it by, says so in
+    /// the words the boot test looks for, and waits; a stock image boots
+    /// UEFI nodes like the others.
+    #[test]
+    fn a_kerrighed_script_turns_a_uefi_node_away_and_says_why() {
+        let p = profile(crate::profile::DEFAULT);
+        let text = ipxe_script("10.77.0.1", &p.cluster, &boot(&p));
+        let at = |what: &str| {
+            text.find(what)
+                .unwrap_or_else(|| panic!("no {what:?} in {text}"))
+        };
+        assert!(at("iseq ${platform} efi && goto needs_bios") < at(":load"));
+        assert!(at(":needs_bios") < at(&format!("http://10.77.0.1/{NEEDS_BIOS}")));
+        assert!(at(":needs_bios") < at(&format!("echo {NEEDS_BIOS_LINE}")));
+        let wait = &text[at(":wait")..];
+        assert!(wait.contains("goto wait") && !wait.contains("kernel") && !wait.contains("reboot"));
+        assert!(needs_bios_text().starts_with(NEEDS_BIOS_LINE));
+        let stock = profile("smoke");
+        let text = ipxe_script("10.77.0.1", &stock.cluster, &boot(&stock));
+        assert!(
+            !text.contains("platform") && !text.contains(NEEDS_BIOS),
+            "{text}"
         );
     }
 

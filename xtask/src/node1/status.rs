@@ -84,6 +84,9 @@ pub struct PxeSteps {
     /// iPXE's EFI build: the node booted in UEFI mode.
     pub efi_loader: bool,
     pub boot_script: bool,
+    /// Kerrighed: a UEFI node the boot script turned away (it fetched
+    /// needs-bios.txt, and no kernel since).
+    pub needs_bios: bool,
     pub kernel: bool,
     pub initrd: bool,
 }
@@ -161,7 +164,11 @@ mod tests {
         let t = tmp.path();
         let tftp = t.join("tftp");
         fs::create_dir_all(&tftp).unwrap();
-        for f in ["vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"] {
+        for f in [
+            "vmlinuz-6.1.0-50-amd64",
+            "initrd.img-6.1.0-50-amd64",
+            crate::node1::render::NEEDS_BIOS,
+        ] {
             fs::write(tftp.join(f), "boot file").unwrap();
         }
         // Loopback addresses stand for the nodes: the program probes them.
@@ -193,7 +200,11 @@ mod tests {
         .unwrap();
         fs::write(
             run.join("httpd.log"),
-            "127.0.0.2:51020: url:/vmlinuz-6.1.0-50-amd64\n127.0.0.2:51020: response:200\n\
+            // node2 was turned away in UEFI mode, then booted in legacy
+            // mode; node3, a UEFI node, was turned away.
+            "127.0.0.2:51018: url:/needs-bios.txt\n\
+             127.0.0.2:51020: url:/vmlinuz-6.1.0-50-amd64\n127.0.0.2:51020: response:200\n\
+             127.0.0.3:40010: url:/needs-bios.txt\n\
              127.0.0.2:51022: url:/initrd.img-6.1.0-50-amd64\n\
              127.0.0.9:40000: url:/status.json\n127.0.0.1:40002: url:/\n",
         )
@@ -242,6 +253,7 @@ mod tests {
                 boot_loader: true,
                 efi_loader: false,
                 boot_script: true,
+                needs_bios: false,
                 kernel: true,
                 initrd: true
             }
@@ -255,6 +267,7 @@ mod tests {
         assert!(!n3.nfs_mounted);
         assert!(!n3.pxe.boot_loader && !n3.pxe.kernel);
         assert!(n3.pxe.efi_loader, "a UEFI node's EFI loader: {:?}", n3.pxe);
+        assert!(n3.pxe.needs_bios, "{:?}", n3.pxe);
         assert_eq!(
             (n3.krg_node_id.as_str(), n3.krg_cluster.as_str()),
             ("3", left_out)
@@ -282,6 +295,12 @@ mod tests {
         let page = run_it(&["html"]);
         assert!(page.contains("<td class=\"ip\">127.0.0.2</td>"), "{page}");
         assert!(page.contains("52:54:00:77:00:03"));
+        assert_eq!(
+            page.matches("<td class=\"no\">UEFI: needs BIOS/CSM")
+                .count(),
+            1,
+            "node3 only: {page}"
+        );
         assert!(
             page.contains(&format!(
                 "<td class=\"krg\">node 3, {left_out}, 41 processes here</td>"

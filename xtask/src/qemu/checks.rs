@@ -489,6 +489,16 @@ impl Run<'_> {
             }
             rows.push((ip.to_string(), mac));
         }
+        for (name, ip) in &self.turned_away {
+            let row = report.node(&ip.to_string()).with_context(|| {
+                format!("node1's status page has no row for {name} ({ip}), a UEFI node turned away")
+            })?;
+            if !(row.pxe.efi_loader && row.pxe.needs_bios && !row.pxe.kernel) {
+                bail!(
+                    "node1's status page does not show {name} ({ip}) as a UEFI node that needs BIOS/CSM: {row:?}"
+                );
+            }
+        }
         if let Some(wanted) = self.cluster_summary(leases) {
             let c = &report.cluster;
             let schedulers = self.test.scheduler == Scheduler::Legacy;
@@ -551,9 +561,11 @@ impl Run<'_> {
         let up = self
             .cluster_summary(leases)
             .map(|ids| format!("up on {} nodes: {ids}", leases.len()));
+        let turned_away = (!self.turned_away.is_empty()).then_some(NEEDS_BIOS_SHOWN);
         let mut absent: Vec<&str> = ["krgiso cluster: node1", mode.as_str()]
             .into_iter()
             .chain(up.as_deref())
+            .chain(turned_away)
             .filter(|t| !text.contains(t))
             .collect();
         for (ip, mac) in &rows {
@@ -577,8 +589,6 @@ impl Run<'_> {
     }
 }
 
-/// The first file `mac` asked for, by TFTP or HTTP as `by` says, that
-/// `wanted` accepts.
 /// The file each node writes in the cluster user's home (in the shared
 /// root) around node1's NFS restart and reboot.
 pub(super) fn written_by(ip: &Ipv4Addr) -> String {
@@ -587,6 +597,10 @@ pub(super) fn written_by(ip: &Ipv4Addr) -> String {
 
 /// What each node writes first in that file.
 const FIRST_LINE: &str = "before";
+
+/// What node1's status page shows in the iPXE column of a UEFI node turned
+/// away by a Kerrighed image's boot script (krgiso-status).
+const NEEDS_BIOS_SHOWN: &str = "UEFI: needs BIOS/CSM";
 
 /// On node `ip`, over ssh from node1's console as the cluster user: `line`
 /// written to its file (the first, `before`, starts it afresh; the others
@@ -613,6 +627,8 @@ pub(super) fn ssh_command(user: &str, ip: &Ipv4Addr, command: &str) -> String {
     format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 {user}@{ip} {command}")
 }
 
+/// The first file `mac` asked for, by TFTP or HTTP as `by` says, that
+/// `wanted` accepts.
 pub(super) fn fetched(
     seen: &[super::hub::Seen],
     mac: Mac,

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::node1::render::{BOOT_SCRIPT, EFI_BOOT_LOADER};
+use crate::node1::render::{BOOT_SCRIPT, EFI_BOOT_LOADER, NEEDS_BIOS_LINE};
 use crate::profile::{KernelKind, Profile, Toolchain, Userland};
 
 use super::boot_time::BootTime;
@@ -32,6 +32,9 @@ pub(crate) enum Milestone {
     EfiLoader,
     /// A node: iPXE runs (it asks for its boot script over TFTP).
     BootScript,
+    /// A UEFI node on a Kerrighed image: the boot script tells it, on its
+    /// screen, that it needs legacy BIOS (CSM) to run the Kerrighed kernel.
+    NeedsBios,
     /// A node: iPXE asks node1's web server for the kernel.
     KernelLoaded,
     /// A node: the kernel runs.
@@ -171,12 +174,13 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 32] = [
+    pub(crate) const ALL: [Milestone; 33] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
         Milestone::EfiLoader,
         Milestone::BootScript,
+        Milestone::NeedsBios,
         Milestone::KernelLoaded,
         Milestone::NodeKernelUp,
         Milestone::Tipc,
@@ -244,6 +248,14 @@ impl Milestone {
             Milestone::BootScript => (
                 "iPXE asked for its script",
                 Sign::Fetch(Fetch::Tftp, BOOT_SCRIPT),
+                false,
+                &[],
+            ),
+            // iPXE's own output of the script's `echo`, on the node's
+            // console.
+            Milestone::NeedsBios => (
+                "told it needs BIOS/CSM",
+                line(NEEDS_BIOS_LINE, From("krgiso:")),
                 false,
                 &[],
             ),
@@ -478,6 +490,15 @@ pub(super) const STOCK_UEFI_NODE_STEPS: &[Milestone] = &[
     Milestone::NodeKernelUp,
     Milestone::NfsRootRw,
     Milestone::MultiUser,
+];
+
+/// A UEFI node on a Kerrighed image: iPXE's EFI build runs the boot
+/// script, which turns it away (the Kerrighed kernel has no EFI stub).
+pub(super) const KRG_UEFI_NODE_STEPS: &[Milestone] = &[
+    Milestone::Lease,
+    Milestone::EfiLoader,
+    Milestone::BootScript,
+    Milestone::NeedsBios,
 ];
 
 pub(super) const KRG_NODE_STEPS: &[Milestone] = &[

@@ -22,6 +22,7 @@ mod reboot;
 mod ssi;
 mod test_programs;
 mod timing;
+mod turned_away;
 pub(crate) mod vm;
 
 use std::collections::BTreeMap;
@@ -45,8 +46,8 @@ use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
 pub(crate) use boot_time::{BootTime, UnitTime};
 use checks::check_node1_status;
 use milestone::{
-    cluster_dead_end, from_word, print_table, scan, Link, Tracked, NODE1_STEPS,
-    STOCK_UEFI_NODE_STEPS,
+    cluster_dead_end, from_word, print_table, scan, Link, Tracked, KRG_UEFI_NODE_STEPS,
+    NODE1_STEPS, STOCK_UEFI_NODE_STEPS,
 };
 pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
@@ -103,7 +104,8 @@ pub(crate) struct BootTest {
     pub(crate) nodes: u32,
     pub(crate) firmware: Firmware,
     /// How many of the PXE nodes (the last ones) boot with OVMF, in UEFI
-    /// mode: they load iPXE's EFI build (stock-kernel nodes).
+    /// mode: they load iPXE's EFI build, which boots a stock kernel, and
+    /// turns a node of a Kerrighed image away (turned_away.rs).
     pub(crate) uefi_nodes: u32,
     pub(crate) accel: Accel,
     pub(crate) timeout: Duration,
@@ -174,6 +176,8 @@ struct Run<'a> {
     /// How many nodes the cluster must start with: the test's nodes, then
     /// those present when it forms again after a loss (lost.rs).
     cluster_nodes: u32,
+    /// UEFI nodes of a Kerrighed image, turned away, and their addresses.
+    turned_away: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 /// Why a VM was powered on again after its emulated CPU stalled.
@@ -260,17 +264,15 @@ impl BootTest {
     }
 
     /// The last `n` PXE nodes in UEFI mode (OVMF installed if it is
-    /// missing): for nodes that boot a stock kernel, which has an EFI
-    /// stub; the Kerrighed kernel (2.6.20) has none.
+    /// missing). A stock kernel has an EFI stub; the Kerrighed kernel
+    /// (2.6.20) has none, so on a Kerrighed image those nodes must be
+    /// turned away, told why, and the cluster formed by the others.
     pub(crate) fn with_uefi_nodes(self, n: u32, log: &Path) -> Result<BootTest> {
         if n > self.nodes {
             bail!(
                 "--uefi-nodes {n}: more than the {} PXE nodes (--nodes)",
                 self.nodes
             );
-        }
-        if n > 0 && self.nodes_boot != NodesBoot::Stock {
-            bail!("--uefi-nodes: the Kerrighed kernel (2.6.20, no EFI stub) boots on BIOS or CSM nodes only; this profile's nodes boot it");
         }
         if n > 0 {
             host::ensure_tools(&[HostTool::new(vm::OVMF, "ovmf")], true, log)?;
@@ -286,11 +288,26 @@ impl BootTest {
         node_firmware(n, self.nodes, self.uefi_nodes)
     }
 
+    /// Whether PXE node `n` is a UEFI node of a Kerrighed image, which the
+    /// boot script turns away.
+    fn turned_away(&self, n: u32) -> bool {
+        self.nodes_boot != NodesBoot::Stock && self.node_firmware(n) == Firmware::Uefi
+    }
+
+    /// How many of the PXE nodes boot the node kernel.
+    fn booting_nodes(&self) -> u32 {
+        match self.nodes_boot {
+            NodesBoot::Stock => self.nodes,
+            NodesBoot::Kerrighed { .. } => self.nodes - self.uefi_nodes,
+        }
+    }
+
     /// What PXE node `n` must pass.
     fn node_steps(&self, n: u32) -> &'static [Milestone] {
-        match self.node_firmware(n) {
-            Firmware::Uefi => STOCK_UEFI_NODE_STEPS,
-            Firmware::Bios => self.nodes_boot.steps(self.nodes),
+        match (self.node_firmware(n), self.nodes_boot) {
+            (Firmware::Uefi, NodesBoot::Stock) => STOCK_UEFI_NODE_STEPS,
+            (Firmware::Uefi, NodesBoot::Kerrighed { .. }) => KRG_UEFI_NODE_STEPS,
+            (Firmware::Bios, _) => self.nodes_boot.steps(self.booting_nodes()),
         }
     }
 
@@ -298,7 +315,7 @@ impl BootTest {
     /// Kerrighed nodes that start a cluster of two or more.
     pub(crate) fn with_a_late_node(self) -> Result<BootTest> {
         match self.nodes_boot {
-            NodesBoot::Kerrighed { .. } if self.forms_a_cluster() && self.nodes >= 2 => {
+            NodesBoot::Kerrighed { .. } if self.forms_a_cluster() && self.booting_nodes() >= 2 => {
                 Ok(BootTest {
                     late_node: true,
                     ..self
@@ -321,7 +338,7 @@ impl BootTest {
             NodesBoot::Kerrighed { nbmin, .. }
                 if self.forms_a_cluster()
                     && self.test_programs.is_some()
-                    && self.nodes > u32::from(nbmin.max(2)) =>
+                    && self.booting_nodes() > u32::from(nbmin.max(2)) =>
             {
                 Ok(BootTest {
                     lose_node: true,
@@ -341,7 +358,7 @@ impl BootTest {
     /// Whether the nodes the test boots start a Kerrighed cluster.
     pub(crate) fn forms_a_cluster(&self) -> bool {
         self.nodes_boot
-            .steps(self.nodes)
+            .steps(self.booting_nodes())
             .contains(&Milestone::ClusterUp)
     }
 
@@ -394,7 +411,8 @@ impl BootTest {
             boot_times: BTreeMap::new(),
             powered_on_again: Vec::new(),
             lan,
-            cluster_nodes: self.nodes,
+            cluster_nodes: self.booting_nodes(),
+            turned_away: Vec::new(),
         };
         if run.lan.is_some() {
             println!(
@@ -463,7 +481,8 @@ impl Run<'_> {
         let status = self.vms[0].detail(Milestone::Ready).to_owned();
         check_node1_status(&status, self.test.link_dhcp)?;
 
-        for n in 2..2 + self.test.nodes {
+        self.turn_away_uefi_nodes()?;
+        for n in (2..2 + self.test.nodes).filter(|&n| !self.test.turned_away(n)) {
             let spec = self.node_spec(n)?;
             self.power_on(spec, self.test.node_steps(n))?;
         }
@@ -474,12 +493,12 @@ impl Run<'_> {
         let reports = self
             .test
             .nodes_boot
-            .steps(self.test.nodes)
+            .steps(self.test.booting_nodes())
             .contains(&Milestone::NfsRootRw);
-        self.session_on_node1(&leases, self.test.nodes > 0 && reports)?;
+        self.session_on_node1(&leases, !leases.is_empty() && reports)?;
         self.check_export_to_booted_only()?;
         let cluster = self.test.forms_a_cluster();
-        if cluster && self.test.nodes >= 2 {
+        if cluster && leases.len() >= 2 {
             self.prove_single_system_image(&leases)?;
             let id = |i: usize| leases[i].1.octets()[3];
             self.prove_checkpoint_restart(id(0), id(1))?;
@@ -551,7 +570,11 @@ impl Run<'_> {
         let port = self.hub.add_member()?;
         Ok(VmSpec {
             name: format!("node{n}"),
-            machine: self.test.nodes_boot.machine(),
+            // A PC that PXE-boots in UEFI mode is a 64-bit one.
+            machine: match self.test.node_firmware(n) {
+                Firmware::Uefi => Machine::Pc64,
+                Firmware::Bios => self.test.nodes_boot.machine(),
+            },
             memory_mib: timing::NODE_MEMORY_MIB,
             cpus: timing::NODE_CPUS,
             firmware: self.test.node_firmware(n),

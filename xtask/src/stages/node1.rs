@@ -41,7 +41,9 @@ impl Stage for Node1 {
         //    static nodes (the settle window starts the cluster).
         // 5: UEFI nodes get iPXE's EFI build (snponly.efi); the boot
         //    script names the initramfs on the kernel's command line.
-        5
+        // 6: Kerrighed: a UEFI node is told it needs BIOS/CSM, and
+        //    fetches needs-bios.txt so that the status page names it.
+        6
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);
@@ -137,6 +139,14 @@ impl Stage for Node1 {
         for name in std::iter::once(&boot.kernel).chain(boot.initrd.as_ref()) {
             fs::copy(kernel.join(name), tftp.join(name))
                 .with_context(|| format!("copying {name} from the kernel stage"))?;
+        }
+        if boot.kind == KernelKind::Kerrighed {
+            // What the boot script fetches on a UEFI node, which cannot
+            // run the Kerrighed kernel.
+            write_file(
+                &tftp.join(render::NEEDS_BIOS),
+                render::needs_bios_text().as_bytes(),
+            )?;
         }
 
         run.step(&format!("the cluster user `{}`", cluster.user));

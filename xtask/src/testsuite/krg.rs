@@ -184,14 +184,27 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         "build (what was stale)".to_owned(),
         t.elapsed().as_secs_f64(),
     )];
-    s.step("qemu --nodes 3 --late-node --lose-node: the Kerrighed cluster, the single-system-image proof, a node left out, a member lost and the cluster formed again");
+    s.step("qemu --nodes 4 --uefi-nodes 1 --late-node --lose-node: a UEFI node turned away, the Kerrighed cluster of the other three, the single-system-image proof, a node left out, a member lost and the cluster formed again");
     let layout = run.layout();
-    let report = BootTest::for_build(&run.profile, &layout, 3, QemuFirmware::Bios)?
+    let report = BootTest::for_build(&run.profile, &layout, 4, QemuFirmware::Bios)?
+        .with_uefi_nodes(1, &layout.log("qemu"))?
         .with_a_late_node()?
         .with_a_lost_node()?
         .with_screenshot(&layout.log("qemu"))?
         .run()?;
-    for node in ["node2", "node3", "node4", "node5"] {
+    // node5 is the UEFI node, node6 the late one.
+    ensure!(
+        report
+            .reached
+            .iter()
+            .any(|r| r.vm == "node5" && r.milestone == Milestone::NeedsBios)
+            && !report
+                .reached
+                .iter()
+                .any(|r| r.vm == "node5" && r.milestone == Milestone::NodeKernelUp),
+        "node5, the UEFI node, was not turned away before any kernel"
+    );
+    for node in ["node2", "node3", "node4", "node6"] {
         let up = report
             .reached
             .iter()

@@ -150,7 +150,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-boot-krg",
-        about: "`qemu --nodes 3 --late-node` on the default profile: three 2.6.20-krg nodes form one Kerrighed cluster; krgadm nodes, one process space, migration, cluster-wide cpuinfo, load balanced by Kerrighed's scheduler; a node powered on later is left out and says so",
+        about: "`qemu --nodes 4 --uefi-nodes 1 --late-node --lose-node` on the default profile: a UEFI node is turned away and told it needs BIOS/CSM; three 2.6.20-krg nodes form one Kerrighed cluster; krgadm nodes, one process space, migration, checkpoint/restart, cluster-wide cpuinfo, load balanced by Kerrighed's scheduler, Kerrighed's test programs; a node powered on later is left out and says so; a member lost, the cluster formed again",
         check: krg::boot_krg,
     },
     EndToEnd {
