@@ -170,10 +170,13 @@ fn tftp_lines() -> String {
     format!("enable-tftp\ntftp-root={SERVED_DIR}\n")
 }
 
-/// The nodes' root, read-write to the cluster subnet only (never `*`).
-/// `fsid` because it may live on a tmpfs, which has no UUID to export by.
-/// How the nodes' root is exported (also to a proxy-DHCP subnet at boot).
-pub(crate) const EXPORT_OPTIONS: &str = "rw,no_root_squash,no_subtree_check,async,fsid=77";
+/// How the nodes' root is exported (also to a proxy-DHCP subnet at boot):
+/// read-write to the cluster subnet only (never `*`). `sync`: node1
+/// answers a write (and a node's fsync) once it is on its disk, so that
+/// with the root on KRGISO-DATA a power cut of node1 loses nothing a node
+/// was told is safe; on a tmpfs root it costs nothing. `fsid` because the
+/// root may live on a tmpfs, which has no UUID to export by.
+pub(crate) const EXPORT_OPTIONS: &str = "rw,no_root_squash,no_subtree_check,sync,fsid=77";
 
 pub(crate) fn exports(net: &Network) -> String {
     format!(

@@ -62,6 +62,9 @@ pub(crate) enum Milestone {
     /// did not PXE-boot has its NFS mount of the nodes' root refused, and
     /// granted once it fetched the boot script.
     ExportToBootedOnly,
+    /// node1 powered on again after a power cut: every file a node had
+    /// acknowledged as written (fsync) just before it is whole.
+    WritesKept,
     /// node1 powered on again: its lease table is the one from before.
     LeasesKept,
     /// A node that ran through node1's power-off: its next write succeeds,
@@ -174,7 +177,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 33] = [
+    pub(crate) const ALL: [Milestone; 34] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -193,6 +196,7 @@ impl Milestone {
         Milestone::SshFromNode1,
         Milestone::NfsRestart,
         Milestone::ExportToBootedOnly,
+        Milestone::WritesKept,
         Milestone::LeasesKept,
         Milestone::CarriedOn,
         Milestone::SameAddress,
@@ -322,6 +326,12 @@ impl Milestone {
             Milestone::NfsRestart => ("NFS server restart survived", Sign::Checked, false, &[]),
             Milestone::ExportToBootedOnly => (
                 "NFS root refused to a LAN host until it PXE-booted",
+                Sign::Checked,
+                false,
+                &[],
+            ),
+            Milestone::WritesKept => (
+                "acknowledged writes kept through a power cut",
                 Sign::Checked,
                 false,
                 &[],

@@ -1,50 +1,59 @@
-//! The cluster across reboots (`BootTest::reboot`): node1 shut down by the
-//! cluster user and powered on again from the same stick, then each node
-//! powered off and on. A node keeps its address (so, with Kerrighed, its
-//! node id) because node1 keeps its lease table on KRGISO-DATA; what the
-//! nodes wrote is still there; a node that ran through node1's absence
-//! carries on.
+//! The cluster across reboots (`BootTest::reboot`): node1's power cut
+//! (its QEMU killed) right after each node had a file acknowledged as
+//! written, node1 powered on again from the same stick, then each node
+//! powered off and on. Every acknowledged file is whole on node1's disk
+//! (the export is `sync`); a node keeps its address (so, with Kerrighed,
+//! its node id) because node1 keeps its lease table on KRGISO-DATA; what
+//! the nodes wrote is still there; a node that ran through node1's
+//! absence carries on.
 
 use super::timing::{within, CHECKS};
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-use super::checks::{append_on_node, check_node1_status, written_by};
+use super::checks::{append_on_node, check_node1_status, ssh_command, written_by};
 use super::milestone::{Milestone, NODE1_STEPS};
 use super::{Run, Tracked};
-use crate::interrupt;
 
 impl Run<'_> {
     pub(super) fn reboot_node1_then_the_nodes(
         &mut self,
         leases: &[(String, Ipv4Addr)],
     ) -> Result<()> {
-        let (user, password) = self.test.login.clone();
+        let user = self.test.login.0.clone();
         let until = within(CHECKS, self.deadline);
-        {
-            let console = self.log_in_on_node1(until, "to shut it down")?;
-            console.sudo(&password, until)?;
-            console.send("sudo -n systemctl poweroff\n")?;
-        }
-        self.say(
-            "node1",
-            "shut down by the cluster user (sudo systemctl poweroff)",
-        );
+        // Each node writes a file of its own, and fsyncs it (NFS: WRITEs,
+        // then a COMMIT node1 answers): acknowledged as on disk. Then the
+        // power cut, at once.
+        let mut acknowledged = Vec::new();
         let t = Instant::now();
-        while self.vms[0].vm.failure().is_none() {
-            interrupt::check()?;
-            if t.elapsed() > Duration::from_secs(120) {
-                bail!("node1 did not power off within 120 s of `systemctl poweroff`");
+        {
+            let console = self.log_in_on_node1(until, "to have the nodes write")?;
+            for (name, ip) in leases {
+                let f = durable_file(ip);
+                let said = console.run(
+                    &ssh_command(
+                        &user,
+                        ip,
+                        &format!("'dd if=/dev/urandom of={f} bs=64k count={DURABLE_BLOCKS} conv=fsync 2>/dev/null && sha256sum {f}'"),
+                    ),
+                    until,
+                )?;
+                let sum = sum_of(&said, &f)
+                    .with_context(|| format!("{name} ({ip}) could not write {f}: {said:?}"))?;
+                acknowledged.push((name.clone(), f, sum));
             }
-            std::thread::sleep(Duration::from_millis(250));
         }
+        self.vms[0].vm.kill();
         self.say(
             "node1",
             &format!(
-                "powered off {:.1} s after the command",
-                t.elapsed().as_secs_f64()
+                "QEMU killed (a power cut) {:.1} s after the first of {} node(s) began writing its {} KiB file, each acknowledged (fsync)",
+                t.elapsed().as_secs_f64(),
+                acknowledged.len(),
+                DURABLE_BLOCKS * 64
             ),
         );
         self.power_on_again(0, NODE1_STEPS)?;
@@ -55,8 +64,21 @@ impl Run<'_> {
             bail!("node1 powered on again without its nodes' root on KRGISO-DATA: {status}");
         }
 
-        // Its lease table: every node's lease, kept on KRGISO-DATA.
+        // Every acknowledged file, whole, read from node1's own disk.
         let console = self.log_in_on_node1(until, "after its reboot")?;
+        let home = format!("{}/home/{user}", self.test.export_dir);
+        for (name, f, sum) in &acknowledged {
+            let said = console.run(&format!("sha256sum {home}/{f}"), until)?;
+            if sum_of(&said, &format!("{home}/{f}")).as_deref() != Some(sum.as_str()) {
+                bail!("{name} had {f} acknowledged as written before node1's power cut; after it, node1's disk has: {said:?} (sha256 was {sum})");
+            }
+        }
+        let writes_kept = format!(
+            "{} file(s) of {} KiB, acknowledged before the power cut, whole after it",
+            acknowledged.len(),
+            DURABLE_BLOCKS * 64
+        );
+        // Its lease table: every node's lease, kept on KRGISO-DATA.
         let table = console.run("cat /run/krgiso/dnsmasq.leases", until)?;
         for (i, (name, ip)) in leases.iter().enumerate() {
             let mac = self.vms[i + 1].vm.spec.cluster.0.to_string();
@@ -81,6 +103,7 @@ impl Run<'_> {
             carried_on.push((i + 1, format!("{f} appended and read back in {secs:.1} s")));
         }
         let _ = console.send("exit\n");
+        self.record(0, Milestone::WritesKept, writes_kept);
         self.record(
             0,
             Milestone::LeasesKept,
@@ -118,5 +141,43 @@ impl Run<'_> {
         let tracked = self.start_tracked(spec, steps, self.accel, "power on")?;
         self.vms.insert(i, tracked);
         Ok(())
+    }
+}
+
+/// How much each node writes before node1's power cut, in 64 KiB blocks.
+const DURABLE_BLOCKS: u32 = 64;
+
+/// The file node `ip` writes before node1's power cut, in its home.
+fn durable_file(ip: &Ipv4Addr) -> String {
+    format!("durable-{ip}")
+}
+
+/// The sha256 that `sha256sum` printed for `file`.
+fn sum_of(said: &str, file: &str) -> Option<String> {
+    said.lines().find_map(|l| {
+        let (sum, name) = l.trim().split_once("  ")?;
+        (name == file && sum.len() == 64).then(|| sum.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What sha256sum printed on a node, among console noise: the sum of
+    /// the named file only, and none for an error.
+    #[test]
+    fn the_sum_is_read_for_its_file_only() {
+        let sum = "a".repeat(64);
+        let said = format!("ssh: warning\r\n{sum}  durable-10.77.0.131\r\n");
+        assert_eq!(sum_of(&said, "durable-10.77.0.131"), Some(sum.clone()));
+        assert_eq!(sum_of(&said, "durable-10.77.0.13"), None);
+        assert_eq!(
+            sum_of(
+                "sha256sum: durable-10.77.0.131: No such file or directory",
+                "durable-10.77.0.131"
+            ),
+            None
+        );
     }
 }

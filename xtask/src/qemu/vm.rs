@@ -306,6 +306,13 @@ impl Vm {
         }
     }
 
+    /// Kills QEMU at once (SIGKILL), as a power cut: the guest's memory,
+    /// with whatever it had not written to its disks, is gone.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the VM: SIGTERM (QEMU shuts down cleanly), SIGKILL after 5 s.
     pub(crate) fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
