@@ -147,7 +147,7 @@ pub(crate) struct QemuArgs {
     /// Boot node1 from this USB stick image (made with `usb --allow-file FILE`) instead of the ISO as a CD
     #[arg(long, value_name = "FILE")]
     pub(crate) stick: Option<PathBuf>,
-    /// After the checks, power node1 off and on again, then each node: same addresses, nothing lost (needs --stick with KRGISO-DATA)
+    /// After the checks, each node fsyncs a file, node1's power is cut (its QEMU killed) and it is powered on again, then each node: files whole, same addresses, nothing lost (needs --stick with KRGISO-DATA)
     #[arg(long, requires = "stick")]
     pub(crate) reboot: bool,
     /// Make the cluster link a LAN with a DHCP server of its own (in a network namespace): node1 must only proxy, and a host of that LAN that did not PXE-boot must be refused the nodes' root

@@ -119,8 +119,9 @@ pub(crate) struct BootTest {
     pub(crate) nodes_boot: NodesBoot,
     /// Whether Chromium renders node1's status page into a screenshot.
     pub(crate) screenshot: Screenshot,
-    /// After the checks, power node1 off and on again (it keeps what
-    /// KRGISO-DATA holds), then each node: the same addresses, nothing lost.
+    /// After the checks, cut node1's power right after each node fsyncs a
+    /// file, and power it on again (it keeps what KRGISO-DATA holds), then
+    /// each node: the files whole, the same addresses, nothing lost.
     pub(crate) reboot: bool,
     /// Who serves DHCP on the cluster link.
     pub(crate) link_dhcp: LinkDhcp,
