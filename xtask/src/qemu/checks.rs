@@ -56,18 +56,7 @@ impl Run<'_> {
         let mut leases = Vec::new();
         for t in self.vms.iter().skip(1) {
             let name = &t.vm.spec.name;
-            let lease: Ipv4Addr = t
-                .detail(Milestone::Lease)
-                .parse()
-                .with_context(|| format!("{name}: no lease address seen"))?;
-            let range = self.lease_range();
-            if !range.contains(lease) {
-                bail!(
-                    "{name} got {lease}, outside the DHCP range {}-{}",
-                    range.start,
-                    range.end
-                );
-            }
+            let lease = self.leased(t)?;
             if t.steps.contains(&Milestone::NfsRootRw) {
                 let said = t.detail(Milestone::NfsRootRw);
                 if !said.contains(&format!("address={lease} ")) {
@@ -92,6 +81,24 @@ impl Run<'_> {
             leases.push((name.clone(), lease));
         }
         Ok(leases)
+    }
+
+    /// The address VM `t` leased, from the link's DHCP server's range.
+    pub(super) fn leased(&self, t: &super::Tracked) -> Result<Ipv4Addr> {
+        let name = &t.vm.spec.name;
+        let lease: Ipv4Addr = t
+            .detail(Milestone::Lease)
+            .parse()
+            .with_context(|| format!("{name}: no lease address seen"))?;
+        let range = self.lease_range();
+        if !range.contains(lease) {
+            bail!(
+                "{name} got {lease}, outside the DHCP range {}-{}",
+                range.start,
+                range.end
+            );
+        }
+        Ok(lease)
     }
 
     /// node1 served no DHCP on the uplink (and the capture did see node1

@@ -13,13 +13,11 @@
 //! These nodes are powered on and off before the cluster's: Kerrighed's
 //! settle window must not wait on them, nor they slow the nodes' boot.
 
-use std::net::Ipv4Addr;
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::checks::{fetched, Fetch};
 use super::milestone::KRG_UEFI_NODE_STEPS;
-use super::{Milestone, Run, Tracked};
+use super::{Run, Tracked};
 use crate::node1::render::NEEDS_BIOS;
 
 impl Run<'_> {
@@ -40,21 +38,10 @@ impl Run<'_> {
         }
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
         let seen = self.hub.seen();
-        let range = self.lease_range();
         let gone: Vec<Tracked> = self.vms.drain(first..).collect();
         for mut t in gone {
             let name = t.vm.spec.name.clone();
-            let lease = t.detail(Milestone::Lease);
-            let ip: Ipv4Addr = lease
-                .parse()
-                .with_context(|| format!("{name}'s lease {lease:?}"))?;
-            if !range.contains(ip) {
-                bail!(
-                    "{name} got {ip}, outside the DHCP range {}-{}",
-                    range.start,
-                    range.end
-                );
-            }
+            let ip = self.leased(&t)?;
             let mac = t.vm.spec.cluster.0;
             let after = &seen[t.seen_from.min(seen.len())..];
             if let Some(kernel) = fetched(after, mac, Fetch::Http, |f| f.contains("vmlinuz")) {
