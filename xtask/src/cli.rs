@@ -159,6 +159,9 @@ pub(crate) struct QemuArgs {
     /// Kerrighed: at the end, kill a member's QEMU; the others must see it lost, reset, and form the cluster again without it (at least nbmin + 1 nodes)
     #[arg(long, conflicts_with = "reboot")]
     pub(crate) lose_node: bool,
+    /// Kerrighed, with --foreign-dhcp: the last two PXE nodes get addresses whose node id is node2's and node1's (another /24); node1 must name each clash, on its status page and on the node's console, and the others form the cluster (--nodes 4 or more)
+    #[arg(long, requires = "foreign_dhcp")]
+    pub(crate) id_clash: bool,
 }
 
 /// `usb`'s options.
@@ -366,6 +369,7 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
         foreign_dhcp,
         late_node,
         lose_node,
+        id_clash,
     } = args;
     let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?
         .with_uefi_nodes(*uefi_nodes, &session.layout.log("qemu"))?;
@@ -377,6 +381,9 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
     }
     if *lose_node {
         test = test.with_a_lost_node()?;
+    }
+    if *id_clash {
+        test = test.with_id_clashes()?;
     }
     let test = BootTest {
         stick: stick.as_deref().map(std::path::absolute).transpose()?,

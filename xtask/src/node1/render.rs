@@ -251,6 +251,16 @@ const NEEDS_BIOS_SAID: &str = "echo krgiso: this PC started its network boot in 
 /// The start of the first line the node's screen shows.
 pub(crate) const NEEDS_BIOS_LINE: &str = "krgiso: this PC started its network boot in UEFI mode";
 
+/// Where node1 names, in proxy mode, the Kerrighed nodes whose id (the
+/// last octet of the address the LAN's DHCP server gave them) another node
+/// or node1 already has: one file per address, in its run directory and
+/// at this path of its web server. The node's rcS asks for its own and
+/// stays out of the cluster if it is there; the status page shows it.
+pub(crate) const ID_CLASHES: &str = "id-clashes";
+
+/// The start of the line a node told of its clash says on its console.
+pub(crate) const ID_CLASH_LINE: &str = "krgiso: id clash:";
+
 /// The text node1 serves as [`NEEDS_BIOS`].
 pub(crate) fn needs_bios_text() -> String {
     NEEDS_BIOS_SAID
@@ -307,7 +317,7 @@ pub(crate) fn cluster_env(p: &Profile) -> String {
     let (net, cluster, status) = (&p.network, &p.cluster, &p.status);
     let a = net.address;
     format!(
-        "{HEADER}CLUSTER_USER={}\nCLUSTER_KEY={}\nCLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nEFI_BOOT_LOADER={EFI_BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\n",
+        "{HEADER}CLUSTER_USER={}\nCLUSTER_KEY={}\nCLUSTER_IFACE={}\nADDRESS={}\nPREFIX={}\nNETWORK={}\nGATEWAY={}\nEXPORT_DIR={EXPORT_DIR}\nEXPORT_OPTIONS={EXPORT_OPTIONS}\nTFTP_DIR={TFTP_DIR}\nNODES_TREE=/{}\nNODES_LAYER=/{}\nBOOT_LOADER={BOOT_LOADER}\nEFI_BOOT_LOADER={EFI_BOOT_LOADER}\nBOOT_SCRIPT={BOOT_SCRIPT}\nHTTP_PORT={HTTP_PORT}\nHTTP_USER={HTTP_USER}\nSTATUS_LISTEN={}\nNEEDS_BIOS={NEEDS_BIOS}\nNODE_IDS={}\nID_CLASHES={ID_CLASHES}\n",
         cluster.user,
         cluster_key_type(&p.nodes.suite),
         net.cluster_iface,
@@ -317,7 +327,12 @@ pub(crate) fn cluster_env(p: &Profile) -> String {
         if net.gateway { "yes" } else { "no" },
         NODES_TREE,
         NODES_LAYER,
-        status.listen.as_str()
+        status.listen.as_str(),
+        // Kerrighed takes a node's id from its address (KRG_AUTONODEID).
+        match p.kernel.kind {
+            KernelKind::Kerrighed => "last-octet",
+            KernelKind::Stock => "none",
+        }
     )
 }
 
@@ -351,7 +366,9 @@ pub(crate) fn default_kerrighed(cluster: &Cluster, userland: Userland) -> String
     if userland == Userland::Static {
         let _ = write!(
             s,
-            "# krgiso-cluster-start: the cluster starts once at least NBMIN nodes\n\
+            "# rcS: where node1's web server names a node whose id another has.\n\
+             ID_CLASHES={ID_CLASHES}\n\
+             # krgiso-cluster-start: the cluster starts once at least NBMIN nodes\n\
              # are present and no new one has come for SETTLE seconds.\n\
              NBMIN={}\nSETTLE={}\n\
              # krgiso-cluster-watch: a member unanswered for LOST_AFTER\n\
@@ -588,6 +605,7 @@ mod tests {
     #[test]
     fn a_gateway_hands_out_node1_as_router() {
         let mut p = profile("smoke");
+        p.network.gateway = false;
         assert!(dnsmasq_full(&p.network)
             .lines()
             .any(|l| l == "dhcp-option=option:router"));

@@ -74,6 +74,9 @@ pub struct NodeStatus {
     pub krg_cluster: String,
     /// Processes and threads running on the node (Kerrighed nodes).
     pub processes: String,
+    /// Proxy mode, Kerrighed: why this node's id is another's (node1's
+    /// words), or empty.
+    pub id_clash: String,
 }
 
 /// What node1 saw the node fetch: iPXE and its script (TFTP), kernel and
@@ -135,9 +138,10 @@ mod tests {
             .join(STATUS_PROGRAM)
     }
 
-    /// What the status program (or a link to it) prints, run as httpd or a
-    /// person runs it, on the settings and run directory under `t`, with
-    /// the variables `vars` (the nodes' ssh port, caps).
+    /// What the status program (or a link to it, or another of node1's
+    /// programs) prints, run as httpd or a person runs it, on the settings
+    /// and run directory under `t`, with the variables `vars` (the nodes'
+    /// ssh port, caps).
     fn status_output(program: &Path, args: &[&str], t: &Path, vars: &[(&str, &str)]) -> String {
         let out = Command::new(program)
             .args(args)
@@ -487,6 +491,117 @@ mod tests {
         }
         let report = StatusReport::parse(&status_output(&program, &["json"], t, &[])).unwrap();
         assert_eq!(report.cluster.lost, "");
+    }
+
+    /// Proxy mode on a Kerrighed image: node1's dnsmasq hook (nfs-client)
+    /// run as dnsmasq runs it, on each boot script fetched. An address
+    /// whose last octet an earlier one has, or node1's, is named; the
+    /// first keeps its id, a fetch again changes nothing, other files are
+    /// no sign of a node. The status page shows the clash in the node's
+    /// row; with stock nodes (no ids) there is none.
+    #[test]
+    fn node1_names_a_node_whose_kerrighed_id_another_has() {
+        let lib = crate::project_root().join("overlay/node1/usr/local/lib/krgiso");
+        for (ids, clashes) in [("last-octet", true), ("none", false)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let t = tmp.path();
+            let (run, reports) = node1_settings(
+                t,
+                &format!("CLUSTER_IFACE=auto\nADDRESS=10.77.0.1\nPREFIX=24\nBOOT_SCRIPT=boot.ipxe\nNODE_IDS={ids}\nID_CLASHES=id-clashes\n"),
+                "MODE=proxy\nIFACE=ens5\nSERVE=192.168.77.100\n",
+            );
+            fs::write(run.join("link.env"), "MODE=proxy\nSERVE=192.168.77.100\n").unwrap();
+            // The hook sources node1.sh where the image has it: here, the
+            // overlay's.
+            let hook = t.join("nfs-client");
+            let text = fs::read_to_string(lib.join("nfs-client")).unwrap();
+            let node1_sh = lib.join("node1.sh");
+            fs::write(
+                &hook,
+                text.replace(
+                    "/usr/local/lib/krgiso/node1.sh",
+                    &node1_sh.display().to_string(),
+                ),
+            )
+            .unwrap();
+            let exe = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+            fs::set_permissions(&hook, exe).unwrap();
+            let fetched = |address: &str, file: &str| {
+                status_output(
+                    &hook,
+                    &["tftp", "1024", address, file],
+                    t,
+                    &[("KRGISO_NFS", "no")],
+                );
+            };
+            fetched("192.168.77.122", "/run/krgiso/tftp/boot.ipxe");
+            fetched("192.168.77.123", "boot.ipxe");
+            fetched("192.168.78.122", "boot.ipxe");
+            fetched("192.168.78.100", "boot.ipxe");
+            fetched("192.168.77.122", "boot.ipxe");
+            fetched("192.168.79.123", "snponly.efi");
+            let clients = fs::read_to_string(run.join("nfs-clients")).unwrap();
+            assert_eq!(
+                clients,
+                "192.168.77.122\n192.168.77.123\n192.168.78.122\n192.168.78.100\n"
+            );
+            let clash =
+                |address: &str| fs::read_to_string(run.join("id-clashes").join(address)).ok();
+            for first in ["192.168.77.122", "192.168.77.123"] {
+                assert_eq!(clash(first), None, "{first} fetched first: it keeps its id");
+            }
+            assert_eq!(
+                clash("192.168.79.123"),
+                None,
+                "only the boot script is a node's sign"
+            );
+            // A member's report: the page then has its Kerrighed section.
+            fs::write(
+                reports.join("192.168.77.122"),
+                "node122 192.168.77.122 2.6.20-krg 2026-12-04T23:00:00Z\nkrg_node_id=122\nkrg_cluster=up on 122 123\n",
+            )
+            .unwrap();
+            let report =
+                StatusReport::parse(&status_output(&status_program(), &["json"], t, &[])).unwrap();
+            let page = status_output(&status_program(), &["html"], t, &[]);
+            if !clashes {
+                assert!(
+                    !run.join("id-clashes").exists(),
+                    "stock nodes have no ids to clash"
+                );
+                assert!(report.nodes.iter().all(|n| n.id_clash.is_empty()));
+                continue;
+            }
+            let twin = clash("192.168.78.122").expect("a second node with id 122 is named");
+            assert!(
+                twin.starts_with("Kerrighed node id 122 (the last octet of 192.168.78.122) is already 192.168.77.122's: this node stays out of the cluster."),
+                "{twin}"
+            );
+            let node1s = clash("192.168.78.100").expect("a node with node1's octet is named");
+            assert!(
+                node1s.starts_with("Kerrighed node id 100 (the last octet of 192.168.78.100) is node1's own (192.168.77.100)"),
+                "{node1s}"
+            );
+            // What to do, in both.
+            for said in [&twin, &node1s] {
+                assert!(
+                    said.contains("in one /24 that leave out node1's octet 100")
+                        && said.contains("full DHCP mode"),
+                    "{said}"
+                );
+            }
+            let shown = report
+                .node("192.168.78.122")
+                .expect("a row for the clashing node");
+            assert_eq!(shown.id_clash, twin.trim_end());
+            assert!(
+                page.contains(
+                    "<dt>Id clashes</dt><dd>192.168.78.100 192.168.78.122: out of the cluster"
+                ),
+                "{page}"
+            );
+            assert!(page.contains("<td class=\"no\">id clash: Kerrighed node id 122 (the last octet of 192.168.78.122) is already 192.168.77.122's"), "{page}");
+        }
     }
 
     /// As busybox httpd runs it: for /status.json (interpreter of *.json,

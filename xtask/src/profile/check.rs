@@ -314,6 +314,13 @@ impl Network {
         // KRG_AUTONODEID takes the node id from the last octet: one /24, no repeats.
         if kind == KernelKind::Kerrighed && r.start.octets()[..3] != r.end.octets()[..3] {
             p.add("network.dhcp_range", format!("with the kerrighed kernel, node ids come from the last octet: keep the range {r} inside one /24"));
+        } else if kind == KernelKind::Kerrighed && !r.contains(net.addr) {
+            // node1's octet in another /24 of a wider subnet: a node there
+            // would have node1's id.
+            let own = net.addr.octets()[3];
+            if (r.start.octets()[3]..=r.end.octets()[3]).contains(&own) {
+                p.add("network.dhcp_range", format!("with the kerrighed kernel, node ids come from the last octet: keep node1's octet {own} ({}) out of the range {r}", net.addr));
+            }
         }
     }
 }

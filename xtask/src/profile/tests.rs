@@ -136,6 +136,40 @@ fn a_build_root_goes_with_the_current_toolchain_and_the_nodes_arch() {
     assert_eq!(err.key, "kernel.patches");
 }
 
+/// Kerrighed takes a node's id from the last octet of its address: the
+/// range stays in one /24, and out of node1's octet even in another /24.
+#[test]
+fn a_kerrighed_range_gives_no_node_node1s_id() {
+    let current =
+        std::fs::read_to_string(crate::project_root().join("profiles/kerrighed-2.4.4.toml"))
+            .unwrap();
+    let parse = |address: &str, range: &str| {
+        let text = current
+            .replacen(
+                "address = \"10.77.0.1/24\"",
+                &format!("address = \"{address}\""),
+                1,
+            )
+            .replacen(
+                "dhcp_range = \"10.77.0.100-10.77.0.199\"",
+                &format!("dhcp_range = \"{range}\""),
+                1,
+            );
+        Profile::parse(&text, Path::new("profiles/edited.toml"))
+    };
+    assert!(parse("10.77.0.1/24", "10.77.0.100-10.77.0.199").is_ok());
+    let err = parse("10.77.1.150/16", "10.77.0.100-10.77.0.199").unwrap_err();
+    assert_eq!(err.key, "network.dhcp_range");
+    assert!(
+        err.message
+            .contains("keep node1's octet 150 (10.77.1.150) out of the range"),
+        "{err}"
+    );
+    assert!(parse("10.77.1.1/16", "10.77.0.100-10.77.0.199").is_ok());
+    let err = parse("10.77.0.1/16", "10.77.0.100-10.77.1.9").unwrap_err();
+    assert!(err.message.contains("inside one /24"), "{err}");
+}
+
 #[test]
 fn a_static_userland_is_for_the_nodes_built_in_a_build_root_from_known_sources() {
     let current =
@@ -202,8 +236,8 @@ fn the_status_page_listens_on_the_cluster_link_unless_told() {
 
 #[test]
 fn an_unknown_key_is_named_with_its_line() {
-    let err = error_after("gateway = false", "gateway = false\ngatway = true");
-    let text = smoke_text().replacen("gateway = false", "gateway = false\ngatway = true", 1);
+    let err = error_after("gateway = true", "gateway = true\ngatway = true");
+    let text = smoke_text().replacen("gateway = true", "gateway = true\ngatway = true", 1);
     assert_eq!(err.key, "network.gatway");
     assert_eq!(err.line, line_of_text(&text, "gatway"));
     assert!(

@@ -83,20 +83,32 @@ impl Run<'_> {
         Ok(leases)
     }
 
-    /// The address VM `t` leased, from the link's DHCP server's range.
+    /// The address VM `t` leased: from node1's range, or on a LAN with
+    /// its own server the address that server keeps for it.
     pub(super) fn leased(&self, t: &super::Tracked) -> Result<Ipv4Addr> {
         let name = &t.vm.spec.name;
         let lease: Ipv4Addr = t
             .detail(Milestone::Lease)
             .parse()
             .with_context(|| format!("{name}: no lease address seen"))?;
-        let range = self.lease_range();
-        if !range.contains(lease) {
-            bail!(
-                "{name} got {lease}, outside the DHCP range {}-{}",
-                range.start,
-                range.end
-            );
+        match self.test.link_dhcp {
+            LinkDhcp::Node1 => {
+                let range = self.test.network.dhcp_range;
+                if !range.contains(lease) {
+                    bail!(
+                        "{name} got {lease}, outside the DHCP range {}-{}",
+                        range.start,
+                        range.end
+                    );
+                }
+            }
+            LinkDhcp::Foreign => {
+                let n = name.strip_prefix("node").and_then(|n| n.parse().ok());
+                let kept = n.map(|n| self.test.lan_address(n));
+                if kept != Some(lease) {
+                    bail!("{name} got {lease}, not the address the LAN's DHCP server keeps for it ({kept:?})");
+                }
+            }
         }
         Ok(lease)
     }
@@ -496,6 +508,15 @@ impl Run<'_> {
             }
             rows.push((ip.to_string(), mac));
         }
+        for (name, ip) in &self.clashing {
+            let row = report.node(&ip.to_string()).with_context(|| {
+                format!("node1's status page has no row for {name} ({ip}), a node whose Kerrighed id another has")
+            })?;
+            let id = format!("Kerrighed node id {} ", ip.octets()[3]);
+            if !row.id_clash.starts_with(&id) || !row.krg_node_id.is_empty() {
+                bail!("node1's status page does not show {name} ({ip}) with its id clash (and out of the cluster): {row:?}");
+            }
+        }
         for (name, ip) in &self.turned_away {
             let row = report.node(&ip.to_string()).with_context(|| {
                 format!("node1's status page has no row for {name} ({ip}), a UEFI node turned away")
@@ -569,10 +590,12 @@ impl Run<'_> {
             .cluster_summary(leases)
             .map(|ids| format!("up on {} nodes: {ids}", leases.len()));
         let turned_away = (!self.turned_away.is_empty()).then_some(NEEDS_BIOS_SHOWN);
+        let clashing = (!self.clashing.is_empty()).then_some(ID_CLASH_SHOWN);
         let mut absent: Vec<&str> = ["krgiso cluster: node1", mode.as_str()]
             .into_iter()
             .chain(up.as_deref())
             .chain(turned_away)
+            .chain(clashing)
             .filter(|t| !text.contains(t))
             .collect();
         for (ip, mac) in &rows {
@@ -608,6 +631,10 @@ const FIRST_LINE: &str = "before";
 /// What node1's status page shows in the iPXE column of a UEFI node turned
 /// away by a Kerrighed image's boot script (krgiso-status).
 const NEEDS_BIOS_SHOWN: &str = "UEFI: needs BIOS/CSM";
+
+/// What node1's status page shows in the Kerrighed column of a node whose
+/// id another has (krgiso-status).
+const ID_CLASH_SHOWN: &str = "id clash: Kerrighed node id";
 
 /// On node `ip`, over ssh from node1's console as the cluster user: `line`
 /// written to its file (the first, `before`, starts it afresh; the others

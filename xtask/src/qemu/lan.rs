@@ -26,18 +26,24 @@ use super::hub::Hub;
 use crate::host::{self, HostTool};
 use crate::profile::DhcpRange;
 
-/// The LAN's DHCP server: its MAC on the link, its address.
+/// The LAN's DHCP server: its MAC on the link, its address. The LAN is a
+/// /16, as many offices' are: its addresses need not share a /24, and two
+/// of them can end in the same octet (a Kerrighed node's id, `--id-clash`).
 pub(crate) const LAN_SERVER: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0xfe, 0x01]);
-const LAN_ADDRESS: &str = "192.168.77.1/24";
+const LAN_ADDRESS: &str = "192.168.77.1/16";
+const LAN_NETMASK: &str = "255.255.0.0";
 
-/// What the LAN's server hands out.
+/// What the LAN's server hands out to whoever asks.
 pub(crate) const LAN_RANGE: DhcpRange = DhcpRange {
     start: Ipv4Addr::new(192, 168, 77, 100),
     end: Ipv4Addr::new(192, 168, 77, 150),
 };
 
+/// The address the LAN's server keeps for node1: the range's first.
+pub(crate) const NODE1_ADDRESS: Ipv4Addr = LAN_RANGE.start;
+
 /// The address the LAN's server keeps for node `n` (2, 3, ...): in its
-/// range, above the first addresses, which go to whoever asks (node1).
+/// range, above node1's.
 pub(crate) fn address_of_node(n: u32) -> Ipv4Addr {
     let [a, b, c, first] = LAN_RANGE.start.octets();
     Ipv4Addr::new(
@@ -48,6 +54,13 @@ pub(crate) fn address_of_node(n: u32) -> Ipv4Addr {
             .saturating_add(20)
             .saturating_add(u8::try_from(n).unwrap_or(u8::MAX)),
     )
+}
+
+/// An address of the LAN in the /24 after `address`'s, ending in the same
+/// octet: a Kerrighed node there has `address`'s id.
+pub(crate) fn same_octet_next_24(address: Ipv4Addr) -> Ipv4Addr {
+    let [a, b, c, d] = address.octets();
+    Ipv4Addr::new(a, b, c.wrapping_add(1), d)
 }
 
 /// The tap device's name inside the namespace.
@@ -93,7 +106,7 @@ impl ForeignLan {
         ip(&["-n", &netns, "addr", "add", LAN_ADDRESS, "dev", TAP])?;
         lan.bridge(hub, tap)?;
         let range = format!(
-            "--dhcp-range={},{},255.255.255.0,1h",
+            "--dhcp-range={},{},{LAN_NETMASK},1h",
             LAN_RANGE.start, LAN_RANGE.end
         );
         let out = Command::new("ip")

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::node1::render::{BOOT_SCRIPT, EFI_BOOT_LOADER, NEEDS_BIOS_LINE};
+use crate::node1::render::{BOOT_SCRIPT, EFI_BOOT_LOADER, ID_CLASH_LINE, NEEDS_BIOS_LINE};
 use crate::profile::{KernelKind, Profile, Toolchain, Userland};
 
 use super::boot_time::BootTime;
@@ -45,6 +45,10 @@ pub(crate) enum Milestone {
     KrgNodeId,
     /// A Kerrighed node: the kernel mounted its NFS root.
     RootMounted,
+    /// A Kerrighed node whose id another node or node1 has (proxy mode,
+    /// addresses from the LAN's server): it says so, from node1's words,
+    /// and stays out of the cluster (id_clash.rs).
+    IdClash,
     /// A Kerrighed node: kerrighed.ko loaded, with the profile's session.
     KrgLoaded,
     /// A node: its NFS root is mounted and took a write.
@@ -65,6 +69,9 @@ pub(crate) enum Milestone {
     /// node1 powered on again after a power cut: every file a node had
     /// acknowledged as written (fsync) just before it is whole.
     WritesKept,
+    /// A node tried a service on node1's uplink: reached through node1 with
+    /// `[network] gateway = true`, not reached with `false` (uplink.rs).
+    Gateway,
     /// node1 powered on again: its lease table is the one from before.
     LeasesKept,
     /// A node that ran through node1's power-off: its next write succeeds,
@@ -177,7 +184,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 34] = [
+    pub(crate) const ALL: [Milestone; 36] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -189,6 +196,7 @@ impl Milestone {
         Milestone::Tipc,
         Milestone::KrgNodeId,
         Milestone::RootMounted,
+        Milestone::IdClash,
         Milestone::KrgLoaded,
         Milestone::NfsRootRw,
         Milestone::MultiUser,
@@ -197,6 +205,7 @@ impl Milestone {
         Milestone::NfsRestart,
         Milestone::ExportToBootedOnly,
         Milestone::WritesKept,
+        Milestone::Gateway,
         Milestone::LeasesKept,
         Milestone::CarriedOn,
         Milestone::SameAddress,
@@ -287,11 +296,17 @@ impl Milestone {
                 true,
                 &[],
             ),
+            Milestone::IdClash => (
+                "told its node id clashes",
+                line(ID_CLASH_LINE, From("Kerrighed node id")),
+                true,
+                &[],
+            ),
             Milestone::KrgLoaded => (
                 "Kerrighed loaded",
                 Sign::Line {
                     pattern: "Kerrighed session ID",
-                    with: Some("Kerrighed... loaded!"),
+                    with: Some(KRG_LOADED),
                     detail: From("Kerrighed session ID"),
                 },
                 false,
@@ -332,6 +347,12 @@ impl Milestone {
             ),
             Milestone::WritesKept => (
                 "acknowledged writes kept through a power cut",
+                Sign::Checked,
+                false,
+                &[],
+            ),
+            Milestone::Gateway => (
+                "uplink through node1 as the profile says",
                 Sign::Checked,
                 false,
                 &[],
@@ -524,6 +545,24 @@ pub(super) const KRG_NODE_STEPS: &[Milestone] = &[
     Milestone::MultiUser,
     Milestone::ClusterUp,
 ];
+
+/// A Kerrighed node whose id another has: its kernel's steps, then it is
+/// told, and boots on without Kerrighed.
+pub(super) const KRG_CLASH_STEPS: &[Milestone] = &[
+    Milestone::Lease,
+    Milestone::BootScript,
+    Milestone::KernelLoaded,
+    Milestone::NodeKernelUp,
+    Milestone::Tipc,
+    Milestone::KrgNodeId,
+    Milestone::RootMounted,
+    Milestone::IdClash,
+    Milestone::NfsRootRw,
+    Milestone::MultiUser,
+];
+
+/// What the Kerrighed module prints once loaded.
+pub(super) const KRG_LOADED: &str = "Kerrighed... loaded!";
 
 /// A Kerrighed node powered on once the cluster runs: all a node goes
 /// through but the cluster start, which it cannot join.
@@ -897,6 +936,32 @@ mod tests {
         let (console, _guest) = scripted(&KRG_BOOT.replace("rw=ok\r\n\r\n", "rw=failed\r\n\r\n"));
         let err = scan(steps, none, &console, 0, &link(mac), on).unwrap_err();
         assert!(err.to_string().contains("not writable"), "{err}");
+    }
+
+    /// A node whose id clashes: told so (node1's words, after rcS's
+    /// prefix), no Kerrighed, then its report and login. Neither line is
+    /// taken for the other.
+    #[test]
+    fn a_node_told_of_its_id_clash_boots_on_without_kerrighed() {
+        let mac = node_mac(2);
+        let clash = "krgiso: id clash: Kerrighed node id 102 (the last octet of 10.77.0.102) is already 10.77.1.102's: this node stays out of the cluster.";
+        let text = KRG_BOOT.replace("[    2.1] Kerrighed... loaded!", clash);
+        let (console, _guest) = scripted(&text);
+        let on = on_node1s_link(mac);
+        let all = scan(KRG_CLASH_STEPS, |_| false, &console, 0, &link(mac), on).unwrap();
+        let got: Vec<Milestone> = all.reached.iter().map(|r| r.0).collect();
+        assert_eq!(got, KRG_CLASH_STEPS);
+        let detail = |m| &all.reached.iter().find(|r| r.0 == m).unwrap().1;
+        assert!(detail(Milestone::IdClash).starts_with("Kerrighed node id 102 (the last octet"));
+        assert!(
+            detail(Milestone::NfsRootRw).contains("node2 10.77.0.102"),
+            "{}",
+            detail(Milestone::NfsRootRw)
+        );
+        // Without the line, the node is not counted as told.
+        let (console, _guest) = scripted(KRG_BOOT);
+        let seen = scan(KRG_CLASH_STEPS, |_| false, &console, 0, &link(mac), on).unwrap();
+        assert_eq!(seen.reached.last().unwrap().0, Milestone::RootMounted);
     }
 
     #[test]

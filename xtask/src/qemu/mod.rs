@@ -14,6 +14,7 @@ mod checks;
 pub(crate) mod console;
 pub(crate) mod frame;
 pub(crate) mod hub;
+mod id_clash;
 mod lan;
 mod late;
 mod lost;
@@ -23,6 +24,7 @@ mod ssi;
 mod test_programs;
 mod timing;
 mod turned_away;
+mod uplink;
 pub(crate) mod vm;
 
 use std::collections::BTreeMap;
@@ -41,13 +43,13 @@ use crate::stages::kernel::krg::KRG_RELEASE;
 use frame::Mac;
 use hub::Hub;
 use lan::ForeignLan;
-use vm::{Accel, Boot, Firmware, Machine, Vm, VmSpec};
+use vm::{Accel, Boot, Firmware, Machine, Uplink, Vm, VmSpec};
 
 pub(crate) use boot_time::{BootTime, UnitTime};
 use checks::check_node1_status;
 use milestone::{
-    cluster_dead_end, from_word, print_table, scan, Link, Tracked, KRG_UEFI_NODE_STEPS,
-    NODE1_STEPS, STOCK_UEFI_NODE_STEPS,
+    cluster_dead_end, from_word, print_table, scan, Link, Tracked, KRG_CLASH_STEPS,
+    KRG_UEFI_NODE_STEPS, NODE1_STEPS, STOCK_UEFI_NODE_STEPS,
 };
 pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
@@ -139,6 +141,12 @@ pub(crate) struct BootTest {
     /// Kerrighed's test programs are in the nodes' root (a static
     /// userland): the node kernel's NR_CPUS, to read where a process runs.
     pub(crate) test_programs: Option<u32>,
+    /// The last two PXE nodes get addresses whose Kerrighed id is node2's
+    /// and node1's (id_clash.rs).
+    pub(crate) id_clash: bool,
+    /// Of the cluster's proofs, the single-system-image one only (no
+    /// checkpoint, load balancing or test programs).
+    pub(crate) ssi_only: bool,
 }
 
 /// Who serves DHCP on the cluster link: node1 (a link of the cluster's
@@ -179,6 +187,10 @@ struct Run<'a> {
     cluster_nodes: u32,
     /// UEFI nodes of a Kerrighed image, turned away, and their addresses.
     turned_away: Vec<(String, std::net::Ipv4Addr)>,
+    /// The service on node1's uplink, when node1 has one (uplink.rs).
+    uplink_service: Option<uplink::UplinkService>,
+    /// Nodes whose Kerrighed id another has, and their addresses.
+    clashing: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 /// Why a VM was powered on again after its emulated CPU stalled.
@@ -229,10 +241,32 @@ impl BootTest {
                 )
             })?,
         };
-        Ok(BootTest {
+        let test_programs = test_programs(profile, layout)?;
+        Ok(BootTest::new(
+            profile,
+            iso,
+            layout.qemu(),
+            (nodes, firmware),
+            (user, password),
+            test_programs,
+        ))
+    }
+
+    /// A boot test of `profile`'s image `iso` with `nodes` PXE nodes,
+    /// node1 under `firmware`, logging in as `login`, its files in `dir`:
+    /// with the defaults, none of the options.
+    fn new(
+        profile: &Profile,
+        iso: PathBuf,
+        dir: PathBuf,
+        (nodes, firmware): (u32, Firmware),
+        login: (String, String),
+        test_programs: Option<u32>,
+    ) -> BootTest {
+        BootTest {
             iso,
             stick: None,
-            dir: layout.qemu(),
+            dir,
             nodes,
             firmware,
             uefi_nodes: 0,
@@ -241,8 +275,8 @@ impl BootTest {
             keep: false,
             network: profile.network.clone(),
             export_dir: crate::layout::EXPORT_DIR.to_owned(),
-            login: (user, password),
-            nodes_boot,
+            login,
+            nodes_boot: NodesBoot::of(profile),
             screenshot: Screenshot::IfInstalled,
             reboot: false,
             link_dhcp: LinkDhcp::Node1,
@@ -250,8 +284,10 @@ impl BootTest {
             late_node: false,
             lose_node: false,
             settle: Duration::from_secs(profile.cluster.settle.into()),
-            test_programs: test_programs(profile, layout)?,
-        })
+            test_programs,
+            id_clash: false,
+            ssi_only: false,
+        }
     }
 
     /// The cluster link as an ordinary LAN with its own DHCP server: its
@@ -299,12 +335,31 @@ impl BootTest {
     fn booting_nodes(&self) -> u32 {
         match self.nodes_boot {
             NodesBoot::Stock => self.nodes,
-            NodesBoot::Kerrighed { .. } => self.nodes - self.uefi_nodes,
+            NodesBoot::Kerrighed { .. } => {
+                let clashing = if self.id_clash {
+                    id_clash::CLASHING_NODES
+                } else {
+                    0
+                };
+                self.nodes - self.uefi_nodes - clashing
+            }
+        }
+    }
+
+    /// Of the cluster's proofs, the single-system-image one only: for a
+    /// test about something else (the ids of a foreign LAN), to save time.
+    pub(crate) fn with_the_ssi_proof_only(self) -> BootTest {
+        BootTest {
+            ssi_only: true,
+            ..self
         }
     }
 
     /// What PXE node `n` must pass.
     fn node_steps(&self, n: u32) -> &'static [Milestone] {
+        if self.clash_of(n).is_some() {
+            return KRG_CLASH_STEPS;
+        }
         match (self.node_firmware(n), self.nodes_boot) {
             (Firmware::Uefi, NodesBoot::Stock) => STOCK_UEFI_NODE_STEPS,
             (Firmware::Uefi, NodesBoot::Kerrighed { .. }) => KRG_UEFI_NODE_STEPS,
@@ -395,8 +450,11 @@ impl BootTest {
         let lan = match self.link_dhcp {
             LinkDhcp::Node1 => None,
             LinkDhcp::Foreign => {
-                let reserved: Vec<(Mac, std::net::Ipv4Addr)> = (2..2 + self.nodes)
-                    .map(|n| (node_mac(n), lan::address_of_node(n)))
+                // node1 and every node (a late one too) on an address of
+                // their own: the test knows each node's id in advance.
+                let reserved: Vec<(Mac, std::net::Ipv4Addr)> = (2..3 + self.nodes)
+                    .map(|n| (node_mac(n), self.lan_address(n)))
+                    .chain([(NODE1_CLUSTER, lan::NODE1_ADDRESS)])
                     .collect();
                 Some(ForeignLan::start(&hub, &self.dir, &reserved)?)
             }
@@ -414,6 +472,11 @@ impl BootTest {
             lan,
             cluster_nodes: self.booting_nodes(),
             turned_away: Vec::new(),
+            uplink_service: match self.link_dhcp {
+                LinkDhcp::Node1 => Some(uplink::UplinkService::write(&self.dir)?),
+                LinkDhcp::Foreign => None,
+            },
+            clashing: Vec::new(),
         };
         if run.lan.is_some() {
             println!(
@@ -483,13 +546,17 @@ impl Run<'_> {
         check_node1_status(&status, self.test.link_dhcp)?;
 
         self.turn_away_uefi_nodes()?;
-        for n in (2..2 + self.test.nodes).filter(|&n| !self.test.turned_away(n)) {
+        for n in (2..2 + self.test.nodes)
+            .filter(|&n| !self.test.turned_away(n) && self.test.clash_of(n).is_none())
+        {
             let spec = self.node_spec(n)?;
             self.power_on(spec, self.test.node_steps(n))?;
         }
+        self.power_on_clashing_nodes()?;
         self.wait_for(|vms| vms.iter().all(Tracked::done))?;
 
         let leases = self.check_cluster_link()?;
+        let leases = self.set_clashing_apart(leases)?;
         self.check_uplink()?;
         let reports = self
             .test
@@ -497,17 +564,22 @@ impl Run<'_> {
             .steps(self.test.booting_nodes())
             .contains(&Milestone::NfsRootRw);
         self.session_on_node1(&leases, !leases.is_empty() && reports)?;
+        if reports {
+            self.check_gateway(&leases)?;
+        }
         self.check_export_to_booted_only()?;
         let cluster = self.test.forms_a_cluster();
         if cluster && leases.len() >= 2 {
             self.prove_single_system_image(&leases)?;
             let id = |i: usize| leases[i].1.octets()[3];
-            self.prove_checkpoint_restart(id(0), id(1))?;
-            if self.test.scheduler == Scheduler::Legacy {
-                self.prove_load_balancing(&leases)?;
-            }
-            if let Some(nr_cpus) = self.test.test_programs {
-                self.prove_test_programs(id(0), id(1), nr_cpus)?;
+            if !self.test.ssi_only {
+                self.prove_checkpoint_restart(id(0), id(1))?;
+                if self.test.scheduler == Scheduler::Legacy {
+                    self.prove_load_balancing(&leases)?;
+                }
+                if let Some(nr_cpus) = self.test.test_programs {
+                    self.prove_test_programs(id(0), id(1), nr_cpus)?;
+                }
             }
         }
         if self.test.late_node {
@@ -560,8 +632,11 @@ impl Run<'_> {
             },
             // On a LAN with its own DHCP server node1 has one NIC, as a
             // PC plugged into an office LAN does: the LAN is its uplink too.
-            uplink: (self.test.link_dhcp == LinkDhcp::Node1)
-                .then(|| (NODE1_UPLINK, self.test.dir.join("node1-uplink.pcap"))),
+            uplink: self.uplink_service.as_ref().map(|service| Uplink {
+                mac: NODE1_UPLINK,
+                pcap: self.test.dir.join("node1-uplink.pcap"),
+                service: service.program.clone(),
+            }),
             cluster: (NODE1_CLUSTER, self.hub.port(), port),
         })
     }
@@ -618,14 +693,6 @@ impl Run<'_> {
         match self.test.link_dhcp {
             LinkDhcp::Node1 => NODE1_CLUSTER,
             LinkDhcp::Foreign => lan::LAN_SERVER,
-        }
-    }
-
-    /// Where the nodes' addresses must come from.
-    fn lease_range(&self) -> crate::profile::DhcpRange {
-        match self.test.link_dhcp {
-            LinkDhcp::Node1 => self.test.network.dhcp_range,
-            LinkDhcp::Foreign => lan::LAN_RANGE,
         }
     }
 
@@ -847,8 +914,53 @@ impl Run<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A boot test of the default profile's network, as `qemu` would make
+    /// it, without an image: for what derives from its settings.
+    pub(crate) fn boot_test(nodes: u32, nodes_boot: NodesBoot) -> BootTest {
+        let profile = Profile::load(
+            &crate::project_root().join(format!("profiles/{}.toml", crate::profile::DEFAULT)),
+        )
+        .unwrap();
+        BootTest {
+            nodes_boot,
+            link_dhcp: LinkDhcp::Foreign,
+            ..BootTest::new(
+                &profile,
+                "/b/out/k.iso".into(),
+                "/b/qemu".into(),
+                (nodes, Firmware::Bios),
+                ("krg".into(), String::new()),
+                None,
+            )
+        }
+    }
+
+    /// --id-clash: for Kerrighed nodes on a foreign LAN, with two nodes
+    /// besides the clashing ones; those two are the cluster.
+    #[test]
+    fn id_clashes_leave_two_nodes_to_form_the_cluster() {
+        let krg = NodesBoot::Kerrighed {
+            userland: true,
+            session: 1,
+            nbmin: 2,
+        };
+        let test = boot_test(4, krg).with_id_clashes().unwrap();
+        assert_eq!(test.booting_nodes(), 2);
+        assert!(test.forms_a_cluster());
+        assert_eq!(test.node_steps(4), KRG_CLASH_STEPS);
+        assert_eq!(test.node_steps(3), milestone::KRG_NODE_STEPS);
+        let err = |t: BootTest| t.with_id_clashes().unwrap_err().to_string();
+        assert!(err(boot_test(3, krg)).contains("--nodes 4 or more"));
+        assert!(err(boot_test(4, NodesBoot::Stock)).contains("stock kernel"));
+        let own_dhcp = BootTest {
+            link_dhcp: LinkDhcp::Node1,
+            ..boot_test(4, krg)
+        };
+        assert!(err(own_dhcp).contains("--foreign-dhcp"));
+    }
 
     /// The last --uefi-nodes of the test's nodes are UEFI; none when it is
     /// 0, and never a node powered on later (the late node, n = nodes + 2:

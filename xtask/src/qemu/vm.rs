@@ -81,10 +81,21 @@ pub(crate) struct VmSpec {
     pub(crate) firmware: Firmware,
     pub(crate) boot: Boot,
     /// QEMU's user-mode network (its own DHCP server, nothing reachable
-    /// from the guest: `restrict=on`), recorded into this pcap file.
-    pub(crate) uplink: Option<(Mac, PathBuf)>,
+    /// from the guest but the boot test's service: `restrict=on`).
+    pub(crate) uplink: Option<Uplink>,
     /// The cluster NIC: (MAC, hub port to send to, port to receive on).
     pub(crate) cluster: (Mac, u16, u16),
+}
+
+/// A VM's NIC on QEMU's user-mode network.
+#[derive(Debug, Clone)]
+pub(crate) struct Uplink {
+    pub(crate) mac: Mac,
+    /// Every frame on it is recorded into this pcap file.
+    pub(crate) pcap: PathBuf,
+    /// The program QEMU runs for each connection to the uplink's
+    /// service address (uplink.rs): the one place a guest can reach.
+    pub(crate) service: PathBuf,
 }
 
 /// Where a VM's files are: build/qemu/<name>.{log,qemu.log,console}.
@@ -171,10 +182,13 @@ impl VmSpec {
             }
             Boot::Network => a.extend(["-boot".into(), "n".into()]),
         }
-        if let Some((mac, pcap)) = &self.uplink {
+        if let Some(Uplink { mac, pcap, service }) = &self.uplink {
+            let (address, port) = super::uplink::SERVICE;
+            // QEMU's option syntax: a comma in a value is written twice.
+            let service = service.display().to_string().replace(',', ",,");
             a.extend([
                 "-netdev".into(),
-                "user,id=uplink,restrict=on".into(),
+                format!("user,id=uplink,restrict=on,guestfwd=tcp:{address}:{port}-cmd:{service}"),
                 "-device".into(),
                 format!("virtio-net-pci,netdev=uplink,mac={mac}"),
                 "-object".into(),
@@ -376,7 +390,11 @@ mod tests {
             cpus: 2,
             firmware: Firmware::Bios,
             boot: Boot::Cdrom("/b/out/k.iso".into()),
-            uplink: Some((Mac([0x52, 0x54, 0, 0x77, 0xff, 1]), "/b/q/up.pcap".into())),
+            uplink: Some(Uplink {
+                mac: Mac([0x52, 0x54, 0, 0x77, 0xff, 1]),
+                pcap: "/b/q/up.pcap".into(),
+                service: "/b/q,x/uplink-service".into(),
+            }),
             cluster: (Mac([0x52, 0x54, 0, 0x77, 0, 1]), 40000, 40001),
         }
     }
@@ -395,7 +413,13 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .expect("tb-size in MiB");
         assert!((16..512).contains(&tb), "{line}");
-        assert!(line.contains("user,id=uplink,restrict=on"), "{line}");
+        // Nothing reachable but the boot test's service.
+        assert!(
+            line.contains(
+                "user,id=uplink,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:/b/q,,x/uplink-service "
+            ),
+            "{line}"
+        );
         assert!(line.contains("virtio-net-pci,netdev=uplink,mac=52:54:00:77:ff:01"));
         assert!(line.contains("-device virtio-rng-pci"), "{line}");
         assert!(line.contains("filter-dump,id=uplink-dump,netdev=uplink,file=/b/q/up.pcap"));

@@ -43,7 +43,9 @@ impl Stage for Node1 {
         //    script names the initramfs on the kernel's command line.
         // 6: Kerrighed: a UEFI node is told it needs BIOS/CSM, and
         //    fetches needs-bios.txt so that the status page names it.
-        6
+        // 7: cluster.env says how nodes get their ids (NODE_IDS), where
+        //    node1 names id clashes (ID_CLASHES) and NEEDS_BIOS.
+        7
     }
     fn inputs(&self, inputs: &mut Inputs) -> Result<()> {
         inputs.value("profile [network]", &self.0.profile.network);

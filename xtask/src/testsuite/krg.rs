@@ -165,6 +165,21 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     Ok(timings)
 }
 
+/// A boot test part's start: the default image brought up to date (what
+/// was stale built), timed.
+fn image_up_to_date(project: &Path, part: &str) -> Result<(KrgRun, StageShell, Timings)> {
+    let run = KrgRun::new(project)?;
+    let s = check_shell(project, part)?;
+    s.step("bring the kerrighed-2.4.4 image up to date");
+    let t = Instant::now();
+    run.must(&s, &["build"])?;
+    let timings = vec![(
+        "build (what was stale)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    )];
+    Ok((run, s, timings))
+}
+
 /// The Kerrighed cluster in QEMU (`e2e-boot-krg`): the image brought up to
 /// date, then `qemu --nodes 3 --late-node --lose-node`: three i386 nodes PXE-boot
 /// 2.6.20-krg from node1, run the static userland, start the cluster with
@@ -175,15 +190,7 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
 /// member's QEMU is killed, and the others see it lost, reset, and form
 /// the cluster again without it (`--lose-node`).
 pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
-    let run = KrgRun::new(project)?;
-    let s = check_shell(project, "e2e-boot-krg")?;
-    s.step("bring the kerrighed-2.4.4 image up to date");
-    let t = Instant::now();
-    run.must(&s, &["build"])?;
-    let mut timings = vec![(
-        "build (what was stale)".to_owned(),
-        t.elapsed().as_secs_f64(),
-    )];
+    let (run, s, mut timings) = image_up_to_date(project, "e2e-boot-krg")?;
     s.step("qemu --nodes 4 --uefi-nodes 1 --late-node --lose-node: a UEFI node turned away, the Kerrighed cluster of the other three, the single-system-image proof, a node left out, a member lost and the cluster formed again");
     let layout = run.layout();
     let report = BootTest::for_build(&run.profile, &layout, 4, QemuFirmware::Bios)?
@@ -233,6 +240,60 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
         ensure!(
             report.reached.iter().any(|r| r.milestone == proof),
             "the boot test passed without the milestone {proof:?}"
+        );
+    }
+    timings.extend(milestone_timings(&report));
+    Ok(timings)
+}
+
+/// The Kerrighed image on a LAN with a DHCP server of its own
+/// (`e2e-boot-krg-proxy`): `qemu --nodes 4 --foreign-dhcp --id-clash`.
+/// node1 only proxies; two nodes boot through its proxy offer with the
+/// LAN's addresses and form the cluster with the ids those addresses give
+/// (the single-system-image proof on it); the two others get an address
+/// whose id is node2's and node1's: node1 names each clash, on its status
+/// page and on the node's console, and they stay out.
+pub(crate) fn boot_krg_proxy(project: &Path) -> Result<Timings> {
+    let (run, s, mut timings) = image_up_to_date(project, "e2e-boot-krg-proxy")?;
+    s.step("qemu --nodes 4 --foreign-dhcp --id-clash: node1 proxies on a LAN with its own DHCP server; two nodes form the cluster with the LAN's ids, two are told their id clashes");
+    let layout = run.layout();
+    let log = layout.log("qemu");
+    let report = BootTest::for_build(&run.profile, &layout, 4, QemuFirmware::Bios)?
+        .on_a_foreign_lan(&log)?
+        .with_id_clashes()?
+        .with_the_ssi_proof_only()
+        .with_screenshot(&log)?
+        .run()?;
+    ensure!(
+        report.node1_status.contains(" dhcp=proxy "),
+        "node1 did not only proxy: {}",
+        report.node1_status
+    );
+    let reached = |vm: &str, m: Milestone| {
+        report
+            .reached
+            .iter()
+            .find(|r| r.vm == vm && r.milestone == m)
+            .map(|r| r.detail.as_str())
+    };
+    // The LAN's addresses: node2 192.168.77.122, node3 .123.
+    let listing = reached("node2", Milestone::KrgNodes).unwrap_or_default();
+    ensure!(
+        ["122:online", "123:online"]
+            .iter()
+            .all(|id| listing.split_whitespace().any(|w| w == *id)),
+        "the cluster did not form with the ids of the LAN's addresses (122, 123): krgadm nodes said {listing:?}"
+    );
+    for (node, holder) in [
+        ("node4", "is already 192.168.77.122's"),
+        ("node5", "is node1's own (192.168.77.100)"),
+    ] {
+        let said = reached(node, Milestone::IdClash)
+            .with_context(|| format!("{node} was not told its id clashes"))?;
+        ensure!(said.contains(holder), "{node} was told {said:?}");
+        ensure!(
+            reached(node, Milestone::ClusterUp).is_none(),
+            "{node}, whose id clashes, is in the cluster"
         );
     }
     timings.extend(milestone_timings(&report));
