@@ -103,8 +103,7 @@ impl Run<'_> {
                 }
             }
             LinkDhcp::Foreign => {
-                let n = name.strip_prefix("node").and_then(|n| n.parse().ok());
-                let kept = n.map(|n| self.test.lan_address(n));
+                let kept = super::pxe_number(name).map(|n| self.test.lan_address(n));
                 if kept != Some(lease) {
                     bail!("{name} got {lease}, not the address the LAN's DHCP server keeps for it ({kept:?})");
                 }

@@ -109,11 +109,7 @@ impl Run<'_> {
     ) -> Result<Vec<(String, Ipv4Addr)>> {
         let mut members = Vec::new();
         for (name, ip) in leases {
-            let n: u32 = name
-                .strip_prefix("node")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            let Some(clash) = self.test.clash_of(n) else {
+            let Some(clash) = super::pxe_number(&name).and_then(|n| self.test.clash_of(n)) else {
                 members.push((name, ip));
                 continue;
             };

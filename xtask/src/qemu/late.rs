@@ -36,10 +36,7 @@ impl Run<'_> {
         self.wait_for(|vms| vms.iter().all(super::Tracked::done))?;
         let late = self.vms.len() - 1;
         let name = self.vms[late].vm.spec.name.clone();
-        let lease = self.vms[late].detail(Milestone::Lease);
-        let ip: Ipv4Addr = lease
-            .parse()
-            .with_context(|| format!("{name}'s lease {lease:?}"))?;
+        let ip = self.leased(&self.vms[late])?;
         let id = ip.octets()[3];
 
         self.wait_left_out(late)?;

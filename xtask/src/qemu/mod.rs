@@ -79,6 +79,13 @@ fn node_mac(n: u32) -> Mac {
     ])
 }
 
+/// Which PXE node (2, 3, ...) the VM called `name` is: `node<n>`, or
+/// `node<n>-again` powered on again (the same MAC). node1 is none.
+fn pxe_number(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("node")?.split('-').next()?;
+    n.parse().ok().filter(|&n| n >= 2)
+}
+
 /// PXE node `n`'s firmware (2, 3, ...) in a test of `nodes` nodes whose
 /// last `uefi_nodes` are UEFI; a node powered on later (`--late-node`,
 /// beyond the test's nodes) is a BIOS one.
@@ -936,6 +943,15 @@ pub(super) mod tests {
                 None,
             )
         }
+    }
+
+    #[test]
+    fn a_pxe_node_is_known_by_its_name_again_too() {
+        assert_eq!(pxe_number("node5"), Some(5));
+        assert_eq!(pxe_number("node12-again"), Some(12));
+        assert_eq!(pxe_number("node1"), None);
+        assert_eq!(pxe_number("node1-again"), None);
+        assert_eq!(pxe_number("lan"), None);
     }
 
     /// --id-clash: for Kerrighed nodes on a foreign LAN, with two nodes
