@@ -46,6 +46,17 @@ impl Checkpoint {
     }
 }
 
+/// `checkpoint PID` as the test runs it, then its exit status. The login
+/// shell hands CAN_MIGRATE to what it starts (the jobs must move), and
+/// Kerrighed's scheduler once moved the `checkpoint` tool itself while it
+/// waited: it exited 0 and every line it printed was lost (CI, e2e-boot-krg,
+/// `send_kerrighed_signal: 5 (events/0) -> PID (checkpoint)`). So it runs
+/// in a shell that first takes CAN_MIGRATE from what it starts, and as
+/// that shell's child (not its last command, which a shell may exec).
+fn checkpoint_command(pid: u32) -> String {
+    format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint {pid}; echo \"checkpoint exit $?\"'")
+}
+
 impl Run<'_> {
     /// The proof above, on nodes A and B (vms 1 and 2, logged in).
     pub(super) fn prove_checkpoint_restart(&mut self, id_a: u8, id_b: u8) -> Result<()> {
@@ -144,15 +155,15 @@ impl Run<'_> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let said = self.on(
-                vm,
-                &format!("checkpoint {pid}; echo \"checkpoint exit $?\""),
-                until,
-            )?;
+            let said = self.on(vm, &checkpoint_command(pid), until)?;
             if said.contains("checkpoint exit 0") {
                 if let Some(taken) = Checkpoint::parse(&said) {
                     return Ok(taken);
                 }
+                bail!(
+                    "`checkpoint {pid}` on {} exited 0 but printed no identifier and version (its output lost?): {said:?}",
+                    self.name(vm)
+                );
             }
             if !said.contains(ZOMBIE_REFUSED) || tries == CHECKPOINT_TRIES {
                 bail!(
