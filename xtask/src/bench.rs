@@ -149,9 +149,16 @@ fn unit_mark(unit: &str) -> &'static str {
 /// A target row's source when only a full bench measures it.
 pub(crate) const FULL_BENCH_ONLY: &str = "full bench only";
 
+/// A target row's source when the profile measured is not a Kerrighed one.
+pub(crate) const KERRIGHED_ONLY: &str = "Kerrighed profiles only";
+
 /// The targets (2-core machine, TCG) and what the scenarios and the boot
 /// tests measured.
-fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRow> {
+fn targets(
+    scenarios: &[Scenario],
+    boots: &[(PathBuf, BootRun)],
+    kerrighed: bool,
+) -> Vec<TargetRow> {
     let scenario = |name: &str| scenarios.iter().find(|s| s.name == name).map(|s| s.seconds);
     let boot = |firmware: &str| boots.iter().find(|(_, b)| b.firmware == firmware);
     let from_boot = |b: &BenchTarget, milestone: Milestone| {
@@ -189,7 +196,11 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
         .iter()
         .flat_map(|&m| m.spec().bench.iter().map(move |b| (m, b)));
     for (milestone, b) in benched {
-        let (measured, source) = from_boot(b, milestone);
+        let (measured, source) = if b.kerrighed_only && !kerrighed {
+            (None, KERRIGHED_ONLY.to_owned())
+        } else {
+            from_boot(b, milestone)
+        };
         rows.push(TargetRow {
             what: b.what.into(),
             target: b.seconds,
@@ -325,7 +336,7 @@ impl Bench {
             .map(|m| m.len());
         let boots = boot_runs(&self.boot_reports);
         let report = BenchReport {
-            targets: targets(&scenarios, &boots),
+            targets: targets(&scenarios, &boots, self.kerrighed),
             boots: boots
                 .iter()
                 .flat_map(|(_, run)| {
@@ -668,7 +679,7 @@ mod tests {
             seconds: 4.2,
             stages: BTreeMap::new(),
         }];
-        let rows = targets(&scenarios, &boots);
+        let rows = targets(&scenarios, &boots, true);
         let row = |what: &str| rows.iter().find(|r| r.what.starts_with(what)).unwrap();
         assert_eq!(
             row("node1 power-on to status line, BIOS").measured,
@@ -682,6 +693,13 @@ mod tests {
         // The last node's cluster up, less the 15 s the start waits.
         let up = row("Kerrighed node power-on to cluster up");
         assert_eq!((up.measured, up.target), (Some(9.5), 10.0));
+        // A smoke bench has no Kerrighed cluster to measure: said, not missed.
+        let smoke = targets(&scenarios, &boots, false);
+        let up = smoke
+            .iter()
+            .find(|r| r.what.starts_with("Kerrighed node"))
+            .unwrap();
+        assert_eq!((up.measured, up.source.as_str()), (None, KERRIGHED_ONLY));
 
         // The UEFI target is node1's second boot from its stick.
         let uefi = Report {
@@ -696,7 +714,7 @@ mod tests {
         let uefi_path = tmp.path().join("uefi.json");
         fs::write(&uefi_path, serde_json::to_vec(&uefi).unwrap()).unwrap();
         let both = boot_runs(&[tmp.path().join("report.json"), uefi_path]);
-        let rows_both = targets(&scenarios, &both);
+        let rows_both = targets(&scenarios, &both, true);
         let uefi_row = rows_both
             .iter()
             .find(|r| r.what.starts_with("node1 power-on to status line, UEFI"))

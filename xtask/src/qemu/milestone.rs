@@ -162,6 +162,8 @@ pub(crate) struct BenchTarget {
     pub(crate) firmware: &'static str,
     /// The VM it is read from; None: the last node to reach it.
     pub(crate) vm: Option<&'static str>,
+    /// Only a Kerrighed profile's nodes reach it.
+    pub(crate) kerrighed_only: bool,
 }
 
 /// What a bench target counts in.
@@ -263,6 +265,7 @@ impl Milestone {
                         unit: BenchUnit::Seconds,
                         firmware: "Bios",
                         vm: Some("node1"),
+                        kerrighed_only: false,
                     },
                     BenchTarget {
                         what: "node1 status line as a multiple of a bare boot, BIOS, ISO",
@@ -270,6 +273,7 @@ impl Milestone {
                         unit: BenchUnit::TimesBare,
                         firmware: "Bios",
                         vm: Some("node1"),
+                        kerrighed_only: false,
                     },
                     // The UEFI boot test powers node1 on again from its
                     // stick (KRGISO-DATA kept): the second boot is the
@@ -280,6 +284,7 @@ impl Milestone {
                         unit: BenchUnit::Seconds,
                         firmware: "Uefi",
                         vm: Some("node1-again"),
+                        kerrighed_only: false,
                     },
                 ],
             ),
@@ -362,6 +367,7 @@ impl Milestone {
                     unit: BenchUnit::Seconds,
                     firmware: "Bios",
                     vm: None,
+                    kerrighed_only: false,
                 }],
             ),
             Milestone::ClusterUp => (
@@ -374,6 +380,7 @@ impl Milestone {
                     unit: BenchUnit::SecondsLessSettle,
                     firmware: "Bios",
                     vm: None,
+                    kerrighed_only: true,
                 }],
             ),
             Milestone::SshFromNode1 => ("ssh from node1", Sign::Checked, false, &[]),
