@@ -20,7 +20,7 @@ use crate::engine::Stamp;
 use crate::files;
 use crate::interrupt::Cleanup;
 use crate::layout::Layout;
-use crate::qemu::{BootTime, Milestone, UnitTime};
+use crate::qemu::{BenchTarget, BenchUnit, BootTime, Milestone, UnitTime};
 use crate::stages;
 
 /// What to measure, where.
@@ -75,9 +75,17 @@ pub(crate) struct BenchReport {
 pub(crate) struct TargetRow {
     pub(crate) what: String,
     pub(crate) target: f64,
+    /// What target and measure count in: `s`, or `x bare` (multiples of
+    /// the boot test's bare boot).
+    #[serde(default = "seconds_unit")]
+    pub(crate) unit: String,
     pub(crate) measured: Option<f64>,
     /// Where the measurement comes from.
     pub(crate) source: String,
+}
+
+fn seconds_unit() -> String {
+    BenchUnit::Seconds.suffix().to_owned()
 }
 
 /// A VM's boot as its init measured it, from a boot test's report.
@@ -94,6 +102,9 @@ pub(crate) struct BootSummary {
 struct BootRun {
     firmware: String,
     reached: Vec<BootReached>,
+    /// The cluster start's settle time (Kerrighed), 0 in older reports.
+    #[serde(default)]
+    settle_s: f64,
     #[serde(default)]
     boot_times: BTreeMap<String, BootTime>,
 }
@@ -103,32 +114,59 @@ struct BootReached {
     vm: String,
     milestone: Milestone,
     since_power_on: f64,
+    /// As a multiple of the run's bare boot, when it had one.
+    #[serde(default)]
+    times_bare: Option<f64>,
 }
 
 impl BootRun {
     /// When `vm` reached `milestone`, since its power-on; for `None`, the
     /// last of the nodes (every VM but node1).
-    fn reached(&self, vm: Option<&str>, milestone: Milestone) -> Option<f64> {
+    fn reached(&self, vm: Option<&str>, milestone: Milestone, unit: BenchUnit) -> Option<f64> {
         self.reached
             .iter()
             .filter(|r| r.milestone == milestone)
             .filter(|r| vm.map_or(r.vm != "node1", |vm| r.vm == vm))
-            .map(|r| r.since_power_on)
+            .filter_map(|r| match unit {
+                BenchUnit::Seconds => Some(r.since_power_on),
+                BenchUnit::TimesBare => r.times_bare,
+                BenchUnit::SecondsLessSettle => Some(r.since_power_on - self.settle_s),
+            })
             .reduce(f64::max)
+    }
+}
+
+/// How a target row marks its unit: nothing for seconds, `x` for
+/// multiples of a bare boot.
+fn unit_mark(unit: &str) -> &'static str {
+    if unit == BenchUnit::TimesBare.suffix() {
+        "x"
+    } else {
+        ""
     }
 }
 
 /// A target row's source when only a full bench measures it.
 pub(crate) const FULL_BENCH_ONLY: &str = "full bench only";
 
+/// A target row's source when the profile measured is not a Kerrighed one.
+pub(crate) const KERRIGHED_ONLY: &str = "Kerrighed profiles only";
+
 /// The targets (2-core machine, TCG) and what the scenarios and the boot
 /// tests measured.
-fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRow> {
+fn targets(
+    scenarios: &[Scenario],
+    boots: &[(PathBuf, BootRun)],
+    kerrighed: bool,
+) -> Vec<TargetRow> {
     let scenario = |name: &str| scenarios.iter().find(|s| s.name == name).map(|s| s.seconds);
     let boot = |firmware: &str| boots.iter().find(|(_, b)| b.firmware == firmware);
-    let from_boot = |firmware: &str, vm: Option<&str>, milestone: Milestone| {
-        boot(firmware).map_or((None, "no boot test report".to_owned()), |(path, b)| {
-            (b.reached(vm, milestone), path.display().to_string())
+    let from_boot = |b: &BenchTarget, milestone: Milestone| {
+        boot(b.firmware).map_or((None, "no boot test report".to_owned()), |(path, run)| {
+            (
+                run.reached(b.vm, milestone, b.unit),
+                path.display().to_string(),
+            )
         })
     };
     let mut rows = Vec::new();
@@ -149,6 +187,7 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
         rows.push(TargetRow {
             what: what.into(),
             target,
+            unit: seconds_unit(),
             measured,
             source: source.into(),
         });
@@ -157,10 +196,15 @@ fn targets(scenarios: &[Scenario], boots: &[(PathBuf, BootRun)]) -> Vec<TargetRo
         .iter()
         .flat_map(|&m| m.spec().bench.iter().map(move |b| (m, b)));
     for (milestone, b) in benched {
-        let (measured, source) = from_boot(b.firmware, b.vm, milestone);
+        let (measured, source) = if b.kerrighed_only && !kerrighed {
+            (None, KERRIGHED_ONLY.to_owned())
+        } else {
+            from_boot(b, milestone)
+        };
         rows.push(TargetRow {
             what: b.what.into(),
             target: b.seconds,
+            unit: b.unit.suffix().to_owned(),
             measured,
             source,
         });
@@ -292,7 +336,7 @@ impl Bench {
             .map(|m| m.len());
         let boots = boot_runs(&self.boot_reports);
         let report = BenchReport {
-            targets: targets(&scenarios, &boots),
+            targets: targets(&scenarios, &boots, self.kerrighed),
             boots: boots
                 .iter()
                 .flat_map(|(_, run)| {
@@ -511,12 +555,17 @@ pub(crate) fn render_table(report: &BenchReport) -> String {
         ));
         for t in &report.targets {
             let (measured, met) = match t.measured {
-                Some(m) => (format!("{m:.1}"), if m <= t.target { "yes" } else { "NO" }),
+                Some(m) => (
+                    format!("{m:.1}{}", unit_mark(&t.unit)),
+                    if m <= t.target { "yes" } else { "NO" },
+                ),
                 None => ("-".to_owned(), "-"),
             };
             out.push_str(&format!(
-                "{:<46} {measured:>9} {:>7.0}  {met} ({})\n",
-                t.what, t.target, t.source
+                "{:<46} {measured:>9} {:>7}  {met} ({})\n",
+                t.what,
+                format!("{}{}", t.target, unit_mark(&t.unit)),
+                t.source
             ));
         }
     }
@@ -586,13 +635,15 @@ mod tests {
     #[test]
     fn boot_targets_come_from_the_boot_tests_report() {
         use crate::qemu::{Reached, Report};
-        let reached = |vm: &str, milestone, since_power_on| Reached {
+        // The run's bare boot took 19.25 s.
+        let reached = |vm: &str, milestone, since_power_on: f64| Reached {
             vm: vm.into(),
             milestone,
             label: "",
             since_power_on,
             since_start: 0.0,
             detail: String::new(),
+            times_bare: Some(since_power_on / 19.25),
         };
         let report = Report {
             firmware: "Bios".into(),
@@ -603,12 +654,19 @@ mod tests {
                 reached("node1", Milestone::Ready, 38.5),
                 reached("node2", Milestone::MultiUser, 58.0),
                 reached("node3", Milestone::MultiUser, 61.5),
+                reached("node2", Milestone::ClusterUp, 23.0),
+                reached("node3", Milestone::ClusterUp, 24.5),
             ],
             node1_status: String::new(),
             leases: BTreeMap::new(),
             seconds: 120.0,
             boot_times: BTreeMap::new(),
             powered_on_again: Vec::new(),
+            reference: Some(crate::qemu::ReferenceBoot {
+                seconds: 19.25,
+                kernel: "Linux version 6.1.0-50-amd64".into(),
+            }),
+            settle_s: 15.0,
         };
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("report.json");
@@ -621,13 +679,27 @@ mod tests {
             seconds: 4.2,
             stages: BTreeMap::new(),
         }];
-        let rows = targets(&scenarios, &boots);
+        let rows = targets(&scenarios, &boots, true);
         let row = |what: &str| rows.iter().find(|r| r.what.starts_with(what)).unwrap();
         assert_eq!(
             row("node1 power-on to status line, BIOS").measured,
             Some(38.5)
         );
         assert_eq!(row("node1 power-on to status line, UEFI").measured, None);
+        // 38.5 s is twice the bare boot: the target (2x) is met.
+        let ratio = row("node1 status line as a multiple of a bare boot");
+        assert_eq!((ratio.measured, ratio.target), (Some(2.0), 2.0));
+        assert_eq!(ratio.unit, "x bare");
+        // The last node's cluster up, less the 15 s the start waits.
+        let up = row("Kerrighed node power-on to cluster up");
+        assert_eq!((up.measured, up.target), (Some(9.5), 10.0));
+        // A smoke bench has no Kerrighed cluster to measure: said, not missed.
+        let smoke = targets(&scenarios, &boots, false);
+        let up = smoke
+            .iter()
+            .find(|r| r.what.starts_with("Kerrighed node"))
+            .unwrap();
+        assert_eq!((up.measured, up.source.as_str()), (None, KERRIGHED_ONLY));
 
         // The UEFI target is node1's second boot from its stick.
         let uefi = Report {
@@ -642,7 +714,7 @@ mod tests {
         let uefi_path = tmp.path().join("uefi.json");
         fs::write(&uefi_path, serde_json::to_vec(&uefi).unwrap()).unwrap();
         let both = boot_runs(&[tmp.path().join("report.json"), uefi_path]);
-        let rows_both = targets(&scenarios, &both);
+        let rows_both = targets(&scenarios, &both, true);
         let uefi_row = rows_both
             .iter()
             .find(|r| r.what.starts_with("node1 power-on to status line, UEFI"))

@@ -155,12 +155,37 @@ pub(super) enum Detail {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct BenchTarget {
     pub(crate) what: &'static str,
-    /// The target, in seconds from the VM's power-on (2-core machine, TCG).
+    /// The target, from the VM's power-on (2-core machine, TCG), in `unit`.
     pub(crate) seconds: f64,
+    pub(crate) unit: BenchUnit,
     /// The boot test it is read from ("Bios", "Uefi").
     pub(crate) firmware: &'static str,
     /// The VM it is read from; None: the last node to reach it.
     pub(crate) vm: Option<&'static str>,
+    /// Only a Kerrighed profile's nodes reach it.
+    pub(crate) kerrighed_only: bool,
+}
+
+/// What a bench target counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BenchUnit {
+    Seconds,
+    /// Multiples of the run's bare boot (reference.rs): comparable across
+    /// machines.
+    TimesBare,
+    /// Seconds, less the settle time the profile makes the cluster start
+    /// wait for (`[cluster] settle`): what the nodes themselves take.
+    SecondsLessSettle,
+}
+
+impl BenchUnit {
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            BenchUnit::Seconds => "s",
+            BenchUnit::TimesBare => "x bare",
+            BenchUnit::SecondsLessSettle => "s less settle",
+        }
+    }
 }
 
 /// Everything a milestone needs, in one place: a new milestone is one new
@@ -237,8 +262,18 @@ impl Milestone {
                     BenchTarget {
                         what: "node1 power-on to status line, BIOS, ISO",
                         seconds: 40.0,
+                        unit: BenchUnit::Seconds,
                         firmware: "Bios",
                         vm: Some("node1"),
+                        kerrighed_only: false,
+                    },
+                    BenchTarget {
+                        what: "node1 status line as a multiple of a bare boot, BIOS, ISO",
+                        seconds: 2.0,
+                        unit: BenchUnit::TimesBare,
+                        firmware: "Bios",
+                        vm: Some("node1"),
+                        kerrighed_only: false,
                     },
                     // The UEFI boot test powers node1 on again from its
                     // stick (KRGISO-DATA kept): the second boot is the
@@ -246,8 +281,10 @@ impl Milestone {
                     BenchTarget {
                         what: "node1 power-on to status line, UEFI, stick, second boot",
                         seconds: 45.0,
+                        unit: BenchUnit::Seconds,
                         firmware: "Uefi",
                         vm: Some("node1-again"),
+                        kerrighed_only: false,
                     },
                 ],
             ),
@@ -327,15 +364,24 @@ impl Milestone {
                 &[BenchTarget {
                     what: "PXE node power-on to multi-user (last node)",
                     seconds: 60.0,
+                    unit: BenchUnit::Seconds,
                     firmware: "Bios",
                     vm: None,
+                    kerrighed_only: false,
                 }],
             ),
             Milestone::ClusterUp => (
                 "cluster up",
                 line("Kerrighed is running on ", From("Kerrighed is running on ")),
                 true,
-                &[],
+                &[BenchTarget {
+                    what: "Kerrighed node power-on to cluster up, less settle (last node)",
+                    seconds: 10.0,
+                    unit: BenchUnit::SecondsLessSettle,
+                    firmware: "Bios",
+                    vm: None,
+                    kerrighed_only: true,
+                }],
             ),
             Milestone::SshFromNode1 => ("ssh from node1", Sign::Checked, false, &[]),
             Milestone::NfsRestart => ("NFS server restart survived", Sign::Checked, false, &[]),
@@ -637,6 +683,10 @@ pub(crate) struct Reached {
     pub(crate) since_power_on: f64,
     pub(crate) since_start: f64,
     pub(crate) detail: String,
+    /// `since_power_on` as a multiple of the run's bare boot (set in the
+    /// report, when the run had one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) times_bare: Option<f64>,
 }
 
 /// A VM powered on again during a run, not by the test's plan (a KVM that
@@ -664,6 +714,10 @@ pub(crate) struct Report {
     pub(crate) boot_times: BTreeMap<String, BootTime>,
     /// Every VM powered on again, and why.
     pub(crate) powered_on_again: Vec<PoweredOnAgain>,
+    /// The run's bare boot (reference.rs), when it had one (TCG).
+    pub(crate) reference: Option<super::ReferenceBoot>,
+    /// How long the cluster start waited for no new node (Kerrighed).
+    pub(crate) settle_s: f64,
 }
 
 /// One VM and how far it got.
@@ -715,20 +769,35 @@ pub(super) fn first_words(line: &str, n: usize) -> String {
 }
 
 pub(super) fn print_table(report: &Report) {
+    print!("{}", table(report));
+}
+
+/// The report as a table: each milestone since its VM's power-on and
+/// since the start, and, when the run had a reference boot, since
+/// power-on as a multiple of it.
+fn table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<7} {:<28} {:>10} {:>10}",
-        "vm", "milestone", "power-on", "start"
+        "\n{:<7} {:<28} {:>10} {:>10} {:>8}",
+        "vm", "milestone", "power-on", "start", "x bare"
     );
     for r in &report.reached {
+        let ratio = r.times_bare.map_or("-".to_owned(), |x| format!("{x:.2}"));
         let _ = writeln!(
             out,
-            "{:<7} {:<28} {:>9.1}s {:>9.1}s",
-            r.vm, r.label, r.since_power_on, r.since_start
+            "{:<7} {:<28} {:>9.1}s {:>9.1}s {:>8}",
+            r.vm, r.label, r.since_power_on, r.since_start, ratio
         );
     }
-    print!("{out}");
+    if let Some(b) = &report.reference {
+        let _ = writeln!(
+            out,
+            "x bare: a multiple of this run's bare boot, {:.1} s ({}, no init)",
+            b.seconds, b.kernel
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -936,6 +1005,54 @@ mod tests {
         let (console, _guest) = scripted(&KRG_BOOT.replace("rw=ok\r\n\r\n", "rw=failed\r\n\r\n"));
         let err = scan(steps, none, &console, 0, &link(mac), on).unwrap_err();
         assert!(err.to_string().contains("not writable"), "{err}");
+    }
+
+    /// The report's table gives each milestone as a multiple of the bare
+    /// boot when the run had one, and says what that boot was.
+    #[test]
+    fn the_table_gives_times_as_multiples_of_the_bare_boot() {
+        let reached = |vm: &str, since_power_on: f64, times_bare| Reached {
+            vm: vm.into(),
+            milestone: Milestone::Ready,
+            label: "status line",
+            since_power_on,
+            since_start: since_power_on,
+            detail: String::new(),
+            times_bare,
+        };
+        let report = Report {
+            firmware: "Bios".into(),
+            accel: "TCG".into(),
+            nodes: 0,
+            reached: vec![reached("node1", 40.0, Some(40.0 / 16.0))],
+            node1_status: String::new(),
+            leases: BTreeMap::new(),
+            seconds: 60.0,
+            boot_times: BTreeMap::new(),
+            powered_on_again: Vec::new(),
+            reference: Some(super::super::ReferenceBoot {
+                seconds: 16.0,
+                kernel: "Linux version 6.1.0-50-amd64".into(),
+            }),
+            settle_s: 0.0,
+        };
+        let text = table(&report);
+        let row = text.lines().find(|l| l.starts_with("node1")).unwrap();
+        assert!(row.trim_end().ends_with("2.50"), "{text}");
+        assert!(text.contains("a multiple of this run's bare boot, 16.0 s (Linux version 6.1.0-50-amd64, no init)"), "{text}");
+        // Without a reference (KVM), no multiple.
+        let kvm = Report {
+            reference: None,
+            reached: vec![reached("node1", 12.0, None)],
+            ..report
+        };
+        let text = table(&kvm);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("node1") && l.trim_end().ends_with('-')),
+            "{text}"
+        );
+        assert!(!text.contains("bare boot,"), "{text}");
     }
 
     /// A node whose id clashes: told so (node1's words, after rcS's

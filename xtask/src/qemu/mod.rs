@@ -20,6 +20,7 @@ mod late;
 mod lost;
 mod milestone;
 mod reboot;
+mod reference;
 mod ssi;
 mod test_programs;
 mod timing;
@@ -51,7 +52,10 @@ use milestone::{
     cluster_dead_end, from_word, print_table, scan, Link, Tracked, KRG_CLASH_STEPS,
     KRG_UEFI_NODE_STEPS, NODE1_STEPS, STOCK_UEFI_NODE_STEPS,
 };
-pub(crate) use milestone::{Milestone, NodesBoot, PoweredOnAgain, Reached, Report};
+pub(crate) use milestone::{
+    BenchTarget, BenchUnit, Milestone, NodesBoot, PoweredOnAgain, Reached, Report,
+};
+pub(crate) use reference::ReferenceBoot;
 pub(crate) use vm::{Accel as QemuAccel, Firmware as QemuFirmware};
 
 /// What a Linux kernel prints when it stops for good.
@@ -198,6 +202,8 @@ struct Run<'a> {
     uplink_service: Option<uplink::UplinkService>,
     /// Nodes whose Kerrighed id another has, and their addresses.
     clashing: Vec<(String, std::net::Ipv4Addr)>,
+    /// The run's bare boot, which its boot times are also given against.
+    reference: Option<reference::ReferenceBoot>,
 }
 
 /// Why a VM was powered on again after its emulated CPU stalled.
@@ -230,6 +236,8 @@ impl BootTest {
             HostTool::new(vm::QEMU, "qemu-system-x86"),
             HostTool::new(nodes_boot.machine().program(), "qemu-system-x86"),
             HostTool::new("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
+            // The reference boot's kernel, read out of the image.
+            HostTool::new("xorriso", "xorriso"),
         ];
         if firmware == Firmware::Uefi {
             tools.push(HostTool::new(vm::OVMF, "ovmf"));
@@ -484,6 +492,7 @@ impl BootTest {
                 LinkDhcp::Foreign => None,
             },
             clashing: Vec::new(),
+            reference: None,
         };
         if run.lan.is_some() {
             println!(
@@ -546,6 +555,11 @@ fn test_programs(profile: &Profile, layout: &Layout) -> Result<Option<u32>> {
 
 impl Run<'_> {
     fn boot_and_check(&mut self) -> Result<Report> {
+        // Under KVM (or once it has failed) seconds are not TCG's, and
+        // need no yardstick.
+        if self.accel == Accel::Tcg {
+            self.reference = Some(self.boot_the_reference()?);
+        }
         let node1 = self.node1_spec()?;
         self.power_on(node1, NODE1_STEPS)?;
         self.wait_for(|vms| vms[0].done())?;
@@ -607,6 +621,13 @@ impl Run<'_> {
                 .iter()
                 .chain(&self.vms)
                 .flat_map(|t| t.reached.clone())
+                .map(|r| Reached {
+                    times_bare: self
+                        .reference
+                        .as_ref()
+                        .map(|b| r.since_power_on / b.seconds),
+                    ..r
+                })
                 .collect(),
             node1_status: status,
             leases: leases
@@ -616,6 +637,8 @@ impl Run<'_> {
             seconds: self.started.elapsed().as_secs_f64(),
             boot_times: std::mem::take(&mut self.boot_times),
             powered_on_again: self.powered_on_again.clone(),
+            reference: self.reference.clone(),
+            settle_s: self.test.settle.as_secs_f64(),
         };
         files::write_atomic(
             &self.test.dir.join("report.json"),
@@ -802,6 +825,7 @@ impl Run<'_> {
                 since_power_on,
                 since_start: self.started.elapsed().as_secs_f64(),
                 detail,
+                times_bare: None,
             });
         }
         if let Some(why) = self.dead_end(i) {

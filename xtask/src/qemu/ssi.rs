@@ -367,6 +367,7 @@ impl Run<'_> {
             since_power_on,
             since_start,
             detail,
+            times_bare: None,
         });
     }
 }

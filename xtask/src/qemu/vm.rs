@@ -41,6 +41,13 @@ pub(crate) enum Boot {
     /// A disk image on an emulated USB stick (xHCI), as `usb` writes one.
     UsbStick(PathBuf),
     Network,
+    /// QEMU loads this kernel and initramfs itself, with this command line
+    /// (the boot test's reference boot, reference.rs).
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
 }
 
 /// Which PC QEMU emulates.
@@ -181,6 +188,18 @@ impl VmSpec {
                 ]);
             }
             Boot::Network => a.extend(["-boot".into(), "n".into()]),
+            Boot::Kernel {
+                kernel,
+                initrd,
+                append,
+            } => a.extend([
+                "-kernel".into(),
+                kernel.display().to_string(),
+                "-initrd".into(),
+                initrd.display().to_string(),
+                "-append".into(),
+                append.clone(),
+            ]),
         }
         if let Some(Uplink { mac, pcap, service }) = &self.uplink {
             let (address, port) = super::uplink::SERVICE;

@@ -506,7 +506,11 @@ pub(crate) fn bench_quick(project: &Path) -> Result<Timings> {
     let unmeasured: Vec<&str> = report
         .targets
         .iter()
-        .filter(|t| t.measured.is_none() && t.source != crate::bench::FULL_BENCH_ONLY)
+        .filter(|t| {
+            t.measured.is_none()
+                && t.source != crate::bench::FULL_BENCH_ONLY
+                && t.source != crate::bench::KERRIGHED_ONLY
+        })
         .map(|t| t.what.as_str())
         .collect();
     ensure!(
