@@ -102,11 +102,7 @@ impl Run<'_> {
                 vm.files.log.display()
             );
         };
-        let kernel = super::milestone::from_word(&banner.line, "Linux")
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let kernel = super::milestone::first_words(&banner.line, 3);
         self.say(
             "reference",
             &format!("a bare boot of {kernel} (no init) took {seconds:.1} s: the run's boot times are also given as multiples of it"),
