@@ -45,6 +45,10 @@ pub struct StageShell {
     branch: Option<String>,
     /// Set when a branch failed: the stage's other branches stop.
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// When the stage began (a branch shares its stage's), and the step
+    /// under way with its start: each step's time goes into the log.
+    began: Instant,
+    current: Mutex<Option<(String, Instant)>>,
 }
 
 impl StageShell {
@@ -65,6 +69,8 @@ impl StageShell {
             tee,
             branch: None,
             stop: Arc::default(),
+            began: Instant::now(),
+            current: Mutex::default(),
         })
     }
 
@@ -81,6 +87,8 @@ impl StageShell {
             tee: self.tee,
             branch: Some(name.to_owned()),
             stop: self.stop.clone(),
+            began: self.began,
+            current: Mutex::default(),
         })
     }
 
@@ -105,9 +113,27 @@ impl StageShell {
 
     /// Announces the next step: one line on the terminal and in the log.
     pub(crate) fn step(&self, what: &str) {
+        self.end_step();
         self.write_log(&format!("==> {what}"));
+        if let Ok(mut current) = self.current.lock() {
+            *current = Some((what.to_owned(), Instant::now()));
+        }
         self.compiled.store(0, std::sync::atomic::Ordering::Relaxed);
         self.progress.step(what);
+    }
+
+    /// The step under way is over: its time, and when it ended from the
+    /// stage's start, go into the log (`<== 12.3s ... what`), so a log
+    /// says where a stage's time went (`grep '^<==' build/logs/*.log`).
+    fn end_step(&self) {
+        let ended = self.current.lock().ok().and_then(|mut c| c.take());
+        if let Some((what, started)) = ended {
+            self.write_log(&format!(
+                "<== {:.1}s (ended at {:.1}s): {what}",
+                started.elapsed().as_secs_f64(),
+                self.began.elapsed().as_secs_f64()
+            ));
+        }
     }
 
     /// The last `n` lines this shell wrote into the log: a branch's own
@@ -117,6 +143,7 @@ impl StageShell {
         let mut own: Vec<String> = log_tail(&self.log_path, usize::MAX)
             .into_iter()
             .filter_map(|l| l.strip_prefix(mark.as_str()).map(str::to_owned))
+            .filter(|l| !l.starts_with("<== "))
             .collect();
         own.drain(..own.len().saturating_sub(n));
         own
@@ -311,14 +338,16 @@ impl StageShell {
             .map_or_else(String::new, |b| format!("[{b}] "))
     }
 
-    /// Stops the spinner; call when the stage is over.
+    /// Stops the spinner and times the last step; call when the stage is over.
     pub(crate) fn finish(&self) {
+        self.end_step();
         self.progress.finish();
     }
 }
 
 impl Drop for StageShell {
     fn drop(&mut self) {
+        self.end_step();
         self.progress.finish();
     }
 }
@@ -469,6 +498,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("[exit status 0 after"), "{text}");
+        // A step's time is logged when the next one starts, or the stage ends.
+        assert!(!text.contains("<== "), "{text}");
+        s.run(cmd!(s.sh(), "sleep 0.3")).unwrap();
+        s.step("say bye");
+        s.finish();
+        let text = fs::read_to_string(s.log_path()).unwrap();
+        let times: Vec<(f64, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("<== "))
+            .map(|l| {
+                let (took, what) = l.split_once("s (ended at ").unwrap();
+                (took.parse().unwrap(), what.split_once("): ").unwrap().1)
+            })
+            .collect();
+        assert_eq!(times.len(), 2, "{text}");
+        assert_eq!((times[0].1, times[1].1), ("say hello", "say bye"));
+        assert!(times[0].0 >= 0.3 && times[1].0 < 0.3, "{times:?}");
     }
 
     /// Two branches on two threads at once: one log, every line of each
