@@ -412,8 +412,10 @@ impl Bench {
             }
             files::remove_tree(&self.build)?;
         }
-        // The cold build compiles the kernel from nothing.
+        // The cold build compiles the kernel and the static userland from
+        // nothing (the build dir, with the kept kernel tree, is new).
         files::remove_tree(&self.layout().compiler_cache)?;
+        files::remove_tree(&self.layout().static_builds)?;
         fs::create_dir_all(&self.build)?;
         Ok(())
     }

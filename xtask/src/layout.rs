@@ -6,13 +6,14 @@
 //! build/
 //!   roots/node1, roots/nodes, roots/build   packages: the root filesystems
 //!   kernel/                                 kernel: the node kernel, staged
-//!   kernel-work/, userland-work/            kernel, packages: scratch, never in the image
+//!   kernel-work/                            kernel: the kept tree, made again incrementally
+//!   userland-work/                          packages: scratch, never in the image
 //!   node1/node1, node1/nodes                node1: the layers over each root
 //!   credentials                             node1: the cluster user's generated password (0600)
 //!   stamps/<stage>.json, logs/<stage>.log   the engine
 //!   qemu/                                   the boot test
 //! out/<image>.iso, out/<image>.iso.sha256   iso
-//! downloads/, ccache/                       beside the build dir, kept by clean --all
+//! downloads/, ccache/, static-builds/      beside the build dir, kept by clean --all
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,11 @@ pub struct Layout {
     /// build dir: kept by `clean kernel` and `clean --all`, so a rebuild
     /// of the kernel compiles only what changed.
     pub(crate) compiler_cache: PathBuf,
+    /// The static userland's builds (busybox, dropbear), each kept by its
+    /// source version, recipe and compilers, beside the build dir: kept by
+    /// `clean packages` and `clean --all`, so a rebuild compiles nothing
+    /// that did not change.
+    pub(crate) static_builds: PathBuf,
 }
 
 /// An output one stage makes and later stages read: the stage that makes
@@ -158,6 +164,7 @@ impl Layout {
                 out: project.join("out"),
                 downloads: project.join("downloads"),
                 compiler_cache: project.join("ccache"),
+                static_builds: project.join("static-builds"),
             },
             Some(build) => Layout {
                 project: project.to_owned(),
@@ -165,6 +172,10 @@ impl Layout {
                 out: build.join("out"),
                 downloads: build.parent().unwrap_or(Path::new(".")).join("downloads"),
                 compiler_cache: build.parent().unwrap_or(Path::new(".")).join("ccache"),
+                static_builds: build
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("static-builds"),
             },
         }
     }
@@ -266,6 +277,7 @@ mod tests {
         assert_eq!(layout.out, Path::new("/b/e2e/out"));
         assert_eq!(layout.downloads, Path::new("/b/downloads"));
         assert_eq!(layout.compiler_cache, Path::new("/b/ccache"));
+        assert_eq!(layout.static_builds, Path::new("/b/static-builds"));
         let default = Layout::new(Path::new("/p"), None);
         assert_eq!(default.build, Path::new("/p/build"));
         assert_eq!(default.out, Path::new("/p/out"));

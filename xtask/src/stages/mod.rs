@@ -3,7 +3,7 @@
 //!
 //! A stage module depends on the engine, on `layout` (where every other
 //! stage's outputs are) and on the shared steps here (`userland`,
-//! `kconfig`, `root_kernels`), never on another stage.
+//! `static_builds`, `kconfig`, `root_kernels`), never on another stage.
 
 pub(crate) mod initramfs;
 pub(crate) mod iso;
@@ -12,6 +12,7 @@ pub mod kernel;
 pub(crate) mod node1;
 pub(crate) mod packages;
 pub(crate) mod root_kernels;
+pub(crate) mod static_builds;
 pub(crate) mod userland;
 
 use iso::Iso;

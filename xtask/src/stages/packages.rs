@@ -330,6 +330,8 @@ impl Stage for Packages {
             let [a, b] = &chains;
             let node1 = scope.spawn(move || self.build_chain(&first, a));
             let nodes = self.build_chain(&second, b);
+            // Its last step ends now, not when node1's does.
+            drop(second);
             [
                 node1
                     .join()

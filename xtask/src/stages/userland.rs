@@ -22,11 +22,11 @@ use crate::layout::Layout;
 use crate::profile::RootSpec;
 use crate::shell::StageShell;
 use crate::stages::kconfig;
+use crate::stages::static_builds::{self, BuildKey, StaticBuilds};
 
-/// Where the build root sees the work dir, the nodes root being built, the
-/// source package cache and the compiler cache.
+/// Where the build root sees the work dir, the source package cache and
+/// the compiler cache.
 pub(crate) const WORK_INSIDE: &str = "/usr/src/krgiso-userland";
-const ROOT_INSIDE: &str = "/krgiso/nodes-root";
 const SOURCES_INSIDE: &str = "/var/cache/krgiso-sources";
 pub(crate) const CCACHE_INSIDE: &str = "/var/cache/krgiso-ccache";
 /// The kernel's user-space headers (linux/, asm/, …) for musl, which ships
@@ -78,10 +78,6 @@ pub(crate) fn build(
             inside: WORK_INSIDE.into(),
         },
         ExtraBind {
-            host: out.to_owned(),
-            inside: ROOT_INSIDE.into(),
-        },
-        ExtraBind {
             host: sources.clone(),
             inside: SOURCES_INSIDE.into(),
         },
@@ -113,33 +109,73 @@ pub(crate) fn build(
     };
     run(apt_args(&["update"]), "/")?;
     let jobs = jobs();
+    let builds = StaticBuilds::new(&layout.static_builds);
+    let compilers = static_builds::packages_of(build_root)?;
     for pkg in &spec.packages {
-        let mut download = vec!["source", "--download-only"];
-        download.push(pkg);
-        run(apt_args(&download), SOURCES_INSIDE)?;
         let uris = chroot.read(
             &apt_args(&["source", "--print-uris", pkg])
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
         )?;
-        let dsc = dsc_of(&uris)
+        let dsc = dsc_line(&uris)
             .with_context(|| format!("apt-get source found no .dsc for {pkg}:\n{uris}"))?;
+        let recipe = match pkg.as_str() {
+            "busybox" => busybox_recipe(),
+            "dropbear" => dropbear_recipe(),
+            other => bail!("no static recipe for `{other}` (profile [nodes] packages)"),
+        };
+        let key = BuildKey::new(
+            pkg,
+            &[
+                ("source", dsc.join(" ")),
+                ("recipe", recipe),
+                ("compilers (the build root's packages)", compilers.clone()),
+                ("arch", spec.arch.clone()),
+            ],
+        );
+        if let Some(kept) = builds.get(&key) {
+            shell.step(&format!(
+                "{pkg}: the kept build of {} (same source, recipe and compilers)",
+                dsc[0]
+            ));
+            files::copy_tree(&kept, out)?;
+            continue;
+        }
+        let mut download = vec!["source", "--download-only"];
+        download.push(pkg);
+        run(apt_args(&download), SOURCES_INSIDE)?;
         let tree = format!("{WORK_INSIDE}/{pkg}");
         run(
             vec![
                 "dpkg-source".into(),
                 "-x".into(),
-                format!("{SOURCES_INSIDE}/{dsc}"),
+                format!("{SOURCES_INSIDE}/{}", dsc[0]),
                 tree.clone(),
             ],
             WORK_INSIDE,
         )?;
+        // Installed beside the root first, so the build can be kept.
+        let installed = work.join(format!("{pkg}.installed"));
+        let installed_inside = format!("{WORK_INSIDE}/{pkg}.installed");
         match pkg.as_str() {
-            "busybox" => busybox(shell, &chroot, &work.join(pkg), &tree, &jobs)?,
-            "dropbear" => dropbear(shell, &chroot, &work.join(pkg), &tree, &jobs, out)?,
-            other => bail!("no static recipe for `{other}` (profile [nodes] packages)"),
+            "busybox" => busybox(
+                shell,
+                &chroot,
+                &work.join(pkg),
+                &tree,
+                &jobs,
+                &installed_inside,
+            )?,
+            _ => dropbear(shell, &chroot, &work.join(pkg), &tree, &jobs, &installed)?,
         }
+        require_static(&installed)?;
+        files::copy_tree(&installed, out)?;
+        builds.put(&key, &installed)?;
+        shell.note(&format!(
+            "{pkg}: build kept in {}",
+            layout.show(&layout.static_builds)
+        ));
     }
     drop(chroot);
 
@@ -250,13 +286,13 @@ fn apt_options(work: &Path, spec: &RootSpec) -> Result<Vec<String>> {
     .collect())
 }
 
-/// The `.dsc` file name in `apt-get source --print-uris` output: lines
-/// `'URI' NAME SIZE HASH`.
-pub(crate) fn dsc_of(uris: &str) -> Option<String> {
+/// The `.dsc` line of `apt-get source --print-uris` output (lines `'URI'
+/// NAME SIZE HASH`) without its URI: name, size and hash (the same source
+/// from any mirror).
+fn dsc_line(uris: &str) -> Option<Vec<String>> {
     uris.lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .find(|name| name.ends_with(".dsc"))
-        .map(str::to_owned)
+        .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .find(|words| words.first().is_some_and(|name| name.ends_with(".dsc")))
 }
 
 /// busybox's init waits for SIGCHLD in `sigtimedwait()` with the signal's
@@ -292,7 +328,24 @@ fn fix_init_sigchld(tree: &Path) -> Result<()> {
     fs::write(&path, fixed).with_context(|| format!("writing {}", path.display()))
 }
 
-fn busybox(shell: &StageShell, chroot: &Chroot, host: &Path, tree: &str, jobs: &str) -> Result<()> {
+/// What krgiso does to busybox beyond its source, as the key of a kept build.
+fn busybox_recipe() -> String {
+    format!(
+        "{BUSYBOX_CONFIG}{INIT_SIGCHLD_FIX}EXTRA_CFLAGS={}",
+        musl_cflags()
+    )
+}
+
+/// Builds busybox in `tree` and installs it, with its applet links, under
+/// `prefix` (as the chroot sees it).
+fn busybox(
+    shell: &StageShell,
+    chroot: &Chroot,
+    host: &Path,
+    tree: &str,
+    jobs: &str,
+    prefix: &str,
+) -> Result<()> {
     shell.step("busybox: init reaps its children on 2.6.20 (SIGCHLD fix)");
     fix_init_sigchld(host)?;
     let cc = format!("CC={MUSL_CC}");
@@ -324,7 +377,7 @@ fn busybox(shell: &StageShell, chroot: &Chroot, host: &Path, tree: &str, jobs: &
         &["make", jobs, &cc, "HOSTCC=gcc", &flags],
         false,
     )?;
-    let prefix = format!("CONFIG_PREFIX={ROOT_INSIDE}");
+    let prefix = format!("CONFIG_PREFIX={prefix}");
     make(
         "busybox: install with its applet links",
         &["make", "install", &cc, "HOSTCC=gcc", &flags, &prefix],
@@ -332,6 +385,37 @@ fn busybox(shell: &StageShell, chroot: &Chroot, host: &Path, tree: &str, jobs: &
     )
 }
 
+/// dropbear's configure options, besides the compiler and its flags.
+const DROPBEAR_CONFIGURE: &[&str] = &[
+    "--enable-static",
+    "--disable-zlib",
+    "--disable-lastlog",
+    "--disable-utmp",
+    "--disable-utmpx",
+    "--disable-wtmp",
+    "--disable-wtmpx",
+    "--disable-pututline",
+    "--disable-pututxline",
+];
+
+/// What dropbear's make builds: one static program for all its names.
+const DROPBEAR_MAKE: &[&str] = &[
+    "PROGRAMS=dropbear dbclient dropbearkey scp",
+    "MULTI=1",
+    "STATIC=1",
+];
+
+/// What krgiso does to dropbear beyond its source, as the key of a kept build.
+fn dropbear_recipe() -> String {
+    format!(
+        "{DROPBEAR_OPTIONS}{} {} CFLAGS={}",
+        DROPBEAR_CONFIGURE.join(" "),
+        DROPBEAR_MAKE.join(" "),
+        musl_cflags()
+    )
+}
+
+/// Builds dropbear in `tree` and installs it under `out` (on the host).
 fn dropbear(
     shell: &StageShell,
     chroot: &Chroot,
@@ -349,30 +433,11 @@ fn dropbear(
     };
     make(
         "dropbear: configure for musl",
-        &[
-            "./configure",
-            &cc,
-            &cflags,
-            "--enable-static",
-            "--disable-zlib",
-            "--disable-lastlog",
-            "--disable-utmp",
-            "--disable-utmpx",
-            "--disable-wtmp",
-            "--disable-wtmpx",
-            "--disable-pututline",
-            "--disable-pututxline",
-        ],
+        &[&["./configure", &cc, &cflags][..], DROPBEAR_CONFIGURE].concat(),
     )?;
     make(
         "dropbear: build, static against musl",
-        &[
-            "make",
-            jobs,
-            "PROGRAMS=dropbear dbclient dropbearkey scp",
-            "MULTI=1",
-            "STATIC=1",
-        ],
+        &[&["make", jobs][..], DROPBEAR_MAKE].concat(),
     )?;
     shell.step("dropbear: install (one program, its names as links)");
     let multi = out.join("usr/sbin/dropbearmulti");
@@ -567,10 +632,10 @@ mod tests {
         let uris = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0-4%2bdeb12u1.dsc' busybox_1.35.0-4+deb12u1.dsc 2323 SHA256:aa\n\
                     'http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0.orig.tar.bz2' busybox_1.35.0.orig.tar.bz2 2485495 SHA256:bb\n";
         assert_eq!(
-            dsc_of(uris).as_deref(),
-            Some("busybox_1.35.0-4+deb12u1.dsc")
+            dsc_line(uris).unwrap(),
+            ["busybox_1.35.0-4+deb12u1.dsc", "2323", "SHA256:aa"]
         );
-        assert_eq!(dsc_of("Reading package lists...\n"), None);
+        assert_eq!(dsc_line("Reading package lists...\n"), None);
     }
 
     /// A minimal 32-bit ELF header with one program header of `kind`.

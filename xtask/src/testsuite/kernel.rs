@@ -196,8 +196,38 @@ pub(crate) fn kernel_standin(project: &Path) -> Result<Timings> {
     );
     ensure!(!stamp.exists(), "a failed kernel stage wrote a stamp");
     no_mounts_under(&build)?;
+    let jobs = format!(
+        "-j{}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let src = format!("/usr/src/{top}");
+    let configure = format!("configure --with-kernel-config=oldconfig CC=gcc-4.1 | cwd={src} | inside | tarball=yes | modules-shell=/bin/bash");
+    let made = [
+        format!("make -C kernel defconfig CC=gcc-4.1 | cwd={src}/kernel | inside | CC=gcc-4.1"),
+        format!("make -C kernel oldconfig CC=gcc-4.1 | cwd={src}/kernel | inside | CC=gcc-4.1"),
+        "oldconfig fed=yes".to_owned(),
+        format!("make {jobs} kernel CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
+        format!("make {jobs} kernel-install CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
+        format!("make {jobs} install CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
+    ];
+    let steps_were = |expected: &[String]| -> Result<()> {
+        let seen = fs::read_to_string(&record)?;
+        let seen: Vec<&str> = seen.lines().collect();
+        ensure!(
+            seen == expected,
+            "the steps ran as:\n{}\nexpected:\n{}",
+            seen.join("\n"),
+            expected.join("\n")
+        );
+        Ok(())
+    };
+    // The whole flow, from configure to the install that failed (it builds
+    // kerrighed first, as automake's install does).
+    steps_were(&[&[configure][..], &made[..]].concat())?;
 
-    s.step("the rerun completes");
+    s.step("the rerun completes, making the kept tree again (no unpack, no configure)");
     fs::remove_file(root.join("krg-fail-make"))?;
     fs::remove_file(&record)?;
     let t = Instant::now();
@@ -208,33 +238,12 @@ pub(crate) fn kernel_standin(project: &Path) -> Result<Timings> {
     ));
     ensure!(ok, "the kernel stage failed:\n{said}");
     ensure!(stamp.exists(), "no kernel stamp after success");
-    no_mounts_under(&build)?;
-
-    let jobs = format!(
-        "-j{}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    let src = format!("/usr/src/{top}");
-    let expected = [
-        format!("configure --with-kernel-config=oldconfig CC=gcc-4.1 | cwd={src} | inside | tarball=yes | modules-shell=/bin/bash"),
-        format!("make -C kernel defconfig CC=gcc-4.1 | cwd={src}/kernel | inside | CC=gcc-4.1"),
-        format!("make -C kernel oldconfig CC=gcc-4.1 | cwd={src}/kernel | inside | CC=gcc-4.1"),
-        "oldconfig fed=yes".to_owned(),
-        format!("make {jobs} kernel CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
-        format!("make {jobs} CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
-        format!("make kernel-install CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
-        format!("make install CC=gcc-4.1 | cwd={src} | inside | CC=gcc-4.1"),
-    ];
-    let seen = fs::read_to_string(&record)?;
-    let seen: Vec<&str> = seen.lines().collect();
     ensure!(
-        seen == expected,
-        "the steps ran as:\n{}\nexpected:\n{}",
-        seen.join("\n"),
-        expected.join("\n")
+        said.contains("the kept tree ") && said.contains(&format!("kernel-work/{top} (same")),
+        "the rerun after a failed make did not go on with the kept tree:\n{said}"
     );
+    no_mounts_under(&build)?;
+    steps_were(&made)?;
 
     for path in crate::stages::kernel::krg::KRG_INSTALLED
         .iter()
@@ -268,9 +277,12 @@ pub(crate) fn kernel_standin(project: &Path) -> Result<Timings> {
             "the staged config lacks `{line}`"
         );
     }
+    // Kept for the next run, with what it was prepared from.
+    let key = fs::read_to_string(build.join("kernel-work/krgiso-tree-key"))?;
     ensure!(
-        !build.join("kernel-work").exists(),
-        "the kernel work dir was left after success"
+        key.contains(&format!("kerrighed: kerrighed-2.4.1.tar.gz {}", pins.1))
+            && key.ends_with(&format!("tree: {top}\n")),
+        "the kept tree's key does not say what it was prepared from:\n{key}"
     );
 
     s.step("a fragment whose symbol oldconfig drops is refused, naming it");

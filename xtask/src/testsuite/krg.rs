@@ -134,6 +134,9 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     );
     ensure!(image.is_file(), "the build made no {}", image.display());
     let cold_kernel = run.stage_seconds("kernel")?;
+    // A build dir from an earlier run may have made its kept tree again:
+    // then that is no cold build to compare with.
+    let cold_was_fresh = !kept_tree_used(&run)?;
     no_mounts_under(&run.layout().build)?;
 
     s.step("the staged kernel, its config and what it installed");
@@ -142,27 +145,130 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     s.step("a patch that no longer applies stops the kernel stage, naming it and its hunk");
     broken_patch(&run, &s)?;
 
-    s.step("clean kernel, then kernel again: the compiler cache is warm");
+    s.step("clean kernel, then kernel again: a fresh tree (the broken patch's run took the kept one), the compiler cache warm");
     run.must(&s, &["clean", "kernel"])?;
     let t = Instant::now();
     run.must(&s, &["kernel"])?;
     let warm = t.elapsed().as_secs_f64();
+    let reuse = compiler_cache_said(&run)?;
+    timings.push(("kernel, cold compiler cache".to_owned(), cold_kernel));
+    timings.push((format!("kernel after clean kernel, fresh tree ({reuse})"), warm));
+    ensure!(
+        !kept_tree_used(&run)?,
+        "the kernel stage went on with a tree the broken patch's run had prepared"
+    );
+    ensure!(
+        !cold_was_fresh || warm <= 0.6 * cold_kernel,
+        "a kernel rebuild with a warm compiler cache took {warm:.0} s, not a fraction of the first build's {cold_kernel:.0} s ({reuse})"
+    );
+    check_outputs(&run)?;
+
+    s.step("clean kernel, then kernel again: the kept tree, made again incrementally");
+    run.must(&s, &["clean", "kernel"])?;
+    let t = Instant::now();
+    run.must(&s, &["kernel"])?;
+    let kept = t.elapsed().as_secs_f64();
+    let reuse = compiler_cache_said(&run)?;
+    timings.push((format!("kernel after clean kernel, kept tree ({reuse})"), kept));
+    ensure!(
+        kept_tree_used(&run)?,
+        "the kernel stage did not go on with its kept tree"
+    );
+    // kbuild recompiled nothing it had compiled (kerrighed's modules are
+    // made again by their install, from the compiler cache).
+    let compiled = compilations(&reuse)?;
+    ensure!(
+        compiled < 200,
+        "making the kept tree again compiled {compiled} files ({reuse}): kbuild takes its objects for stale"
+    );
+    ensure!(
+        kept <= 0.4 * warm,
+        "making the kept tree again took {kept:.0} s, not a small part of the {warm:.0} s a fresh tree took with the compiler cache warm ({reuse})"
+    );
+    check_outputs(&run)?;
+
+    s.step("a fragment change: the kept tree made again, the changed symbol's files only");
+    let edited = fragment_change(&run, &s, "CONFIG_IKCONFIG")?;
+    timings.push(edited);
+    run.must(&s, &["kernel"])?;
+    check_outputs(&run)?;
+    no_mounts_under(&run.layout().build)?;
+    Ok(timings)
+}
+
+/// What the last kernel stage's log says its compiler cache reused.
+fn compiler_cache_said(run: &KrgRun) -> Result<String> {
     let log = fs::read_to_string(run.layout().log("kernel"))?;
-    let reuse = log
+    Ok(log
         .lines()
         .rev()
         .find_map(|l| l.split("==> compiler cache: ").nth(1))
         .context("the kernel log does not say what the compiler cache reused")?
-        .to_owned();
-    timings.push(("kernel, cold compiler cache".to_owned(), cold_kernel));
-    timings.push((format!("kernel after clean kernel ({reuse})"), warm));
-    ensure!(
-        warm <= 0.6 * cold_kernel,
-        "a kernel rebuild with a warm compiler cache took {warm:.0} s, not a fraction of the first build's {cold_kernel:.0} s ({reuse})"
+        .to_owned())
+}
+
+/// The compilations in a compiler cache phrase (`3 of 8 compilations ...`).
+fn compilations(said: &str) -> Result<u64> {
+    said.split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no count of compilations in {said:?}"))
+}
+
+/// Whether the last kernel stage went on with its kept tree.
+fn kept_tree_used(run: &KrgRun) -> Result<bool> {
+    let log = fs::read_to_string(run.layout().log("kernel"))?;
+    Ok(log.lines().any(|l| l.starts_with("==> the kept tree ")))
+}
+
+/// The kernel stage with a profile whose fragment also turns `symbol` off:
+/// the kept tree is made again, the staged config has the symbol off, and
+/// few files are compiled. Returns its timing row.
+fn fragment_change(run: &KrgRun, s: &StageShell, symbol: &str) -> Result<(String, f64)> {
+    let base = run.layout().build.join("e2e/krg-fragment-change");
+    crate::files::remove_tree(&base)?;
+    fs::create_dir_all(&base)?;
+    let original = "kernel-configs/krg-2.6.20.config";
+    let fragment = base.join("krg-2.6.20.config");
+    let text = fs::read_to_string(project_file(run, original))?;
+    fs::write(&fragment, format!("{text}\n# {symbol} is not set\n"))?;
+    let profile_text = fs::read_to_string(profile::resolve(PROFILE, &run.project)?)?;
+    let edited = profile_text.replacen(
+        &format!("config = \"{original}\""),
+        &format!("config = \"{}\"", fragment.display()),
+        1,
     );
-    check_outputs(&run)?;
-    no_mounts_under(&run.layout().build)?;
-    Ok(timings)
+    ensure!(
+        edited != profile_text,
+        "the profile has no config = \"{original}\" line"
+    );
+    let profile = base.join("fragment-change.toml");
+    fs::write(&profile, edited)?;
+    let profile = profile.display().to_string();
+    let t = Instant::now();
+    run.must(s, &["--profile", &profile, "kernel"])?;
+    let secs = t.elapsed().as_secs_f64();
+    let reuse = compiler_cache_said(run)?;
+    ensure!(
+        kept_tree_used(run)?,
+        "a fragment change did not go on with the kept tree"
+    );
+    let staged = fs::read_to_string(
+        run.layout()
+            .staged_kernel()
+            .join(format!("config-{KRG_RELEASE}")),
+    )?;
+    ensure!(
+        staged.lines().any(|l| l == format!("# {symbol} is not set")),
+        "the staged config still has {symbol} after the fragment turned it off"
+    );
+    let compiled = compilations(&reuse)?;
+    ensure!(
+        compiled < 300,
+        "turning {symbol} off compiled {compiled} files ({reuse}): more than what it touches"
+    );
+    crate::files::remove_tree(&base)?;
+    Ok((format!("kernel after a fragment change, kept tree ({reuse})"), secs))
 }
 
 /// A boot test part's start: the default image brought up to date (what

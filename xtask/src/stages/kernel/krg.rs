@@ -15,7 +15,7 @@ use crate::stages::kconfig;
 use crate::stages::userland;
 
 use super::patches::PatchSet;
-use super::{DESTDIR, PATCHES_INSIDE};
+use super::{DESTDIR, PATCHES_INSIDE, SRC};
 
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
 pub(crate) const KRG_RELEASE: &str = "2.6.20-krg";
@@ -92,27 +92,20 @@ impl KrgBuild<'_> {
         // 2.6.20's linux/types.h clashes with musl's own types without this.
         let cflags = format!("{} -D__KERNEL_STRICT_NAMES", userland::musl_cflags());
         let cc = format!("CC={}", userland::MUSL_CC);
-        self.make_in(
-            tree,
-            "configure libkerrighed and the tools for musl, static",
-            &[
-                "./configure",
-                "--disable-kernel",
-                "--disable-python",
-                "--disable-service",
-                "--disable-shared",
-                "--enable-static",
-                // Kerrighed's own test programs (tests/apps) and no others:
-                // ktp wants LTP, proc and benchmark are not run here.
-                "--enable-tests",
-                "--disable-tests-ktp",
-                "--disable-tests-proc",
-                "--disable-tests-benchmark",
-                &cc,
-                &format!("CFLAGS={cflags}"),
-            ],
-            false,
-        )?;
+        // A kept tree (kept_tree.rs) was configured by the run that kept it.
+        let on_host = self
+            .tree
+            .parent()
+            .map(|work| work.join(tree.trim_start_matches(&format!("{SRC}/"))));
+        let configured = on_host.is_some_and(|dir| {
+            dir.join("config.status").is_file() && dir.join("tools/Makefile").is_file()
+        });
+        if configured {
+            self.shell
+                .note("libkerrighed and the tools for musl: configured by the run that kept the tree");
+        } else {
+            self.configure_static_tools(tree, &cc, &cflags)?;
+        }
         // CFLAGS again on make's command line: configure's -Werror goes
         // (musl's 64-bit time_t printed with %ld); -all-static: libtool
         // drops a plain -static.
@@ -161,6 +154,32 @@ impl KrgBuild<'_> {
                 "install-binPROGRAMS",
                 &format!("bindir={KRG_TESTS_DIR}"),
                 destdir,
+            ],
+            false,
+        )
+    }
+
+    /// libkerrighed's and the tools' configure, for musl and static, in
+    /// the second tree.
+    fn configure_static_tools(&self, tree: &str, cc: &str, cflags: &str) -> Result<()> {
+        self.make_in(
+            tree,
+            "configure libkerrighed and the tools for musl, static",
+            &[
+                "./configure",
+                "--disable-kernel",
+                "--disable-python",
+                "--disable-service",
+                "--disable-shared",
+                "--enable-static",
+                // Kerrighed's own test programs (tests/apps) and no others:
+                // ktp wants LTP, proc and benchmark are not run here.
+                "--enable-tests",
+                "--disable-tests-ktp",
+                "--disable-tests-proc",
+                "--disable-tests-benchmark",
+                cc,
+                &format!("CFLAGS={cflags}"),
             ],
             false,
         )
@@ -246,8 +265,8 @@ impl KrgBuild<'_> {
         Ok(resolved)
     }
 
-    /// The kernel on every core, then kerrighed.ko, the scheduler modules,
-    /// the libraries and the tools; then both installs.
+    /// The kernel on every core, then its install, and kerrighed.ko, the
+    /// scheduler modules, the libraries and the tools built by theirs.
     pub(super) fn build_and_install(&self) -> Result<()> {
         let cc = self.cc_arg.as_str();
         let jobs = userland::jobs();
@@ -256,21 +275,9 @@ impl KrgBuild<'_> {
             &["make", &jobs, "kernel", cc],
             false,
         )?;
-        if self.static_tools.is_some() {
-            // The glibc libraries and tools would not run on the nodes:
-            // only the modules here, the tools come from the musl tree.
-            self.make(
-                "build kerrighed.ko and the scheduler modules (make -C modules)",
-                &["make", &jobs, "-C", "modules", cc],
-                false,
-            )?;
-        } else {
-            self.make(
-                "build kerrighed.ko, the scheduler modules, libkerrighed and the tools (make)",
-                &["make", &jobs, cc],
-                false,
-            )?;
-        }
+        // Kerrighed's install targets build first (automake's install
+        // needs all), and its modules' `all` is phony: a `make` before
+        // `make install` would compile kerrighed.ko twice.
         let destdir = format!("DESTDIR={DESTDIR}");
         let installs: &[(&str, &[&str])] = if self.static_tools.is_some() {
             // The kernel and the modules only: the glibc libraries, tools
@@ -281,7 +288,7 @@ impl KrgBuild<'_> {
                     &["kernel-install"],
                 ),
                 (
-                    "install kerrighed.ko and the scheduler modules (make -C modules install)",
+                    "build and install kerrighed.ko and the scheduler modules (make -C modules install)",
                     &["-C", "modules", "install"],
                 ),
             ]
@@ -291,11 +298,14 @@ impl KrgBuild<'_> {
                     "install the kernel (make kernel-install)",
                     &["kernel-install"],
                 ),
-                ("install kerrighed (make install)", &["install"]),
+                (
+                    "build and install kerrighed.ko, the scheduler modules, libkerrighed and the tools (make install)",
+                    &["install"],
+                ),
             ]
         };
         for (what, target) in installs {
-            let mut args = vec!["make"];
+            let mut args = vec!["make", &jobs];
             args.extend_from_slice(target);
             args.push(cc);
             if self.current {

@@ -17,6 +17,7 @@
 //! dir, so a rebuild after `clean kernel` or a config change compiles only
 //! what changed.
 
+pub(crate) mod kept_tree;
 pub(crate) mod krg;
 pub mod makefile_shell;
 pub(crate) mod patches;
@@ -34,12 +35,14 @@ use crate::files;
 use crate::host::HostTool;
 use crate::layout::{Root, BUILD_ROOT, NODES_ROOT, STAGED_KERNEL};
 use crate::profile::{KernelKind, Toolchain, Userland};
-use crate::shell::StageShell;
+use crate::shell::{CommandFailed, StageShell};
 use crate::stages::initramfs;
 use crate::stages::root_kernels::newest_kernel;
+use crate::stages::static_builds;
 use crate::stages::userland;
 use crate::stages::BuildContext;
 use crate::unpack;
+use kept_tree::TreeKey;
 use krg::{bzimage_release, KrgBuild, KRG_INSTALLED, KRG_RELEASE, KRG_SERVICE_FILES};
 use makefile_shell::ShellLine;
 use patches::PatchSet;
@@ -238,26 +241,80 @@ impl Kernel {
             .transpose()?;
 
         let work = self.work_dir();
-        let tree = self.prepare_tree(shell, &work, patches.as_ref())?;
+        let key = self.tree_key(patches.as_ref())?;
+        let kept = kept_tree::take(&work, &key)?;
+        let tree = match &kept {
+            Some(tree) => {
+                shell.step(&format!(
+                    "the kept tree {} (same sources, patches and compilers): made again incrementally",
+                    cx.layout.show(tree)
+                ));
+                tree.clone()
+            }
+            None => self.prepare_tree(shell, &work, patches.as_ref())?,
+        };
         let build = self.enter_build_root(shell, &work, &tree, cc)?;
-        build.configure(patches.as_ref())?;
-        let resolved = build.kernel_config(&fragment, &fragment_path)?;
-        fs::write(out.join(format!("config-{KRG_RELEASE}")), &resolved)
-            .context("keeping the resolved config")?;
-        shell.step(&format!(
-            "kernel config verified: {}",
-            cx.layout.show(
-                &cx.layout
-                    .staged_kernel()
-                    .join(format!("config-{KRG_RELEASE}"))
-            )
-        ));
-        build.build_and_install()?;
+        if kept.is_none() {
+            build.configure(patches.as_ref())?;
+        }
+        // From here on the tree is one make can go on from, unless the run
+        // is stopped in the middle of a command.
+        let made = (|| -> Result<()> {
+            let resolved = build.kernel_config(&fragment, &fragment_path)?;
+            fs::write(out.join(format!("config-{KRG_RELEASE}")), &resolved)
+                .context("keeping the resolved config")?;
+            shell.step(&format!(
+                "kernel config verified: {}",
+                cx.layout.show(
+                    &cx.layout
+                        .staged_kernel()
+                        .join(format!("config-{KRG_RELEASE}"))
+                )
+            ));
+            build.build_and_install()
+        })();
         drop(build);
+        match &made {
+            Ok(()) => kept_tree::keep(&work, &key, &tree)?,
+            Err(e) if e.downcast_ref::<CommandFailed>().is_some() => {
+                kept_tree::keep(&work, &key, &tree)?
+            }
+            Err(_) => {}
+        }
+        made?;
 
         self.stage_installed(shell, out)?;
-        files::remove_tree(&work)?;
         Ok(KRG_RELEASE.to_owned())
+    }
+
+    /// What the kerrighed tree is prepared from (see [`kept_tree`]): the
+    /// sources' pins, each patch, the compilers' root, kerrighed's
+    /// configure and the tools' kind. The config fragment is not in it:
+    /// kbuild makes a changed config again incrementally.
+    fn tree_key(&self, patches: Option<&PatchSet>) -> Result<TreeKey> {
+        let cx = &self.0;
+        let spec = &cx.profile.kernel;
+        let lock = cx.sources_lock()?;
+        let mut parts = vec![("kernel stage recipe", self.recipe().to_string())];
+        for name in ["linux", "kerrighed"] {
+            if let Some(source) = cx.profile.source(name) {
+                let pin = fetch::pin_of(source, &lock).unwrap_or("unpinned");
+                parts.push((name, format!("{} {pin}", source.file)));
+            }
+        }
+        for file in patches.iter().flat_map(|set| &set.files) {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            parts.push(("patch", format!("{name} {}", TreeKey::file_digest(file)?)));
+        }
+        let root = match self.toolchain() {
+            Toolchain::Current => cx.layout.root(Root::Build),
+            Toolchain::Era => self.nodes_root(),
+        };
+        parts.push(("compilers (the root's packages)", static_builds::packages_of(&root)?));
+        parts.push(("toolchain", format!("{:?} cc={:?}", self.toolchain(), spec.cc)));
+        parts.push(("configure", spec.configure_args.join(" ")));
+        parts.push(("static tools", self.static_userland().to_string()));
+        Ok(TreeKey::new(&parts))
     }
 
     /// The verified sources in a fresh work dir: the kerrighed tree (named
