@@ -20,6 +20,7 @@ use crate::engine::Stamp;
 use crate::files;
 use crate::interrupt::Cleanup;
 use crate::layout::Layout;
+use crate::qemu::gain::ClusterGain;
 use crate::qemu::{BenchTarget, BenchUnit, BootTime, Milestone, UnitTime};
 use crate::stages;
 
@@ -82,6 +83,21 @@ pub(crate) struct TargetRow {
     pub(crate) measured: Option<f64>,
     /// Where the measurement comes from.
     pub(crate) source: String,
+    /// Met at or above the target (a gain), not at or below (a time).
+    #[serde(default)]
+    pub(crate) at_least: bool,
+}
+
+impl TargetRow {
+    pub(crate) fn met(&self) -> Option<bool> {
+        self.measured.map(|m| {
+            if self.at_least {
+                m >= self.target
+            } else {
+                m <= self.target
+            }
+        })
+    }
 }
 
 fn seconds_unit() -> String {
@@ -107,6 +123,9 @@ struct BootRun {
     settle_s: f64,
     #[serde(default)]
     boot_times: BTreeMap<String, BootTime>,
+    /// What a cluster gained on a batch of jobs, when the run measured it.
+    #[serde(default)]
+    cluster_gain: Option<ClusterGain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,12 +158,19 @@ impl BootRun {
 /// How a target row marks its unit: nothing for seconds, `x` for
 /// multiples of a bare boot.
 fn unit_mark(unit: &str) -> &'static str {
-    if unit == BenchUnit::TimesBare.suffix() {
+    if unit == BenchUnit::TimesBare.suffix() || unit == TIMES_FASTER {
         "x"
     } else {
         ""
     }
 }
+
+/// The unit of a gain: how many times faster.
+const TIMES_FASTER: &str = "x faster";
+
+/// The cluster's gain target: a CPU-bound batch spread over 2 nodes, as
+/// many times faster as this, than kept on 1 (qemu/gain.rs).
+const CLUSTER_GAIN: (&str, f64) = ("a CPU-bound batch, 2 nodes vs 1 (same run)", 1.6);
 
 /// A target row's source when only a full bench measures it.
 pub(crate) const FULL_BENCH_ONLY: &str = "full bench only";
@@ -190,6 +216,7 @@ fn targets(
             unit: seconds_unit(),
             measured,
             source: source.into(),
+            at_least: false,
         });
     }
     let benched = Milestone::ALL
@@ -207,8 +234,30 @@ fn targets(
             unit: b.unit.suffix().to_owned(),
             measured,
             source,
+            at_least: false,
         });
     }
+    let (what, target) = CLUSTER_GAIN;
+    let gain = boots
+        .iter()
+        .find_map(|(path, run)| Some((path, run.cluster_gain.as_ref()?)))
+        .filter(|(_, gain)| gain.nodes == 2);
+    let (measured, source) = match gain {
+        _ if !kerrighed => (None, KERRIGHED_ONLY.to_owned()),
+        Some((path, gain)) => (Some(gain.ratio()), path.display().to_string()),
+        None => (
+            None,
+            "no boot report with a 2-node cluster's gain (e2e-boot-krg-proxy)".to_owned(),
+        ),
+    };
+    rows.push(TargetRow {
+        what: what.into(),
+        target,
+        unit: TIMES_FASTER.to_owned(),
+        measured,
+        source,
+        at_least: true,
+    });
     rows
 }
 
@@ -556,17 +605,22 @@ pub(crate) fn render_table(report: &BenchReport) -> String {
             "target", "measured", "target", "met"
         ));
         for t in &report.targets {
-            let (measured, met) = match t.measured {
-                Some(m) => (
+            let (measured, met) = match (t.measured, t.met()) {
+                (Some(m), Some(met)) => (
                     format!("{m:.1}{}", unit_mark(&t.unit)),
-                    if m <= t.target { "yes" } else { "NO" },
+                    if met { "yes" } else { "NO" },
                 ),
-                None => ("-".to_owned(), "-"),
+                _ => ("-".to_owned(), "-"),
             };
             out.push_str(&format!(
                 "{:<46} {measured:>9} {:>7}  {met} ({})\n",
                 t.what,
-                format!("{}{}", t.target, unit_mark(&t.unit)),
+                format!(
+                    "{}{}{}",
+                    if t.at_least { ">=" } else { "" },
+                    t.target,
+                    unit_mark(&t.unit)
+                ),
                 t.source
             ));
         }
@@ -669,6 +723,14 @@ mod tests {
                 kernel: "Linux version 6.1.0-50-amd64".into(),
             }),
             settle_s: 15.0,
+            cluster_gain: Some(ClusterGain {
+                nodes: 2,
+                jobs: 8,
+                work: 300_000,
+                one_node_s: 48.0,
+                cluster_s: 32.0,
+                spread: BTreeMap::from([("node121".into(), 4), ("node122".into(), 4)]),
+            }),
         };
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("report.json");
@@ -702,6 +764,31 @@ mod tests {
             .find(|r| r.what.starts_with("Kerrighed node"))
             .unwrap();
         assert_eq!((up.measured, up.source.as_str()), (None, KERRIGHED_ONLY));
+
+        // The cluster's gain: 48 s kept on one node, 32 s over two, is
+        // 1.5x, short of the 1.6x a gain must reach (at least, not at most).
+        let gain = row("a CPU-bound batch, 2 nodes vs 1");
+        assert_eq!((gain.measured, gain.target), (Some(1.5), 1.6));
+        assert!(gain.at_least);
+        assert_eq!(gain.met(), Some(false));
+        let table = render_table(&BenchReport {
+            profile: "kerrighed-2.4.4".into(),
+            cores: 2,
+            memory_mib: 24_000,
+            kernel: "6.1".into(),
+            quick: true,
+            scenarios: Vec::new(),
+            image_bytes: None,
+            targets: vec![gain.clone()],
+            boots: Vec::new(),
+        });
+        assert!(table.contains("1.5x  >=1.6x  NO"), "{table}");
+        // A smoke bench has no cluster to measure it on.
+        let smoke_gain = smoke
+            .iter()
+            .find(|r| r.what.starts_with("a CPU-bound batch"))
+            .unwrap();
+        assert_eq!(smoke_gain.source, KERRIGHED_ONLY);
 
         // The UEFI target is node1's second boot from its stick.
         let uefi = Report {

@@ -162,6 +162,9 @@ pub(crate) struct QemuArgs {
     /// Kerrighed, with --foreign-dhcp: the last two PXE nodes get addresses whose node id is node2's and node1's (another /24); node1 must name each clash, on its status page and on the node's console, and the others form the cluster (--nodes 4 or more)
     #[arg(long, requires = "foreign_dhcp")]
     pub(crate) id_clash: bool,
+    /// Kerrighed: once the cluster runs, time a batch of CPU-bound jobs (4 per node) kept on one node, then spread by Kerrighed's scheduler; the gain goes into report.json, for `bench`
+    #[arg(long)]
+    pub(crate) cluster_gain: bool,
 }
 
 /// `usb`'s options.
@@ -370,6 +373,7 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
         late_node,
         lose_node,
         id_clash,
+        cluster_gain,
     } = args;
     let mut test = BootTest::for_build(&session.profile, &session.layout, *nodes, *firmware)?
         .with_uefi_nodes(*uefi_nodes, &session.layout.log("qemu"))?;
@@ -384,6 +388,9 @@ fn qemu(cli: &Cli, session: &Session, args: &QemuArgs) -> Result<()> {
     }
     if *id_clash {
         test = test.with_id_clashes()?;
+    }
+    if *cluster_gain {
+        test = test.with_cluster_gain()?;
     }
     let test = BootTest {
         stick: stick.as_deref().map(std::path::absolute).transpose()?,

@@ -31,6 +31,7 @@ pub mod unpack;
 pub(crate) mod bench;
 pub mod node1;
 pub(crate) mod qemu;
+pub(crate) mod seeded;
 pub(crate) mod usb;
 
 // `cargo xtask test`: its parts and fixtures.

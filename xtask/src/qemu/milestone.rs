@@ -92,6 +92,9 @@ pub(crate) enum Milestone {
     /// The cluster: CPU-bound jobs started on one node, with no `migrate`,
     /// run on every node (Kerrighed's scheduler moved them).
     LoadBalanced,
+    /// The cluster: a batch of CPU-bound jobs ended sooner spread over
+    /// every node than kept on one (gain.rs).
+    ClusterGain,
     /// The cluster: a job started under `krgcr-run` is checkpointed,
     /// killed, and `restart`ed from the other node, counting on from the
     /// checkpoint (checkpoint.rs).
@@ -209,7 +212,7 @@ const fn line(pattern: &'static str, detail: Detail) -> Sign {
 
 impl Milestone {
     /// Every milestone, in boot order.
-    pub(crate) const ALL: [Milestone; 36] = [
+    pub(crate) const ALL: [Milestone; 37] = [
         Milestone::KernelUp,
         Milestone::Ready,
         Milestone::Lease,
@@ -240,6 +243,7 @@ impl Milestone {
         Milestone::MigratedBack,
         Milestone::ClusterCpus,
         Milestone::LoadBalanced,
+        Milestone::ClusterGain,
         Milestone::CheckpointRestart,
         Milestone::TestPrograms,
         Milestone::LeftOut,
@@ -422,6 +426,7 @@ impl Milestone {
             Milestone::MigratedBack => ("process migrated back", Sign::Checked, true, &[]),
             Milestone::ClusterCpus => ("cluster-wide /proc/cpuinfo", Sign::Checked, true, &[]),
             Milestone::LoadBalanced => ("load balanced", Sign::Checked, true, &[]),
+            Milestone::ClusterGain => ("cluster gain measured", Sign::Checked, false, &[]),
             Milestone::CheckpointRestart => ("checkpoint, kill, restart", Sign::Checked, true, &[]),
             Milestone::TestPrograms => ("Kerrighed's test programs", Sign::Checked, true, &[]),
             Milestone::LeftOut => ("booted late: left out", Sign::Checked, true, &[]),
@@ -718,6 +723,8 @@ pub(crate) struct Report {
     pub(crate) reference: Option<super::ReferenceBoot>,
     /// How long the cluster start waited for no new node (Kerrighed).
     pub(crate) settle_s: f64,
+    /// What the cluster gained on a batch of CPU-bound jobs (gain.rs).
+    pub(crate) cluster_gain: Option<super::gain::ClusterGain>,
 }
 
 /// One VM and how far it got.
@@ -1035,6 +1042,7 @@ mod tests {
                 kernel: "Linux version 6.1.0-50-amd64".into(),
             }),
             settle_s: 0.0,
+            cluster_gain: None,
         };
         let text = table(&report);
         let row = text.lines().find(|l| l.starts_with("node1")).unwrap();

@@ -13,6 +13,7 @@ mod checkpoint;
 mod checks;
 pub(crate) mod console;
 pub(crate) mod frame;
+pub(crate) mod gain;
 pub(crate) mod hub;
 mod id_clash;
 mod lan;
@@ -152,12 +153,17 @@ pub(crate) struct BootTest {
     /// Kerrighed's test programs are in the nodes' root (a static
     /// userland): the node kernel's NR_CPUS, to read where a process runs.
     pub(crate) test_programs: Option<u32>,
+    /// Which of Kerrighed's test programs run: all, or a seeded sample.
+    pub(crate) test_program_sample: Option<(u64, usize)>,
     /// The last two PXE nodes get addresses whose Kerrighed id is node2's
     /// and node1's (id_clash.rs).
     pub(crate) id_clash: bool,
     /// Of the cluster's proofs, the single-system-image one only (no
     /// checkpoint, load balancing or test programs).
     pub(crate) ssi_only: bool,
+    /// Time a batch of CPU-bound jobs kept on one node, then spread over
+    /// the cluster (gain.rs).
+    pub(crate) cluster_gain: bool,
 }
 
 /// Who serves DHCP on the cluster link: node1 (a link of the cluster's
@@ -204,6 +210,8 @@ struct Run<'a> {
     clashing: Vec<(String, std::net::Ipv4Addr)>,
     /// The run's bare boot, which its boot times are also given against.
     reference: Option<reference::ReferenceBoot>,
+    /// What the cluster gained on a batch of jobs, when measured (gain.rs).
+    cluster_gain: Option<gain::ClusterGain>,
 }
 
 /// Why a VM was powered on again after its emulated CPU stalled.
@@ -300,8 +308,10 @@ impl BootTest {
             lose_node: false,
             settle: Duration::from_secs(profile.cluster.settle.into()),
             test_programs,
+            test_program_sample: None,
             id_clash: false,
             ssi_only: false,
+            cluster_gain: false,
         }
     }
 
@@ -366,6 +376,36 @@ impl BootTest {
     pub(crate) fn with_the_ssi_proof_only(self) -> BootTest {
         BootTest {
             ssi_only: true,
+            ..self
+        }
+    }
+
+    /// Once the cluster runs, time a batch of CPU-bound jobs kept on one
+    /// node, then spread by Kerrighed's scheduler (gain.rs): for Kerrighed
+    /// nodes that start a cluster of two or more with the scheduler on.
+    pub(crate) fn with_cluster_gain(self) -> Result<BootTest> {
+        match self.nodes_boot {
+            NodesBoot::Kerrighed { .. }
+                if self.forms_a_cluster()
+                    && self.booting_nodes() >= 2
+                    && self.scheduler == Scheduler::Legacy =>
+            {
+                Ok(BootTest {
+                    cluster_gain: true,
+                    ..self
+                })
+            }
+            _ => bail!(
+                "the cluster's gain needs Kerrighed nodes that form a cluster of two or more with its scheduler on ([cluster] scheduler = \"legacy\")"
+            ),
+        }
+    }
+
+    /// Of Kerrighed's test programs, `count` picked by `seed`
+    /// (seeded.rs), not all: the same seed picks the same ones again.
+    pub(crate) fn with_a_sample_of_test_programs(self, seed: u64, count: usize) -> BootTest {
+        BootTest {
+            test_program_sample: Some((seed, count)),
             ..self
         }
     }
@@ -493,6 +533,7 @@ impl BootTest {
             },
             clashing: Vec::new(),
             reference: None,
+            cluster_gain: None,
         };
         if run.lan.is_some() {
             println!(
@@ -592,6 +633,9 @@ impl Run<'_> {
         let cluster = self.test.forms_a_cluster();
         if cluster && leases.len() >= 2 {
             self.prove_single_system_image(&leases)?;
+            if self.test.cluster_gain {
+                self.measure_cluster_gain(&leases)?;
+            }
             let id = |i: usize| leases[i].1.octets()[3];
             if !self.test.ssi_only {
                 self.prove_checkpoint_restart(id(0), id(1))?;
@@ -638,6 +682,7 @@ impl Run<'_> {
             boot_times: std::mem::take(&mut self.boot_times),
             powered_on_again: self.powered_on_again.clone(),
             reference: self.reference.clone(),
+            cluster_gain: self.cluster_gain.clone(),
             settle_s: self.test.settle.as_secs_f64(),
         };
         files::write_atomic(

@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use super::timing::{within, CHECKS, MIGRATION_LANDS, PROGRAM_ENDS, PROGRAM_STARTS};
 use super::{Milestone, Run};
+use crate::seeded::Seeded;
 use crate::stages::kernel::krg::KRG_TESTS_DIR;
 
 /// What `migrate` says when Kerrighed 2.4.4 cannot move a process
@@ -337,8 +338,9 @@ const SHM_FIRST: &str = "written-on-A";
 const SHM_SECOND: &str = "written-on-B";
 
 impl Run<'_> {
-    /// Every program in [`TEST_PROGRAMS`] on nodes A and B (vms 1 and 2,
-    /// logged in), `nr_cpus` being the node kernel's NR_CPUS.
+    /// Every program in [`TEST_PROGRAMS`], or the test's seeded sample of
+    /// them, on nodes A and B (vms 1 and 2, logged in), `nr_cpus` being
+    /// the node kernel's NR_CPUS.
     pub(super) fn prove_test_programs(&mut self, id_a: u8, id_b: u8, nr_cpus: u32) -> Result<()> {
         let (a, b) = (1, 2);
         let home = format!("/home/{}", self.test.login.0);
@@ -349,10 +351,18 @@ impl Run<'_> {
             &format!("krgcapset -d +CAN_MIGRATE; rm -rf {work}; mkdir {work}"),
             until,
         )?;
+        let programs: Vec<&TestProgram> = match self.test.test_program_sample {
+            Some((seed, count)) => Seeded(seed)
+                .pick(TEST_PROGRAMS.len(), count)
+                .into_iter()
+                .map(|i| &TEST_PROGRAMS[i])
+                .collect(),
+            None => TEST_PROGRAMS.iter().collect(),
+        };
         let started = Instant::now();
         let mut took = Vec::new();
         let mut run_again = Vec::new();
-        for p in &TEST_PROGRAMS {
+        for p in programs.iter().copied() {
             let t = Instant::now();
             let mut ran = self.run_test_program(p, &work, (a, id_a), (b, id_b), nr_cpus);
             if let Some(lost) = ran.as_ref().err().and_then(lost_moving) {
@@ -371,13 +381,25 @@ impl Run<'_> {
             took.push(t.elapsed().as_secs_f64());
         }
         self.on(a, &format!("rm -rf {work}"), within(CHECKS, self.deadline))?;
-        let count = |f: fn(&TestProgram) -> bool| TEST_PROGRAMS.iter().filter(|p| f(p)).count();
+        let count = |f: fn(&TestProgram) -> bool| programs.iter().filter(|p| f(p)).count();
+        let sample = match self.test.test_program_sample {
+            Some((seed, _)) => format!(
+                " of {}, picked by seed {seed} ({})",
+                TEST_PROGRAMS.len(),
+                programs
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
         self.record(
             b,
             Milestone::TestPrograms,
             format!(
-                "{} programs ended as they should: {} migrated away and back, {} refused as documented, {} checkpointed and restarted ({:.0} s, {:.0}-{:.0} s each)",
-                TEST_PROGRAMS.len(),
+                "{}{sample} programs ended as they should: {} migrated away and back, {} refused as documented, {} checkpointed and restarted ({:.0} s, {:.0}-{:.0} s each)",
+                programs.len(),
                 count(|p| p.migration == Migration::Moves),
                 count(|p| p.migration == Migration::Refused),
                 count(|p| p.restart),

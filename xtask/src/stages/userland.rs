@@ -291,7 +291,12 @@ fn apt_options(work: &Path, spec: &RootSpec) -> Result<Vec<String>> {
 /// from any mirror).
 fn dsc_line(uris: &str) -> Option<Vec<String>> {
     uris.lines()
-        .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .find(|words| words.first().is_some_and(|name| name.ends_with(".dsc")))
 }
 

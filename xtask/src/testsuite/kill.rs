@@ -33,26 +33,15 @@ use crate::chroot;
 use crate::engine::Stamp;
 use crate::files;
 use crate::host::{self, HostTool};
+use crate::seeded::{seed_from_env, Seeded};
 use crate::shell::StageShell;
 
 const STAGES: [&str; 4] = ["packages", "kernel", "node1", "iso"];
 
-/// SplitMix64: kill points that a seed reproduces.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// A share of a stage's time, in 5%..80%: after it has begun, before
-    /// a run a little quicker than the reference could have finished it.
-    fn share(&mut self) -> f64 {
-        0.05 + (self.next() % 7500) as f64 / 10_000.0
-    }
+/// A share of a stage's time, in 5%..80%: after it has begun, before a
+/// run a little quicker than the reference could have finished it.
+fn share(rng: &mut Seeded) -> f64 {
+    0.05 + (rng.next() % 7500) as f64 / 10_000.0
 }
 
 /// The PID namespace of process `pid`'s children, as /proc names it.
@@ -356,14 +345,7 @@ pub(crate) fn kill_matrix(project: &Path) -> Result<Timings> {
         true,
         s.log_path(),
     )?;
-    let seed = match std::env::var("KRGISO_KILL_SEED") {
-        Ok(text) => text
-            .parse::<u64>()
-            .with_context(|| format!("KRGISO_KILL_SEED={text} is not a number"))?,
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64,
-    };
+    let seed = seed_from_env("KRGISO_KILL_SEED")?;
     let points: usize = std::env::var("KRGISO_KILL_POINTS")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -384,7 +366,7 @@ pub(crate) fn kill_matrix(project: &Path) -> Result<Timings> {
     let mut timings = Vec::new();
     for stage in STAGES {
         for _ in 0..points {
-            let share = rng.share();
+            let share = share(&mut rng);
             // How long the stage takes, as the reference build did it.
             // (The stamps this run leaves are no measure: a rerun may
             // have redone only part of a stage.)
@@ -459,8 +441,8 @@ mod tests {
     #[test]
     fn a_seed_gives_the_same_points_and_they_spread_over_the_stage() {
         let (mut a, mut b) = (Seeded(42), Seeded(42));
-        let pa: Vec<f64> = (0..200).map(|_| a.share()).collect();
-        let pb: Vec<f64> = (0..200).map(|_| b.share()).collect();
+        let pa: Vec<f64> = (0..200).map(|_| share(&mut a)).collect();
+        let pb: Vec<f64> = (0..200).map(|_| share(&mut b)).collect();
         assert_eq!(pa, pb);
         assert!(pa.iter().all(|&s| (0.05..0.80).contains(&s)), "{pa:?}");
         // Every tenth of the range is hit: the middle of a long command

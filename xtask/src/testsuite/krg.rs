@@ -152,7 +152,10 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     let warm = t.elapsed().as_secs_f64();
     let reuse = compiler_cache_said(&run)?;
     timings.push(("kernel, cold compiler cache".to_owned(), cold_kernel));
-    timings.push((format!("kernel after clean kernel, fresh tree ({reuse})"), warm));
+    timings.push((
+        format!("kernel after clean kernel, fresh tree ({reuse})"),
+        warm,
+    ));
     ensure!(
         !kept_tree_used(&run)?,
         "the kernel stage went on with a tree the broken patch's run had prepared"
@@ -169,7 +172,10 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     run.must(&s, &["kernel"])?;
     let kept = t.elapsed().as_secs_f64();
     let reuse = compiler_cache_said(&run)?;
-    timings.push((format!("kernel after clean kernel, kept tree ({reuse})"), kept));
+    timings.push((
+        format!("kernel after clean kernel, kept tree ({reuse})"),
+        kept,
+    ));
     ensure!(
         kept_tree_used(&run)?,
         "the kernel stage did not go on with its kept tree"
@@ -191,6 +197,38 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     let edited = fragment_change(&run, &s, "CONFIG_IKCONFIG")?;
     timings.push(edited);
     run.must(&s, &["kernel"])?;
+    check_outputs(&run)?;
+
+    s.step(
+        "clean packages, packages again: busybox and dropbear are the kept builds, not compiled",
+    );
+    run.must(&s, &["clean", "packages"])?;
+    let t = Instant::now();
+    run.must(&s, &["packages"])?;
+    timings.push((
+        "packages after clean packages (static builds kept)".to_owned(),
+        t.elapsed().as_secs_f64(),
+    ));
+    let log = fs::read_to_string(run.layout().log("packages"))?;
+    for package in &run.profile.nodes.packages {
+        ensure!(
+            log.lines()
+                .any(|l| l.contains(&format!("==> {package}: the kept build of "))),
+            "the packages stage did not take {package}'s kept build from {}",
+            run.layout().static_builds.display()
+        );
+        ensure!(
+            !log.lines()
+                .any(|l| l.contains(&format!("==> {package}: build"))),
+            "the packages stage compiled {package} again although its build was kept"
+        );
+    }
+    // The kernel stage installs into the new nodes root from its kept tree.
+    run.must(&s, &["kernel"])?;
+    ensure!(
+        kept_tree_used(&run)?,
+        "the kernel stage did not go on with its kept tree after packages"
+    );
     check_outputs(&run)?;
     no_mounts_under(&run.layout().build)?;
     Ok(timings)
@@ -259,7 +297,9 @@ fn fragment_change(run: &KrgRun, s: &StageShell, symbol: &str) -> Result<(String
             .join(format!("config-{KRG_RELEASE}")),
     )?;
     ensure!(
-        staged.lines().any(|l| l == format!("# {symbol} is not set")),
+        staged
+            .lines()
+            .any(|l| l == format!("# {symbol} is not set")),
         "the staged config still has {symbol} after the fragment turned it off"
     );
     let compiled = compilations(&reuse)?;
@@ -268,7 +308,31 @@ fn fragment_change(run: &KrgRun, s: &StageShell, symbol: &str) -> Result<(String
         "turning {symbol} off compiled {compiled} files ({reuse}): more than what it touches"
     );
     crate::files::remove_tree(&base)?;
-    Ok((format!("kernel after a fragment change, kept tree ({reuse})"), secs))
+    Ok((
+        format!("kernel after a fragment change, kept tree ({reuse})"),
+        secs,
+    ))
+}
+
+/// How many of Kerrighed's 12 test programs e2e-boot-krg runs (`all`, or
+/// a number; 6 without it), and the seed that picks them.
+const PROGRAMS_ENV: &str = "KRGISO_TEST_PROGRAMS";
+const PROGRAMS_SEED_ENV: &str = "KRGISO_TEST_PROGRAMS_SEED";
+const PROGRAMS_SAMPLED: usize = 6;
+
+/// The sample of test programs e2e-boot-krg runs: None for all of them.
+fn test_program_sample() -> Result<Option<(u64, usize)>> {
+    let count = match std::env::var(PROGRAMS_ENV) {
+        Ok(text) if text == "all" => return Ok(None),
+        Ok(text) => text
+            .parse::<usize>()
+            .with_context(|| format!("{PROGRAMS_ENV}={text} is neither `all` nor a number"))?,
+        Err(_) => PROGRAMS_SAMPLED,
+    };
+    Ok(Some((
+        crate::seeded::seed_from_env(PROGRAMS_SEED_ENV)?,
+        count,
+    )))
 }
 
 /// A boot test part's start: the default image brought up to date (what
@@ -299,7 +363,16 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
     let (run, s, mut timings) = image_up_to_date(project, "e2e-boot-krg")?;
     s.step("qemu --nodes 4 --uefi-nodes 1 --late-node --lose-node: a UEFI node turned away, the Kerrighed cluster of the other three, the single-system-image proof, a node left out, a member lost and the cluster formed again");
     let layout = run.layout();
-    let report = BootTest::for_build(&run.profile, &layout, 4, QemuFirmware::Bios)?
+    let mut test = BootTest::for_build(&run.profile, &layout, 4, QemuFirmware::Bios)?;
+    if let Some((seed, count)) = test_program_sample()? {
+        let replay = format!(
+            "e2e-boot-krg: {count} of Kerrighed's test programs, picked by seed {seed} (replay: {PROGRAMS_SEED_ENV}={seed} {PROGRAMS_ENV}={count} cargo xtask test --only e2e-boot-krg; all of them: {PROGRAMS_ENV}=all)"
+        );
+        println!("{replay}");
+        s.note(&replay);
+        test = test.with_a_sample_of_test_programs(seed, count);
+    }
+    let report = test
         .with_uefi_nodes(1, &layout.log("qemu"))?
         .with_a_late_node()?
         .with_a_lost_node()?
@@ -358,16 +431,18 @@ pub(crate) fn boot_krg(project: &Path) -> Result<Timings> {
 /// LAN's addresses and form the cluster with the ids those addresses give
 /// (the single-system-image proof on it); the two others get an address
 /// whose id is node2's and node1's: node1 names each clash, on its status
-/// page and on the node's console, and they stay out.
+/// page and on the node's console, and they stay out. On that two-node
+/// cluster, the cluster's gain is measured for `bench` (qemu/gain.rs).
 pub(crate) fn boot_krg_proxy(project: &Path) -> Result<Timings> {
     let (run, s, mut timings) = image_up_to_date(project, "e2e-boot-krg-proxy")?;
-    s.step("qemu --nodes 4 --foreign-dhcp --id-clash: node1 proxies on a LAN with its own DHCP server; two nodes form the cluster with the LAN's ids, two are told their id clashes");
+    s.step("qemu --nodes 4 --foreign-dhcp --id-clash --cluster-gain: node1 proxies on a LAN with its own DHCP server; two nodes form the cluster with the LAN's ids, two are told their id clashes; a batch of jobs on one node, then on both");
     let layout = run.layout();
     let log = layout.log("qemu");
     let report = BootTest::for_build(&run.profile, &layout, 4, QemuFirmware::Bios)?
         .on_a_foreign_lan(&log)?
         .with_id_clashes()?
         .with_the_ssi_proof_only()
+        .with_cluster_gain()?
         .with_screenshot(&log)?
         .run()?;
     ensure!(
@@ -402,6 +477,22 @@ pub(crate) fn boot_krg_proxy(project: &Path) -> Result<Timings> {
             "{node}, whose id clashes, is in the cluster"
         );
     }
+    let gain = report
+        .cluster_gain
+        .as_ref()
+        .context("the run measured no cluster gain")?;
+    timings.push((
+        format!(
+            "batch of {} jobs kept on one node (then {:.2}x faster on 2)",
+            gain.jobs,
+            gain.ratio()
+        ),
+        gain.one_node_s,
+    ));
+    timings.push((
+        format!("batch of {} jobs over 2 nodes", gain.jobs),
+        gain.cluster_s,
+    ));
     timings.extend(milestone_timings(&report));
     Ok(timings)
 }

@@ -155,7 +155,7 @@ const END_TO_END: &[EndToEnd] = &[
     },
     EndToEnd {
         name: "e2e-boot-krg-proxy",
-        about: "`qemu --nodes 4 --foreign-dhcp --id-clash` on the default profile: node1 only proxies on a LAN with its own DHCP server (a /16); two nodes boot through it and form the Kerrighed cluster with the ids of the LAN's addresses (the single-system-image proof); two more get an address whose id is node2's and node1's: each clash named on node1's status page and on the node's console, and the node stays out",
+        about: "`qemu --nodes 4 --foreign-dhcp --id-clash --cluster-gain` on the default profile: node1 only proxies on a LAN with its own DHCP server (a /16); two nodes boot through it and form the Kerrighed cluster with the ids of the LAN's addresses (the single-system-image proof); two more get an address whose id is node2's and node1's: each clash named on node1's status page and on the node's console, and the node stays out; on the two-node cluster, a batch of CPU-bound jobs timed kept on one node and spread over both",
         check: krg::boot_krg_proxy,
     },
     EndToEnd {

@@ -101,8 +101,9 @@ impl KrgBuild<'_> {
             dir.join("config.status").is_file() && dir.join("tools/Makefile").is_file()
         });
         if configured {
-            self.shell
-                .note("libkerrighed and the tools for musl: configured by the run that kept the tree");
+            self.shell.note(
+                "libkerrighed and the tools for musl: configured by the run that kept the tree",
+            );
         } else {
             self.configure_static_tools(tree, &cc, &cflags)?;
         }

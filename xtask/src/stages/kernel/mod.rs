@@ -310,8 +310,14 @@ impl Kernel {
             Toolchain::Current => cx.layout.root(Root::Build),
             Toolchain::Era => self.nodes_root(),
         };
-        parts.push(("compilers (the root's packages)", static_builds::packages_of(&root)?));
-        parts.push(("toolchain", format!("{:?} cc={:?}", self.toolchain(), spec.cc)));
+        parts.push((
+            "compilers (the root's packages)",
+            static_builds::packages_of(&root)?,
+        ));
+        parts.push((
+            "toolchain",
+            format!("{:?} cc={:?}", self.toolchain(), spec.cc),
+        ));
         parts.push(("configure", spec.configure_args.join(" ")));
         parts.push(("static tools", self.static_userland().to_string()));
         Ok(TreeKey::new(&parts))
