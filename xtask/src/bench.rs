@@ -404,11 +404,7 @@ impl Bench {
                     &self.profile,
                     &["clean", "kernel"],
                 )?;
-                let warm = self.measure(
-                    KERNEL_AGAIN,
-                    &self.profile,
-                    &["kernel"],
-                )?;
+                let warm = self.measure(KERNEL_AGAIN, &self.profile, &["kernel"])?;
                 ensure!(
                     warm.stages.contains_key("kernel"),
                     "`kernel` after `clean kernel` did not rebuild the kernel"
