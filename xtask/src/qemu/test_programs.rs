@@ -384,7 +384,7 @@ impl Run<'_> {
         let count = |f: fn(&TestProgram) -> bool| programs.iter().filter(|p| f(p)).count();
         let sample = match self.test.test_program_sample {
             Some((seed, _)) => format!(
-                " of {}, picked by seed {seed} ({})",
+                " of {} (picked by seed {seed}: {})",
                 TEST_PROGRAMS.len(),
                 programs
                     .iter()
@@ -398,7 +398,7 @@ impl Run<'_> {
             b,
             Milestone::TestPrograms,
             format!(
-                "{}{sample} programs ended as they should: {} migrated away and back, {} refused as documented, {} checkpointed and restarted ({:.0} s, {:.0}-{:.0} s each)",
+                "{} programs{sample} ended as they should: {} migrated away and back, {} refused as documented, {} checkpointed and restarted ({:.0} s, {:.0}-{:.0} s each)",
                 programs.len(),
                 count(|p| p.migration == Migration::Moves),
                 count(|p| p.migration == Migration::Refused),
