@@ -147,10 +147,7 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
 
     s.step("clean kernel, then kernel again: a fresh tree (the broken patch's run took the kept one), the compiler cache warm");
     run.must(&s, &["clean", "kernel"])?;
-    let t = Instant::now();
-    run.must(&s, &["kernel"])?;
-    let warm = t.elapsed().as_secs_f64();
-    let reuse = compiler_cache_said(&run)?;
+    let (warm, reuse) = timed_kernel(&run, &s, &["kernel"])?;
     timings.push(("kernel, cold compiler cache".to_owned(), cold_kernel));
     timings.push((
         format!("kernel after clean kernel, fresh tree ({reuse})"),
@@ -168,10 +165,7 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
 
     s.step("clean kernel, then kernel again: the kept tree, made again incrementally");
     run.must(&s, &["clean", "kernel"])?;
-    let t = Instant::now();
-    run.must(&s, &["kernel"])?;
-    let kept = t.elapsed().as_secs_f64();
-    let reuse = compiler_cache_said(&run)?;
+    let (kept, reuse) = timed_kernel(&run, &s, &["kernel"])?;
     timings.push((
         format!("kernel after clean kernel, kept tree ({reuse})"),
         kept,
@@ -234,6 +228,14 @@ or put linux-2.6.20.tar.bz2 and kerrighed-2.4.4.tar.gz in a directory and name i
     Ok(timings)
 }
 
+/// The kernel stage run by `cargo xtask ARGS`, timed: its seconds, and
+/// what its compiler cache reused.
+fn timed_kernel(run: &KrgRun, s: &StageShell, args: &[&str]) -> Result<(f64, String)> {
+    let t = Instant::now();
+    run.must(s, args)?;
+    Ok((t.elapsed().as_secs_f64(), compiler_cache_said(run)?))
+}
+
 /// What the last kernel stage's log says its compiler cache reused.
 fn compiler_cache_said(run: &KrgRun) -> Result<String> {
     let log = fs::read_to_string(run.layout().log("kernel"))?;
@@ -283,10 +285,7 @@ fn fragment_change(run: &KrgRun, s: &StageShell, symbol: &str) -> Result<(String
     let profile = base.join("fragment-change.toml");
     fs::write(&profile, edited)?;
     let profile = profile.display().to_string();
-    let t = Instant::now();
-    run.must(s, &["--profile", &profile, "kernel"])?;
-    let secs = t.elapsed().as_secs_f64();
-    let reuse = compiler_cache_said(run)?;
+    let (secs, reuse) = timed_kernel(run, s, &["--profile", &profile, "kernel"])?;
     ensure!(
         kept_tree_used(run)?,
         "a fragment change did not go on with the kept tree"
