@@ -26,13 +26,9 @@ pub(crate) struct BuildKey {
 impl BuildKey {
     /// One `name: value` line per part.
     pub(crate) fn new(package: &str, parts: &[(&str, String)]) -> BuildKey {
-        let text = parts
-            .iter()
-            .map(|(name, value)| format!("{name}: {value}\n"))
-            .collect::<String>();
         BuildKey {
             package: package.to_owned(),
-            text: format!("package: {package}\n{text}"),
+            text: format!("package: {package}\n{}", key_lines(parts)),
         }
     }
 
@@ -61,6 +57,15 @@ pub(crate) fn packages_of(root: &Path) -> Result<String> {
     }
     packages.sort();
     Ok(sha256_hex(packages.join("\n").as_bytes()))
+}
+
+/// A key's text: one `name: value` line per part, in the order given (the
+/// kept builds' keys, and the kernel's kept tree's).
+pub(crate) fn key_lines(parts: &[(&str, String)]) -> String {
+    parts
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\n"))
+        .collect()
 }
 
 /// The kept builds, in one directory.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::bytes::sha256_hex;
+use crate::stages::static_builds::key_lines;
 
 /// The file in the work dir that says what the tree was prepared from.
 const KEY_FILE: &str = "krgiso-tree-key";
@@ -26,18 +26,7 @@ pub(crate) struct TreeKey(String);
 impl TreeKey {
     /// One `name: value` line per part, in the order given.
     pub(crate) fn new(parts: &[(&str, String)]) -> TreeKey {
-        TreeKey(
-            parts
-                .iter()
-                .map(|(name, value)| format!("{name}: {value}\n"))
-                .collect(),
-        )
-    }
-
-    /// A file's content, as a digest (for the patches).
-    pub(crate) fn file_digest(path: &Path) -> Result<String> {
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(sha256_hex(&bytes))
+        TreeKey(key_lines(parts))
     }
 }
 

@@ -304,7 +304,10 @@ impl Kernel {
         }
         for file in patches.iter().flat_map(|set| &set.files) {
             let name = file.file_name().unwrap_or_default().to_string_lossy();
-            parts.push(("patch", format!("{name} {}", TreeKey::file_digest(file)?)));
+            parts.push((
+                "patch",
+                format!("{name} {}", crate::bytes::sha256_of(file)?),
+            ));
         }
         let root = match self.toolchain() {
             Toolchain::Current => cx.layout.root(Root::Build),
