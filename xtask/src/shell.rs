@@ -206,6 +206,26 @@ impl StageShell {
             .stderr(Stdio::piped())
             // Own process group: Ctrl-C handling signals the whole group.
             .process_group(0);
+        // A run killed with SIGKILL takes its command with it: a host-side
+        // program (mmdebstrap, debootstrap) left running would go on
+        // writing into, and unmounting under, the partial root that the
+        // next run releases and makes again. What it ran inside a chroot is
+        // released by that next run (chroot::release_stale).
+        // SAFETY: prctl and getppid are async-signal-safe, and nothing else
+        // runs between fork and exec.
+        unsafe {
+            let parent = libc::getpid();
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the prctl: nothing would signal.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
         let started = Instant::now();
         let mut child = command
             .spawn()

@@ -192,6 +192,20 @@ impl RootSpec {
                 "set either `keyring` or `allow_unsigned = true`, not both",
             );
         }
+        if self.bootstrap == Bootstrap::Mmdebstrap && self.userland == Userland::Debian {
+            if self.allow_unsigned {
+                p.add(
+                    format!("{section}.allow_unsigned"),
+                    "mmdebstrap checks every Release signature: for an unsigned suite set `bootstrap = \"debootstrap\"`",
+                );
+            }
+            if self.install == InstallMethod::Include {
+                p.add(
+                    format!("{section}.install"),
+                    "`install` is debootstrap's: mmdebstrap installs the packages in its own run; drop `install`, or set `bootstrap = \"debootstrap\"`",
+                );
+            }
+        }
         if self.components.is_empty() {
             p.add(
                 format!("{section}.components"),

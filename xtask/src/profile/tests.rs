@@ -30,6 +30,9 @@ fn the_2_4_1_lenny_profile_is_the_guides_build() {
         ("lenny", "i386")
     );
     assert_eq!(p.nodes.mirror, "http://archive.debian.org/debian");
+    // The host's apt would refuse lenny's expired key: debootstrap it is.
+    assert_eq!(p.nodes.bootstrap, Bootstrap::Debootstrap);
+    assert_eq!(p.nodes.install, InstallMethod::Include);
     let linux = p.source("linux").unwrap();
     assert_eq!(linux.file, "linux-2.6.20.tar.bz2");
     assert_eq!(
@@ -344,6 +347,18 @@ fn bad_values_are_named_with_their_line() {
             "arch = \"x86_64\"",
             "nodes.arch",
             "not a Debian architecture",
+        ),
+        (
+            "variant = \"minbase\"",
+            "variant = \"minbase\"\nallow_unsigned = true",
+            "nodes.allow_unsigned",
+            "mmdebstrap checks every Release signature",
+        ),
+        (
+            "variant = \"minbase\"",
+            "variant = \"minbase\"\ninstall = \"include\"",
+            "nodes.install",
+            "`install` is debootstrap's",
         ),
         (
             "user = \"krg\"",

@@ -20,7 +20,7 @@ use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
 use crate::layout::Root;
-use crate::profile::{InstallMethod, RootSpec, Userland};
+use crate::profile::{Bootstrap, InstallMethod, RootSpec, Userland, Variant};
 use crate::shell::{StageShell, Stopped};
 use crate::stages::initramfs;
 use crate::stages::root_kernels::installed_kernels;
@@ -162,8 +162,12 @@ impl Packages {
                 }
                 Some(dir) => {
                     let cache = self.deb_cache(job)?;
-                    if !job.bootstrapped {
-                        bootstrap(shell, job, dir, &cache)?;
+                    match job.spec.bootstrap {
+                        Bootstrap::Mmdebstrap => mmdebstrap(shell, job, dir, &cache)?,
+                        Bootstrap::Debootstrap if !job.bootstrapped => {
+                            bootstrap(shell, job, dir, &cache)?
+                        }
+                        Bootstrap::Debootstrap => {}
                     }
                     provision(shell, job, dir, &cache)?;
                     dir.clone()
@@ -186,14 +190,15 @@ impl Stage for Packages {
         "packages"
     }
     fn about(&self) -> &'static str {
-        "debootstrap the node1 and nodes roots and install their package sets"
+        "mmdebstrap (or debootstrap) the node1 and nodes roots with their package sets"
     }
     fn recipe(&self) -> u32 {
         // 3: one initramfs per root (INITRD=No during apt).
         // 4: node1's initramfs without network, graphics and sound modules.
         // 5: node1's initramfs by mkinitramfs with krgiso's module hook;
         //    live-boot's hook wrapped; one bootstrap for two alike roots.
-        5
+        // 6: mmdebstrap; busybox without the applets a node has no use for.
+        6
     }
     fn needs_root(&self) -> bool {
         true
@@ -236,13 +241,20 @@ impl Stage for Packages {
         Ok(())
     }
     fn host_tools(&self) -> Vec<HostTool> {
-        let mut tools = vec![
-            HostTool::new("debootstrap", "debootstrap"),
+        let mut tools = Vec::new();
+        for job in self.jobs() {
+            let how = job.spec.bootstrap.as_str();
+            let needed = job.spec.userland == Userland::Debian;
+            if needed && !tools.iter().any(|t: &HostTool| t.program == how) {
+                tools.push(HostTool::new(how, how));
+            }
+        }
+        tools.extend([
             HostTool::new("gpgv", "gpgv"),
             HostTool::new("setarch", "util-linux"),
             HostTool::new("chroot", "coreutils"),
             HostTool::new("dpkg-query", "dpkg"),
-        ];
+        ]);
         for job in self.jobs() {
             if let Some(keyring) = job.spec.keyring.as_ref().and_then(|k| k.to_str()) {
                 tools.push(HostTool::new(keyring, keyring_package(keyring)));
@@ -397,11 +409,71 @@ fn includes_packages(spec: &RootSpec) -> bool {
     spec.install == InstallMethod::Include && !spec.packages.is_empty()
 }
 
-/// Two roots debootstrap alike: one bootstrap can serve both.
+/// Two roots debootstrap alike: one bootstrap can serve both. (An
+/// mmdebstrap run makes a root with its own packages: none to share.)
 fn same_bootstrap(a: &RootSpec, b: &RootSpec) -> bool {
-    a.userland != Userland::Static
-        && b.userland != Userland::Static
+    [a, b]
+        .iter()
+        .all(|s| s.userland == Userland::Debian && s.bootstrap == Bootstrap::Debootstrap)
         && debootstrap_args(a) == debootstrap_args(b)
+}
+
+/// Where mmdebstrap's hooks find the root's .deb cache (an environment
+/// variable: no path is quoted into a hook's shell text).
+const DEB_CACHE_VAR: &str = "KRGISO_DEB_CACHE";
+
+/// A root's mmdebstrap options, suite, target and mirror. The root's .deb
+/// cache is its apt archives for the run (bind-mounted by the setup hook,
+/// released by the customize hook; a failed run's mount is released with
+/// the partial root), and nothing is removed from it.
+fn mmdebstrap_args(spec: &RootSpec, dir: &Path) -> Vec<String> {
+    let archives = "\"$1/var/cache/apt/archives\"";
+    let mut args = vec![
+        "--mode=root".to_owned(),
+        format!(
+            "--variant={}",
+            spec.variant.map_or("debootstrap", Variant::as_str)
+        ),
+        format!("--architectures={}", spec.arch),
+        format!("--components={}", spec.components.join(",")),
+        "--aptopt=Acquire::Languages \"none\"".to_owned(),
+        // No fsync per file while building: the root is thrown away if the build dies.
+        "--dpkgopt=force-unsafe-io".to_owned(),
+        "--skip=essential/unlink".to_owned(),
+        "--skip=download/empty".to_owned(),
+        format!("--setup-hook=mkdir -p {archives} && mount --bind \"${DEB_CACHE_VAR}\" {archives}"),
+        format!("--customize-hook=umount {archives}"),
+    ];
+    if let Some(keyring) = &spec.keyring {
+        args.push(format!("--keyring={}", keyring.display()));
+    }
+    if !spec.packages.is_empty() {
+        args.push(format!("--include={}", spec.packages.join(",")));
+    }
+    args.push(spec.suite.clone());
+    args.push(dir.display().to_string());
+    args.push(spec.mirror.clone());
+    args
+}
+
+/// The root and its packages in one mmdebstrap run: apt resolves them
+/// (Recommends left out, as below), with the same INITRD=No.
+fn mmdebstrap(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
+    let spec = job.spec;
+    let sh = shell.sh();
+    let args = mmdebstrap_args(spec, dir);
+    shell.step(&format!(
+        "mmdebstrap the {} root: {} {} with {} packages from {}",
+        job.dir,
+        spec.suite,
+        spec.arch,
+        spec.packages.len(),
+        spec.mirror
+    ));
+    let cmd = cmd!(sh, "mmdebstrap {args...}")
+        .env(DEB_CACHE_VAR, cache)
+        .env("INITRD", "No");
+    run_explained(shell, cmd, job)
 }
 
 fn bootstrap(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
@@ -427,8 +499,12 @@ fn bootstrap(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Res
 /// A bootstrapped root's packages, checked, and the root made ready to ship.
 fn provision(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
     let spec = job.spec;
-    if spec.install == InstallMethod::Apt && !spec.packages.is_empty() {
+    let with_apt = spec.bootstrap == Bootstrap::Debootstrap && spec.install == InstallMethod::Apt;
+    if with_apt && !spec.packages.is_empty() {
         install_with_apt(shell, job, dir, cache)?;
+    }
+    if job.initramfs && dir.join("usr/sbin/update-initramfs").exists() {
+        make_initramfs(shell, job, dir)?;
     }
 
     shell.step(&format!("check the {} root's package set", job.dir));
@@ -448,7 +524,6 @@ const APT_BUILD_CONF: &str = "etc/apt/apt.conf.d/90krgiso-build";
 const DPKG_BUILD_CONF: &str = "etc/dpkg/dpkg.cfg.d/90krgiso-build";
 
 fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
-    let section = job.section;
     fs::write(
         dir.join(APT_BUILD_CONF),
         "APT::Install-Recommends \"false\";\nAPT::Install-Suggests \"false\";\nAcquire::Languages \"none\";\nDpkg::Use-Pty \"false\";\n",
@@ -483,25 +558,26 @@ fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path)
     // hook, so there is no image for the trigger to update either. The one
     // initramfs a root needs is made once, below (node1's live-boot one)
     // or by the kernel stage (the nodes' NFS-root one).
-    run_explained(shell, chroot.cmd(&args).env("INITRD", "No"), job)?;
-    if job.initramfs && dir.join("usr/sbin/update-initramfs").exists() {
-        // mkinitramfs with a private configuration (MODULES=list plus a
-        // hook that picks node1's modules quickly), into /boot as
-        // update-initramfs would.
-        if initramfs::live_hook_needs_wrapper(dir) {
-            run_explained(shell, chroot.cmd(&initramfs::divert_live_hook()), job)?;
-            let hook = dir.join(initramfs::LIVE_HOOK.trim_start_matches('/'));
-            files::write_atomic(&hook, initramfs::live_hook_wrapper().as_bytes())?;
-            fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
-                .with_context(|| format!("making {} executable", hook.display()))?;
-        }
-        let conf = initramfs::ConfDir::write(dir, &[], &initramfs::NODE1_MODULES)?;
-        for version in installed_kernels(dir) {
-            shell.step(&format!("make the {section} initramfs for {version}"));
-            let output = format!("/boot/initrd.img-{version}");
-            run_explained(shell, chroot.cmd(&conf.mkinitramfs(&output, &version)), job)?;
-        }
-        drop(conf);
+    run_explained(shell, chroot.cmd(&args).env("INITRD", "No"), job)
+}
+
+/// node1's live-boot initramfs, made once its packages are in: mkinitramfs
+/// with a private configuration (MODULES=list plus a hook that picks
+/// node1's modules quickly), into /boot as update-initramfs would.
+fn make_initramfs(shell: &StageShell, job: &RootJob, dir: &Path) -> Result<()> {
+    let chroot = Chroot::enter(dir, &job.spec.arch, &[], shell)?;
+    if initramfs::live_hook_needs_wrapper(dir) {
+        run_explained(shell, chroot.cmd(&initramfs::divert_live_hook()), job)?;
+        let hook = dir.join(initramfs::LIVE_HOOK.trim_start_matches('/'));
+        files::write_atomic(&hook, initramfs::live_hook_wrapper().as_bytes())?;
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", hook.display()))?;
+    }
+    let conf = initramfs::ConfDir::write(dir, &[], &initramfs::NODE1_MODULES)?;
+    for version in installed_kernels(dir) {
+        shell.step(&format!("make the {} initramfs for {version}", job.section));
+        let output = format!("/boot/initrd.img-{version}");
+        run_explained(shell, chroot.cmd(&conf.mkinitramfs(&output, &version)), job)?;
     }
     Ok(())
 }
@@ -659,7 +735,7 @@ fn explain(log: &str, section: &str, spec: &RootSpec) -> Option<String> {
         .keyring
         .as_ref()
         .map(|k| k.display().to_string())
-        .unwrap_or_else(|| "debootstrap's default".to_owned());
+        .unwrap_or_else(|| format!("{}'s default", spec.bootstrap.as_str()));
     for marker in [
         "Release signed by unknown key",
         "Invalid Release signature",
@@ -718,9 +794,16 @@ mod tests {
             )
             .unwrap()
         };
-        let smoke = load("smoke");
+        let mut smoke = load("smoke");
         assert_ne!(smoke.node1.packages, smoke.nodes.packages);
+        // mmdebstrap (the default) makes each root with its own packages.
+        assert!(!same_bootstrap(&smoke.node1, &smoke.nodes));
+        smoke.node1.bootstrap = Bootstrap::Debootstrap;
+        smoke.nodes.bootstrap = Bootstrap::Debootstrap;
         assert!(same_bootstrap(&smoke.node1, &smoke.nodes));
+        let mut other = smoke.nodes.clone();
+        other.bootstrap = Bootstrap::Mmdebstrap;
+        assert!(!same_bootstrap(&smoke.node1, &other));
         let mut other = smoke.nodes.clone();
         other.arch = "i386".into();
         assert!(!same_bootstrap(&smoke.node1, &other));
@@ -741,6 +824,43 @@ mod tests {
         let mut static_copy = krg.node1.clone();
         static_copy.userland = Userland::Static;
         assert!(!same_bootstrap(&krg.node1, &static_copy));
+    }
+
+    /// mmdebstrap's hooks bind the root's .deb cache by an environment
+    /// variable (a path is never quoted into their shell text), keep every
+    /// .deb in it, and release the mount before mmdebstrap's own cleanup.
+    #[test]
+    fn mmdebstrap_keeps_the_deb_cache_and_quotes_no_path() {
+        let mut spec = spec();
+        spec.keyring = Some("/k/r.gpg".into());
+        let args = mmdebstrap_args(&spec, Path::new("/b/it's here"));
+        let n = args.len();
+        assert_eq!(
+            args[n - 3..],
+            ["bookworm", "/b/it's here", "http://deb.debian.org/debian"]
+        );
+        assert!(args.contains(&"--variant=minbase".to_owned()));
+        assert!(args.contains(&"--architectures=amd64".to_owned()));
+        assert!(args.contains(&"--keyring=/k/r.gpg".to_owned()));
+        let include = format!("--include={}", spec.packages.join(","));
+        assert!(args.contains(&include), "{args:?}");
+        for kept in ["--skip=essential/unlink", "--skip=download/empty"] {
+            assert!(args.contains(&kept.to_owned()), "{kept} missing");
+        }
+        let hooks: Vec<&String> = args.iter().filter(|a| a.contains("-hook=")).collect();
+        assert_eq!(hooks.len(), 2);
+        assert!(
+            hooks[0].starts_with("--setup-hook=")
+                && hooks[0].contains("mount --bind \"$KRGISO_DEB_CACHE\"")
+        );
+        assert!(hooks[1].starts_with("--customize-hook=umount "));
+        assert!(hooks.iter().all(|h| !h.contains("/b/")));
+        // No variant: mmdebstrap's own default, which is debootstrap's.
+        spec.variant = None;
+        spec.packages.clear();
+        let args = mmdebstrap_args(&spec, Path::new("/r"));
+        assert!(args.contains(&"--variant=debootstrap".to_owned()));
+        assert!(!args.iter().any(|a| a.starts_with("--include")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use xshell::cmd;
 
 use crate::chroot;
 use crate::files;
+use crate::host;
 use crate::profile;
 use crate::shell::StageShell;
 
@@ -376,6 +377,9 @@ pub(crate) fn i386_chroot(project: &Path) -> Result<Timings> {
         files::remove_tree(&root)?;
         fs::create_dir_all(&root)?;
         s.step("debootstrap a minimal bookworm i386 root");
+        // The lenny profile's way: the stages of the others use mmdebstrap.
+        let debootstrap = [host::HostTool::new("debootstrap", "debootstrap")];
+        host::ensure_tools(&debootstrap, true, s.log_path())?;
         let sh = s.sh();
         let cache_arg = format!("--cache-dir={}", cache.display());
         s.run(cmd!(sh, "debootstrap --arch=i386 --variant=minbase {cache_arg} bookworm {root} http://deb.debian.org/debian"))?;
