@@ -371,7 +371,30 @@ pub(crate) struct Chroot<'a> {
     linux32: bool,
     /// Variables set for every command, over the clean defaults.
     env: Vec<(String, String)>,
-    _mounts: ChrootMounts,
+    /// Undone when the last [`Chroot`] sharing them goes.
+    mounts: Arc<ChrootMounts>,
+}
+
+/// A [`Chroot`] handed to another thread: its root, settings and mounts,
+/// without the shell that runs its commands (see [`Chroot::share`]).
+pub(crate) struct SharedChroot {
+    root: PathBuf,
+    linux32: bool,
+    env: Vec<(String, String)>,
+    mounts: Arc<ChrootMounts>,
+}
+
+impl SharedChroot {
+    /// The chroot again, its commands run by `shell`.
+    pub(crate) fn with_shell(self, shell: &StageShell) -> Chroot<'_> {
+        Chroot {
+            root: self.root,
+            shell,
+            linux32: self.linux32,
+            env: self.env,
+            mounts: self.mounts,
+        }
+    }
 }
 
 impl<'a> Chroot<'a> {
@@ -393,8 +416,19 @@ impl<'a> Chroot<'a> {
             shell,
             linux32,
             env: Vec::new(),
-            _mounts: mounts,
+            mounts: Arc::new(mounts),
         })
+    }
+
+    /// The same chroot for a branch on another thread (one shell runs
+    /// commands on one thread): the mounts stay until both are dropped.
+    pub(crate) fn share(&self) -> SharedChroot {
+        SharedChroot {
+            root: self.root.clone(),
+            linux32: self.linux32,
+            env: self.env.clone(),
+            mounts: Arc::clone(&self.mounts),
+        }
     }
 
     /// Sets `key` for every later command (a `PATH` here replaces the default).

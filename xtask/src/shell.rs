@@ -31,6 +31,20 @@ pub(crate) struct CommandFailed {
 #[error("stopped: another part of this stage failed")]
 pub(crate) struct Stopped;
 
+/// What a stage's branches ended with, as one result: Ctrl-C first, then
+/// the failure that stopped the others (not their being stopped).
+pub(crate) fn first_failure(results: Vec<Result<()>>) -> Result<()> {
+    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    let pick = errors
+        .iter()
+        .position(|e| e.is::<Interrupted>())
+        .or_else(|| errors.iter().position(|e| !e.is::<Stopped>()));
+    match pick {
+        Some(i) => Err(errors.swap_remove(i)),
+        None => errors.pop().map_or(Ok(()), Err),
+    }
+}
+
 /// The shell a stage runs its commands in.
 pub struct StageShell {
     /// Files compiled since the last step (kbuild's `  CC` lines, libtool's).
@@ -604,6 +618,21 @@ mod tests {
             .run(cmd!(after.sh(), "true"))
             .unwrap_err()
             .is::<Stopped>());
+    }
+
+    #[test]
+    fn of_the_branches_results_ctrl_c_wins_then_the_failure_that_stopped_the_rest() {
+        let failed = || Err(anyhow::anyhow!("make failed"));
+        let stopped = || Err(Stopped.into());
+        let interrupted = || Err(Interrupted.into());
+        assert!(first_failure(vec![Ok(()), Ok(())]).is_ok());
+        assert!(first_failure(vec![]).is_ok());
+        let err = first_failure(vec![stopped(), failed(), Ok(())]).unwrap_err();
+        assert_eq!(err.to_string(), "make failed");
+        let err = first_failure(vec![failed(), interrupted(), stopped()]).unwrap_err();
+        assert!(err.is::<Interrupted>());
+        let err = first_failure(vec![Ok(()), stopped()]).unwrap_err();
+        assert!(err.is::<Stopped>());
     }
 
     #[test]

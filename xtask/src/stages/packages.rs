@@ -21,7 +21,7 @@ use crate::host::HostTool;
 use crate::interrupt::Interrupted;
 use crate::layout::Root;
 use crate::profile::{Bootstrap, InstallMethod, RootSpec, Userland, Variant};
-use crate::shell::{StageShell, Stopped};
+use crate::shell::{self, StageShell, Stopped};
 use crate::stages::initramfs;
 use crate::stages::root_kernels::installed_kernels;
 use crate::stages::userland;
@@ -351,14 +351,7 @@ impl Stage for Packages {
                 nodes,
             ]
         });
-        // Both have ended: Ctrl-C first, then the failure that stopped the
-        // other branch (not its being stopped).
-        match (node1, nodes) {
-            (Err(e), _) | (_, Err(e)) if e.is::<Interrupted>() => Err(e),
-            (Err(e), _) | (_, Err(e)) if !e.is::<Stopped>() => Err(e),
-            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(())) => Ok(()),
-        }
+        shell::first_failure(vec![node1, nodes])
     }
 }
 

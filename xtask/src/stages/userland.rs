@@ -20,7 +20,7 @@ use crate::chroot::{Chroot, ExtraBind, CHROOT_PATH};
 use crate::files;
 use crate::layout::Layout;
 use crate::profile::RootSpec;
-use crate::shell::StageShell;
+use crate::shell::{self, StageShell, Stopped};
 use crate::stages::kconfig;
 use crate::stages::static_builds::{self, BuildKey, StaticBuilds};
 
@@ -106,6 +106,9 @@ pub(crate) fn build(
     let jobs = jobs();
     let builds = StaticBuilds::new(&layout.static_builds);
     let compilers = static_builds::packages_of(build_root)?;
+    // Kept builds are copied in; the others are fetched and unpacked here,
+    // one apt at a time, then built.
+    let mut to_build = Vec::new();
     for pkg in &spec.packages {
         let uris = chroot.read(
             &apt_args(&["source", "--print-uris", pkg])
@@ -140,38 +143,65 @@ pub(crate) fn build(
         let mut download = vec!["source", "--download-only"];
         download.push(pkg);
         run(apt_args(&download), SOURCES_INSIDE)?;
-        let tree = format!("{WORK_INSIDE}/{pkg}");
         run(
             vec![
                 "dpkg-source".into(),
                 "-x".into(),
                 format!("{SOURCES_INSIDE}/{}", dsc[0]),
-                tree.clone(),
+                format!("{WORK_INSIDE}/{pkg}"),
             ],
             WORK_INSIDE,
         )?;
-        // Installed beside the root first, so the build can be kept.
-        let installed = work.join(format!("{pkg}.installed"));
-        let installed_inside = format!("{WORK_INSIDE}/{pkg}.installed");
-        match pkg.as_str() {
-            "busybox" => busybox(
-                shell,
-                &chroot,
-                &work.join(pkg),
-                &tree,
-                &jobs,
-                &installed_inside,
-            )?,
-            _ => dropbear(shell, &chroot, &work.join(pkg), &tree, &jobs, &installed)?,
-        }
-        require_static(&installed)?;
-        files::copy_tree(&installed, out)?;
-        builds.put(&key, &installed)?;
-        shell.note(&format!(
-            "{pkg}: build kept in {}",
-            layout.show(&layout.static_builds)
-        ));
+        to_build.push((pkg.as_str(), key));
     }
+
+    // One package: built, installed beside the root first (so the build
+    // can be kept), checked, copied in.
+    let build_one =
+        |shell: &StageShell, chroot: &Chroot, pkg: &str, key: &BuildKey| -> Result<()> {
+            let tree = format!("{WORK_INSIDE}/{pkg}");
+            let installed = work.join(format!("{pkg}.installed"));
+            let installed_inside = format!("{WORK_INSIDE}/{pkg}.installed");
+            let host_tree = work.join(pkg);
+            match pkg {
+                "busybox" => busybox(shell, chroot, &host_tree, &tree, &jobs, &installed_inside)?,
+                _ => dropbear(shell, chroot, &host_tree, &tree, &jobs, &installed)?,
+            }
+            require_static(&installed)?;
+            files::copy_tree(&installed, out)?;
+            builds.put(key, &installed)?;
+            shell.note(&format!(
+                "{pkg}: build kept in {}",
+                layout.show(&layout.static_builds)
+            ));
+            Ok(())
+        };
+    // All at once, each on a branch of its own: one's configure and
+    // install (one core) overlap the other's compilations.
+    let results = std::thread::scope(|scope| -> Result<Vec<Result<()>>> {
+        let mut running = Vec::new();
+        for (pkg, key) in &to_build {
+            let branch = shell.branch(pkg)?;
+            let shared = chroot.share();
+            let build_one = &build_one;
+            running.push(scope.spawn(move || {
+                let chroot = shared.with_shell(&branch);
+                let result = build_one(&branch, &chroot, pkg, key);
+                if result.as_ref().is_err_and(|e| !e.is::<Stopped>()) {
+                    branch.stop_branches();
+                }
+                result
+            }));
+        }
+        Ok(running
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a static build panicked")))
+            })
+            .collect())
+    })?;
+    shell::first_failure(results)?;
     drop(chroot);
 
     require_static(out)?;
