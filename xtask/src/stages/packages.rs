@@ -515,6 +515,15 @@ const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Build-time settings, removed when the root is finished.
 const APT_BUILD_CONF: &str = "etc/apt/apt.conf.d/90krgiso-build";
 const DPKG_BUILD_CONF: &str = "etc/dpkg/dpkg.cfg.d/90krgiso-build";
+/// Every build-time setting a root can have: krgiso's (debootstrap and
+/// apt), and what mmdebstrap leaves of its `--aptopt` and `--dpkgopt`
+/// (dpkg's `force-unsafe-io` would stay in the image).
+pub(crate) const BUILD_SETTINGS: &[&str] = &[
+    APT_BUILD_CONF,
+    DPKG_BUILD_CONF,
+    "etc/apt/apt.conf.d/99mmdebstrap",
+    "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+];
 
 fn install_with_apt(shell: &StageShell, job: &RootJob, dir: &Path, cache: &Path) -> Result<()> {
     fs::write(
@@ -610,7 +619,7 @@ fn check_installed(shell: &StageShell, dir: &Path, packages: &[String]) -> Resul
 /// What a finished root must not carry: the build's apt lists, .debs, logs,
 /// machine-id, ssh host keys, and the build host's resolv.conf.
 pub(crate) fn finish_root(dir: &Path) -> Result<()> {
-    for path in [APT_BUILD_CONF, DPKG_BUILD_CONF] {
+    for path in BUILD_SETTINGS {
         let _ = fs::remove_file(dir.join(path));
     }
     for sub in ["var/lib/apt/lists", "var/cache/apt", "var/log"] {
@@ -903,8 +912,10 @@ mod tests {
             ("etc/ssh/sshd_config", "keep me"),
             ("etc/resolv.conf", "nameserver 10.0.2.3\n"),
             ("tmp/junk/file", "x"),
-            (APT_BUILD_CONF, "x"),
-            (DPKG_BUILD_CONF, "x"),
+            (BUILD_SETTINGS[0], "x"),
+            (BUILD_SETTINGS[1], "x"),
+            (BUILD_SETTINGS[2], "Acquire::Languages \"none\";"),
+            (BUILD_SETTINGS[3], "force-unsafe-io"),
         ] {
             let p = r.join(path);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -923,8 +934,10 @@ mod tests {
             "etc/ssh/ssh_host_ed25519_key",
             "etc/ssh/ssh_host_ed25519_key.pub",
             "tmp/junk",
-            APT_BUILD_CONF,
-            DPKG_BUILD_CONF,
+            BUILD_SETTINGS[0],
+            BUILD_SETTINGS[1],
+            BUILD_SETTINGS[2],
+            BUILD_SETTINGS[3],
         ] {
             assert!(!r.join(gone).exists(), "{gone} left");
         }

@@ -13,6 +13,7 @@ use crate::chroot;
 use crate::files;
 use crate::profile;
 use crate::shell::StageShell;
+use crate::stages::packages;
 
 use super::smoke::{check_shell, host_state, listing, no_mounts_under, SmokeRun, Timings};
 
@@ -293,6 +294,14 @@ fn check_roots(run: &SmokeRun, s: &StageShell) -> Result<()> {
         ensure!(
             !root.join("usr/sbin/policy-rc.d").exists(),
             "policy-rc.d left in the {which} root"
+        );
+        let settings: Vec<_> = packages::BUILD_SETTINGS
+            .iter()
+            .filter(|p| root.join(p).exists())
+            .collect();
+        ensure!(
+            settings.is_empty(),
+            "build-time settings left in the {which} root: {settings:?}"
         );
     }
     check_node1_initramfs(run, s)?;
