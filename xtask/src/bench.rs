@@ -573,20 +573,14 @@ impl Bench {
     /// (small, in every Debian release) package, beside the build dir.
     fn profile_with_one_more_node1_package(&self) -> Result<PathBuf> {
         let text = fs::read_to_string(&self.profile)?;
-        let mut doc: toml_edit::DocumentMut = text
-            .parse()
-            .with_context(|| format!("parsing {}", self.profile.display()))?;
-        let packages = doc["node1"]["packages"]
-            .as_array_mut()
-            .context("the profile has no [node1] packages list")?;
-        let extra = ["less", "file", "bc"]
-            .into_iter()
-            .find(|p| !packages.iter().any(|v| v.as_str() == Some(p)))
-            .context("the [node1] packages already have every package the bench adds")?;
-        packages.push(extra);
+        let node1 = crate::profile::Profile::load(&self.profile)
+            .with_context(|| format!("loading {}", self.profile.display()))?
+            .node1;
+        let edited = with_one_more_node1_package(&text, &node1.packages)
+            .with_context(|| format!("editing {}", self.profile.display()))?;
         let path = self.report_dir().join("profile-node1-changed.toml");
         fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-        fs::write(&path, doc.to_string())?;
+        fs::write(&path, edited)?;
         // The kernel sources' pins live beside the profile.
         let lock = crate::fetch::SourcesLock::beside(&self.profile);
         if lock.exists() {
@@ -594,6 +588,33 @@ impl Bench {
         }
         Ok(path)
     }
+}
+
+/// `profile` (its text) with one more package in [node1]: in its own
+/// list, or, where [node1] comes from an included file (`node1`, as in
+/// every shipped profile), in a [node1] `packages` of the profile's own
+/// that sets the included list (`included`) over it, plus the one.
+fn with_one_more_node1_package(profile: &str, included: &[String]) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = profile.parse().context("parsing the profile")?;
+    let node1 = doc
+        .entry("node1")
+        .or_insert_with(toml_edit::table)
+        .as_table_like_mut()
+        .context("[node1] is not a table")?;
+    if node1.get("packages").is_none() {
+        let list: toml_edit::Array = included.iter().map(String::as_str).collect();
+        node1.insert("packages", toml_edit::value(list));
+    }
+    let packages = node1
+        .get_mut("packages")
+        .and_then(|p| p.as_array_mut())
+        .context("[node1] packages is not a list")?;
+    let extra = ["less", "file", "bc"]
+        .into_iter()
+        .find(|p| !packages.iter().any(|v| v.as_str() == Some(p)))
+        .context("the [node1] packages already have every package the bench adds")?;
+    packages.push(extra);
+    Ok(doc.to_string())
 }
 
 fn memory_mib() -> u64 {
@@ -678,6 +699,37 @@ pub(crate) fn render_table(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every shipped profile takes [node1] from `include = ["node1"]`: the
+    /// bench's package change must land in the merged node1 root all the
+    /// same, and change nothing else.
+    #[test]
+    fn one_more_node1_package_lands_where_node1_comes_from() {
+        use crate::profile::Profile;
+        let t = tempfile::tempdir().unwrap();
+        for name in ["kerrighed-2.4.4", "smoke"] {
+            let path = crate::project_root().join(format!("profiles/{name}.toml"));
+            let before = Profile::load(&path).unwrap();
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(!text.contains("[node1]"), "{name} sets [node1] itself now");
+            let edited = with_one_more_node1_package(&text, &before.node1.packages).unwrap();
+            let copy = t.path().join(format!("{name}.toml"));
+            fs::write(&copy, &edited).unwrap();
+            let after = Profile::load(&copy).unwrap();
+            let mut want = before.node1.packages.clone();
+            want.push("less".to_owned());
+            assert_eq!(after.node1.packages, want, "{name}");
+            assert_eq!(after.nodes.packages, before.nodes.packages, "{name}");
+            assert_eq!(after.node1.suite, before.node1.suite, "{name}");
+        }
+        // A profile with its own list: one more in it, the rest kept.
+        let own = "[node1]\npackages = [\"dnsmasq\", \"less\"]\n";
+        let edited = with_one_more_node1_package(own, &[]).unwrap();
+        assert_eq!(
+            edited,
+            "[node1]\npackages = [\"dnsmasq\", \"less\", \"file\"]\n"
+        );
+    }
 
     #[test]
     fn the_table_gives_each_stage_its_share_of_its_scenario() {
