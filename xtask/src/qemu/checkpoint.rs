@@ -57,6 +57,13 @@ fn checkpoint_command(pid: u32) -> String {
     format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint {pid}; echo \"checkpoint exit $?\"'")
 }
 
+/// `checkpoint -u PID`: the application thawed, with no signal, run as
+/// [`checkpoint_command`] runs (not moved while it waits); what it says
+/// (an application that was not frozen) does not matter.
+fn unfreeze_command(pid: u32) -> String {
+    format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint -u {pid}; echo \"unfreeze exit $?\"'")
+}
+
 impl Run<'_> {
     /// The proof above, on nodes A and B (vms 1 and 2, logged in).
     pub(super) fn prove_checkpoint_restart(&mut self, id_a: u8, id_b: u8) -> Result<()> {
@@ -171,6 +178,13 @@ impl Run<'_> {
                     self.name(vm)
                 );
             }
+            // A freeze that meets a zombie gives up without thawing what it
+            // had frozen (checkpoint.c: freeze_checkpoint_unfreeze() thaws
+            // only after a failed checkpoint, not a failed freeze). The
+            // shell then never reaps its child, and every later try met the
+            // same zombie (CI rehearsal 11: five tries, a `readlink` of the
+            // job frozen mid-exit). Thawed as a user would: `checkpoint -u`.
+            self.on(vm, &unfreeze_command(pid), until)?;
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
