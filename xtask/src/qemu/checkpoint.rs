@@ -46,22 +46,16 @@ impl Checkpoint {
     }
 }
 
-/// `checkpoint PID` as the test runs it, then its exit status. The login
+/// `checkpoint ARGS` as the test runs it, then its exit status. The login
 /// shell hands CAN_MIGRATE to what it starts (the jobs must move), and
 /// Kerrighed's scheduler once moved the `checkpoint` tool itself while it
 /// waited: it exited 0 and every line it printed was lost (CI, e2e-boot-krg,
 /// `send_kerrighed_signal: 5 (events/0) -> PID (checkpoint)`). So it runs
 /// in a shell that first takes CAN_MIGRATE from what it starts, and as
 /// that shell's child (not its last command, which a shell may exec).
-fn checkpoint_command(pid: u32) -> String {
-    format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint {pid}; echo \"checkpoint exit $?\"'")
-}
-
-/// `checkpoint -u PID`: the application thawed, with no signal, run as
-/// [`checkpoint_command`] runs (not moved while it waits); what it says
-/// (an application that was not frozen) does not matter.
-fn unfreeze_command(pid: u32) -> String {
-    format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint -u {pid}; echo \"unfreeze exit $?\"'")
+/// `what` says which exit status the output ends with.
+fn checkpoint_command(args: &str, what: &str) -> String {
+    format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint {args}; echo \"{what} exit $?\"'")
 }
 
 impl Run<'_> {
@@ -162,7 +156,11 @@ impl Run<'_> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let said = self.on(vm, &checkpoint_command(pid), until)?;
+            let said = self.on(
+                vm,
+                &checkpoint_command(&pid.to_string(), "checkpoint"),
+                until,
+            )?;
             if said.contains("checkpoint exit 0") {
                 if let Some(taken) = Checkpoint::parse(&said) {
                     return Ok(taken);
@@ -183,8 +181,14 @@ impl Run<'_> {
             // only after a failed checkpoint, not a failed freeze). The
             // shell then never reaps its child, and every later try met the
             // same zombie (CI rehearsal 11: five tries, a `readlink` of the
-            // job frozen mid-exit). Thawed as a user would: `checkpoint -u`.
-            self.on(vm, &unfreeze_command(pid), until)?;
+            // job frozen mid-exit). Thawed as a user would, with no signal:
+            // `checkpoint -u` (what it says, of an application not frozen,
+            // does not matter).
+            self.on(
+                vm,
+                &checkpoint_command(&format!("-u {pid}"), "unfreeze"),
+                until,
+            )?;
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
