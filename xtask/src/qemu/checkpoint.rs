@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::ssi::{counting_job, Record};
+use super::ssi::{counting_job, with_can_migrate, Record};
 use super::timing::{within, CHECKS, ZOMBIES_REAPED};
 use super::{Milestone, Run};
 
@@ -46,16 +46,14 @@ impl Checkpoint {
     }
 }
 
-/// `checkpoint ARGS` as the test runs it, then its exit status. The login
-/// shell hands CAN_MIGRATE to what it starts (the jobs must move), and
-/// Kerrighed's scheduler once moved the `checkpoint` tool itself while it
-/// waited: it exited 0 and every line it printed was lost (CI, e2e-boot-krg,
-/// `send_kerrighed_signal: 5 (events/0) -> PID (checkpoint)`). So it runs
-/// in a shell that first takes CAN_MIGRATE from what it starts, and as
-/// that shell's child (not its last command, which a shell may exec).
-/// `what` says which exit status the output ends with.
+/// `checkpoint ARGS` as the test runs it, then its exit status; `what`
+/// says which. It must stay where it runs: Kerrighed's scheduler once moved
+/// the `checkpoint` tool while it waited, and it exited 0 with every line
+/// it printed lost (CI, e2e-boot-krg, `send_kerrighed_signal: 5
+/// (events/0) -> PID (checkpoint)`). The login shell hands it no
+/// CAN_MIGRATE: only the jobs get it ([`with_can_migrate`]).
 fn checkpoint_command(args: &str, what: &str) -> String {
-    format!("sh -c 'krgcapset -d -CAN_MIGRATE; checkpoint {args}; echo \"{what} exit $?\"'")
+    format!("checkpoint {args}; echo \"{what} exit $?\"")
 }
 
 impl Run<'_> {
@@ -71,7 +69,12 @@ impl Run<'_> {
         // whose id (the application's root PID) it writes to FILE.sid.
         self.on(
             a,
-            &format!("rm -f {file} {file}.sid; krgcr-run -b -q -o {file}.sid -- sh -c '{job}' </dev/null >/dev/null 2>&1"),
+            &format!(
+                "rm -f {file} {file}.sid; {}",
+                with_can_migrate(&format!(
+                    "krgcr-run -b -q -o {file}.sid -- sh -c '{job}' </dev/null >/dev/null 2>&1"
+                ))
+            ),
             until,
         )?;
         let started = self.wait_record(a, &file, until, |r| r.count >= 2)?;

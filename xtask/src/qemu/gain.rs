@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::ssi::job_places;
+use super::ssi::{job_places, with_can_migrate};
 use super::timing::{within, CHECKS};
 use super::{Milestone, Run};
 
@@ -147,18 +147,19 @@ impl Run<'_> {
         let a = 1;
         let user = self.test.login.0.clone();
         let dir = format!("/home/{user}/{GAIN_RECORDS}");
-        let cap = if migrate { "+" } else { "-" };
-        self.on(a, &format!("krgcapset -d {cap}CAN_MIGRATE"), until)?;
         self.on(a, &format!("rm -rf {dir}; mkdir {dir}"), until)?;
         let job = job(work, &dir);
+        // The login shell hands on no CAN_MIGRATE: kept, the jobs cannot move.
+        let batch = format!(
+            "for j in $(seq {jobs}); do setsid sh -c '{job}' </dev/null >/dev/null 2>&1 & done"
+        );
+        let batch = if migrate {
+            with_can_migrate(&batch)
+        } else {
+            batch
+        };
         let started = Instant::now();
-        self.on(
-            a,
-            &format!(
-                "for j in $(seq {jobs}); do setsid sh -c '{job}' </dev/null >/dev/null 2>&1 & done"
-            ),
-            until,
-        )?;
+        self.on(a, &batch, until)?;
         let give_up = within(BATCH_ENDS, until);
         loop {
             // Only the finished names: `PID`, not `PID.new`.
