@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::ssi::with_can_migrate;
 use super::timing::{within, CHECKS, MIGRATION_LANDS, PROGRAM_ENDS, PROGRAM_STARTS};
 use super::{Milestone, Run};
 use crate::seeded::Seeded;
@@ -90,21 +91,36 @@ pub(crate) struct TestProgram {
     /// status, as Kerrighed's cr_callbacks01 starts it. Its end is read
     /// from its output and its session gone.
     pub(crate) callbacks: bool,
-    /// Kerrighed 2.4.4 now and then loses it as it moves
-    /// (docs/kerrighed-tests.md): a run it was lost in is said, and the
-    /// program is run again, once.
-    pub(crate) lost_now_and_then: bool,
 }
 
 /// A process that `migrate` took (exit 0) and that never reached the node
 /// it was sent to: still mid-move, or gone.
 #[derive(Debug)]
-pub(crate) struct LostMoving(String);
+pub(crate) struct LostMoving {
+    pid: u32,
+    said: String,
+}
 
 impl std::fmt::Display for LostMoving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.said)
     }
+}
+
+/// Whether a console line is Kerrighed's scheduler asking `pid` to move:
+/// `send_kerrighed_signal: 5 (events/0) -> 8620159 (bi-double)`, the
+/// sender being a kernel work queue (`events/N`), where mosix_load_balancer
+/// runs; `migrate` itself is named `(migrate)`, or `(krgrpc)` when it
+/// came from another node.
+pub(crate) fn scheduler_signalled(line: &str, pid: u32) -> bool {
+    let Some(rest) = line.split("send_kerrighed_signal: ").nth(1) else {
+        return false;
+    };
+    let Some((from, to)) = rest.split_once(" -> ") else {
+        return false;
+    };
+    let sender = from.split_once(' ').map_or("", |(_, name)| name);
+    sender.starts_with("(events/") && to.split_whitespace().next() == Some(pid.to_string().as_str())
 }
 
 impl std::error::Error for LostMoving {}
@@ -118,13 +134,6 @@ impl TestProgram {
     const fn with_callbacks(self) -> TestProgram {
         TestProgram {
             callbacks: true,
-            ..self
-        }
-    }
-
-    const fn lost_now_and_then(self) -> TestProgram {
-        TestProgram {
-            lost_now_and_then: true,
             ..self
         }
     }
@@ -144,7 +153,6 @@ const fn program(
         restart,
         outcome,
         callbacks: false,
-        lost_now_and_then: false,
     }
 }
 
@@ -189,8 +197,7 @@ pub(crate) const TEST_PROGRAMS: [TestProgram; 12] = {
             Moves,
             false,
             Quiet(2),
-        )
-        .lost_now_and_then(),
+        ),
         program(
             "ipcshm-tool",
             "SysV shared memory, written from another node",
@@ -346,11 +353,7 @@ impl Run<'_> {
         let home = format!("/home/{}", self.test.login.0);
         let work = format!("{home}/{WORK}");
         let until = within(CHECKS, self.deadline);
-        self.on(
-            a,
-            &format!("krgcapset -d +CAN_MIGRATE; rm -rf {work}; mkdir {work}"),
-            until,
-        )?;
+        self.on(a, &format!("rm -rf {work}; mkdir {work}"), until)?;
         let programs: Vec<&TestProgram> = match self.test.test_program_sample {
             Some((seed, count)) => Seeded(seed)
                 .pick(TEST_PROGRAMS.len(), count)
@@ -364,17 +367,31 @@ impl Run<'_> {
         let mut run_again = Vec::new();
         for p in programs.iter().copied() {
             let t = Instant::now();
+            let from = self.console_positions();
             let mut ran = self.run_test_program(p, &work, (a, id_a), (b, id_b), nr_cpus);
             if let Some(lost) = ran.as_ref().err().and_then(lost_moving) {
-                if p.lost_now_and_then {
-                    let lost = lost.to_string();
-                    self.say(
-                        &self.name(b),
-                        &format!("Kerrighed lost {} as it moved, as documented ({lost}); running it again", p.name),
-                    );
-                    self.clear_test_program(p, &work, a)?;
-                    run_again.push(format!("{}: {lost}", p.name));
-                    ran = self.run_test_program(p, &work, (a, id_a), (b, id_b), nr_cpus);
+                let said = lost.to_string();
+                match self.scheduler_moving(lost.pid, &from) {
+                    Some(node) => {
+                        self.say(
+                            &self.name(b),
+                            &format!(
+                                "Kerrighed lost {} as it moved, its scheduler on {node} moving it too (docs/kerrighed-tests.md): {said}; running it again",
+                                p.name
+                            ),
+                        );
+                        self.clear_test_program(p, &work, a)?;
+                        run_again.push(format!(
+                            "{} (its scheduler on {node} moving it too): {said}",
+                            p.name
+                        ));
+                        ran = self.run_test_program(p, &work, (a, id_a), (b, id_b), nr_cpus);
+                    }
+                    None => {
+                        ran = ran.context(
+                            "no node's console showed Kerrighed's scheduler moving it too",
+                        );
+                    }
                 }
             }
             ran.with_context(|| format!("Kerrighed's test program {} ({})", p.name, p.exercises))?;
@@ -503,7 +520,7 @@ impl Run<'_> {
         } else {
             format!("krgcr-run -b -q -o {files}.sid -- sh -c '\"$0\" \"$@\" & echo $! > {files}.pid; wait $!; echo \"exit $?\" > {files}.exit' {program} {args} </dev/null >{out} 2>&1")
         };
-        self.on(a, &format!("{before}{start}"), until)?;
+        self.on(a, &format!("{before}{}", with_can_migrate(&start)), until)?;
         // Kernel messages may come first (the scheduler moving another).
         let said = self.wait_file(a, &format!("{files}.pid"), until)?;
         let pid = last_number(&said).with_context(|| format!("no PID in {files}.pid: {said:?}"))?;
@@ -569,10 +586,13 @@ impl Run<'_> {
             // What it said, and where the process was last seen.
             let text = format!("{text}\nlast seen: {last}");
             if text.contains("migrate exit 0") && node != Some(to) {
-                return Err(LostMoving(format!(
-                    "`migrate {pid} {to}` took it, and {} s later it was not there: {text:?}",
-                    MIGRATION_LANDS.as_secs()
-                ))
+                return Err(LostMoving {
+                    pid,
+                    said: format!(
+                        "`migrate {pid} {to}` took it, and {} s later it was not there: {text:?}",
+                        MIGRATION_LANDS.as_secs()
+                    ),
+                }
                 .into());
             }
             Ok((text, node))
@@ -628,6 +648,31 @@ impl Run<'_> {
         }
         self.on(a, &format!("rm -f {files}.* {}", output(p, work)), until)?;
         Ok(())
+    }
+
+    /// Where each VM's console is: what a program's run printed comes after.
+    fn console_positions(&self) -> Vec<usize> {
+        self.vms.iter().map(|t| t.vm.console.position()).collect()
+    }
+
+    /// The first VM whose console, since `from`, shows Kerrighed's own
+    /// scheduler asking `pid` to move ([`scheduler_signalled`]).
+    fn scheduler_moving(&self, pid: u32, from: &[usize]) -> Option<String> {
+        let needle = format!(" -> {pid} (");
+        self.vms
+            .iter()
+            .zip(from)
+            .enumerate()
+            .find_map(|(vm, (t, &at))| {
+                let mut at = at;
+                while let Some(found) = t.vm.console.find(at, &needle) {
+                    if scheduler_signalled(&found.line, pid) {
+                        return Some(self.name(vm));
+                    }
+                    at = found.end;
+                }
+                None
+            })
     }
 
     /// The program's application (its wrapper's session) checkpointed on
@@ -829,12 +874,6 @@ mod tests {
                 "{}'s row and restart: {row}",
                 p.name
             );
-            assert_eq!(
-                row.contains("run again"),
-                p.lost_now_and_then,
-                "{}'s row and a second run: {row}",
-                p.name
-            );
         }
     }
 
@@ -842,7 +881,11 @@ mod tests {
     /// the checks add, so that only it gets a program a second run.
     #[test]
     fn a_loss_mid_move_is_found_under_context() {
-        let lost: anyhow::Error = LostMoving("`migrate 9 131` took it".into()).into();
+        let lost: anyhow::Error = LostMoving {
+            pid: 9,
+            said: "`migrate 9 131` took it".into(),
+        }
+        .into();
         let lost = lost.context("bi-clone-semundo").context("test programs");
         assert_eq!(
             lost_moving(&lost).map(ToString::to_string).as_deref(),
@@ -850,5 +893,30 @@ mod tests {
         );
         let other = anyhow::anyhow!("`migrate 9 131` did not move it there").context("bi");
         assert!(lost_moving(&other).is_none());
+    }
+
+    /// Only the scheduler's own requests (a work queue sending) count, for
+    /// the lost process only: `migrate`'s, local or from another node, and
+    /// another process's do not. Lines as a CI run's consoles printed them.
+    #[test]
+    fn the_scheduler_is_told_from_migrate_by_the_sender() {
+        let pid = 8620159;
+        for line in [
+            "send_kerrighed_signal: 5 (events/0) -> 8620159 (bi-double)",
+            "krg@node131:~$ send_kerrighed_signal: 5 (events/0) -> 8620159 (bi-double)",
+            "send_kerrighed_signal: 7 (events/1) -> 8620159 (bi-double)",
+        ] {
+            assert!(scheduler_signalled(line, pid), "{line}");
+        }
+        for line in [
+            "send_kerrighed_signal: 8685648 (migrate) -> 8620159 (bi-double)",
+            "send_kerrighed_signal: 8618790 (krgrpc) -> 8620159 (bi-double)",
+            "send_kerrighed_signal: 5 (events/0) -> 8620161 (bi-double)",
+            "send_kerrighed_signal: 5 (events/0) -> 86201590 (bi-double)",
+            "echo send_kerrighed_signal",
+            "(events/0) -> 8620159 (bi-double)",
+        ] {
+            assert!(!scheduler_signalled(line, pid), "{line}");
+        }
     }
 }
