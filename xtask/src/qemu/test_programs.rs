@@ -107,6 +107,13 @@ impl std::fmt::Display for LostMoving {
     }
 }
 
+impl std::error::Error for LostMoving {}
+
+/// Whether Kerrighed lost the process as it moved, somewhere in `error`.
+fn lost_moving(error: &anyhow::Error) -> Option<&LostMoving> {
+    error.chain().find_map(|e| e.downcast_ref::<LostMoving>())
+}
+
 /// Whether a console line is Kerrighed's scheduler asking `pid` to move:
 /// `send_kerrighed_signal: 5 (events/0) -> 8620159 (bi-double)`, the
 /// sender being a kernel work queue (`events/N`), where mosix_load_balancer
@@ -121,13 +128,6 @@ pub(crate) fn scheduler_signalled(line: &str, pid: u32) -> bool {
     };
     let sender = from.split_once(' ').map_or("", |(_, name)| name);
     sender.starts_with("(events/") && to.split_whitespace().next() == Some(pid.to_string().as_str())
-}
-
-impl std::error::Error for LostMoving {}
-
-/// Whether Kerrighed lost the process as it moved, somewhere in `error`.
-fn lost_moving(error: &anyhow::Error) -> Option<&LostMoving> {
-    error.chain().find_map(|e| e.downcast_ref::<LostMoving>())
 }
 
 impl TestProgram {
