@@ -16,7 +16,7 @@ use xshell::{cmd, Cmd};
 
 use crate::files;
 use crate::interrupt::Cleanup;
-use crate::shell::StageShell;
+use crate::shell::{self, StageShell, Stopped};
 
 /// One mount a chroot needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,6 +375,10 @@ pub(crate) struct Chroot<'a> {
     mounts: Arc<ChrootMounts>,
 }
 
+/// Work for [`Chroot::at_once`] on a branch: the chroot it is given runs
+/// its commands in the branch's shell.
+pub(crate) type Side<'s> = Box<dyn FnOnce(&Chroot) -> Result<()> + Send + 's>;
+
 /// A [`Chroot`] handed to another thread: its root, settings and mounts,
 /// without the shell that runs its commands (see [`Chroot::share`]).
 pub(crate) struct SharedChroot {
@@ -429,6 +433,54 @@ impl<'a> Chroot<'a> {
             env: self.env.clone(),
             mounts: Arc::clone(&self.mounts),
         }
+    }
+
+    /// The shell this chroot's commands run in (a branch's, on a branch).
+    pub(crate) fn shell(&self) -> &'a StageShell {
+        self.shell
+    }
+
+    /// `main` on this thread, and each of `sides` at the same time on a
+    /// branch of its own (its name marks its log lines and its spinner),
+    /// in this same root. One that fails stops the others; the result is
+    /// the first failure ([`shell::first_failure`]).
+    pub(crate) fn at_once(
+        &self,
+        sides: Vec<(&str, Side<'_>)>,
+        main: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut branches = Vec::new();
+        for (name, side) in sides {
+            branches.push((self.shell.branch(name)?, self.share(), side));
+        }
+        std::thread::scope(|scope| {
+            let running: Vec<_> = branches
+                .into_iter()
+                .map(|(branch, shared, side)| {
+                    scope.spawn(move || {
+                        let chroot = shared.with_shell(&branch);
+                        let result = side(&chroot);
+                        if result.as_ref().is_err_and(|e| !e.is::<Stopped>()) {
+                            branch.stop_branches();
+                        }
+                        result
+                    })
+                })
+                .collect();
+            let main = main();
+            if main.as_ref().is_err_and(|e| !e.is::<Stopped>()) {
+                self.shell.stop_branches();
+            }
+            let mut results = vec![main];
+            for side in running {
+                results.push(
+                    side.join().unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("a branch of this stage panicked"))
+                    }),
+                );
+            }
+            shell::first_failure(results)
+        })
     }
 
     /// Sets `key` for every later command (a `PATH` here replaces the default).

@@ -59,6 +59,9 @@ pub struct StageShell {
     branch: Option<String>,
     /// Set when a branch failed: the stage's other branches stop.
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// This shell has branches: a command of its own is stopped with
+    /// theirs (its wait looks at `stop`, as a branch's does).
+    branched: std::sync::atomic::AtomicBool,
     /// When the stage began (a branch shares its stage's), and the step
     /// under way with its start: each step's time goes into the log.
     began: Instant,
@@ -83,6 +86,7 @@ impl StageShell {
             tee,
             branch: None,
             stop: Arc::default(),
+            branched: Default::default(),
             began: Instant::now(),
             current: Mutex::default(),
         })
@@ -92,6 +96,8 @@ impl StageShell {
     /// thread: it logs into the same log, each line marked `[name]`, and
     /// has a spinner line of its own.
     pub(crate) fn branch(&self, name: &str) -> Result<StageShell> {
+        self.branched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(StageShell {
             compiled: Arc::default(),
             sh: Shell::new().context("starting a shell")?,
@@ -101,6 +107,7 @@ impl StageShell {
             tee: self.tee,
             branch: Some(name.to_owned()),
             stop: self.stop.clone(),
+            branched: Default::default(),
             began: self.began,
             current: Mutex::default(),
         })
@@ -285,7 +292,7 @@ impl StageShell {
     /// Waits for a command; when the stage's branches are told to stop,
     /// terminates its process group (killed after 5 s).
     fn wait(&self, child: &mut std::process::Child) -> Result<ExitStatus> {
-        if self.branch.is_none() {
+        if self.branch.is_none() && !self.branched.load(std::sync::atomic::Ordering::SeqCst) {
             return child.wait().context("waiting for a command");
         }
         let mut stopping: Option<Instant> = None;

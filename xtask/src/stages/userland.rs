@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::chroot::{Chroot, ExtraBind, CHROOT_PATH};
+use crate::chroot::{Chroot, ExtraBind, Side, CHROOT_PATH};
 use crate::files;
 use crate::layout::Layout;
 use crate::profile::RootSpec;
-use crate::shell::{self, StageShell, Stopped};
+use crate::shell::StageShell;
 use crate::stages::kconfig;
 use crate::stages::static_builds::{self, BuildKey, StaticBuilds};
 
@@ -49,12 +49,14 @@ const DROPBEAR_OPTIONS: &str = "\
 ";
 
 /// Builds the static userland of `spec` into `out` (a fresh directory),
-/// compiling in `build_root`.
+/// compiling in `build_root` with `cc` under musl-gcc (its default, the
+/// root's `gcc`, when `None`).
 pub(crate) fn build(
     shell: &StageShell,
     layout: &Layout,
     spec: &RootSpec,
     build_root: &Path,
+    cc: Option<&str>,
     out: &Path,
 ) -> Result<()> {
     let work = layout.userland_work();
@@ -81,6 +83,9 @@ pub(crate) fn build(
     let mut chroot = Chroot::enter(build_root, &spec.arch, &binds, shell)?;
     if ccache {
         use_compiler_cache(&mut chroot);
+    }
+    if let Some(cc) = cc {
+        musl_runs(&mut chroot, cc);
     }
     require_musl(&chroot)?;
     kernel_headers(&chroot)?;
@@ -129,6 +134,7 @@ pub(crate) fn build(
                 ("source", dsc.join(" ")),
                 ("recipe", recipe),
                 ("compilers (the build root's packages)", compilers.clone()),
+                ("compiler", cc.unwrap_or("the root's gcc").to_owned()),
                 ("arch", spec.arch.clone()),
             ],
         );
@@ -177,30 +183,16 @@ pub(crate) fn build(
         };
     // All at once, each on a branch of its own: one's configure and
     // install (one core) overlap the other's compilations.
-    let results = std::thread::scope(|scope| -> Result<Vec<Result<()>>> {
-        let mut running = Vec::new();
-        for (pkg, key) in &to_build {
-            let branch = shell.branch(pkg)?;
-            let shared = chroot.share();
-            let build_one = &build_one;
-            running.push(scope.spawn(move || {
-                let chroot = shared.with_shell(&branch);
-                let result = build_one(&branch, &chroot, pkg, key);
-                if result.as_ref().is_err_and(|e| !e.is::<Stopped>()) {
-                    branch.stop_branches();
-                }
-                result
-            }));
-        }
-        Ok(running
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a static build panicked")))
-            })
-            .collect())
-    })?;
-    shell::first_failure(results)?;
+    let build_one = &build_one;
+    let sides: Vec<(&str, Side)> = to_build
+        .iter()
+        .map(|(pkg, key)| {
+            let side: Side =
+                Box::new(move |chroot: &Chroot| build_one(chroot.shell(), chroot, pkg, key));
+            (*pkg, side)
+        })
+        .collect();
+    chroot.at_once(sides, || Ok(()))?;
     // Copied in once all are built: no two threads write into one root.
     for (pkg, _) in &to_build {
         files::copy_tree(&work.join(format!("{pkg}.installed")), out)?;
@@ -272,6 +264,13 @@ pub(crate) fn use_compiler_cache(chroot: &mut Chroot) {
     chroot.set_env("CCACHE_DIR", CCACHE_INSIDE);
     chroot.set_env("CCACHE_DEPEND", "1");
     chroot.set_env("KCONFIG_NOTIMESTAMP", "1");
+}
+
+/// musl-gcc is a wrapper: it runs `$REALGCC` (the root's default gcc
+/// when unset) with musl's specs. The build root's compiler for the kernel
+/// (`[kernel] cc`) then builds the static programs too.
+pub(crate) fn musl_runs(chroot: &mut Chroot, cc: &str) {
+    chroot.set_env("REALGCC", cc);
 }
 
 fn require_musl(chroot: &Chroot) -> Result<()> {

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::chroot::Chroot;
+use crate::chroot::{Chroot, Side};
 use crate::shell::StageShell;
 use crate::stages::kconfig;
 use crate::stages::userland;
 
 use super::patches::PatchSet;
-use super::{DESTDIR, PATCHES_INSIDE, SRC};
+use super::{DESTDIR, PATCHES_INSIDE, SRC, UNPACK_BIN};
 
 /// The release kerrighed-2.4.x's patched 2.6.20 builds.
 pub(crate) const KRG_RELEASE: &str = "2.6.20-krg";
@@ -62,130 +62,23 @@ pub(super) struct KrgBuild<'s> {
 
 impl KrgBuild<'_> {
     pub(super) fn make(&self, what: &str, args: &[&str], answer_defaults: bool) -> Result<()> {
-        self.make_in(&self.dir, what, args, answer_defaults)
+        make_step(&self.chroot, &self.dir, what, args, answer_defaults)
     }
 
-    pub(super) fn make_in(
-        &self,
-        dir: &str,
-        what: &str,
-        args: &[&str],
-        answer_defaults: bool,
-    ) -> Result<()> {
-        self.shell.step(what);
-        self.shell
-            .run(self.chroot.cmd_in(dir, args, answer_defaults))
-    }
-
-    /// libkerrighed and the tools again, static against musl, in the second
-    /// tree (which uses the first one's patched kernel headers), installed
-    /// into the nodes root (KERRIGHED.md, "A two-node cluster").
-    pub(super) fn build_static_tools(&self, tree: &str, destdir: &str) -> Result<()> {
-        userland::kernel_headers(&self.chroot)?;
-        // libkerrighed includes the patched kernel's headers from here.
-        self.chroot.run(&[
-            "ln",
-            "-sfn",
-            &format!("{}/_kernel", self.dir),
-            &format!("{tree}/_kernel"),
-        ])?;
-        // 2.6.20's linux/types.h clashes with musl's own types without this.
-        let cflags = format!("{} -D__KERNEL_STRICT_NAMES", userland::musl_cflags());
-        let cc = format!("CC={}", userland::MUSL_CC);
-        // A kept tree (kept_tree.rs) was configured by the run that kept it.
+    /// libkerrighed's and the tools' builds against musl, when the nodes'
+    /// userland is static: the second tree, and where it is on the host.
+    fn static_tools(&self) -> Option<StaticTools<'_>> {
+        let tree = self.static_tools.as_deref()?;
         let on_host = self
             .tree
-            .parent()
-            .map(|work| work.join(tree.trim_start_matches(&format!("{SRC}/"))));
-        let configured = on_host.is_some_and(|dir| {
-            dir.join("config.status").is_file() && dir.join("tools/Makefile").is_file()
-        });
-        if configured {
-            self.shell.note(
-                "libkerrighed and the tools for musl: configured by the run that kept the tree",
-            );
-        } else {
-            self.configure_static_tools(tree, &cc, &cflags)?;
-        }
-        // CFLAGS again on make's command line: configure's -Werror goes
-        // (musl's 64-bit time_t printed with %ld); -all-static: libtool
-        // drops a plain -static.
-        let make_flags = format!("CFLAGS={cflags} -Wall");
-        let jobs = userland::jobs();
-        for dir in ["libs", "tools"] {
-            self.make_in(
-                tree,
-                &format!("build {dir} static against musl"),
-                &["make", &jobs, "-C", dir, &make_flags, "LDFLAGS=-all-static"],
-                false,
-            )?;
-        }
-        self.make_in(
+            .parent()?
+            .join(tree.trim_start_matches(&format!("{SRC}/")));
+        Some(StaticTools {
             tree,
-            "install the static tools",
-            &["make", "-C", "tools", "install", destdir],
-            false,
-        )?;
-        // The programs link -lbi, built beside them: -L. lets libtool find
-        // its libbi.la (the tarball expects it installed first). musl
-        // declares CLONE_FILES and friends only under _GNU_SOURCE. -O0:
-        // the optimizer drops bi's loop (its sum is never read), and a
-        // test program must run long enough to be moved.
-        let tests_flags = format!("{make_flags} -D_GNU_SOURCE -O0");
-        self.make_in(
-            tree,
-            "build Kerrighed's test programs (tests/apps) static against musl",
-            &[
-                "make",
-                &jobs,
-                "-C",
-                "tests/apps",
-                &tests_flags,
-                "LDFLAGS=-all-static -L.",
-            ],
-            false,
-        )?;
-        self.make_in(
-            tree,
-            "install the test programs",
-            &[
-                "make",
-                "-C",
-                "tests/apps",
-                "install-binPROGRAMS",
-                &format!("bindir={KRG_TESTS_DIR}"),
-                destdir,
-            ],
-            false,
-        )
+            on_host,
+            kernel_tree: &self.dir,
+        })
     }
-
-    /// libkerrighed's and the tools' configure, for musl and static, in
-    /// the second tree.
-    fn configure_static_tools(&self, tree: &str, cc: &str, cflags: &str) -> Result<()> {
-        self.make_in(
-            tree,
-            "configure libkerrighed and the tools for musl, static",
-            &[
-                "./configure",
-                "--disable-kernel",
-                "--disable-python",
-                "--disable-service",
-                "--disable-shared",
-                "--enable-static",
-                // Kerrighed's own test programs (tests/apps) and no others:
-                // ktp wants LTP, proc and benchmark are not run here.
-                "--enable-tests",
-                "--disable-tests-ktp",
-                "--disable-tests-proc",
-                "--disable-tests-benchmark",
-                cc,
-                &format!("CFLAGS={cflags}"),
-            ],
-            false,
-        )
-    }
-
     /// configure, kerrighed's patched kernel tree and its build dir, with the
     /// project's patches applied to that tree before its first make.
     pub(super) fn configure(&self, patches: Option<&PatchSet>) -> Result<()> {
@@ -207,22 +100,45 @@ impl KrgBuild<'_> {
                 .into_iter()
                 .chain(extra)
                 .collect();
-            self.make(
-                "configure kerrighed (the kernel by krgiso's steps)",
-                &configure,
-                false,
-            )?;
-            self.make(
-                "make kernel-src: the kernel tree with kerrighed's patches",
-                &["make", "kernel-src", cc],
-                false,
-            )?;
-            apply()?;
-            self.make(
-                "make kernel-prepare: the kernel's build dir",
-                &["make", "kernel-prepare", cc],
-                false,
-            )
+            // The tools' configure for musl (one core, 3-4 s) beside
+            // kerrighed's own and the unpacking of its kernel tree.
+            let tools = self.static_tools();
+            let beside: Vec<(&str, Side)> = match &tools {
+                Some(tools) if !tools.configured() => {
+                    vec![("tools", Box::new(|chroot: &Chroot| tools.configure(chroot)))]
+                }
+                _ => Vec::new(),
+            };
+            self.chroot.at_once(beside, || {
+                self.make(
+                    "configure kerrighed (the kernel by krgiso's steps)",
+                    &configure,
+                    false,
+                )?;
+                // Its bzcat's first, if there is one (see UNPACK_BIN).
+                let bin = format!("{SRC}/{UNPACK_BIN}");
+                self.make(
+                    "make kernel-src: the kernel tree with kerrighed's patches",
+                    &[
+                        "sh",
+                        "-c",
+                        "PATH=\"$1:$PATH\" && shift && exec \"$@\"",
+                        "sh",
+                        &bin,
+                        "make",
+                        "kernel-src",
+                        cc,
+                    ],
+                    false,
+                )?;
+                apply()?;
+                // On every core: it compiles kconfig's programs.
+                self.make(
+                    "make kernel-prepare: the kernel's build dir",
+                    &["make", &userland::jobs(), "kernel-prepare", cc],
+                    false,
+                )
+            })
         } else {
             let configure: Vec<&str> = ["./configure", "--with-kernel-config=oldconfig", cc]
                 .into_iter()
@@ -269,6 +185,31 @@ impl KrgBuild<'_> {
     /// The kernel on every core, then its install, and kerrighed.ko, the
     /// scheduler modules, the libraries and the tools built by theirs.
     pub(super) fn build_and_install(&self) -> Result<()> {
+        let destdir = format!("DESTDIR={DESTDIR}");
+        // The static tools (a few seconds, mostly one core) beside the
+        // kernel's compilations: they install elsewhere in the nodes root.
+        let tools = self.static_tools();
+        let beside: Vec<(&str, Side)> = match &tools {
+            Some(tools) => vec![(
+                "tools",
+                Box::new(|chroot: &Chroot| tools.build(chroot, &destdir)),
+            )],
+            None => Vec::new(),
+        };
+        self.chroot
+            .at_once(beside, || self.build_kernel_and_modules(&destdir))?;
+        if self.ccache {
+            let stats = self
+                .chroot
+                .read(&["ccache", "--print-stats"])
+                .unwrap_or_default();
+            self.shell
+                .step(&format!("compiler cache: {}", CacheStats::parse(&stats)));
+        }
+        Ok(())
+    }
+
+    fn build_kernel_and_modules(&self, destdir: &str) -> Result<()> {
         let cc = self.cc_arg.as_str();
         let jobs = userland::jobs();
         self.make(
@@ -279,7 +220,6 @@ impl KrgBuild<'_> {
         // Kerrighed's install targets build first (automake's install
         // needs all), and its modules' `all` is phony: a `make` before
         // `make install` would compile kerrighed.ko twice.
-        let destdir = format!("DESTDIR={DESTDIR}");
         let installs: &[(&str, &[&str])] = if self.static_tools.is_some() {
             // The kernel and the modules only: the glibc libraries, tools
             // and LSB service files would not run on a static userland.
@@ -310,22 +250,154 @@ impl KrgBuild<'_> {
             args.extend_from_slice(target);
             args.push(cc);
             if self.current {
-                args.push(&destdir);
+                args.push(destdir);
             }
             self.make(what, &args, false)?;
         }
-        if let Some(tree) = &self.static_tools {
-            self.build_static_tools(tree, &destdir)?;
-        }
-        if self.ccache {
-            let stats = self
-                .chroot
-                .read(&["ccache", "--print-stats"])
-                .unwrap_or_default();
-            self.shell
-                .step(&format!("compiler cache: {}", CacheStats::parse(&stats)));
-        }
         Ok(())
+    }
+}
+
+/// `args` run in `dir` inside the chroot, announced as the step `what`
+/// in the chroot's shell.
+fn make_step(
+    chroot: &Chroot,
+    dir: &str,
+    what: &str,
+    args: &[&str],
+    answer_defaults: bool,
+) -> Result<()> {
+    chroot.shell().step(what);
+    chroot
+        .shell()
+        .run(chroot.cmd_in(dir, args, answer_defaults))
+}
+
+/// libkerrighed and the tools again, static against musl, in the second
+/// tree (which uses the first one's patched kernel headers), installed
+/// into the nodes root (KERRIGHED.md, "A two-node cluster"); Kerrighed's
+/// test programs with them.
+struct StaticTools<'b> {
+    /// The second tree, as the chroot sees it.
+    tree: &'b str,
+    /// The second tree on the host.
+    on_host: PathBuf,
+    /// The first tree (the kernel's), as the chroot sees it.
+    kernel_tree: &'b str,
+}
+
+impl StaticTools<'_> {
+    /// Configured already: beside kerrighed's own configure, or by the
+    /// run that kept the tree (kept_tree.rs).
+    fn configured(&self) -> bool {
+        self.on_host.join("config.status").is_file()
+            && self.on_host.join("tools/Makefile").is_file()
+    }
+
+    /// 2.6.20's linux/types.h clashes with musl's own types without
+    /// `__KERNEL_STRICT_NAMES`.
+    fn cflags() -> String {
+        format!("{} -D__KERNEL_STRICT_NAMES", userland::musl_cflags())
+    }
+
+    /// libkerrighed's and the tools' configure, for musl and static.
+    fn configure(&self, chroot: &Chroot) -> Result<()> {
+        make_step(
+            chroot,
+            self.tree,
+            "configure libkerrighed and the tools for musl, static",
+            &[
+                "./configure",
+                "--disable-kernel",
+                "--disable-python",
+                "--disable-service",
+                "--disable-shared",
+                "--enable-static",
+                // Kerrighed's own test programs (tests/apps) and no others:
+                // ktp wants LTP, proc and benchmark are not run here.
+                "--enable-tests",
+                "--disable-tests-ktp",
+                "--disable-tests-proc",
+                "--disable-tests-benchmark",
+                &format!("CC={}", userland::MUSL_CC),
+                &format!("CFLAGS={}", Self::cflags()),
+            ],
+            false,
+        )
+    }
+
+    fn build(&self, chroot: &Chroot, destdir: &str) -> Result<()> {
+        let tree = self.tree;
+        userland::kernel_headers(chroot)?;
+        // libkerrighed includes the patched kernel's headers from here.
+        chroot.run(&[
+            "ln",
+            "-sfn",
+            &format!("{}/_kernel", self.kernel_tree),
+            &format!("{tree}/_kernel"),
+        ])?;
+        if self.configured() {
+            chroot
+                .shell()
+                .note("libkerrighed and the tools for musl: configured already");
+        } else {
+            self.configure(chroot)?;
+        }
+        // CFLAGS again on make's command line: configure's -Werror goes
+        // (musl's 64-bit time_t printed with %ld); -all-static: libtool
+        // drops a plain -static.
+        let make_flags = format!("CFLAGS={} -Wall", Self::cflags());
+        let jobs = userland::jobs();
+        for dir in ["libs", "tools"] {
+            make_step(
+                chroot,
+                tree,
+                &format!("build {dir} static against musl"),
+                &["make", &jobs, "-C", dir, &make_flags, "LDFLAGS=-all-static"],
+                false,
+            )?;
+        }
+        make_step(
+            chroot,
+            tree,
+            "install the static tools",
+            &["make", "-C", "tools", "install", destdir],
+            false,
+        )?;
+        // The programs link -lbi, built beside them: -L. lets libtool find
+        // its libbi.la (the tarball expects it installed first). musl
+        // declares CLONE_FILES and friends only under _GNU_SOURCE. -O0:
+        // the optimizer drops bi's loop (its sum is never read), and a
+        // test program must run long enough to be moved.
+        let tests_flags = format!("{make_flags} -D_GNU_SOURCE -O0");
+        make_step(
+            chroot,
+            tree,
+            "build Kerrighed's test programs (tests/apps) static against musl",
+            &[
+                "make",
+                &jobs,
+                "-C",
+                "tests/apps",
+                &tests_flags,
+                "LDFLAGS=-all-static -L.",
+            ],
+            false,
+        )?;
+        make_step(
+            chroot,
+            tree,
+            "install the test programs",
+            &[
+                "make",
+                "-C",
+                "tests/apps",
+                "install-binPROGRAMS",
+                &format!("bindir={KRG_TESTS_DIR}"),
+                destdir,
+            ],
+            false,
+        )
     }
 }
 

@@ -23,6 +23,7 @@ pub mod makefile_shell;
 pub(crate) mod patches;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,6 +52,14 @@ use patches::PatchSet;
 const SRC: &str = "/usr/src";
 /// Where the project's patches are seen inside the chroot (under SRC).
 const PATCHES_INSIDE: &str = "/usr/src/krgiso-patches";
+/// Programs kerrighed's `make kernel-src` finds first in its PATH (under
+/// SRC): a `bzcat` that decompresses on every core, when the build root
+/// has lbzip2.
+const UNPACK_BIN: &str = "krgiso-bin";
+/// That `bzcat`: kerrighed's kernel-src unpacks linux (43 MB of bzip2,
+/// 6 s on one core) and its patches with `bzcat`; lbzip2 reads the same
+/// format with a thread per core (2.4 s on two).
+const PARALLEL_BZCAT: &str = "#!/bin/sh\n# krgiso: bzcat, on every core\nexec lbzip2 -dc \"$@\"\n";
 /// Where a build root sees the nodes root it installs into (`DESTDIR`).
 const DESTDIR: &str = "/krgiso/nodes-root";
 /// Where the second kerrighed tree (for the static tools) is, under the work dir.
@@ -359,6 +368,16 @@ impl Kernel {
                 eprintln!("{}", line.describe());
             }
         }
+        if self.toolchain() == Toolchain::Current
+            && self.0.layout.root(Root::Build).join("usr/bin/lbzip2").is_file()
+        {
+            let bin = work.join(UNPACK_BIN);
+            fs::create_dir_all(&bin)?;
+            let bzcat = bin.join("bzcat");
+            fs::write(&bzcat, PARALLEL_BZCAT)
+                .and_then(|()| fs::set_permissions(&bzcat, fs::Permissions::from_mode(0o755)))
+                .with_context(|| format!("writing {}", bzcat.display()))?;
+        }
         if let Some(set) = patches {
             let copy = work.join("krgiso-patches");
             fs::create_dir_all(&copy)?;
@@ -404,6 +423,9 @@ impl Kernel {
             userland::use_compiler_cache(&mut chroot);
             // Zeroed per build, so the stage can say how much it reused.
             chroot.run(&["ccache", "--zero-stats"])?;
+        }
+        if current && self.static_userland() {
+            userland::musl_runs(&mut chroot, cc);
         }
         match chroot.read(&["sh", "-c", "command -v \"$1\"", "sh", cc]) {
             Ok(path) if !path.is_empty() => {}
