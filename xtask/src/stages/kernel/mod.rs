@@ -369,7 +369,12 @@ impl Kernel {
             }
         }
         if self.toolchain() == Toolchain::Current
-            && self.0.layout.root(Root::Build).join("usr/bin/lbzip2").is_file()
+            && self
+                .0
+                .layout
+                .root(Root::Build)
+                .join("usr/bin/lbzip2")
+                .is_file()
         {
             let bin = work.join(UNPACK_BIN);
             fs::create_dir_all(&bin)?;
