@@ -203,6 +203,17 @@ pub(crate) struct KernelSpec {
     pub(crate) configure_args: Vec<String>,
 }
 
+impl KernelSpec {
+    /// The build root's C compiler (`cc` with the current toolchain):
+    /// musl-gcc runs it for the static userland too (`REALGCC`).
+    pub(crate) fn build_root_cc(&self) -> Option<&str> {
+        match self.toolchain {
+            Toolchain::Current => self.cc.as_deref(),
+            Toolchain::Era => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Toolchain {

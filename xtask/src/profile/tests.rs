@@ -82,9 +82,13 @@ fn the_default_profile_builds_2_4_4_with_a_current_toolchain_from_reachable_pins
     for needed in ["patch", "bzip2", "ccache", "libc6-dev", "make"] {
         assert!(build.packages.iter().any(|p| p == needed), "{needed}");
     }
-    // The kernel's compiler is one the build root installs.
-    let cc = cur.kernel.cc.as_deref().expect("a kernel.cc");
+    // The kernel's compiler is one the build root installs, and musl-gcc
+    // runs it; the era toolchain's compiler is in no build root.
+    let cc = cur.kernel.build_root_cc().expect("a build root compiler");
+    assert_eq!(cur.kernel.cc.as_deref(), Some(cc));
     assert!(build.packages.iter().any(|p| p == cc), "{cc}");
+    assert!(krg.kernel.cc.is_some());
+    assert_eq!(krg.kernel.build_root_cc(), None);
     assert_eq!(cur.nodes.arch, "i386");
     assert_eq!(cur.nodes.userland, Userland::Static);
     assert_eq!(cur.nodes.packages, ["busybox", "dropbear"]);

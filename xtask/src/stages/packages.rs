@@ -20,7 +20,7 @@ use crate::files;
 use crate::host::HostTool;
 use crate::interrupt::Interrupted;
 use crate::layout::Root;
-use crate::profile::{Bootstrap, InstallMethod, RootSpec, Toolchain, Userland, Variant};
+use crate::profile::{Bootstrap, InstallMethod, RootSpec, Userland, Variant};
 use crate::shell::{self, StageShell, Stopped};
 use crate::stages::initramfs;
 use crate::stages::root_kernels::installed_kernels;
@@ -157,10 +157,7 @@ impl Packages {
                     let compiler = compiler_root
                         .as_deref()
                         .context("internal: a static userland before the build root")?;
-                    let kernel = &self.0.profile.kernel;
-                    let cc = (kernel.toolchain == Toolchain::Current)
-                        .then_some(kernel.cc.as_deref())
-                        .flatten();
+                    let cc = self.0.profile.kernel.build_root_cc();
                     userland::build(shell, &self.0.layout, job.spec, compiler, cc, dir)?;
                     dir.clone()
                 }

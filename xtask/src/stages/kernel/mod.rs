@@ -429,7 +429,7 @@ impl Kernel {
             // Zeroed per build, so the stage can say how much it reused.
             chroot.run(&["ccache", "--zero-stats"])?;
         }
-        if current && self.static_userland() {
+        if let (Some(cc), true) = (cx.profile.kernel.build_root_cc(), self.static_userland()) {
             userland::musl_runs(&mut chroot, cc);
         }
         match chroot.read(&["sh", "-c", "command -v \"$1\"", "sh", cc]) {
