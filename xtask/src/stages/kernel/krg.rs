@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::chroot::{Chroot, Side};
-use crate::shell::StageShell;
 use crate::stages::kconfig;
 use crate::stages::userland;
 
@@ -44,7 +43,6 @@ pub(crate) const KRG_SERVICE_FILES: &[&str] = &["etc/init.d/kerrighed", "etc/def
 /// and runs in the tree with `CC=` from the profile.
 pub(super) struct KrgBuild<'s> {
     pub(super) chroot: Chroot<'s>,
-    pub(super) shell: &'s StageShell,
     /// The tree as the chroot sees it (`/usr/src/kerrighed-2.4.4`).
     pub(super) dir: String,
     /// The tree on the host.
@@ -87,7 +85,7 @@ impl KrgBuild<'_> {
         let apply = || -> Result<()> {
             match patches {
                 Some(set) => set
-                    .apply(&self.chroot, self.shell, &self.dir, PATCHES_INSIDE)
+                    .apply(&self.chroot, self.chroot.shell(), &self.dir, PATCHES_INSIDE)
                     .map(drop),
                 None => Ok(()),
             }
@@ -163,7 +161,7 @@ impl KrgBuild<'_> {
             .with_context(|| format!("make defconfig left no {}", config_path.display()))?;
         fs::write(&config_path, kconfig::merge(&defconfig, fragment))
             .context("writing the merged .config")?;
-        self.shell.run(self.chroot.cmd_in(
+        self.chroot.shell().run(self.chroot.cmd_in(
             &self.dir,
             &["make", "-C", "kernel", "oldconfig", cc],
             true,
@@ -203,7 +201,8 @@ impl KrgBuild<'_> {
                 .chroot
                 .read(&["ccache", "--print-stats"])
                 .unwrap_or_default();
-            self.shell
+            self.chroot
+                .shell()
                 .step(&format!("compiler cache: {}", CacheStats::parse(&stats)));
         }
         Ok(())

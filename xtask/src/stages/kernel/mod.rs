@@ -444,7 +444,6 @@ impl Kernel {
             .context("the kerrighed tree has no name")?;
         Ok(KrgBuild {
             chroot,
-            shell,
             dir: format!("{SRC}/{tree_name}"),
             tree: tree.to_owned(),
             cc_arg: format!("CC={cc}"),
