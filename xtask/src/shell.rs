@@ -59,9 +59,12 @@ pub struct StageShell {
     branch: Option<String>,
     /// Set when a branch failed: the stage's other branches stop.
     stop: Arc<std::sync::atomic::AtomicBool>,
-    /// This shell has branches: a command of its own is stopped with
-    /// theirs (its wait looks at `stop`, as a branch's does).
-    branched: std::sync::atomic::AtomicBool,
+    /// How many of this shell's branches are alive: while one is, a
+    /// command of its own is stopped with theirs (its wait looks at `stop`,
+    /// as a branch's does).
+    live_branches: Arc<std::sync::atomic::AtomicUsize>,
+    /// A branch's count in its parent shell, taken back when it is dropped.
+    parent_branches: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// When the stage began (a branch shares its stage's), and the step
     /// under way with its start: each step's time goes into the log.
     began: Instant,
@@ -86,7 +89,8 @@ impl StageShell {
             tee,
             branch: None,
             stop: Arc::default(),
-            branched: Default::default(),
+            live_branches: Arc::default(),
+            parent_branches: None,
             began: Instant::now(),
             current: Mutex::default(),
         })
@@ -96,18 +100,20 @@ impl StageShell {
     /// thread: it logs into the same log, each line marked `[name]`, and
     /// has a spinner line of its own.
     pub(crate) fn branch(&self, name: &str) -> Result<StageShell> {
-        self.branched
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let sh = Shell::new().context("starting a shell")?;
+        self.live_branches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(StageShell {
             compiled: Arc::default(),
-            sh: Shell::new().context("starting a shell")?,
+            sh,
             log: self.log.clone(),
             log_path: self.log_path.clone(),
             progress: self.progress.branch(name),
             tee: self.tee,
             branch: Some(name.to_owned()),
             stop: self.stop.clone(),
-            branched: Default::default(),
+            live_branches: Arc::default(),
+            parent_branches: Some(self.live_branches.clone()),
             began: self.began,
             current: Mutex::default(),
         })
@@ -117,6 +123,10 @@ impl StageShell {
     /// running is terminated, and the next one does not start ([`Stopped`]).
     pub(crate) fn stop_branches(&self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn has_live_branches(&self) -> bool {
+        self.live_branches.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     fn stopped(&self) -> bool {
@@ -292,7 +302,7 @@ impl StageShell {
     /// Waits for a command; when the stage's branches are told to stop,
     /// terminates its process group (killed after 5 s).
     fn wait(&self, child: &mut std::process::Child) -> Result<ExitStatus> {
-        if self.branch.is_none() && !self.branched.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.branch.is_none() && !self.has_live_branches() {
             return child.wait().context("waiting for a command");
         }
         let mut stopping: Option<Instant> = None;
@@ -390,6 +400,9 @@ impl Drop for StageShell {
     fn drop(&mut self) {
         self.end_step();
         self.progress.finish();
+        if let Some(count) = &self.parent_branches {
+            count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -625,6 +638,43 @@ mod tests {
             .run(cmd!(after.sh(), "true"))
             .unwrap_err()
             .is::<Stopped>());
+    }
+
+    /// While a branch of it lives, the stage's own running command is
+    /// stopped with the branches; once they are gone, its commands are
+    /// waited for, not polled (a poll costs up to 50 ms a command).
+    #[test]
+    fn the_stage_polls_its_own_commands_only_while_a_branch_lives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = shell(tmp.path());
+        let started = Instant::now();
+        let own = std::thread::scope(|scope| {
+            let failing = s.branch("failing").unwrap();
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                failing.stop_branches();
+            });
+            s.run(cmd!(s.sh(), "sleep 30"))
+        });
+        assert!(own.unwrap_err().is::<Stopped>());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let s = shell(tmp.path());
+        drop(s.branch("done").unwrap());
+        let started = Instant::now();
+        for _ in 0..20 {
+            s.run(cmd!(s.sh(), "true")).unwrap();
+        }
+        // Polled, the 20 would take at least a second.
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
