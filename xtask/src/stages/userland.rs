@@ -167,10 +167,9 @@ pub(crate) fn build(
         |shell: &StageShell, chroot: &Chroot, pkg: &str, key: &BuildKey| -> Result<()> {
             let tree = format!("{WORK_INSIDE}/{pkg}");
             let installed = work.join(format!("{pkg}.installed"));
-            let installed_inside = format!("{WORK_INSIDE}/{pkg}.installed");
             let host_tree = work.join(pkg);
             match pkg {
-                "busybox" => busybox(shell, chroot, &host_tree, &tree, &jobs, &installed_inside)?,
+                "busybox" => busybox(shell, chroot, &host_tree, &tree, &jobs, &installed)?,
                 _ => dropbear(shell, chroot, &host_tree, &tree, &jobs, &installed)?,
             }
             require_static(&installed)?;
@@ -374,58 +373,140 @@ fn fix_init_sigchld(tree: &Path) -> Result<()> {
 /// What krgiso does to busybox beyond its source, as the key of a kept build.
 fn busybox_recipe() -> String {
     format!(
-        "{BUSYBOX_CONFIG}{INIT_SIGCHLD_FIX}EXTRA_CFLAGS={}",
+        "{BUSYBOX_CONFIG}{INIT_SIGCHLD_FIX}EXTRA_CFLAGS={} config: {BUSYBOX_DEFCONFIG} install: krgiso's links",
         musl_cflags()
     )
 }
 
+/// Where busybox's kconfig reads [`BUSYBOX_CONFIG`] from, in the tree.
+const BUSYBOX_DEFCONFIG: &str = ".krgiso-defconfig";
+
 /// Builds busybox in `tree` and installs it, with its applet links, under
-/// `prefix` (as the chroot sees it).
+/// `installed` (on the host).
 fn busybox(
     shell: &StageShell,
     chroot: &Chroot,
     host: &Path,
     tree: &str,
     jobs: &str,
-    prefix: &str,
+    installed: &Path,
 ) -> Result<()> {
     shell.step("busybox: init reaps its children on 2.6.20 (SIGCHLD fix)");
     fix_init_sigchld(host)?;
     let cc = format!("CC={MUSL_CC}");
-    let flags = format!("EXTRA_CFLAGS={}", musl_cflags());
-    let make = |what: &str, args: &[&str], answer: bool| -> Result<()> {
+    let make = |what: &str, args: &[&str]| -> Result<()> {
         shell.step(what);
-        shell.run(chroot.cmd_in(tree, args, answer))
+        shell.run(chroot.cmd_in(tree, args, false))
     };
+    // One kconfig pass: `conf -D` takes the options given and every other
+    // one's default. (defconfig, these options merged in, then oldconfig
+    // also kept what a turned-off applet had selected: hush was compiled,
+    // for the link to drop.)
+    fs::write(host.join(BUSYBOX_DEFCONFIG), BUSYBOX_CONFIG)
+        .with_context(|| format!("writing busybox's options into {}", host.display()))?;
+    let defconfig = format!("KBUILD_DEFCONFIG={BUSYBOX_DEFCONFIG}");
     make(
-        "busybox: defconfig",
-        &["make", "defconfig", &cc, "HOSTCC=gcc"],
-        false,
+        "busybox: defconfig with krgiso's options",
+        &["make", "defconfig", &defconfig, &cc, "HOSTCC=gcc"],
     )?;
     let config = host.join(".config");
-    let text = fs::read_to_string(&config).context("busybox's defconfig left no .config")?;
-    fs::write(&config, kconfig::merge(&text, BUSYBOX_CONFIG))?;
-    make(
-        "busybox: oldconfig",
-        &["make", "oldconfig", &cc, "HOSTCC=gcc"],
-        true,
-    )?;
-    let resolved = fs::read_to_string(&config)?;
+    let resolved = fs::read_to_string(&config).context("busybox's defconfig left no .config")?;
     let dropped = kconfig::dropped(BUSYBOX_CONFIG, &resolved);
     if !dropped.is_empty() {
         bail!("busybox's config dropped {}", dropped.join(", "));
     }
+    let flags = format!("EXTRA_CFLAGS={}", musl_cflags());
+    // The program and its applet list; not `all`, whose docs (pod2text,
+    // pod2man, pod2html) nothing installs.
     make(
         "busybox: build, static against musl",
-        &["make", jobs, &cc, "HOSTCC=gcc", &flags],
-        false,
+        &[
+            "make",
+            jobs,
+            &cc,
+            "HOSTCC=gcc",
+            &flags,
+            "busybox",
+            "busybox.links",
+        ],
     )?;
-    let prefix = format!("CONFIG_PREFIX={prefix}");
-    make(
-        "busybox: install with its applet links",
-        &["make", "install", &cc, "HOSTCC=gcc", &flags, &prefix],
-        false,
-    )
+    shell.step("busybox: install with its applet links");
+    install_busybox(host, installed)
+}
+
+/// What busybox's `make install` does with `INSTALL_APPLET_SYMLINKS`
+/// (`applets/install.sh --symlinks`), without make going through the
+/// whole tree again (3 s): the program as `bin/busybox` under `prefix`,
+/// and for each line of `busybox.links` a link to it. Every line is
+/// checked before anything is installed.
+fn install_busybox(tree: &Path, prefix: &Path) -> Result<()> {
+    let list = tree.join("busybox.links");
+    let text = fs::read_to_string(&list).with_context(|| {
+        format!(
+            "reading {}: busybox's build lists its applets there",
+            list.display()
+        )
+    })?;
+    let links = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(applet_link)
+        .collect::<Result<Vec<_>>>()?;
+    install_multicall(&tree.join("busybox"), prefix, "bin/busybox", links)
+}
+
+/// An applet's link (relative to the root it is installed in) and what it
+/// points to, as busybox's install.sh has them: `bin/busybox`, relative to
+/// the link's directory. Only the directories busybox installs into.
+fn applet_link(link: &str) -> Result<(&str, &'static str)> {
+    let (dir, name) = link.rsplit_once('/').unwrap_or(("", link));
+    let target = match dir {
+        "" if link.starts_with('/') => "bin/busybox",
+        "/bin" => "busybox",
+        "/sbin" => "../bin/busybox",
+        "/usr/bin" | "/usr/sbin" => "../../bin/busybox",
+        _ => bail!("busybox.links names `{link}`: busybox installs applets in /, /bin, /sbin, /usr/bin and /usr/sbin only"),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        bail!("busybox.links names `{link}`, which is no applet's name");
+    }
+    Ok((&link[1..], target))
+}
+
+/// A program that is many programs (busybox, dropbearmulti) installed
+/// under `root` as `program` (mode 755), and each of `links` (a path under
+/// `root`, and its target relative to the link's directory) made a link to
+/// it. Whatever was at those paths is replaced.
+fn install_multicall<'a>(
+    built: &Path,
+    root: &Path,
+    program: &str,
+    links: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<()> {
+    let installed = root.join(program);
+    make_room(&installed)?;
+    fs::copy(built, &installed)
+        .and_then(|_| fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)))
+        .with_context(|| format!("installing {}", installed.display()))?;
+    for (link, target) in links {
+        let path = root.join(link);
+        make_room(&path)?;
+        std::os::unix::fs::symlink(target, &path)
+            .with_context(|| format!("linking {} to {program}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `path`'s directory made, and whatever was at `path` removed.
+fn make_room(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if fs::symlink_metadata(path).is_ok() {
+        fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// dropbear's configure options, besides the compiler and its flags.
@@ -491,24 +572,18 @@ fn dropbear(
         &[&["make", jobs][..], DROPBEAR_MAKE].concat(),
     )?;
     shell.step("dropbear: install (one program, its names as links)");
-    let multi = out.join("usr/sbin/dropbearmulti");
-    fs::create_dir_all(out.join("usr/sbin"))?;
-    fs::create_dir_all(out.join("usr/bin"))?;
-    fs::copy(host.join("dropbearmulti"), &multi).context("installing dropbearmulti")?;
-    fs::set_permissions(&multi, fs::Permissions::from_mode(0o755))?;
-    for (link, target) in [
-        ("usr/sbin/dropbear", "dropbearmulti"),
-        ("usr/bin/dbclient", "../sbin/dropbearmulti"),
-        ("usr/bin/ssh", "../sbin/dropbearmulti"),
-        ("usr/bin/dropbearkey", "../sbin/dropbearmulti"),
-        ("usr/bin/scp", "../sbin/dropbearmulti"),
-    ] {
-        let path = out.join(link);
-        let _ = fs::remove_file(&path);
-        std::os::unix::fs::symlink(target, &path)
-            .with_context(|| format!("linking {}", path.display()))?;
-    }
-    Ok(())
+    install_multicall(
+        &host.join("dropbearmulti"),
+        out,
+        "usr/sbin/dropbearmulti",
+        [
+            ("usr/sbin/dropbear", "dropbearmulti"),
+            ("usr/bin/dbclient", "../sbin/dropbearmulti"),
+            ("usr/bin/ssh", "../sbin/dropbearmulti"),
+            ("usr/bin/dropbearkey", "../sbin/dropbearmulti"),
+            ("usr/bin/scp", "../sbin/dropbearmulti"),
+        ],
+    )
 }
 
 /// What a root needs before its programs: the directories, the two devices
@@ -676,6 +751,64 @@ mod tests {
             err.contains("init/init.c") && err.contains("SIGCHLD"),
             "{err}"
         );
+    }
+
+    /// The links busybox's install.sh makes: each relative to bin/busybox
+    /// from its own directory, a listed name twice linked once, an existing
+    /// file replaced; a directory install.sh does not know, or a name that
+    /// climbs out, stops the install.
+    #[test]
+    fn busybox_is_installed_with_the_links_install_sh_makes() {
+        let t = tempfile::tempdir().unwrap();
+        let (tree, prefix) = (t.path().join("tree"), t.path().join("prefix"));
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("busybox"), b"\x7fELF busybox").unwrap();
+        fs::write(
+            tree.join("busybox.links"),
+            "/linuxrc\n/bin/sh\n/sbin/init\n/usr/bin/[\n/usr/sbin/chroot\n/bin/sh\n\n",
+        )
+        .unwrap();
+        fs::create_dir_all(prefix.join("sbin")).unwrap();
+        fs::write(prefix.join("sbin/init"), "an older init").unwrap();
+        install_busybox(&tree, &prefix).unwrap();
+
+        let program = prefix.join("bin/busybox");
+        assert_eq!(fs::read(&program).unwrap(), b"\x7fELF busybox");
+        let mode = fs::metadata(&program).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        for (link, target) in [
+            ("linuxrc", "bin/busybox"),
+            ("bin/sh", "busybox"),
+            ("sbin/init", "../bin/busybox"),
+            ("usr/bin/[", "../../bin/busybox"),
+            ("usr/sbin/chroot", "../../bin/busybox"),
+        ] {
+            let path = prefix.join(link);
+            assert_eq!(fs::read_link(&path).unwrap(), Path::new(target), "{link}");
+            // Each resolves to the program itself.
+            assert_eq!(
+                fs::canonicalize(&path).unwrap(),
+                fs::canonicalize(&program).unwrap()
+            );
+        }
+
+        for bad in [
+            "/usr/local/bin/x",
+            "bin/sh",
+            "/bin/..",
+            "/bin/../etc/passwd",
+            "/usr/bin/",
+        ] {
+            fs::write(tree.join("busybox.links"), format!("/bin/sh\n{bad}\n")).unwrap();
+            let fresh = t.path().join("fresh");
+            let err = install_busybox(&tree, &fresh).unwrap_err();
+            assert!(format!("{err:#}").contains(bad), "{bad}: {err:#}");
+            // Nothing installed from a list with a bad line.
+            assert!(!fresh.exists(), "{bad}");
+        }
+        fs::remove_file(tree.join("busybox.links")).unwrap();
+        let err = install_busybox(&tree, &prefix).unwrap_err();
+        assert!(format!("{err:#}").contains("busybox.links"), "{err:#}");
     }
 
     #[test]
